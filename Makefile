@@ -1,0 +1,37 @@
+# geoguide — the two commands: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC := torch==2.13.0
+GEOGUIDE_DATA ?= ../shared/data/im2gps3k
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and alone: any other torch requirement pulls gigabytes of CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# geoclip ships the 100K GPS gallery used by the scaling benchmark; its declared
+	# torchvision requirement has no CPU wheel here, so it goes in without deps.
+	$(BIN)/python -m pip install -q --no-deps "geoclip>=1.2"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check agent tools prompts indices eval tests benchmarks
+
+demo: setup
+	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m agent.demo
+
+bench: setup
+	$(BIN)/python benchmarks/descriptors.py --data $(GEOGUIDE_DATA)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,69 @@
+"""Images into and out of chat messages.
+
+Every backend receives the photo the same way: re-encoded as JPEG with the long side capped
+(1024 px by default) inside an OpenAI-style ``image_url`` data URL. Re-encoding bounds request
+size and token cost, strips metadata (EXIF GPS tags would leak the answer), and makes local
+models see exactly the pixels the API models see.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+ImageInput = Image.Image | str | Path
+
+DEFAULT_MAX_SIDE = 1024
+DEFAULT_JPEG_QUALITY = 90
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """A PIL image, upright (EXIF orientation applied) and RGB."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")  # convert copies: safe after close
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def encode_jpeg(image: Image.Image, max_side: int = DEFAULT_MAX_SIDE, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    if max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)  # no exif= argument: metadata is dropped
+    return buf.getvalue()
+
+
+def image_content_part(
+    image: ImageInput,
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """An OpenAI ``image_url`` content part holding the photo as a base64 JPEG data URL."""
+    data = base64.b64encode(encode_jpeg(load_image(image), max_side, quality)).decode("ascii")
+    part: dict[str, Any] = {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}}
+    if detail:
+        part["image_url"]["detail"] = detail
+    return part
+
+
+def user_message(text: str, image: ImageInput | None = None, **image_options: Any) -> dict[str, Any]:
+    """A user message with text and, optionally, the photo (for chat sessions about an image)."""
+    if image is None:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "text", "text": text}, image_content_part(image, **image_options)]}
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """The PIL image inside a base64 data URL (how local backends get the photo back)."""
+    if not url.startswith("data:") or ";base64," not in url:
+        raise ValueError("only base64 data URLs are supported for local models")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1]))) as im:
+        return im.convert("RGB")

@@ -1,0 +1,129 @@
+"""The one retry policy for every backend that talks to a server.
+
+Retried: timeouts and connection errors, HTTP 429 and 5xx, with exponential backoff and jitter
+(so a fleet of benchmark workers does not retry in lock-step). A 429 that says how long to wait
+(``Retry-After`` / ``retry-after-ms``) is obeyed instead, up to a cap. Not retried: any other
+4xx, because repeating a bad request only spends money. The SDK's own retries are disabled by
+the backends (``max_retries=0``) so that these are the only ones and are counted in ``Usage``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import openai
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from agent.backends.errors import CallFailed
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean "the service did not answer usefully" rather than "our code is wrong"; the
+# latter propagate untouched.
+SERVICE_ERRORS: tuple[type[BaseException], ...] = (openai.APIError, TimeoutError, ConnectionError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4  # total tries, first one included
+    initial_s: float = 1.0  # first backoff; doubles each retry, plus up to initial_s of jitter
+    max_wait_s: float = 30.0  # cap on one exponential backoff
+    retry_after_max_s: float = 60.0  # cap on a server-requested wait
+
+
+def _status(exc: BaseException) -> int | None:
+    return getattr(exc, "status_code", None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: no answer at all (timeout, connection), rate limit, or a server fault."""
+    if isinstance(exc, (openai.APIConnectionError, TimeoutError, ConnectionError)):
+        return True
+    status = _status(exc)
+    return status is not None and (status == 429 or status >= 500)
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+class _Wait:
+    """Server-requested wait when given, else exponential backoff with jitter."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._backoff = wait_exponential_jitter(initial=policy.initial_s, max=policy.max_wait_s, jitter=policy.initial_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after_s(exc) if exc is not None else None
+        if asked is not None:
+            return min(asked, self._policy.retry_after_max_s)
+        return self._backoff(state)
+
+
+def describe(exc: BaseException) -> str:
+    status = _status(exc)
+    head = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+    text = str(exc).strip()
+    return f"{head}: {text[:300]}" if text else head
+
+
+def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> tuple[T, int]:
+    """Run ``fn`` under ``policy``; return its result and how many retries it took.
+
+    A service error that is not transient, or still failing after the last attempt, becomes
+    ``CallFailed`` (with the retry count) so callers handle one exception type.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s: %s; retry %d/%d in %.2f s",
+            label,
+            describe(exc) if exc else "?",
+            state.attempt_number,
+            policy.max_attempts - 1,
+            wait,
+        )
+
+    retryer = Retrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=_Wait(policy),
+        retry=retry_if_exception(is_transient),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        result = retryer(fn)
+    except SERVICE_ERRORS as exc:
+        attempts = retryer.statistics.get("attempt_number", 1)
+        raise CallFailed(f"{describe(exc)} (after {attempts} attempt(s))", retries=attempts - 1) from exc
+    return result, retryer.statistics.get("attempt_number", 1) - 1

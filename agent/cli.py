@@ -1,0 +1,200 @@
+"""The ``geoguide`` command line. Every failure is one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Where was this photo taken?")
+index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
+app.add_typer(index_app, name="index")
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# ---------------------------------------------------------------------------------------- index
+
+
+@index_app.command("build")
+def index_build(
+    out: Annotated[Path, typer.Option("--out", help="index directory to write (resumes an interrupted build)")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of reference photos")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON; omit to read EXIF GPS from --images")] = None,
+    descriptor: Annotated[str, typer.Option("--descriptor", help="effnet-gem | densevlad | clip")] = "effnet-gem",
+    descriptor_opt: Annotated[list[str] | None, typer.Option("--descriptor-opt", help="KEY=VALUE (JSON value) descriptor option; repeatable")] = None,
+    submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
+    faiss_index: Annotated[str, typer.Option("--faiss-index", help="fp16 | flat")] = "fp16",
+    limit: Annotated[int | None, typer.Option("--limit", help="index only the first N rows")] = None,
+    col_id: Annotated[str | None, typer.Option("--col-id", help="id column name in --labels")] = None,
+    col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
+    col_lon: Annotated[str | None, typer.Option("--col-lon")] = None,
+    col_author: Annotated[str | None, typer.Option("--col-author")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="images per resumable chunk")] = 256,
+) -> None:
+    """Describe reference photos and write a searchable, submap-partitioned index."""
+    from eval.datasets import load_dataset
+    from indices.build import BuildConfig, build_index
+    from indices.manifest import SourceInfo
+
+    if images is None and labels is None:
+        raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
+    if labels is not None:
+        columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
+        data = load_dataset("csv", labels=labels, images=images, **columns)
+    else:
+        data = load_dataset("exif", images=images)
+    rep = data.report
+    if rep.n_bad:
+        typer.echo(f"skipped {rep.n_bad} bad row(s) of {rep.n_ok + rep.n_bad}; first: {rep.problems[0]}", err=True)
+    samples = data.samples[:limit] if limit else data.samples
+    conf = {}
+    for kv in descriptor_opt or []:
+        key, sep, val = kv.partition("=")
+        if not sep:
+            raise CLIError(f"--descriptor-opt needs KEY=VALUE, got {kv!r}")
+        try:
+            conf[key] = json.loads(val)
+        except json.JSONDecodeError:
+            conf[key] = val
+    config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, faiss_index=faiss_index,
+                         chunk_size=chunk_size)
+    source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
+                        n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
+    manifest = build_index(samples, out, config, source, progress=sys.stderr.isatty())
+    typer.echo(
+        f"indexed {manifest.n_references} references ({manifest.source.n_bad_rows} bad rows, "
+        f"{manifest.source.n_failed_images} unreadable images skipped) -> {out}"
+    )
+
+
+@index_app.command("info")
+def index_info(
+    index_dir: Annotated[Path, typer.Argument(help="index directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    top: Annotated[int, typer.Option("--top", help="largest submaps shown per scheme")] = 5,
+) -> None:
+    """Counts per scheme, largest submaps, descriptor and size on disk."""
+    from indices.store import ReferenceIndex
+
+    index = ReferenceIndex(index_dir)
+    m = index.manifest
+    size = sum(p.stat().st_size for p in Path(index_dir).rglob("*") if p.is_file())
+    info = {
+        "path": str(index_dir),
+        "n_references": m.n_references,
+        "descriptor": m.descriptor.model_dump(),
+        "faiss_index": m.faiss_index,
+        "size_bytes": size,
+        "source": m.source.model_dump(),
+        "schemes": {
+            s.prefix: {
+                "spec": s.spec,
+                "n_submaps": s.n_submaps,
+                "storage_order": s.contiguous,
+                "largest": [sm.model_dump() for sm in index.list_submaps(s.prefix)[:top]],
+            }
+            for s in m.schemes
+        },
+        "created_utc": m.created_utc,
+        "geoguide_version": m.geoguide_version,
+    }
+    if as_json:
+        _echo_json(info)
+        return
+    typer.echo(f"{index_dir}: {m.n_references} references, {size / 1e6:.1f} MB on disk")
+    typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d, {m.faiss_index}) conf={m.descriptor.conf}")
+    typer.echo(f"source: {m.source.labels or m.source.images} — {m.source.n_bad_rows} bad rows, "
+               f"{m.source.n_failed_images} unreadable images skipped")
+    for s in info["schemes"].values():
+        typer.echo(f"scheme {s['spec']}: {s['n_submaps']} submaps{' (storage order)' if s['storage_order'] else ''}")
+        for sm in s["largest"]:
+            typer.echo(f"  {sm['id']:<22} {sm['size']:>7}  {sm['name']}")
+
+
+# ---------------------------------------------------------------------------------------- search
+
+
+@app.command("search")
+def search(
+    image: Annotated[Path, typer.Argument(help="query photo")],
+    index_dir: Annotated[Path, typer.Option("--index", help="index directory")],
+    k: Annotated[int, typer.Option("-k", help="number of candidates")] = 10,
+    submap: Annotated[str, typer.Option("--submap", help="submap id, e.g. country:FR, kmeans-100:37, radius:45.7,4.8,50")] = "global",
+    exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="skip references by this photographer; repeatable")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Visual place recognition: the most similar references inside one submap."""
+    from indices.images import load_image
+    from indices.store import ReferenceIndex
+    from tools.base import ToolError
+    from tools.retrieval import SearchArgs, search_submap
+
+    img = load_image(image)
+    index = ReferenceIndex(index_dir)
+    res = search_submap(index, img, SearchArgs(submap_id=submap, k=k, exclude_authors=exclude_author or []))
+    if isinstance(res, ToolError):
+        raise CLIError(res.error)
+    if as_json:
+        _echo_json(res.model_dump())
+        return
+    s = res.summary
+    typer.echo(f"{s.submap.name} ({s.submap.size} refs): best similarity {s.best_similarity}, spread {s.spread_km} km")
+    for i, c in enumerate(res.candidates, 1):
+        typer.echo(f"{i:>3}. {c.similarity:.4f}  {c.lat:9.4f} {c.lon:10.4f}  {c.country:<3} {c.ref_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: typer for parsing, one-line errors for everything we anticipate."""
+    from indices.build import BuildError
+    from indices.images import ImageLoadError
+    from indices.manifest import IndexFormatError
+    from indices.store import SubmapError
+
+    logging.basicConfig(level=logging.WARNING, format="geoguide: %(levelname)s: %(message)s")
+    expected = (CLIError, ImageLoadError, IndexFormatError, BuildError, SubmapError, FileNotFoundError, ValueError,
+                TypeError, PermissionError)
+    try:
+        app(args=argv, standalone_mode=False)
+    except expected as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        typer.echo(f"geoguide: error: {msg}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("geoguide: interrupted", err=True)
+        return 130
+    except Exception as e:  # click usage errors and anything unforeseen: still one line
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            typer.echo(f"geoguide: error: {e.format_message()}", err=True)
+            return e.exit_code
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        typer.echo(f"geoguide: internal error: {type(e).__name__}: {e} (set GEOGUIDE_DEBUG=1 for a traceback)", err=True)
+        import os
+
+        if os.environ.get("GEOGUIDE_DEBUG"):
+            raise
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

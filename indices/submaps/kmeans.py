@@ -1,0 +1,79 @@
+"""K-means submaps (the paper's second strategy, K=100): clusters of reference coordinates.
+
+Clustering runs on unit-sphere vectors (spherical K-means), so clusters are compact in
+great-circle distance and nothing breaks at the antimeridian.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indices.geometry import latlon_to_unit, unit_to_latlon
+from indices.submaps.base import SubmapScheme
+from indices.submaps.registry import register_scheme
+
+
+def nearest_city_name(lat: float, lon: float) -> str:
+    import reverse_geocode
+
+    place = reverse_geocode.get((lat, lon), min_population=50_000) or reverse_geocode.get((lat, lon))
+    return f"{place['city']}, {place['country_code']}" if place else f"{lat:.2f}, {lon:.2f}"
+
+
+@register_scheme
+class KMeansScheme(SubmapScheme):
+    kind = "kmeans"
+    default_k = 100
+    seed = 1234
+
+    def __init__(self, param: str | None = None):
+        try:
+            k = int(param) if param is not None else self.default_k
+        except ValueError:
+            raise ValueError(f"kmeans:K needs an integer K, got {param!r}") from None
+        if k < 1:
+            raise ValueError(f"kmeans:K needs K >= 1, got {k}")
+        super().__init__(str(k))
+        self.k = k
+        self.centroids: np.ndarray | None = None  # (K, 3) unit vectors
+
+    def fit(self, lat: np.ndarray, lon: np.ndarray) -> None:
+        xyz = latlon_to_unit(lat, lon).astype(np.float32)
+        k = min(self.k, len(xyz))
+        km = faiss.Kmeans(3, k, niter=30, seed=self.seed, spherical=True, verbose=False, max_points_per_centroid=100_000)
+        km.train(xyz)
+        self.centroids = km.centroids.copy()
+
+    def _require_centroids(self) -> np.ndarray:
+        if self.centroids is None:
+            raise RuntimeError("kmeans scheme used before fit/load_state")
+        return self.centroids
+
+    def assign(self, lat: np.ndarray, lon: np.ndarray, country: np.ndarray) -> np.ndarray:
+        cents = self._require_centroids()
+        index = faiss.IndexFlatIP(3)
+        index.add(cents)
+        _, label = index.search(latlon_to_unit(lat, lon).astype(np.float32), 1)
+        return label[:, 0].astype(str)
+
+    def nearest_labels(self, lat: float, lon: float, n: int) -> list[str]:
+        """The ``n`` clusters whose centroids are nearest to a point (for priors and widening)."""
+        cents = self._require_centroids()
+        sims = cents @ latlon_to_unit([lat], [lon])[0]
+        return [str(i) for i in np.argsort(-sims)[:n]]
+
+    def centroid(self, label: str) -> tuple[float, float]:
+        la, lo = unit_to_latlon(self._require_centroids()[int(label)][None])
+        return float(la[0]), float(lo[0])
+
+    def label_name(self, label: str, lat: float, lon: float) -> str:
+        return f"{self.prefix}/{label} — around {nearest_city_name(lat, lon)}"
+
+    def state(self) -> dict[str, Any]:
+        return {"centroids": self._require_centroids().tolist()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.centroids = np.asarray(state["centroids"], dtype=np.float32)

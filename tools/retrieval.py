@@ -1,0 +1,307 @@
+"""Retrieval tools the agent calls: list submaps, search one, widen one.
+
+Each takes the opened ``ReferenceIndex`` and a pydantic argument model and returns a pydantic
+result, or a ``ToolError`` the model can act on (unknown submap id, impossible argument).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from indices.geometry import haversine_km, spherical_centroid, validate_latlon
+from indices.images import load_image
+from indices.store import ReferenceIndex, SubmapError
+from indices.submaps import Submap
+from indices.submaps.radius import MAX_RADIUS_KM, parse_radius_label, radius_id
+from tools.base import ToolError
+
+# ----------------------------------------------------------------------------------------------
+# list_submaps
+
+
+class ListSubmapsArgs(BaseModel):
+    scheme: str = Field("country", description="'country', 'kmeans' or a stored prefix such as 'kmeans-100'")
+    near: tuple[float, float] | None = Field(None, description="(lat, lon): order submaps by distance to it")
+    country: str | None = Field(None, description="ISO2 code or name: only submaps containing that country")
+    limit: int = Field(10, ge=1, le=500)
+
+    @field_validator("near")
+    @classmethod
+    def _valid_point(cls, v):
+        if v is not None:
+            validate_latlon(*v)
+        return v
+
+
+class ListSubmapsResult(BaseModel):
+    ok: Literal[True] = True
+    scheme: str
+    total: int = Field(description="submaps in the scheme (before filtering and the limit)")
+    submaps: list[Submap]
+
+
+def _table_for(index: ReferenceIndex, scheme: str):
+    if scheme in index.schemes:
+        return index.schemes[scheme]
+    table = index.scheme_of(scheme)
+    if table is None:
+        raise SubmapError(f"no submap scheme {scheme!r} in this index; it has: {', '.join(index.schemes)}")
+    return table
+
+
+def list_submaps(index: ReferenceIndex, args: ListSubmapsArgs) -> ListSubmapsResult | ToolError:
+    try:
+        table = _table_for(index, args.scheme)
+    except SubmapError as e:
+        return ToolError(error=str(e))
+    subs = list(table.submaps.values())
+    total = len(subs)
+    if args.country:
+        from indices.geography import lookup_country
+
+        iso = lookup_country(args.country)
+        if iso is None:
+            return ToolError(error=f"unknown country {args.country!r}; give an ISO2 code such as 'FR' or a name")
+        labels = _labels_containing_country(index, table, iso)
+        subs = [s for lab, s in table.submaps.items() if lab in labels]
+    if args.near is not None:
+        lat, lon = args.near
+        subs.sort(key=lambda s: float(haversine_km(lat, lon, s.lat, s.lon)))
+    else:
+        subs.sort(key=lambda s: -s.size)
+    return ListSubmapsResult(scheme=table.scheme.prefix, total=total, submaps=subs[: args.limit])
+
+
+def _labels_containing_country(index: ReferenceIndex, table, iso: str) -> set[str]:
+    if table.scheme.kind == "country":
+        return {iso} & set(table.spans)
+    wanted = iso.encode()
+    found = set()
+    for label, (a, b) in table.spans.items():
+        rows = np.arange(a, b) if table.order is None else table.order[a:b]
+        if np.any(index.refs["country"][rows] == wanted):
+            found.add(label)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# search_submap
+
+
+class SearchArgs(BaseModel):
+    submap_id: str = Field("global", description="a submap id from list_submaps/widen, e.g. 'country:FR'")
+    k: int = Field(20, ge=1, le=1000, description="number of candidates")
+    exclude_authors: list[str] = Field(default_factory=list, description="skip references by these photographers")
+    exclude_ids: list[str] = Field(default_factory=list, description="skip these reference ids")
+    prior_lat: float | None = Field(None, description="the prior's point, to count agreeing candidates")
+    prior_lon: float | None = None
+    prior_country: str | None = Field(None, description="the prior's country (ISO2)")
+    agree_km: float = Field(200.0, gt=0, description="a candidate within this distance of the prior agrees")
+
+    @field_validator("prior_lat")
+    @classmethod
+    def _lat(cls, v):
+        if v is not None and not -90 <= v <= 90:
+            raise ValueError(f"prior_lat {v} is out of range [-90, 90]")
+        return v
+
+    @field_validator("prior_lon")
+    @classmethod
+    def _lon(cls, v):
+        if v is not None and not -180 <= v <= 180:
+            raise ValueError(f"prior_lon {v} is out of range [-180, 180]")
+        return v
+
+
+class Candidate(BaseModel):
+    ref_id: str
+    lat: float
+    lon: float
+    country: str
+    author: str
+    similarity: float
+    distance_to_prior_km: float | None = None
+
+
+class SearchSummary(BaseModel):
+    submap: Submap
+    n_candidates: int
+    best_similarity: float | None
+    top5_mean_similarity: float | None
+    countries: dict[str, int] = Field(description="country histogram of the candidates, largest first")
+    spread_km: float | None = Field(description="median distance of candidates from their centroid")
+    agree_with_prior: int | None = Field(None, description="candidates inside the prior country or radius")
+    agree_fraction: float | None = None
+
+
+class SearchResult(BaseModel):
+    ok: Literal[True] = True
+    candidates: list[Candidate]
+    summary: SearchSummary
+
+
+QueryInput = np.ndarray | Image.Image | str | Path
+
+
+def describe_query(index: ReferenceIndex, query: QueryInput) -> np.ndarray:
+    """An image (or its path) -> its descriptor under the index's descriptor; vectors pass through."""
+    if isinstance(query, np.ndarray):
+        vec = np.asarray(query, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != index.manifest.descriptor.dim:
+            raise ValueError(f"query vector has {vec.shape[0]} dims, index has {index.manifest.descriptor.dim}")
+        return vec
+    image = query if isinstance(query, Image.Image) else load_image(query)
+    return index.descriptor().extract([image])[0]
+
+
+def search_submap(index: ReferenceIndex, query: QueryInput, args: SearchArgs) -> SearchResult | ToolError:
+    try:
+        sel = index.resolve(args.submap_id)
+        submap = index.describe_submap(args.submap_id)
+    except SubmapError as e:
+        return ToolError(error=str(e))
+    vec = describe_query(index, query)
+    rows, scores = index.search(vec, sel, args.k, frozenset(args.exclude_authors), frozenset(args.exclude_ids))
+    cands = []
+    for r, s in zip(rows, scores, strict=True):
+        row = index.row(int(r))
+        d = None
+        if args.prior_lat is not None and args.prior_lon is not None:
+            d = round(float(haversine_km(args.prior_lat, args.prior_lon, row["lat"], row["lon"])), 2)
+        cands.append(
+            Candidate(
+                ref_id=row["ref_id"], lat=row["lat"], lon=row["lon"], country=row["country"],
+                author=row["author"], similarity=round(float(s), 5), distance_to_prior_km=d,
+            )
+        )
+    return SearchResult(candidates=cands, summary=summarize(cands, submap, args))
+
+
+def summarize(cands: list[Candidate], submap: Submap, args: SearchArgs) -> SearchSummary:
+    if not cands:
+        return SearchSummary(submap=submap, n_candidates=0, best_similarity=None, top5_mean_similarity=None,
+                             countries={}, spread_km=None)
+    lat = np.array([c.lat for c in cands])
+    lon = np.array([c.lon for c in cands])
+    clat, clon = spherical_centroid(lat, lon)
+    agree = None
+    if args.prior_country or args.prior_lat is not None:
+        agree = sum(
+            1
+            for c in cands
+            if (args.prior_country and c.country == args.prior_country.upper())
+            or (c.distance_to_prior_km is not None and c.distance_to_prior_km < args.agree_km)
+        )
+    sims = [c.similarity for c in cands]
+    return SearchSummary(
+        submap=submap,
+        n_candidates=len(cands),
+        best_similarity=sims[0],
+        top5_mean_similarity=round(float(np.mean(sims[:5])), 5),
+        countries=dict(Counter(c.country for c in cands).most_common()),
+        spread_km=round(float(np.median(haversine_km(clat, clon, lat, lon))), 1),
+        agree_with_prior=agree,
+        agree_fraction=None if agree is None else round(agree / len(cands), 3),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# widen
+
+
+class WidenArgs(BaseModel):
+    submap_id: str
+
+
+class WidenResult(BaseModel):
+    ok: Literal[True] = True
+    from_id: str
+    submap_id: str = Field(description="the wider search area; pass it to search_submap")
+    submap: Submap
+    how: str
+
+
+def widen(index: ReferenceIndex, args: WidenArgs) -> WidenResult | ToolError:
+    """Next larger area: country -> + land neighbours -> continent -> globe; a K-means cluster ->
+    + its nearest clusters; a radius -> 4x the radius; continent -> globe."""
+    sid = args.submap_id.strip()
+    try:
+        index.resolve(sid)  # validates the id with the index's own error message
+        new_id, how = _wider_id(index, sid)
+        return WidenResult(from_id=sid, submap_id=new_id, submap=index.describe_submap(new_id), how=how)
+    except SubmapError as e:
+        return ToolError(error=str(e))
+
+
+def _wider_id(index: ReferenceIndex, sid: str) -> tuple[str, str]:
+    if sid == "global":
+        raise SubmapError("already searching the whole map ('global'); nothing is wider — switch hypothesis instead")
+    prefix, _, label = sid.partition(":")
+    if prefix == "continent":
+        return "global", "continent -> the whole map"
+    if prefix == "radius":
+        lat, lon, km = parse_radius_label(label)
+        if km * 4 >= MAX_RADIUS_KM:
+            return "global", "radius would cover the globe -> the whole map"
+        return radius_id(lat, lon, km * 4), f"radius {km:g} km -> {km * 4:g} km"
+    table = index.schemes[prefix]
+    labels = [s.strip() for s in label.split(",") if s.strip()]
+    if table.scheme.kind == "country":
+        return _wider_countries(index, table, labels)
+    if table.scheme.kind == "kmeans":
+        present = set(table.spans)
+        if set(labels) >= present:
+            return "global", "all clusters -> the whole map"
+        lat, lon = spherical_centroid([table.submaps[x].lat for x in labels], [table.submaps[x].lon for x in labels],
+                                      [table.submaps[x].size for x in labels])
+        ranked = [x for x in table.scheme.nearest_labels(lat, lon, len(present) + 1) if x in present]
+        extra = [x for x in ranked if x not in labels][: max(3, len(labels))]
+        new = labels + extra
+        return f"{table.scheme.prefix}:{','.join(new)}", f"added the {len(extra)} nearest clusters"
+    return "global", f"{prefix} -> the whole map"
+
+
+def _wider_countries(index: ReferenceIndex, table, labels: list[str]) -> tuple[str, str]:
+    from indices.geography import continent_of, neighbours
+
+    present = set(table.spans)
+    grown = list(labels)
+    for lab in labels:
+        grown += [nb for nb in neighbours(lab) if nb in present and nb not in grown]
+    if len(grown) > len(labels):
+        return f"{table.scheme.prefix}:{','.join(grown)}", f"added land neighbours {', '.join(grown[len(labels):])}"
+    conts = Counter(continent_of(lab) for lab in labels if continent_of(lab))
+    if conts:
+        cont = conts.most_common(1)[0][0]
+        if index.resolve(f"continent:{cont}").size > sum(b - a for a, b in (table.spans[x] for x in labels)):
+            return f"continent:{cont}", f"no more land neighbours -> continent {cont}"
+    return "global", "no wider region -> the whole map"
+
+
+# ----------------------------------------------------------------------------------------------
+# uniform entry point for callers holding raw arguments (an LLM's tool call)
+
+
+def call_tool(index: ReferenceIndex, name: str, raw_args: dict, query: QueryInput | None = None):
+    """Validate raw arguments and run a retrieval tool; any problem comes back as ``ToolError``."""
+    specs = {"list_submaps": (ListSubmapsArgs, list_submaps), "widen": (WidenArgs, widen)}
+    try:
+        if name == "search_submap":
+            if query is None:
+                return ToolError(error="search_submap needs a query image")
+            return search_submap(index, query, SearchArgs.model_validate(raw_args))
+        if name not in specs:
+            return ToolError(error=f"unknown tool {name!r}; available: search_submap, {', '.join(specs)}")
+        model, fn = specs[name]
+        return fn(index, model.model_validate(raw_args))
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        return ToolError(error=f"invalid arguments for {name}: {msgs}")
+    except ValueError as e:
+        return ToolError(error=f"{name}: {e}")
