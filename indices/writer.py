@@ -17,6 +17,7 @@ from indices.manifest import MANIFEST_NAME, DescriptorInfo, Manifest, SchemeInfo
 from indices.submaps import Submap, SubmapScheme
 
 ADD_CHUNK = 65_536
+NO_COUNTRY = "XX"
 
 
 def _geoguide_version() -> str:
@@ -80,7 +81,8 @@ def write_index(
     if not stored:
         raise ValueError("at least one stored submap scheme is needed (country, kmeans:K or global)")
     lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    country = np.asarray(country).astype(str)
+    # References farther offshore than any country's reach get "XX" (international waters).
+    country = np.array([c if c else NO_COUNTRY for c in np.asarray(country, dtype=object)], dtype=str)
     labels = {}
     for s in stored:
         s.fit(lat, lon)

@@ -11,16 +11,20 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indices.geometry import latlon_to_unit, unit_to_latlon
+from indices.geometry import haversine_km, latlon_to_unit, unit_to_latlon
 from indices.submaps.base import SubmapScheme
 from indices.submaps.registry import register_scheme
 
 
 def nearest_city_name(lat: float, lon: float) -> str:
+    """A well-known city near the point: a big one if within 100 km, else the nearest sizeable one."""
     import reverse_geocode
 
-    place = reverse_geocode.get((lat, lon), min_population=50_000) or reverse_geocode.get((lat, lon))
-    return f"{place['city']}, {place['country_code']}" if place else f"{lat:.2f}, {lon:.2f}"
+    for min_pop, max_km in ((250_000, 100.0), (50_000, 300.0), (0, float("inf"))):
+        place = reverse_geocode.get((lat, lon), min_population=min_pop)
+        if place and haversine_km(lat, lon, place["latitude"], place["longitude"]) < max_km:
+            return f"{place['city']}, {place['country_code']}"
+    return f"{lat:.2f}, {lon:.2f}"
 
 
 @register_scheme
@@ -44,6 +48,7 @@ class KMeansScheme(SubmapScheme):
         xyz = latlon_to_unit(lat, lon).astype(np.float32)
         k = min(self.k, len(xyz))
         km = faiss.Kmeans(3, k, niter=30, seed=self.seed, spherical=True, verbose=False, max_points_per_centroid=100_000)
+        km.cp.min_points_per_centroid = 1  # small reference sets are fine; silence faiss's warning
         km.train(xyz)
         self.centroids = km.centroids.copy()
 

