@@ -44,20 +44,11 @@ def index_build(
 ) -> None:
     """Describe reference photos and write a searchable, submap-partitioned index."""
     from eval.datasets import load_dataset
-    from indices.build import BuildConfig, build_index
+    from indices.build import BuildConfig, build_index, validate_build_config
     from indices.manifest import SourceInfo
 
     if images is None and labels is None:
         raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
-    if labels is not None:
-        columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
-        data = load_dataset("csv", labels=labels, images=images, **columns)
-    else:
-        data = load_dataset("exif", images=images)
-    rep = data.report
-    if rep.n_bad:
-        typer.echo(f"skipped {rep.n_bad} bad row(s) of {rep.n_ok + rep.n_bad}; first: {rep.problems[0]}", err=True)
-    samples = data.samples[:limit] if limit else data.samples
     conf = {}
     for kv in descriptor_opt or []:
         key, sep, val = kv.partition("=")
@@ -69,6 +60,14 @@ def index_build(
             conf[key] = val
     config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, faiss_index=faiss_index,
                          chunk_size=chunk_size)
+    validate_build_config(config)  # fail on a typo before reading thousands of rows
+    if labels is not None:
+        columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
+        data = load_dataset("csv", labels=labels, images=images, **columns)
+    else:
+        data = load_dataset("exif", images=images)
+    rep = data.report  # the loader has already logged skipped rows with the first reason
+    samples = data.samples[:limit] if limit else data.samples
     source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
                         n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
     manifest = build_index(samples, out, config, source, progress=sys.stderr.isatty())

@@ -75,6 +75,12 @@ def _work_key(config: BuildConfig, records: Sequence[ReferenceRecord]) -> str:
     return h.hexdigest()
 
 
+def validate_build_config(config: BuildConfig) -> None:
+    """Raise ``ValueError`` for an unknown descriptor, option or submap scheme."""
+    parse_schemes(config.submaps)
+    get_descriptor(config.descriptor, config.descriptor_conf)
+
+
 def build_index(
     records: Sequence[ReferenceRecord],
     out_dir: str | Path,

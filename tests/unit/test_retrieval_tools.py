@@ -1,0 +1,93 @@
+"""The agent's retrieval tools: typed results, summaries, widening, and errors a model can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.datasets import load_dataset
+from indices.build import BuildConfig, build_index
+from indices.store import ReferenceIndex
+from tests.synthetic import make_reference_set, place_image
+from tools.base import ToolError
+from tools.retrieval import (
+    ListSubmapsArgs,
+    SearchArgs,
+    WidenArgs,
+    call_tool,
+    list_submaps,
+    search_submap,
+    widen,
+)
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refs")
+    samples = load_dataset("csv", labels=make_reference_set(root), images=root / "images").samples
+    out = root / "idx"
+    build_index(samples, out, BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3"), progress=False)
+    return ReferenceIndex(out)
+
+
+def test_list_submaps_near_and_by_country(index):
+    res = list_submaps(index, ListSubmapsArgs(scheme="country", near=(45.0, 5.0), limit=3))
+    assert [s.id for s in res.submaps][:1] == ["country:FR"] and res.total == 6
+    res = list_submaps(index, ListSubmapsArgs(scheme="kmeans", country="Japan"))
+    assert len(res.submaps) == 1 and res.submaps[0].id.startswith("kmeans-3:")
+    assert isinstance(list_submaps(index, ListSubmapsArgs(scheme="h3")), ToolError)
+    assert isinstance(list_submaps(index, ListSubmapsArgs(country="Atlantis")), ToolError)
+
+
+def test_search_summary_and_prior_agreement(index):
+    q = place_image(0, variant=4)  # another shot of "paris"
+    res = search_submap(index, q, SearchArgs(submap_id="global", k=6, prior_lat=48.85, prior_lon=2.35, prior_country="FR"))
+    assert res.candidates[0].ref_id.startswith("paris")
+    s = res.summary
+    assert s.n_candidates == 6 and s.best_similarity == res.candidates[0].similarity
+    assert sum(s.countries.values()) == 6
+    assert s.agree_with_prior == sum(1 for c in res.candidates if c.country == "FR" or c.distance_to_prior_km < 200)
+    assert res.candidates[0].distance_to_prior_km < 5
+
+
+def test_search_in_wrong_country_disagrees(index):
+    res = search_submap(index, place_image(0, variant=4), SearchArgs(submap_id="country:JP", k=3, prior_country="FR"))
+    assert res.summary.agree_with_prior == 0 and set(res.summary.countries) == {"JP"}
+
+
+def test_widen_chain_country(index):
+    steps = ["country:PT"]
+    while steps[-1] != "global":
+        r = widen(index, WidenArgs(submap_id=steps[-1]))
+        assert not isinstance(r, ToolError), r
+        assert r.submap.size > index.describe_submap(steps[-1]).size
+        steps.append(r.submap_id)
+    # Portugal -> + its only land neighbour -> + Spain's -> + France's; all of Europe in this
+    # index is then covered, so the continent step adds nothing and is skipped.
+    assert steps == ["country:PT", "country:PT,ES", "country:PT,ES,FR", "country:PT,ES,FR,DE,IT", "global"]
+    assert isinstance(widen(index, WidenArgs(submap_id="global")), ToolError)
+
+
+def test_widen_kmeans_and_radius(index):
+    first = index.list_submaps("kmeans-3")[-1].id
+    r = widen(index, WidenArgs(submap_id=first))
+    assert r.submap_id.startswith(first + ",") and r.submap.size > index.describe_submap(first).size
+    r = widen(index, WidenArgs(submap_id="radius:48.85,2.35,100"))
+    assert r.submap_id == "radius:48.8500,2.3500,400"
+
+
+def test_call_tool_turns_every_problem_into_tool_error(index):
+    img = place_image(1)
+    cases = [
+        ("search_submap", {"submap_id": "country:ZZ"}),
+        ("search_submap", {"submap_id": "global", "k": 0}),
+        ("search_submap", {"submap_id": "global", "prior_lat": 200, "prior_lon": 0}),
+        ("list_submaps", {"near": [95, 0]}),
+        ("widen", {}),
+        ("teleport", {}),
+    ]
+    for name, args in cases:
+        out = call_tool(index, name, args, query=img)
+        assert isinstance(out, ToolError), (name, args, out)
+        assert out.error
+    ok = call_tool(index, "search_submap", {"submap_id": "country:FR", "k": 2}, query=img)
+    assert ok.ok and len(ok.candidates) == 2
