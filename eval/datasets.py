@@ -55,7 +55,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from PIL import ExifTags, Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -103,7 +103,9 @@ class LoadReport(BaseModel):
     n_ok: int = 0
     n_bad: int = 0
     problems: list[str] = Field(default_factory=list, description=f"first {MAX_PROBLEMS} skipped rows, why")
-    warnings: list[str] = Field(default_factory=list, description="file-level oddities, e.g. an unexpected size")
+    warnings: list[str] = Field(
+        default_factory=list, description="file-level oddities, e.g. an unexpected size"
+    )
 
     def skip(self, where: str, why: str) -> None:
         self.n_bad += 1
@@ -148,7 +150,9 @@ def resolve_image(images: Path, image_id: str) -> Path:
     rel = Path(image_id)
     if rel.is_absolute() or ".." in rel.parts:
         raise BadRow(f"image id {image_id!r} points outside the image folder")
-    candidates = [images / rel] + ([images / f"{image_id}{s}" for s in IMAGE_SUFFIXES] if not rel.suffix else [])
+    candidates = [images / rel] + (
+        [images / f"{image_id}{s}" for s in IMAGE_SUFFIXES] if not rel.suffix else []
+    )
     for path in candidates:
         if path.is_file():
             return path
@@ -179,7 +183,9 @@ class _Collector:
             self.report.skip(where, str(exc))
             return
         self.seen.add(image_id)
-        self.samples.append(Sample(image_id=image_id, image_path=path, lat=lat, lon=lon, author=author or None))
+        self.samples.append(
+            Sample(image_id=image_id, image_path=path, lat=lat, lon=lon, author=author or None)
+        )
         self.report.n_ok += 1
 
     def finish(self, expected_n: int | None) -> LoadedDataset:
@@ -187,8 +193,14 @@ class _Collector:
         if expected_n is not None and r.n_ok != expected_n:
             r.warnings.append(f"loaded {r.n_ok} samples; the published set has {expected_n}")
         if r.n_bad:
-            logger.warning("%s (%s): skipped %d of %d rows; first: %s", r.dataset, r.source, r.n_bad,
-                           r.n_ok + r.n_bad, r.problems[0])
+            logger.warning(
+                "%s (%s): skipped %d of %d rows; first: %s",
+                r.dataset,
+                r.source,
+                r.n_bad,
+                r.n_ok + r.n_bad,
+                r.problems[0],
+            )
         for w in r.warnings:
             logger.warning("%s (%s): %s", r.dataset, r.source, w)
         return LoadedDataset(self.samples, r)
@@ -207,10 +219,13 @@ class DatasetLoader(ABC):
 DATASETS: dict[str, type[DatasetLoader]] = {}
 
 
-def register(name: str) -> Callable[[type[DatasetLoader]], type[DatasetLoader]]:
+L = TypeVar("L", bound=type[DatasetLoader])
+
+
+def register(name: str) -> Callable[[L], L]:
     """Class decorator adding a loader to :data:`DATASETS` under ``name``."""
 
-    def deco(cls: type[DatasetLoader]) -> type[DatasetLoader]:
+    def deco(cls: L) -> L:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
         cls.name = name
@@ -265,6 +280,14 @@ def _norm(name: str) -> str:
     return name.strip().strip("\ufeff").strip().strip('"').strip().lower()
 
 
+def _is_number(row: Sequence[str], i: int) -> bool:
+    try:
+        float(row[i])
+    except (IndexError, ValueError):
+        return False
+    return True
+
+
 def _sniff_delimiter(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
@@ -273,7 +296,9 @@ def _sniff_delimiter(sample: str) -> str:
         return max(",;\t|", key=first.count)
 
 
-def _read_rows(path: Path, delimiter: str, quoting: int, report: LoadReport) -> Iterator[tuple[int, list[str]]]:
+def _read_rows(
+    path: Path, delimiter: str, quoting: int, report: LoadReport
+) -> Iterator[tuple[int, list[str]]]:
     """Non-blank rows with their line numbers; a row the csv module rejects is reported, not fatal."""
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -307,7 +332,9 @@ class TableLoader(DatasetLoader):
         if unknown:
             raise TypeError(f"unknown column option(s) {sorted(unknown)}; columns are {COLUMN_ROLES}")
         self.labels = self._find_labels(labels)
-        folder_images = self.labels.parent / "images" if labels is not None and Path(labels).is_dir() else None
+        folder_images = (
+            self.labels.parent / "images" if labels is not None and Path(labels).is_dir() else None
+        )
         if images is None and folder_images is not None and folder_images.is_dir():
             images = folder_images
         self.images = Path(images) if images is not None else None
@@ -319,7 +346,9 @@ class TableLoader(DatasetLoader):
 
     def _find_labels(self, labels: str | os.PathLike | None) -> Path:
         if labels is None:
-            raise ValueError(f"{self.name}: pass labels=<file, or folder holding one of {list(self.label_files)}>")
+            raise ValueError(
+                f"{self.name}: pass labels=<file, or folder holding one of {list(self.label_files)}>"
+            )
         path = Path(labels)
         if path.is_dir():
             for fname in self.label_files:
@@ -357,15 +386,22 @@ class TableLoader(DatasetLoader):
         """(column map, whether the first row is a header) from the first non-blank row."""
         if self.header is not False:
             by_name = self._header_map(first)
-            if by_name is not None:
+            # With only indexes given, the first row is a header only if its latitude is not a number.
+            if by_name is not None and (self.header or not _is_number(first, by_name.lat)):
                 return by_name, True
             if self.header:
-                raise ValueError(f"{self.name}: header {list(first)} of {self.labels} names no lat/lon columns")
+                raise ValueError(
+                    f"{self.name}: header {list(first)} of {self.labels} names no lat/lon columns"
+                )
         if all(isinstance(self.columns.get(r), int) for r in ("id", "lat", "lon")):
             author = self.columns.get("author")
             c = self.columns
-            return ColumnMap(id=int(c["id"]), lat=int(c["lat"]), lon=int(c["lon"]),
-                             author=author if isinstance(author, int) else None), False
+            return ColumnMap(
+                id=int(c["id"]),
+                lat=int(c["lat"]),
+                lon=int(c["lon"]),
+                author=author if isinstance(author, int) else None,
+            ), False
         if delimiter == "\t" and len(first) in YFCC100M_LAYOUTS and not self.columns:
             return YFCC100M_LAYOUTS[len(first)], False
         raise ValueError(
@@ -378,15 +414,17 @@ class TableLoader(DatasetLoader):
         with self.labels.open(encoding="utf-8-sig", errors="replace", newline="") as f:
             sample = f.read(65536)
         delimiter = self.delimiter or _sniff_delimiter(sample)
-        first = next(_read_rows(self.labels, delimiter, csv.QUOTE_MINIMAL, LoadReport(dataset="", source="")),
-                     None)
+        first = next(
+            _read_rows(self.labels, delimiter, csv.QUOTE_MINIMAL, LoadReport(dataset="", source="")), None
+        )
         collector = _Collector(report, self.images)
         if first is None:
             report.warnings.append("labels file has no rows")
             return collector.finish(self.expected_n)
         cols, has_header = self._layout(first[1], delimiter)
         raw_yfcc = not has_header and cols in YFCC100M_LAYOUTS.values()
-        quoting = csv.QUOTE_NONE if raw_yfcc else csv.QUOTE_MINIMAL  # raw YFCC fields are URL-encoded, unquoted
+        # Raw YFCC fields are URL-encoded and never quoted: a stray quote must not swallow lines.
+        quoting = csv.QUOTE_NONE if raw_yfcc else csv.QUOTE_MINIMAL
         rows = _read_rows(self.labels, delimiter, quoting, report)
         if has_header:
             next(rows, None)
@@ -449,8 +487,9 @@ class SharedSplitLoader(TableLoader):
     label_files = ("labels.csv",)
     expected_n = 1630
 
-    def __init__(self, labels: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                 **options) -> None:
+    def __init__(
+        self, labels: str | os.PathLike | None = None, images: str | os.PathLike | None = None, **options
+    ) -> None:
         super().__init__(labels if labels is not None else shared_data_root(), images, **options)
 
 
@@ -514,8 +553,13 @@ class ExifLoader(DatasetLoader):
     Files with an image suffix but no (or broken) GPS are reported as bad rows; other files are ignored.
     """
 
-    def __init__(self, labels: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                 *, recursive: bool = False) -> None:
+    def __init__(
+        self,
+        labels: str | os.PathLike | None = None,
+        images: str | os.PathLike | None = None,
+        *,
+        recursive: bool = False,
+    ) -> None:
         folder = images if images is not None else labels
         if folder is None or not Path(folder).is_dir():
             raise FileNotFoundError(f"exif: pass images=<folder of photos>, got {folder!r}")

@@ -57,7 +57,9 @@ def distance_km(lat1, lon1, lat2, lon2, method: str = "haversine") -> np.ndarray
     try:
         fn = DISTANCE_METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown distance method {method!r}; choose from {sorted(DISTANCE_METHODS)}") from None
+        raise ValueError(
+            f"unknown distance method {method!r}; choose from {sorted(DISTANCE_METHODS)}"
+        ) from None
     coords = [np.asarray(a, dtype=np.float64) for a in (lat1, lon1, lat2, lon2)]
     return np.asarray(fn(*coords), dtype=np.float64)
 
@@ -85,7 +87,9 @@ def _hits(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     come out of the trigonometry as 24.9999999999995 km, and must still miss the 25 km bar.
     """
     with np.errstate(invalid="ignore"):
-        return np.round(errors, _COMPARE_DECIMALS)[:, None] < np.asarray(thresholds, dtype=np.float64)[None, :]
+        return (
+            np.round(errors, _COMPARE_DECIMALS)[:, None] < np.asarray(thresholds, dtype=np.float64)[None, :]
+        )
 
 
 def accuracy_at(
@@ -104,7 +108,9 @@ def geoscore(errors_km: Iterable[float | None]) -> float:
     errors = as_errors(errors_km)
     if errors.size == 0:
         return 0.0
-    scores = np.where(np.isnan(errors), 0.0, GEOSCORE_MAX * np.exp(-np.nan_to_num(errors) / GEOSCORE_SCALE_KM))
+    scores = np.where(
+        np.isnan(errors), 0.0, GEOSCORE_MAX * np.exp(-np.nan_to_num(errors) / GEOSCORE_SCALE_KM)
+    )
     return float(scores.mean())
 
 
@@ -152,7 +158,10 @@ def continents_for(lats: Sequence[float], lons: Sequence[float]) -> list[str]:
         key = (float(lat), float(lon))
         if key not in cache:
             iso2 = country_at(*key)
-            cache[key] = (continent_of(iso2) if iso2 else None) or UNKNOWN_CONTINENT
+            try:
+                cache[key] = (continent_of(iso2) if iso2 else None) or UNKNOWN_CONTINENT
+            except KeyError:  # a territory the gazetteer has no continent for
+                cache[key] = UNKNOWN_CONTINENT
         out.append(cache[key])
     return out
 
@@ -163,7 +172,9 @@ class Summary(BaseModel):
     n: int = Field(description="images evaluated, missing answers included")
     answered: int = Field(description="images with a usable answer (finite error)")
     accuracy: dict[str, float] = Field(description="percent strictly within each threshold (km key)")
-    ci95: dict[str, tuple[float, float]] = Field(default_factory=dict, description="bootstrap 95% CI, percent")
+    ci95: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="bootstrap 95% CI, percent"
+    )
     median_km: float | None = Field(description="median error over answered images; None if none answered")
     mean_km: float | None = Field(description="mean error over answered images; None if none answered")
     geoscore: float = Field(description="mean 5000·exp(−d/1492.7), a missing answer scoring 0")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -105,7 +105,7 @@ def parse_template(source: str, where: str = "<string>") -> PromptTemplate:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(prompt_id: str, root: str) -> PromptTemplate:
     path = Path(root) / f"{prompt_id}.md"
     if not _ID.match(prompt_id) or not path.is_file():

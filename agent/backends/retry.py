@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import openai
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from agent.backends.errors import CallFailed
 
@@ -78,14 +79,16 @@ class _Wait:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._backoff = wait_exponential_jitter(initial=policy.initial_s, max=policy.max_wait_s, jitter=policy.initial_s)
 
     def __call__(self, state: RetryCallState) -> float:
+        p = self._policy
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_s(exc) if exc is not None else None
         if asked is not None:
-            return min(asked, self._policy.retry_after_max_s)
-        return self._backoff(state)
+            return min(asked, p.retry_after_max_s)
+        # initial * 2^(n-1), capped, plus up to `initial` of jitter (tenacity's own helper for
+        # this changed its signature across the versions we allow).
+        return min(p.max_wait_s, p.initial_s * 2 ** (state.attempt_number - 1)) + random.uniform(0, p.initial_s)
 
 
 def describe(exc: BaseException) -> str:

@@ -42,7 +42,9 @@ def test_one_degree_of_longitude_on_the_equator():
     assert float(distance_km(0, 0, 0, 1)) == pytest.approx(R * math.pi / 180, rel=1e-12)  # 111.195 km
     assert float(distance_km(0, 0, 0, 1)) == pytest.approx(111.195, abs=1e-3)
     # On the ellipsoid the equator has the semi-major axis 6378.137 km.
-    assert float(distance_km(0, 0, 0, 1, method="geodesic")) == pytest.approx(6378.137 * math.pi / 180, abs=1e-6)
+    assert float(distance_km(0, 0, 0, 1, method="geodesic")) == pytest.approx(
+        6378.137 * math.pi / 180, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(("a", "b"), [((0, 0), (0, 180)), ((10, 20), (-10, -160)), ((90, 0), (-90, 0))])
@@ -116,9 +118,20 @@ def test_bootstrap_chunking_matches_one_pass(monkeypatch):
 
 def test_summary_json_shape_and_median_over_answered():
     errors = [0.5, 10.0, 300.0, None]
-    s = summarize(errors, [0, 0, 0, 0], [0, 0, 0, 0], n_boot=100, continents=["Europe", "Europe", "Asia", None])
+    s = summarize(
+        errors, [0, 0, 0, 0], [0, 0, 0, 0], n_boot=100, continents=["Europe", "Europe", "Asia", None]
+    )
     data = json.loads(s.model_dump_json())
-    assert set(data) == {"n", "answered", "accuracy", "ci95", "median_km", "mean_km", "geoscore", "per_continent"}
+    assert set(data) == {
+        "n",
+        "answered",
+        "accuracy",
+        "ci95",
+        "median_km",
+        "mean_km",
+        "geoscore",
+        "per_continent",
+    }
     assert (data["n"], data["answered"]) == (4, 3)
     assert list(data["accuracy"]) == ["1", "25", "200", "750", "2500"]
     assert data["accuracy"]["25"] == pytest.approx(50.0)

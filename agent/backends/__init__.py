@@ -1,0 +1,31 @@
+"""Model backends behind one interface: ``make_backend(spec, **options)``.
+
+Specs: ``openai:MODEL``, ``openai-compatible:BASE_URL:MODEL``, ``llava:PATH_OR_ID``,
+``replay:CSV``, ``none``. See ``base.Backend`` for the calls and ``base.ModelBackend`` for the
+shared options (cache, timeout, retries, sampling, image size, price).
+"""
+
+from agent.backends.base import Backend, Completion, ModelBackend, parse_perception
+from agent.backends.cache import ResponseCache
+from agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
+from agent.backends.media import image_content_part, user_message
+from agent.backends.registry import BACKENDS, available_backends, make_backend, parse_spec, register_backend
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendConfigError",
+    "BackendError",
+    "CallFailed",
+    "Completion",
+    "ModelBackend",
+    "NotSupportedError",
+    "ResponseCache",
+    "available_backends",
+    "image_content_part",
+    "make_backend",
+    "parse_perception",
+    "parse_spec",
+    "register_backend",
+    "user_message",
+]

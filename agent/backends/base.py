@@ -1,0 +1,292 @@
+"""The backend interface and the machinery every model-calling backend shares.
+
+``Backend`` is what the graph sees: ``perceive`` (photo -> geographic prior) and ``chat`` (one
+assistant turn, optionally with tool calls). ``ModelBackend`` implements both once, on top of a
+single hook, ``_complete`` (one real model call), and adds what must not differ per backend:
+image encoding, the response cache, retries, token/cost accounting, and the parse-repair loop
+that turns a reply into a ``Perception`` or an error saying why it could not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+from agent.backends.cache import ResponseCache, make_key, open_cache
+from agent.backends.errors import CallFailed, NotSupportedError
+from agent.backends.media import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, ImageInput, image_content_part
+from agent.backends.pricing import FREE, Price, cost_usd
+from agent.backends.retry import RetryPolicy, call_with_retries
+from agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
+from prompts.loader import PromptTemplate, load_prompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PERCEIVE_PROMPT = "perceive/v1"
+DEFAULT_PERCEIVE_VARS: dict[str, Any] = {"max_countries": 3}
+MAX_ECHOED_REPLY_CHARS = 4000  # a runaway reply is cut before it is sent back for repair
+
+
+@dataclass
+class Completion:
+    """One model reply, in the form stored in the cache."""
+
+    content: str | None
+    tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"id", "name", "arguments_json"}
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Completion:
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
+    def usage(self, *, cache_hit: bool, retries: int = 0) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=self.cost_usd,
+            model_calls=1,
+            cache_hits=int(cache_hit),
+            retries=retries,
+        )
+
+
+_FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+def parse_perception(text: str | None) -> tuple[Perception | None, str | None]:
+    """``(perception, None)`` or ``(None, reason)``; the reason is written for the repair prompt.
+
+    Tolerates code fences and prose around one JSON object, because models add them even when
+    told not to and stripping them is cheaper than a repair call.
+    """
+    if not text or not text.strip():
+        return None, "the reply was empty"
+    body = text.strip()
+    if m := _FENCE.match(body):
+        body = m.group(1).strip()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as first:
+        start, end = body.find("{"), body.rfind("}")
+        if start < 0 or end <= start:
+            return None, f"the reply is not JSON ({first.msg} at character {first.pos}); no JSON object found"
+        try:
+            data = json.loads(body[start : end + 1])
+        except json.JSONDecodeError as exc:
+            return None, f"the reply is not valid JSON ({exc.msg} at character {exc.pos})"
+    if not isinstance(data, dict):
+        return None, f"the reply is JSON but a {type(data).__name__}, not an object"
+    try:
+        return Perception.model_validate(data), None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(object)'}: {e['msg']}" for e in exc.errors()[:8])
+        return None, f"the JSON does not match the schema: {problems}"
+
+
+class Backend(ABC):
+    """What the graph calls. Subclasses register under a spec prefix (see ``registry``)."""
+
+    kind: ClassVar[str]
+    supports_tools: ClassVar[bool] = False  # can ``chat`` take ``tools``?
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    @classmethod
+    def from_spec(cls, rest: str, **options: Any) -> Backend:
+        """Build from the part of the spec after ``PREFIX:``; by default that is the model."""
+        return cls(rest, **options)
+
+    @property
+    def spec(self) -> str:
+        """The spec string that recreates this backend (recorded with every run)."""
+        return f"{self.kind}:{self.model}"
+
+    @abstractmethod
+    def perceive(
+        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+    ) -> PerceptionOutcome:
+        """Geographic prior for one photo; model failures are reported in the outcome, not raised."""
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> AssistantTurn:
+        """One assistant turn for OpenAI-format ``messages``; raises ``CallFailed`` if the call fails."""
+        raise NotSupportedError(f"backend {self.spec!r} cannot chat; use an openai or llava backend")
+
+    def close(self) -> None:
+        """Release files and models; the backend is unusable afterwards."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+
+class ModelBackend(Backend):
+    """A backend that calls a real model; subclasses implement only ``_complete``."""
+
+    price: Price = FREE
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        cache: ResponseCache | str | None = None,
+        temperature: float | None = 0.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        timeout: float = 60.0,
+        max_attempts: int = 4,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 30.0,
+        retry_after_max_s: float = 60.0,
+        max_side: int = DEFAULT_MAX_SIDE,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+        detail: str | None = None,
+        price: Price | None = None,
+        repair_prompt: str | PromptTemplate = "repair/v1",
+    ) -> None:
+        """Options shared by all model backends; every one that changes a reply is in the cache key.
+
+        ``temperature`` None leaves it to the server (models that reject the parameter);
+        ``timeout`` is per call, in seconds; ``price`` is (USD per 1M prompt tokens, per 1M
+        completion tokens) and overrides the backend's default; ``repair_prompt`` must take
+        exactly one variable, ``error``.
+        """
+        super().__init__(model)
+        self.cache = open_cache(cache)
+        self._owns_cache = cache is not None and not isinstance(cache, ResponseCache)  # shared caches stay open
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.timeout = timeout
+        self.retry = RetryPolicy(max_attempts, retry_initial_s, retry_max_s, retry_after_max_s)
+        self.image_options: dict[str, Any] = {"max_side": max_side, "quality": jpeg_quality, "detail": detail}
+        if price is not None:
+            self.price = (float(price[0]), float(price[1]))
+        self.repair = repair_prompt if isinstance(repair_prompt, PromptTemplate) else load_prompt(repair_prompt)
+        self._default_prompt: str | None = None
+        self._prompt_lock = threading.Lock()
+
+    # --- the hook -------------------------------------------------------------------------
+
+    @abstractmethod
+    def _complete(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+    ) -> Completion:
+        """Exactly one model call (no retries, no cache). Service errors propagate as raised."""
+
+    def identity(self) -> dict[str, Any]:
+        """Who answers: part of the cache key. Subclasses add e.g. the server URL."""
+        return {"backend": self.kind, "model": self.model}
+
+    def params(self, json_output: bool) -> dict[str, Any]:
+        """Everything else that changes the reply: part of the cache key."""
+        return {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "json_output": json_output,
+        }
+
+    # --- shared machinery -----------------------------------------------------------------
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return cost_usd(self.price, prompt_tokens, completion_tokens)
+
+    def _call(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+    ) -> tuple[Completion, Usage]:
+        """Cache lookup, else ``_complete`` under the retry policy, then store the reply."""
+        key = None
+        if self.cache is not None:
+            key = make_key(self.identity(), messages, tools, self.params(json_output))
+            if (record := self.cache.get(key)) is not None:
+                completion = Completion.from_record(record)
+                return completion, completion.usage(cache_hit=True)
+        completion, retries = call_with_retries(
+            lambda: self._complete(messages, tools=tools, json_output=json_output), self.retry, self.spec
+        )
+        log.debug(
+            "%s: %d+%d tokens, %d retries", self.spec, completion.prompt_tokens, completion.completion_tokens, retries
+        )
+        if self.cache is not None and key is not None:
+            self.cache.put(key, completion.to_record())
+        return completion, completion.usage(cache_hit=False, retries=retries)
+
+    def default_prompt(self) -> str:
+        with self._prompt_lock:
+            if self._default_prompt is None:
+                self._default_prompt = load_prompt(DEFAULT_PERCEIVE_PROMPT).render(**DEFAULT_PERCEIVE_VARS)
+            return self._default_prompt
+
+    def perceive(
+        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+    ) -> PerceptionOutcome:
+        """Ask for the prior as JSON; one repair round if the reply does not validate.
+
+        ``prompt_text`` defaults to ``perceive/v1`` rendered with ``DEFAULT_PERCEIVE_VARS``;
+        ``image_id`` is accepted for interface parity (replay needs it) and otherwise unused.
+        """
+        if image is None:
+            raise ValueError(f"{self.spec} needs the photo itself; got image=None")
+        start = time.perf_counter()
+        usage = Usage()
+        raw: str | None = None
+        messages: list[dict[str, Any]] = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": prompt_text or self.default_prompt()},
+                    image_content_part(image, **self.image_options),
+                ],
+            }
+        ]
+        try:
+            completion, call_usage = self._call(messages, tools=None, json_output=True)
+            usage += call_usage
+            raw = completion.content
+            perception, reason = parse_perception(raw)
+            if perception is None:
+                log.info("%s: reply did not validate (%s); asking once for a repair", self.spec, reason)
+                messages += [
+                    {"role": "assistant", "content": (raw or "")[:MAX_ECHOED_REPLY_CHARS]},
+                    {"role": "user", "content": self.repair.render(error=reason)},
+                ]
+                completion, call_usage = self._call(messages, tools=None, json_output=True)
+                usage += call_usage
+                raw = completion.content
+                perception, reason = parse_perception(raw)
+            error = None if perception is not None else f"reply did not validate after one repair: {reason}"
+        except CallFailed as exc:
+            perception, error = None, f"model call failed: {exc}"
+            usage += Usage(retries=exc.retries)
+        usage.seconds = time.perf_counter() - start
+        return PerceptionOutcome(perception=perception, usage=usage, error=error, raw=raw)
+
+    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> AssistantTurn:
+        if tools and not self.supports_tools:
+            raise NotSupportedError(f"backend {self.spec!r} does not support tool calling")
+        start = time.perf_counter()
+        completion, usage = self._call(messages, tools=tools or None, json_output=False)
+        usage.seconds = time.perf_counter() - start
+        return AssistantTurn(
+            content=completion.content,
+            tool_calls=[ToolCall(**call) for call in completion.tool_calls],
+            usage=usage,
+        )
+
+    def close(self) -> None:
+        if self.cache is not None and self._owns_cache:
+            self.cache.close()
