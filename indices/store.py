@@ -177,6 +177,8 @@ class ReferenceIndex:
         return Submap(id=submap_id, scheme=prefix, name=self._union_name(submap_id), lat=lat, lon=lon, size=len(rows))
 
     def _union_name(self, submap_id: str) -> str:
+        if submap_id == "global":
+            return "global — the whole reference map"
         prefix, _, label = submap_id.partition(":")
         if prefix == "radius":
             return parse_scheme("radius").label_name(label, 0, 0)

@@ -18,3 +18,27 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
     """A local OpenAI-compatible server: ``.base_url``, ``.script(...)``, ``.requests``."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def synthetic_refs(tmp_path_factory):
+    """A small geotagged photo set the tests make themselves: (root, samples)."""
+    from eval.datasets import load_dataset
+    from tests.synthetic import make_reference_set
+
+    root = tmp_path_factory.mktemp("synthetic_refs")
+    samples = load_dataset("csv", labels=make_reference_set(root), images=root / "images").samples
+    return root, samples
+
+
+@pytest.fixture(scope="session")
+def synthetic_index(synthetic_refs):
+    """That set indexed with the fast ``thumbnail`` descriptor, country + kmeans:3 submaps."""
+    from indices.build import BuildConfig, build_index
+    from indices.store import ReferenceIndex
+
+    root, samples = synthetic_refs
+    out = root / "index"
+    build_index(samples, out, BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5),
+                progress=False)
+    return ReferenceIndex(out)

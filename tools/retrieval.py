@@ -135,6 +135,7 @@ class SearchSummary(BaseModel):
     best_similarity: float | None
     top5_mean_similarity: float | None
     countries: dict[str, int] = Field(description="country histogram of the candidates, largest first")
+    top_countries: list[str] = Field(default_factory=list, description="countries of the 5 best matches, in order")
     spread_km: float | None = Field(description="median distance of candidates from their centroid")
     agree_with_prior: int | None = Field(None, description="candidates inside the prior country or radius")
     agree_fraction: float | None = None
@@ -205,6 +206,7 @@ def summarize(cands: list[Candidate], submap: Submap, args: SearchArgs) -> Searc
         best_similarity=sims[0],
         top5_mean_similarity=round(float(np.mean(sims[:5])), 5),
         countries=dict(Counter(c.country for c in cands).most_common()),
+        top_countries=[c.country for c in cands[:5]],
         spread_km=round(float(np.median(haversine_km(clat, clon, lat, lon))), 1),
         agree_with_prior=agree,
         agree_fraction=None if agree is None else round(agree / len(cands), 3),

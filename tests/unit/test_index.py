@@ -7,27 +7,22 @@ import json
 import numpy as np
 import pytest
 
-from eval.datasets import load_dataset
 from indices.build import BuildConfig, BuildError, build_index
 from indices.manifest import IndexFormatError
 from indices.store import ReferenceIndex, SubmapError
-from tests.synthetic import PLACES, make_reference_set, place_image
+from tests.synthetic import PLACES, place_image
 
 CONFIG = BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5)
 
 
-@pytest.fixture(scope="module")
-def refset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refs")
-    labels = make_reference_set(root)
-    return load_dataset("csv", labels=labels, images=root / "images").samples
+@pytest.fixture
+def refset(synthetic_refs):
+    return synthetic_refs[1]
 
 
-@pytest.fixture(scope="module")
-def index(refset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("index") / "idx"
-    build_index(refset, out, CONFIG, progress=False)
-    return ReferenceIndex(out)
+@pytest.fixture
+def index(synthetic_index):
+    return synthetic_index
 
 
 def test_manifest_and_counts(index):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.datasets import load_dataset
-from indices.build import BuildConfig, build_index
-from indices.store import ReferenceIndex
-from tests.synthetic import make_reference_set, place_image
+from tests.synthetic import place_image
 from tools.base import ToolError
 from tools.retrieval import (
     ListSubmapsArgs,
@@ -20,13 +17,9 @@ from tools.retrieval import (
 )
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refs")
-    samples = load_dataset("csv", labels=make_reference_set(root), images=root / "images").samples
-    out = root / "idx"
-    build_index(samples, out, BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3"), progress=False)
-    return ReferenceIndex(out)
+@pytest.fixture
+def index(synthetic_index):
+    return synthetic_index
 
 
 def test_list_submaps_near_and_by_country(index):

@@ -1,0 +1,63 @@
+"""The agent's configuration: one typed object, every field documented, recorded with each run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Caps(BaseModel):
+    """Hard limits; hitting one finalizes with what is known and says so in the prediction."""
+
+    max_steps: int = Field(12, ge=1, description="plan/act iterations")
+    max_tool_calls: int = Field(12, ge=1, description="tool calls of any kind")
+    max_model_calls: int = Field(10, ge=1, description="VLM/LLM completions, repairs included")
+    max_seconds: float = Field(180.0, gt=0, description="wall time per photo")
+
+
+class RerankConfig(BaseModel):
+    """Geographic re-ranking of the candidate pool (switch off for the paper's ablation)."""
+
+    enabled: bool = True
+    prior_weight: float = Field(0.5, ge=0, description="weight of proximity to the prior's point")
+    prior_scale_km: float = Field(300.0, gt=0, description="e-folding distance of the prior kernel")
+    density_weight: float = Field(0.25, ge=0, description="weight of support by nearby candidates")
+    density_km: float = Field(25.0, gt=0, description="candidates closer than this support each other")
+
+
+class OverrideConfig(BaseModel):
+    """When retrieval may replace the VLM's own point (measured on the shared split, see eval/RESULTS.md).
+
+    The recorded VLM points are strong (13.6% within 1 km); snapping them to the best visual
+    match without a confidence test loses street-level accuracy. Retrieval wins only when its
+    evidence is strong: enough candidates agreeing on one spot, matching well, near the prior.
+    """
+
+    enabled: bool = True
+    min_support: int = Field(2, ge=1, description="candidates within density_km of the answer")
+    min_similarity: float = Field(0.80, description="similarity of the best supporting candidate")
+    max_km_from_prior: float = Field(100.0, gt=0, description="retrieval may move the prior at most this far")
+
+
+class AgentConfig(BaseModel):
+    policy: str = Field("rules", description="registered policy: 'rules' (the paper's pipeline) or 'llm'")
+    prior_level: Literal["point", "country"] = Field(
+        "point", description="'country' uses only the prior's country, as in the paper; 'point' also its coordinates"
+    )
+    scheme: Literal["country", "kmeans"] = Field("country", description="submap scheme the rules policy searches")
+    kmeans_clusters: int = Field(3, ge=1, description="rules+kmeans: clusters nearest the prior point to search")
+    k: int = Field(20, ge=1, le=500, description="candidates per search")
+    max_switches: int = Field(2, ge=0, description="rules: switches to the next country hypothesis")
+    max_widens: int = Field(2, ge=0, description="rules: widenings of the search area")
+    weak_similarity: float = Field(0.55, description="rules: best match below this in the submap = disagreement")
+    strong_similarity: float = Field(0.80, description="rules: a global match above this elsewhere = disagreement")
+    global_probe: bool = Field(True, description="rules: also search the whole map to test the prior")
+    exclude_authors: list[str] = Field(default_factory=list, description="never retrieve these photographers' photos")
+    exclude_ids: list[str] = Field(default_factory=list, description="never retrieve these reference ids")
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    override: OverrideConfig = Field(default_factory=OverrideConfig)
+    caps: Caps = Field(default_factory=Caps)
+    perceive_prompt: str = Field("perceive/v1", description="prompt template id for perception")
+    plan_prompt: str = Field("plan/v1", description="prompt template id for the llm policy")
+    chat_prompt: str = Field("chat/v1", description="prompt template id for chat follow-ups")

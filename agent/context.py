@@ -1,0 +1,42 @@
+"""What the graph's nodes need besides the state: the index, the model backend, the config.
+
+Not part of the checkpointed state (none of it serialises); a resumed chat session rebuilds it
+from the same command-line options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from agent.backends import Backend
+from agent.config import AgentConfig
+from indices.images import load_image
+from indices.store import ReferenceIndex
+
+
+@dataclass
+class AgentContext:
+    index: ReferenceIndex
+    backend: Backend
+    config: AgentConfig
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    _images: dict[str, Image.Image] = field(default_factory=dict)
+    _descriptor: object | None = None
+
+    def image(self, path: str, sha: str) -> Image.Image:
+        if sha not in self._images:
+            self._images.clear()  # one photo at a time is enough; keeps a long eval's memory flat
+            self._images[sha] = load_image(path)
+        return self._images[sha]
+
+    def query_vector(self, path: str, sha: str) -> np.ndarray:
+        """The photo's descriptor, computed once per photo however many searches use it."""
+        if sha not in self._vectors:
+            if self._descriptor is None:
+                self._descriptor = self.index.descriptor()
+            self._vectors.clear()
+            self._vectors[sha] = self._descriptor.extract([self.image(path, sha)])[0]  # type: ignore[attr-defined]
+        return self._vectors[sha]

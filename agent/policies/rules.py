@@ -1,0 +1,149 @@
+"""``rules``: the paper's pipeline as a deterministic policy, plus widening and switching.
+
+prior -> submap (the prior's country, or the K-means clusters nearest its point) -> search
+(and a whole-map probe) -> agreement test -> widen or switch to the next country hypothesis, a
+bounded number of times -> finalize (re-rank, answer). With no prior: one whole-map search.
+
+Agreement test, after searching submap S:
+  * weak: the best match inside S is below ``weak_similarity`` -> nothing there looks like the
+    photo; widen S (if widens are left).
+  * contradicted: the whole-map probe's best match is above ``strong_similarity``, at least two of
+    the probe's top five sit in one other country C, and that country beats S's best match ->
+    switch to C if the VLM named it, else widen S if C is S's land neighbour.
+  * otherwise the evidence agrees (or is too weak to argue): finalize.
+"""
+
+from __future__ import annotations
+
+from agent.context import AgentContext
+from agent.policies.base import Decision, Policy, register_policy
+from agent.state import AgentState, Event, PendingCall, SearchStep
+
+# Trail reasons that mean "strong matches elsewhere contradict the prior" (finalize reads them).
+CONTRADICTION_REASONS = ("switch:", "widen: strong matches")
+# The whole-map probe tests the prior; its candidates do not enter the answer's pool.
+PROBE_REASON = "whole-map probe to test the prior"
+
+
+def _search(submap_id: str, k: int, reason: str, n: int) -> PendingCall:
+    return PendingCall(id=f"rules-{n}", name="search_submap", args={"submap_id": submap_id, "k": k}, reason=reason)
+
+
+@register_policy
+class RulesPolicy(Policy):
+    name = "rules"
+
+    def start(self, state: AgentState, ctx: AgentContext) -> dict:
+        return {"hypotheses": hypotheses(state, ctx)}
+
+    def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
+        cfg = ctx.config
+        n = state.counters.tool_calls
+        if not state.trail:
+            if not state.hypotheses:
+                return Decision(calls=[_search("global", cfg.k, "no usable prior: search the whole map", n)])
+            calls = [_search(state.hypotheses[0], cfg.k, "the prior's first hypothesis", n)]
+            if cfg.global_probe and state.hypotheses[0] != "global":
+                calls.append(_search("global", cfg.k, PROBE_REASON, n + 1))
+            return Decision(calls=calls)
+        if not state.hypotheses:
+            return Decision(done=True)
+        current = _area_steps(state)[-1]
+        probe = next((s for s in state.trail if s.reason == PROBE_REASON), None)
+        switches = sum(1 for s in state.trail if s.reason.startswith("switch"))
+        widens = sum(1 for s in state.trail if s.reason.startswith("widen"))
+        best = current.summary.best_similarity or 0.0
+        if probe is not None and switches < cfg.max_switches:
+            other = _contradiction(probe, current, cfg.strong_similarity)
+            if other is not None:
+                searched = {s.submap_id for s in state.trail}
+                target = next((h for h in state.hypotheses if h == f"country:{other}" and h not in searched), None)
+                if target is not None:
+                    return Decision(calls=[_search(target, cfg.k, f"switch: strong matches in {other}, the VLM's "
+                                                   "next hypothesis", n)])
+                if widens < cfg.max_widens:
+                    wider = self._widen(current, ctx, n, f"widen: strong matches in {other} outside the submap",
+                                        must_contain=other)
+                    if wider is not None:
+                        return wider
+        if best < cfg.weak_similarity and widens < cfg.max_widens:
+            wider = self._widen(current, ctx, n, f"widen: best match {best:.2f} in {current.submap_id} is weak")
+            if wider is not None:
+                return wider
+        return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f})")])
+
+    def _widen(self, current: SearchStep, ctx: AgentContext, n: int, reason: str,
+               must_contain: str | None = None) -> Decision | None:
+        """A search of the next wider area, or None when there is none (or it misses ``must_contain``)."""
+        from tools.base import ToolError
+        from tools.retrieval import WidenArgs, widen
+
+        res = widen(ctx.index, WidenArgs(submap_id=current.submap_id))
+        if isinstance(res, ToolError):
+            return None
+        if must_contain and res.submap_id.startswith("country:") and must_contain not in res.submap_id[8:].split(","):
+            return None  # the strong matches are not in a neighbouring country: keep the prior's area
+        return Decision(calls=[_search(res.submap_id, ctx.config.k, f"{reason} -> {res.how}", n)])
+
+
+def _area_steps(state: AgentState) -> list[SearchStep]:
+    """The searches of hypothesis areas (the probe excluded)."""
+    steps = [s for s in state.trail if s.reason != PROBE_REASON]
+    return steps or state.trail
+
+
+def _contradiction(probe: SearchStep, current: SearchStep, strong: float) -> str | None:
+    """The country the whole-map probe strongly points to, when it is outside the current area:
+    its best match is strong, beats the area's best, and two of its top five agree on that country."""
+    s = probe.summary
+    if not s.best_similarity or s.best_similarity < strong or not s.top_countries:
+        return None
+    if s.best_similarity <= (current.summary.best_similarity or 0.0):
+        return None  # the best match is inside the area already
+    country = s.top_countries[0]
+    if country in current.summary.countries or s.top_countries.count(country) < 2:
+        return None
+    return country
+
+
+def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
+    """Submap ids to try in order, from the prior and the configured scheme."""
+    p = state.perception
+    if p is None:
+        return []
+    cfg = ctx.config
+    if cfg.scheme == "kmeans":
+        table = ctx.index.scheme_of("kmeans")
+        if table is None:
+            raise ValueError("--scheme kmeans needs an index built with a kmeans:K submap scheme")
+        if p.has_point and cfg.prior_level == "point":
+            present = set(table.spans)
+            labels = [x for x in table.scheme.nearest_labels(p.lat, p.lon, cfg.kmeans_clusters * 4) if x in present]
+            return [f"{table.scheme.prefix}:{','.join(labels[: cfg.kmeans_clusters])}"]
+        if state.prior_country:
+            from tools.retrieval import ListSubmapsArgs, list_submaps
+
+            res = list_submaps(ctx.index, ListSubmapsArgs(scheme=table.scheme.prefix, country=state.prior_country, limit=500))
+            if getattr(res, "submaps", None):
+                return [f"{table.scheme.prefix}:{','.join(s.id.split(':')[1] for s in res.submaps)}"]
+        return []
+    table = ctx.index.scheme_of("country")
+    if table is None:
+        raise ValueError("--scheme country needs an index built with the country submap scheme")
+    out: list[str] = []
+    codes = [state.prior_country] if state.prior_country else []
+    from indices.geography import lookup_country
+
+    for guess in p.countries:
+        iso = guess.iso2 or (lookup_country(guess.name) if guess.name else None)
+        if iso:
+            codes.append(iso)
+    for iso in codes:
+        if iso in table.spans and f"country:{iso}" not in out:
+            out.append(f"country:{iso}")
+    if not out and p.has_point and cfg.prior_level == "point":
+        # The prior's country has no references: search around its point instead.
+        from indices.submaps.radius import radius_id
+
+        out.append(radius_id(p.lat, p.lon, 500))
+    return out

@@ -1,0 +1,121 @@
+"""Geographic re-ranking of the candidate pool and the choice of the final answer.
+
+A candidate's score adds to its visual similarity (a) a kernel over its distance to the prior's
+point (or membership of the prior's country) and (b) how much the other candidates corroborate
+its spot. The answer is the similarity-weighted medoid of the best candidate's neighbourhood —
+or the prior's own point when retrieval's evidence is not strong enough to move it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.schemas import Perception
+from agent.state import Answer, ScoredCandidate
+from indices.geometry import haversine_km
+from tools.retrieval import Candidate
+
+
+def dedupe(cands: list[Candidate]) -> list[Candidate]:
+    """One entry per reference (the same photo can come back from overlapping searches)."""
+    best: dict[str, Candidate] = {}
+    for c in cands:
+        if c.ref_id not in best or c.similarity > best[c.ref_id].similarity:
+            best[c.ref_id] = c
+    return sorted(best.values(), key=lambda c: -c.similarity)
+
+
+def _pairwise_km(cands: list[Candidate]) -> np.ndarray:
+    lat = np.array([c.lat for c in cands])
+    lon = np.array([c.lon for c in cands])
+    return haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+
+
+def rerank(
+    cands: list[Candidate], prior: Perception | None, prior_country: str | None, config: AgentConfig
+) -> list[ScoredCandidate]:
+    cands = dedupe(cands)
+    if not cands:
+        return []
+    cfg = config.rerank
+    sims = np.array([c.similarity for c in cands])
+    d = _pairwise_km(cands)
+    near = d < cfg.density_km
+    support = near.sum(axis=1)  # includes itself
+    # Corroboration: similarity mass of the *other* candidates nearby, relative to the best match.
+    density = ((near * sims[None, :]).sum(axis=1) - sims) / max(float(sims.max()), 1e-6)
+    density = np.minimum(density, 3.0) / 3.0
+    prior_term = np.zeros(len(cands))
+    use_point = prior is not None and prior.has_point and config.prior_level == "point"
+    if use_point:
+        dist = haversine_km(prior.lat, prior.lon, np.array([c.lat for c in cands]), np.array([c.lon for c in cands]))
+        prior_term = np.exp(-dist / cfg.prior_scale_km)
+    elif prior_country:
+        prior_term = np.array([1.0 if c.country == prior_country else 0.0 for c in cands])
+    score = sims.copy()
+    if cfg.enabled:
+        score = score + cfg.prior_weight * prior_term + cfg.density_weight * density
+    out = [
+        ScoredCandidate(**c.model_dump(), score=round(float(s), 5), prior_term=round(float(p), 4),
+                        density_term=round(float(q), 4), support=int(n))
+        for c, s, p, q, n in zip(cands, score, prior_term, density, support, strict=True)
+    ]
+    return sorted(out, key=lambda c: -c.score)
+
+
+def medoid(members: list[ScoredCandidate]) -> tuple[float, float]:
+    """The member minimising the similarity-weighted sum of distances to the others."""
+    if len(members) == 1:
+        return members[0].lat, members[0].lon
+    d = _pairwise_km(members)
+    w = np.array([m.similarity for m in members])
+    i = int(np.argmin((d * w[None, :]).sum(axis=1)))
+    return members[i].lat, members[i].lon
+
+
+def choose_answer(
+    scored: list[ScoredCandidate],
+    prior: Perception | None,
+    prior_country: str | None,
+    config: AgentConfig,
+    contradicted: bool = False,
+) -> Answer | None:
+    """The answer: the prior's point unless retrieval is strong near it (or, when the policy found
+    the prior contradicted by strong matches elsewhere, strong anywhere); else retrieval's best spot."""
+    cfg = config.override
+    km = config.rerank.density_km
+    top = scored[0] if scored else None
+    cluster = [c for c in scored if top is not None and haversine_km(top.lat, top.lon, c.lat, c.lon) < km]
+    if prior is not None and prior.has_point and config.prior_level == "point":
+        if top is not None and cfg.enabled and config.rerank.enabled:
+            d_prior = float(haversine_km(prior.lat, prior.lon, top.lat, top.lon))
+            strong = len(cluster) >= cfg.min_support and max(c.similarity for c in cluster) >= cfg.min_similarity
+            if strong and (d_prior <= cfg.max_km_from_prior or contradicted):
+                lat, lon = medoid(cluster)
+                return Answer(lat=lat, lon=lon, source="retrieval", confidence=_confidence(cluster),
+                              why=f"{len(cluster)} references agree on a spot {d_prior:.0f} km from the VLM's point "
+                                  f"(best similarity {top.similarity:.2f})")
+        conf = prior.top_country.probability * 0.6 if prior.top_country else 0.4
+        return Answer(lat=prior.lat, lon=prior.lon, source="prior", confidence=round(conf, 3),
+                      why="the VLM's point; retrieval did not find strong enough agreement to move it")
+    if top is not None:
+        lat, lon = medoid(cluster)
+        via = "re-ranked " if config.rerank.enabled else ""
+        return Answer(lat=lat, lon=lon, source="retrieval", confidence=_confidence(cluster),
+                      why=f"medoid of the {len(cluster)} {via}candidate(s) around the best match "
+                          f"({top.ref_id}, similarity {top.similarity:.2f})")
+    if prior_country:
+        from indices.geography import countries
+
+        c = countries().get(prior_country)
+        if c is not None:
+            return Answer(lat=c.lat, lon=c.lon, source="prior-country", confidence=0.1,
+                          why=f"no references searched; centre of the prior's country {prior_country}")
+    return None
+
+
+def _confidence(cluster: list[ScoredCandidate]) -> float:
+    """Heuristic in [0, 1]: match strength times corroboration (3+ agreeing references = full)."""
+    best = max(c.similarity for c in cluster)
+    return round(float(np.clip(best, 0, 1) * min(1.0, len(cluster) / 3)), 3)

@@ -1,0 +1,117 @@
+"""The rules policy end to end on a small index the tests build, with a replayed prior."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from agent.backends import make_backend
+from agent.config import AgentConfig, Caps
+from agent.context import AgentContext
+from agent.graph import locate
+from indices.geometry import haversine_km
+from tests.synthetic import PLACES, place_image
+
+PARIS, MADRID, TOKYO = PLACES[0], PLACES[2], PLACES[7]
+
+
+@pytest.fixture
+def queries(tmp_path):
+    """Query photos (new shots of known places) and a replay CSV of VLM answers for them."""
+    paths = {}
+    for name, place in [("q_paris.jpg", 0), ("q_tokyo.jpg", 7), ("q_noprior.jpg", 4)]:
+        place_image(place, variant=7).save(tmp_path / name, quality=95)
+        paths[name] = tmp_path / name
+    replay = tmp_path / "prior.csv"
+    with open(replay, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["IMG_ID", "LAT_pred", "LON_pred", "location", "success", "model_name"])
+        w.writerow(["q_paris.jpg", 48.80, 2.30, "Paris, France", "True", "test-vlm"])
+        w.writerow(["q_tokyo.jpg", MADRID[1], MADRID[2], "Madrid, Spain", "True", "test-vlm"])  # a wrong prior
+        w.writerow(["q_noprior.jpg", "", "", "", "False", "test-vlm"])
+    return paths, replay
+
+
+def _run(index, replay, path, **cfg):
+    ctx = AgentContext(index=index, backend=make_backend(f"replay:{replay}"), config=AgentConfig(**cfg))
+    events = []
+    pred = locate(ctx, path, on_event=events.append)
+    return pred, events
+
+
+def test_prior_confirmed_by_retrieval(synthetic_index, queries):
+    paths, replay = queries
+    pred, events = _run(synthetic_index, replay, paths["q_paris.jpg"])
+    assert pred.trail[0].submap_id == "country:FR"
+    assert {s.submap_id for s in pred.trail} == {"country:FR", "global"}  # area + probe, no widening
+    assert pred.source == "retrieval"  # three Paris references agree, 6 km from the VLM's point
+    assert haversine_km(pred.lat, pred.lon, PARIS[1], PARIS[2]) < 3
+    assert pred.country == "FR" and pred.prior.rationale == "Paris, France"
+    assert [e.node for e in events][:2] == ["perceive", "plan"] and events[-1].node == "finalize"
+    assert pred.tool_calls == 2 and pred.timings["total_s"] > 0
+
+
+def test_wrong_prior_widens_but_keeps_a_far_contradiction_out(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])
+    # Nothing in Spain looks like the photo: widen twice to land neighbours. The probe's strong
+    # match in Japan is neither a VLM hypothesis nor a neighbour, so the prior's point stands.
+    assert [s.submap_id for s in pred.trail] == ["country:ES", "global", "country:ES,FR,PT", "country:ES,FR,PT,DE,IT"]
+    assert all(r.startswith("widen: best match") for r in [s.reason for s in pred.trail[2:]])
+    assert pred.source == "prior" and haversine_km(pred.lat, pred.lon, MADRID[1], MADRID[2]) < 1
+    assert all(c.country != "JP" for c in pred.top_candidates)  # the probe's matches stay out of the pool
+
+
+def test_wrong_prior_recovers_when_switch_allowed(synthetic_index, queries, tmp_path):
+    """With the VLM's second hypothesis naming Japan, the policy switches and retrieval wins."""
+    paths, _ = queries
+    replay = tmp_path / "two.csv"
+    replay.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n")
+    ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{replay}"), config=AgentConfig())
+    from agent.schemas import CountryGuess, Perception, PerceptionOutcome
+
+    wrong = Perception(countries=[CountryGuess(iso2="ES", probability=0.6), CountryGuess(iso2="JP", probability=0.3)],
+                       lat=MADRID[1], lon=MADRID[2])
+    ctx.backend.perceive = lambda *a, **k: PerceptionOutcome(perception=wrong)  # a VLM that hedged
+    pred = locate(ctx, paths["q_tokyo.jpg"])
+    assert [s.submap_id for s in pred.trail] == ["country:ES", "global", "country:JP"]
+    assert pred.trail[-1].reason.startswith("switch:")
+    assert pred.source == "retrieval" and haversine_km(pred.lat, pred.lon, TOKYO[1], TOKYO[2]) < 3
+
+
+def test_no_prior_falls_back_to_global_retrieval(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_noprior.jpg"])
+    assert pred.prior is None and "no recorded answer" in pred.prior_error
+    assert [s.submap_id for s in pred.trail] == ["global"]
+    assert pred.source == "retrieval" and pred.country == "DE"
+
+
+def test_country_level_prior_and_rerank_off(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], prior_level="country",
+                   rerank={"enabled": False})
+    assert pred.prior.lat is None and pred.trail[0].submap_id == "country:FR"
+    assert pred.source == "retrieval" and haversine_km(pred.lat, pred.lon, PARIS[1], PARIS[2]) < 3
+
+
+def test_kmeans_scheme(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], scheme="kmeans", kmeans_clusters=1)
+    assert pred.trail[0].submap_id.startswith("kmeans-3:")
+
+
+def test_step_cap_finalizes_with_note(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], caps=Caps(max_steps=1))
+    assert any("step cap" in n for n in pred.notes)
+    assert pred.lat is not None  # still answers with what is known
+
+
+def test_leakage_rule_is_enforced(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"],
+                   exclude_authors=["author_paris_0", "author_paris_1"])
+    assert all(not c.ref_id.startswith("paris") for c in pred.top_candidates)
+    assert pred.source == "prior"  # nothing left to corroborate the point
