@@ -83,13 +83,13 @@ def build_graph(ctx: AgentContext, checkpointer=None):
         c = state.counters
         cap = _cap_reached(state, cfg)
         if cap:
-            return {"pending": [], "notes": [*state.notes, cap],
+            return {"pending": [], "done": True, "notes": [*state.notes, cap],
                     "events": [*state.events, Event(node="plan", text=cap)]}
         d = policy.decide(state, ctx)
         counters = c.model_copy(update={"steps": c.steps + 1, "usage": c.usage + d.usage})
         events = list(d.events) + [Event(node="plan", text=call.reason or f"call {call.name}", tool=call.name,
                                          args=call.args) for call in d.calls]
-        return {"pending": [] if d.done else d.calls, "counters": counters,
+        return {"pending": [] if d.done else d.calls, "done": d.done, "counters": counters,
                 "messages": [*state.messages, *d.messages], "notes": [*state.notes, *d.notes],
                 "events": [*state.events, *events], "submitted": d.submitted or state.submitted}
 
@@ -141,7 +141,9 @@ def build_graph(ctx: AgentContext, checkpointer=None):
         return {"prediction": pred, "events": [*state.events, Event(node="finalize", text=f"answer: {where}")]}
 
     def after_plan(state: AgentState) -> str:
-        return "tools" if state.pending else "finalize"
+        if state.pending:
+            return "tools"
+        return "finalize" if state.done else "plan"  # e.g. the model was nudged to call a tool
 
     def after_tools(state: AgentState) -> str:
         return "finalize" if state.submitted else "plan"
@@ -153,7 +155,7 @@ def build_graph(ctx: AgentContext, checkpointer=None):
     g.add_node("finalize", finalize)
     g.add_edge(START, "perceive")
     g.add_edge("perceive", "plan")
-    g.add_conditional_edges("plan", after_plan, {"tools": "tools", "finalize": "finalize"})
+    g.add_conditional_edges("plan", after_plan, {"tools": "tools", "plan": "plan", "finalize": "finalize"})
     g.add_conditional_edges("tools", after_tools, {"plan": "plan", "finalize": "finalize"})
     g.add_edge("finalize", END)
     return g.compile(checkpointer=checkpointer)

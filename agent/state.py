@@ -100,6 +100,7 @@ class AgentState(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list, description="pool over all searches")
     pending: list[PendingCall] = Field(default_factory=list)
     submitted: Answer | None = None
+    done: bool = Field(False, description="the policy (or a cap) ended the plan/act loop")
     counters: Counters = Field(default_factory=Counters)
     events: list[Event] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)

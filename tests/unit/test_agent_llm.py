@@ -1,0 +1,149 @@
+"""The llm policy against a local OpenAI-compatible server: real client, real HTTP, scripted model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes.openai_server import delayed, http_error, reply_json, reply_text, reply_tool_calls
+
+from agent.backends import make_backend
+from agent.config import AgentConfig, Caps
+from agent.context import AgentContext
+from agent.graph import locate
+from tests.synthetic import PLACES, place_image
+
+PARIS = PLACES[0]
+PRIOR = {
+    "clues": [{"kind": "architecture", "text": "Haussmann facades"}],
+    "countries": [{"iso2": "FR", "probability": 0.8}, {"iso2": "BE", "probability": 0.1}],
+    "lat": 48.85, "lon": 2.35, "uncertainty_km": 50, "rationale": "Parisian street",
+}
+
+
+@pytest.fixture
+def query(tmp_path):
+    p = tmp_path / "query.jpg"
+    place_image(0, variant=7).save(p, quality=95)
+    return p
+
+
+def _ctx(index, server, **cfg):
+    backend = make_backend(f"openai-compatible:{server.base_url}:fake-vlm", timeout=cfg.pop("timeout", 5.0),
+                           max_attempts=cfg.pop("max_attempts", 3), retry_initial_s=0.01, retry_max_s=0.05)
+    return AgentContext(index=index, backend=backend, config=AgentConfig(policy="llm", **cfg))
+
+
+def _tool_messages(server) -> list[dict]:
+    last = server.requests[-1].body["messages"]
+    return [m for m in last if m.get("role") == "tool"]
+
+
+def test_normal_run_with_tool_calls(synthetic_index, fake_openai, query):
+    fake_openai.script(
+        reply_json(PRIOR),
+        reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 5}), content="Searching France first."),
+        reply_tool_calls(("reverse_geocode", {"lat": 48.86, "lon": 2.35})),
+        reply_tool_calls(("submit_location", {"lat": 48.8566, "lon": 2.3522, "confidence": 0.9,
+                                              "evidence": "paris_0.jpg similarity 0.99"})),
+    )
+    events = []
+    pred = locate(_ctx(synthetic_index, fake_openai), query, on_event=events.append)
+    assert pred.source == "llm" and (pred.lat, pred.lon) == (48.8566, 2.3522) and pred.country == "FR"
+    assert [s.submap_id for s in pred.trail] == ["country:FR"]
+    assert pred.prior.countries[0].iso2 == "FR" and pred.usage.model_calls == 4
+    assert pred.usage.prompt_tokens == 400
+    planner = fake_openai.requests[1].body
+    assert {t["function"]["name"] for t in planner["tools"]} >= {"search_submap", "widen", "submit_location"}
+    assert any(p.get("type") == "image_url" for m in planner["messages"] if isinstance(m.get("content"), list)
+               for p in m["content"])  # the planner sees the photo
+    tools = _tool_messages(fake_openai)
+    assert json.loads(tools[0]["content"])["candidates"][0]["ref_id"].startswith("paris")
+    assert any(e.tool == "search_submap" for e in events) and events[-1].node == "finalize"
+    assert "plan/v1" in pred.prompts and "perceive/v1" in pred.prompts
+
+
+def test_widens_after_disagreement(synthetic_index, fake_openai, query):
+    fake_openai.script(
+        reply_json({**PRIOR, "countries": [{"iso2": "PT", "probability": 0.7}], "lat": 38.7, "lon": -9.1}),
+        reply_tool_calls(("search_submap", {"submap_id": "country:PT", "k": 3})),
+        reply_tool_calls(("widen", {"submap_id": "country:PT"})),
+        reply_tool_calls(("search_submap", {"submap_id": "country:PT,ES", "k": 3})),
+        reply_tool_calls(("widen", {"submap_id": "country:PT,ES"})),
+        reply_tool_calls(("search_submap", {"submap_id": "country:PT,ES,FR", "k": 3})),
+        reply_tool_calls(("submit_location", {"lat": 48.85, "lon": 2.35, "evidence": "paris matches"})),
+    )
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    assert [s.submap_id for s in pred.trail] == ["country:PT", "country:PT,ES", "country:PT,ES,FR"]
+    widen_result = json.loads(_tool_messages(fake_openai)[1]["content"])
+    assert widen_result["submap_id"] == "country:PT,ES"
+    assert pred.trail[-1].summary.top_countries[0] == "FR"
+
+
+def test_invalid_json_perception_is_repaired_then_dropped(synthetic_index, fake_openai, query):
+    fake_openai.script(
+        reply_text("It looks like Paris! {lat: 48.8"),
+        reply_text("still not json"),
+        reply_tool_calls(("search_submap", {"submap_id": "global", "k": 3})),
+        reply_tool_calls(("submit_location", {"lat": 48.85, "lon": 2.35})),
+    )
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    assert pred.prior is None and "repair" in pred.prior_error
+    assert pred.lat == 48.85  # the run went on without a prior
+    assert "No usable prior" in fake_openai.requests[2].body["messages"][1]["content"][0]["text"]
+
+
+def test_unknown_submap_comes_back_as_error_and_model_corrects(synthetic_index, fake_openai, query):
+    fake_openai.script(
+        reply_json(PRIOR),
+        reply_tool_calls(("search_submap", {"submap_id": "country:XY"})),
+        reply_tool_calls(("reverse_geocode", {"lat": 200, "lon": 0})),
+        reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 2})),
+        reply_tool_calls(("submit_location", {"lat": 48.85, "lon": 2.35})),
+    )
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    errors = [json.loads(m["content"]) for m in _tool_messages(fake_openai)]
+    assert errors[0]["ok"] is False and "do not exist" in errors[0]["error"]
+    assert errors[1]["ok"] is False and "lat" in errors[1]["error"]
+    assert [s.submap_id for s in pred.trail] == ["country:FR"] and pred.source == "llm"
+
+
+def test_malformed_tool_arguments_are_reported(synthetic_index, fake_openai, query):
+    bad = reply_tool_calls(("search_submap", {"submap_id": "global"}))
+    bad.body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "{submap_id: global"
+    fake_openai.script(reply_json(PRIOR), bad, reply_tool_calls(("submit_location", {"lat": 1.0, "lon": 2.0})))
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    assert "not valid JSON" in json.loads(_tool_messages(fake_openai)[0]["content"])["error"]
+    assert (pred.lat, pred.lon) == (1.0, 2.0)
+
+
+def test_429_then_success(synthetic_index, fake_openai, query):
+    fake_openai.script(
+        reply_json(PRIOR),
+        http_error(429, retry_after=0.2),
+        reply_tool_calls(("submit_location", {"lat": 48.85, "lon": 2.35})),
+    )
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    assert pred.source == "llm" and pred.usage.retries >= 1
+
+
+def test_timeout_ends_with_what_is_known(synthetic_index, fake_openai, query):
+    fake_openai.script(reply_json(PRIOR), *[delayed(1.5) for _ in range(2)])
+    pred = locate(_ctx(synthetic_index, fake_openai, timeout=0.3, max_attempts=2), query)
+    assert any("planner call failed" in n for n in pred.notes)
+    assert pred.source == "prior" and (pred.lat, pred.lon) == (48.85, 2.35)
+
+
+def test_step_cap_reached(synthetic_index, fake_openai, query):
+    fake_openai.script(reply_json(PRIOR), *[reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 3}))
+                                            for _ in range(3)])
+    pred = locate(_ctx(synthetic_index, fake_openai, caps=Caps(max_steps=3)), query)
+    assert any("step cap (3)" in n for n in pred.notes)
+    assert len(pred.trail) == 3 and pred.lat is not None  # re-ranked answer from what was found
+    assert fake_openai.pending == 0
+
+
+def test_model_without_submit_is_nudged_once(synthetic_index, fake_openai, query):
+    fake_openai.script(reply_json(PRIOR), reply_text("I think it is Paris."), reply_text("Paris."))
+    pred = locate(_ctx(synthetic_index, fake_openai), query)
+    assert any("without submitting" in n for n in pred.notes) and pred.source == "prior"
