@@ -153,16 +153,158 @@ def search(
         typer.echo(f"{i:>3}. {c.similarity:.4f}  {c.lat:9.4f} {c.lon:10.4f}  {c.country:<3} {c.ref_id}")
 
 
+# ---------------------------------------------------------------------------------------- agent
+
+VlmOpt = Annotated[str, typer.Option("--vlm", help="none | replay:CSV | openai:MODEL | openai-compatible:URL:MODEL | llava:PATH")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="rules | llm")]
+IndexOpt = Annotated[Path, typer.Option("--index", help="index directory")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="SQLite response cache (default: ~/.cache/geoguide/responses.sqlite; 'none' disables)")]
+
+
+def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = None, **config):
+    """Open the index, the model backend and the config the same way for every command."""
+    from agent.backends import make_backend
+    from agent.config import AgentConfig
+    from agent.context import AgentContext
+    from indices.store import ReferenceIndex
+
+    cfg = AgentConfig(policy=policy, **config)
+    from agent.policies import make_policy
+
+    make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
+    index = ReferenceIndex(index_dir)
+    options = {}
+    if not vlm.startswith(("none", "replay:")):
+        options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
+    return AgentContext(index=index, backend=make_backend(vlm, **options), config=cfg)
+
+
+def default_cache_path() -> Path:
+    import os
+
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geoguide"
+    root.mkdir(parents=True, exist_ok=True)
+    return root / "responses.sqlite"
+
+
+def print_event(ev) -> None:
+    tool = f"[{ev.tool}] " if ev.tool else ""
+    typer.echo(f"  · {ev.node:<9} {tool}{ev.text}", err=True)
+
+
+def format_prediction(pred) -> str:
+    if pred.lat is None:
+        return f"No answer ({'; '.join(pred.notes) or pred.prior_error or 'nothing found'})"
+    place = ", ".join(x for x in (pred.nearest_city, pred.country_name) if x) or "open sea"
+    lines = [f"Answer: {pred.lat:.5f}, {pred.lon:.5f} — {place} (confidence {pred.confidence:.2f}, from {pred.source})",
+             f"Why: {pred.why}"]
+    if pred.prior is not None:
+        p = pred.prior
+        pt = f"({p.lat:.4f}, {p.lon:.4f})" if p.has_point else ""
+        top = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.countries[:3])
+        lines.append(f"Prior: {top} {pt} {p.rationale[:100]}".rstrip())
+    elif pred.prior_error:
+        lines.append(f"Prior: none ({pred.prior_error})")
+    for i, s in enumerate(pred.trail, 1):
+        lines.append(f"Search {i}: {s.summary.submap.name} — best {s.summary.best_similarity}; {s.reason}")
+    for c in pred.top_candidates[:3]:
+        lines.append(f"  match {c.ref_id} ({c.country}) similarity {c.similarity:.3f}, score {c.score:.3f}")
+    for n in pred.notes:
+        lines.append(f"Note: {n}")
+    return "\n".join(lines)
+
+
+@app.command("locate")
+def locate_cmd(
+    image: Annotated[Path, typer.Argument(help="the photo")],
+    index_dir: IndexOpt,
+    vlm: VlmOpt = "none",
+    policy: PolicyOpt = "rules",
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction as JSON")] = False,
+    prior_level: Annotated[str, typer.Option("--prior-level", help="point | country")] = "point",
+    exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="never retrieve this photographer's photos; repeatable")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not stream the steps")] = False,
+    cache: CacheOpt = None,
+) -> None:
+    """Where was this photo taken? Streams the agent's steps, then the answer and its evidence."""
+    from agent.graph import locate
+
+    ctx = make_context(index_dir, vlm, policy, cache, prior_level=prior_level, exclude_authors=exclude_author or [])
+    pred = locate(ctx, image, on_event=None if (quiet or as_json) else print_event)
+    typer.echo(pred.model_dump_json(indent=2) if as_json else format_prediction(pred))
+
+
+CHAT_HELP = """Commands: /image PATH (locate a photo), /show (the prediction as JSON), /help, /quit.
+Anything else is a follow-up question, e.g. "why not Portugal?" or "look near Lyon instead"."""
+
+
+@app.command("chat")
+def chat_cmd(
+    image: Annotated[Path | None, typer.Argument(help="a photo to start with")] = None,
+    index_dir: IndexOpt = Path("index"),
+    session: Annotated[str | None, typer.Option("--session", help="resume this session id")] = None,
+    vlm: VlmOpt = "none",
+    policy: PolicyOpt = "rules",
+    db: Annotated[Path | None, typer.Option("--db", help="session database (default ~/.cache/geoguide/sessions.sqlite)")] = None,
+    exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="never retrieve this photographer's photos")] = None,
+    cache: CacheOpt = None,
+) -> None:
+    """A terminal chat: attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
+    from agent.chat import ChatSession, summary
+    from indices.images import ImageLoadError
+
+    ctx = make_context(index_dir, vlm, policy, cache, exclude_authors=exclude_author or [])
+    chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event)
+    try:
+        st = chat.state()
+        if session and st is not None and st.prediction is not None:
+            typer.echo(f"resumed session {chat.session_id}: {st.image_path}")
+            typer.echo(summary(st.prediction))
+        else:
+            typer.echo(f"session {chat.session_id} (resume later with --session {chat.session_id}). /help for commands.")
+        if image is not None:
+            typer.echo(format_prediction(chat.attach(image)))
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                typer.echo("you> ", nl=False)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/help":
+                typer.echo(CHAT_HELP)
+            elif line == "/show":
+                st = chat.state()
+                typer.echo(st.prediction.model_dump_json(indent=2) if st and st.prediction else "no prediction yet")
+            elif line.startswith("/image"):
+                path = line[len("/image"):].strip()
+                try:
+                    typer.echo(format_prediction(chat.attach(Path(path).expanduser())))
+                except ImageLoadError as e:  # a bad photo must not end the session
+                    typer.echo(f"geoguide: {e}", err=True)
+            else:
+                typer.echo(f"geoguide> {chat.ask(line)}")
+    finally:
+        chat.close()
+    typer.echo(f"bye — resume with: geoguide chat --index {index_dir} --session {chat.session_id}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer for parsing, one-line errors for everything we anticipate."""
+    from agent.backends import BackendError
     from indices.build import BuildError
     from indices.images import ImageLoadError
     from indices.manifest import IndexFormatError
     from indices.store import SubmapError
 
     logging.basicConfig(level=logging.WARNING, format="geoguide: %(levelname)s: %(message)s")
-    expected = (CLIError, ImageLoadError, IndexFormatError, BuildError, SubmapError, FileNotFoundError, ValueError,
-                TypeError, PermissionError)
+    expected = (CLIError, ImageLoadError, IndexFormatError, BuildError, SubmapError, BackendError, FileNotFoundError,
+                ValueError, TypeError, PermissionError)
     try:
         app(args=argv, standalone_mode=False)
     except expected as e:

@@ -107,3 +107,4 @@ class AgentState(BaseModel):
     started_at: float = 0.0
     perceive_seconds: float = 0.0
     prediction: Prediction | None = None
+    chat: list[dict[str, str]] = Field(default_factory=list, description="chat transcript: role, text")
