@@ -294,6 +294,12 @@ def chat_cmd(
     typer.echo(f"bye — resume with: geoguide chat --index {index_dir} --session {chat.session_id}")
 
 
+from eval.cli import ablate_cmd, eval_cmd  # noqa: E402  (commands live with their package)
+
+app.command("eval")(eval_cmd)
+app.command("ablate")(ablate_cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer for parsing, one-line errors for everything we anticipate."""
     from agent.backends import BackendError

@@ -41,7 +41,7 @@ class OverrideConfig(BaseModel):
 
 
 class AgentConfig(BaseModel):
-    policy: str = Field("rules", description="registered policy: 'rules' (the paper's pipeline) or 'llm'")
+    policy: str = Field("rules", description="registered policy: 'rules' (the paper's pipeline), 'llm' or 'prior'")
     prior_level: Literal["point", "country"] = Field(
         "point", description="'country' uses only the prior's country, as in the paper; 'point' also its coordinates"
     )
@@ -55,6 +55,9 @@ class AgentConfig(BaseModel):
     global_probe: bool = Field(True, description="rules: also search the whole map to test the prior")
     exclude_authors: list[str] = Field(default_factory=list, description="never retrieve these photographers' photos")
     exclude_ids: list[str] = Field(default_factory=list, description="never retrieve these reference ids")
+    reuse_index_descriptors: bool = Field(
+        False, description="a query that is itself in the index (same id and file) reuses its stored descriptor "
+        "instead of extracting it again; for benchmarks on the reference set (timings then exclude extraction)")
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     override: OverrideConfig = Field(default_factory=OverrideConfig)
     caps: Caps = Field(default_factory=Caps)

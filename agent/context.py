@@ -7,6 +7,7 @@ from the same command-line options.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -32,8 +33,13 @@ class AgentContext:
             self._images[sha] = load_image(path)
         return self._images[sha]
 
-    def query_vector(self, path: str, sha: str) -> np.ndarray:
+    def query_vector(self, path: str, sha: str, image_id: str | None = None) -> np.ndarray:
         """The photo's descriptor, computed once per photo however many searches use it."""
+        if sha not in self._vectors and self.config.reuse_index_descriptors and image_id:
+            row = self.index.row_of(image_id)
+            if row is not None and Path(self.index.row(row)["path"]).resolve() == Path(path).resolve():
+                self._vectors.clear()
+                self._vectors[sha] = np.asarray(self.index.descriptors[row], dtype=np.float32)
         if sha not in self._vectors:
             if self._descriptor is None:
                 self._descriptor = self.index.descriptor()

@@ -105,7 +105,7 @@ def build_graph(ctx: AgentContext, checkpointer=None):
                 result = ToolError(error=call.args["__invalid__"])
             else:
                 result = run_tool(ctx, call.name, call.args, state.image_path, state.image_sha256,
-                                  prior if call.name == "search_submap" else None)
+                                  prior if call.name == "search_submap" else None, state.image_id)
                 n += 1
             if isinstance(result, SearchResult):
                 trail.append(SearchStep(submap_id=result.summary.submap.id, reason=call.reason or "planner",

@@ -58,7 +58,7 @@ def openai_tools() -> list[dict[str, Any]]:
 
 
 def run_tool(ctx: AgentContext, name: str, args: dict[str, Any], image_path: str, image_sha: str,
-             prior: dict[str, Any] | None = None):
+             prior: dict[str, Any] | None = None, image_id: str | None = None):
     """Run one tool call; returns its result model or a ``ToolError``. Never raises for bad input."""
     try:
         if name == "search_submap":
@@ -67,7 +67,7 @@ def run_tool(ctx: AgentContext, name: str, args: dict[str, Any], image_path: str
                 submap_id=a.submap_id, k=a.k,
                 exclude_authors=ctx.config.exclude_authors, exclude_ids=ctx.config.exclude_ids, **(prior or {}),
             )
-            return retrieval.search_submap(ctx.index, ctx.query_vector(image_path, image_sha), search)
+            return retrieval.search_submap(ctx.index, ctx.query_vector(image_path, image_sha, image_id), search)
         if name == "list_submaps":
             return retrieval.list_submaps(ctx.index, retrieval.ListSubmapsArgs.model_validate(args))
         if name == "widen":

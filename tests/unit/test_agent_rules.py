@@ -115,3 +115,25 @@ def test_leakage_rule_is_enforced(synthetic_index, queries):
                    exclude_authors=["author_paris_0", "author_paris_1"])
     assert all(not c.ref_id.startswith("paris") for c in pred.top_candidates)
     assert pred.source == "prior"  # nothing left to corroborate the point
+
+
+def test_prior_policy_answers_without_retrieval(synthetic_index, queries):
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], policy="prior")
+    assert pred.trail == [] and pred.source == "prior" and (pred.lat, pred.lon) == (48.80, 2.30)
+    pred, _ = _run(synthetic_index, replay, paths["q_noprior.jpg"], policy="prior")
+    assert pred.lat is None and pred.source == "none"
+
+
+def test_reuse_index_descriptors_matches_extraction(synthetic_index, synthetic_refs, tmp_path):
+    root, samples = synthetic_refs
+    s = samples[4]
+    replay = tmp_path / "none.csv"
+    replay.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n")
+    runs = []
+    for reuse in (False, True):
+        ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{replay}"),
+                           config=AgentConfig(reuse_index_descriptors=reuse, exclude_ids=[s.image_id]))
+        runs.append(locate(ctx, s.image_path, image_id=s.image_id))
+    a, b = ([c.ref_id for c in r.top_candidates] for r in runs)
+    assert a == b and s.image_id not in a
