@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
 from tools import gazetteer, retrieval
-from tools.base import ToolError
+from tools.base import ToolError, parse_args
 
 
 class SubmitLocationArgs(BaseModel):
@@ -60,28 +60,28 @@ def openai_tools() -> list[dict[str, Any]]:
 def run_tool(ctx: AgentContext, name: str, args: dict[str, Any], image_path: str, image_sha: str,
              prior: dict[str, Any] | None = None, image_id: str | None = None):
     """Run one tool call; returns its result model or a ``ToolError``. Never raises for bad input."""
+    if name not in TOOL_DOCS:
+        return ToolError(error=f"unknown tool {name!r}; available: {', '.join(TOOL_DOCS)}")
+    parsed = parse_args(TOOL_DOCS[name][0], args, name)
+    if isinstance(parsed, ToolError):
+        return parsed
     try:
         if name == "search_submap":
-            a = _SearchToolArgs.model_validate(args)
             search = retrieval.SearchArgs(
-                submap_id=a.submap_id, k=a.k,
+                submap_id=parsed.submap_id, k=parsed.k,
                 exclude_authors=ctx.config.exclude_authors, exclude_ids=ctx.config.exclude_ids, **(prior or {}),
             )
             return retrieval.search_submap(ctx.index, ctx.query_vector(image_path, image_sha, image_id), search)
-        if name == "list_submaps":
-            return retrieval.list_submaps(ctx.index, retrieval.ListSubmapsArgs.model_validate(args))
-        if name == "widen":
-            return retrieval.widen(ctx.index, retrieval.WidenArgs.model_validate(args))
-        if name == "geocode":
-            return gazetteer.geocode(gazetteer.GeocodeArgs.model_validate(args))
-        if name == "reverse_geocode":
-            return gazetteer.reverse_geocode(gazetteer.ReverseGeocodeArgs.model_validate(args))
         if name == "submit_location":
-            a = SubmitLocationArgs.model_validate(args)
-            return SubmitLocationResult(lat=a.lat, lon=a.lon)
-        return ToolError(error=f"unknown tool {name!r}; available: {', '.join(TOOL_DOCS)}")
-    except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}" for err in e.errors())
-        return ToolError(error=f"invalid arguments for {name}: {msgs}")
+            return SubmitLocationResult(lat=parsed.lat, lon=parsed.lon)
+        return TOOL_FUNCTIONS[name](ctx, parsed)
     except ValueError as e:
         return ToolError(error=f"{name}: {e}")
+
+
+TOOL_FUNCTIONS = {
+    "list_submaps": lambda ctx, a: retrieval.list_submaps(ctx.index, a),
+    "widen": lambda ctx, a: retrieval.widen(ctx.index, a),
+    "geocode": lambda ctx, a: gazetteer.geocode(a),
+    "reverse_geocode": lambda ctx, a: gazetteer.reverse_geocode(a),
+}

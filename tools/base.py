@@ -6,9 +6,12 @@ A tool called by a language model must never end a run: an unknown submap id or 
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
 class ToolError(BaseModel):
@@ -17,3 +20,14 @@ class ToolError(BaseModel):
 
     def __str__(self) -> str:
         return self.error
+
+
+def parse_args(model: type[ArgsT], args: ArgsT | Mapping[str, Any], tool: str) -> ArgsT | ToolError:
+    """Validate raw tool arguments; every problem becomes one ``ToolError`` naming the fields."""
+    if isinstance(args, model):
+        return args
+    try:
+        return model.model_validate(args)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}" for err in e.errors())
+        return ToolError(error=f"invalid arguments for {tool}: {msgs}")

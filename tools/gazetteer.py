@@ -20,14 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from indices import geography
 from indices.geometry import haversine_km, latlon_to_unit, spherical_centroid, validate_latlon
-from tools.base import ToolError
+from tools.base import ToolError, parse_args
 
 if TYPE_CHECKING:
     from scipy.spatial import cKDTree
@@ -153,19 +153,6 @@ def _continent_places() -> dict[str, tuple[str, float, float]]:
 # shared
 
 
-ArgsT = TypeVar("ArgsT", bound=BaseModel)
-
-
-def _parse(model: type[ArgsT], args: ArgsT | Mapping[str, Any], tool: str) -> ArgsT | ToolError:
-    if isinstance(args, model):
-        return args
-    try:
-        return model.model_validate(args)
-    except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}" for err in e.errors()
-        )
-        return ToolError(error=f"invalid arguments for {tool}: {msgs}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,7 +210,7 @@ def geocode(args: GeocodeArgs | Mapping[str, Any]) -> GeocodeResult | ToolError:
     """Coordinates for a name: exact (accent/case-insensitive) matches on continents, country names
     and codes, and city names or alternate names; cities rank by population, an alternate-name
     match counting a fifth ('Cologne' finds Köln, 'Naples' Napoli before Naples FL)."""
-    parsed = _parse(GeocodeArgs, args, "geocode")
+    parsed = parse_args(GeocodeArgs, args, "geocode")
     if isinstance(parsed, ToolError):
         return parsed
     name, where = parsed.name.strip(), _Where()
@@ -349,7 +336,7 @@ class ReverseGeocodeResult(BaseModel):
 def reverse_geocode(args: ReverseGeocodeArgs | Mapping[str, Any]) -> ReverseGeocodeResult | ToolError:
     """What is at a point: its country (nearest coast offshore), continent, sea name, and the main
     nearby city (the most populous within 5 km of the nearest one, so a city beats its districts)."""
-    parsed = _parse(ReverseGeocodeArgs, args, "reverse_geocode")
+    parsed = parse_args(ReverseGeocodeArgs, args, "reverse_geocode")
     if isinstance(parsed, ToolError):
         return parsed
     lat, lon = parsed.lat, parsed.lon

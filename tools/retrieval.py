@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from indices.geometry import haversine_km, spherical_centroid, validate_latlon
 from indices.images import load_image
@@ -284,26 +284,3 @@ def _wider_countries(index: ReferenceIndex, table, labels: list[str]) -> tuple[s
         if index.resolve(f"continent:{cont}").size > sum(b - a for a, b in (table.spans[x] for x in labels)):
             return f"continent:{cont}", f"no more land neighbours -> continent {cont}"
     return "global", "no wider region -> the whole map"
-
-
-# ----------------------------------------------------------------------------------------------
-# uniform entry point for callers holding raw arguments (an LLM's tool call)
-
-
-def call_tool(index: ReferenceIndex, name: str, raw_args: dict, query: QueryInput | None = None):
-    """Validate raw arguments and run a retrieval tool; any problem comes back as ``ToolError``."""
-    specs = {"list_submaps": (ListSubmapsArgs, list_submaps), "widen": (WidenArgs, widen)}
-    try:
-        if name == "search_submap":
-            if query is None:
-                return ToolError(error="search_submap needs a query image")
-            return search_submap(index, query, SearchArgs.model_validate(raw_args))
-        if name not in specs:
-            return ToolError(error=f"unknown tool {name!r}; available: search_submap, {', '.join(specs)}")
-        model, fn = specs[name]
-        return fn(index, model.model_validate(raw_args))
-    except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        return ToolError(error=f"invalid arguments for {name}: {msgs}")
-    except ValueError as e:
-        return ToolError(error=f"{name}: {e}")

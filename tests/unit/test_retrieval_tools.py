@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from agent.backends import make_backend
+from agent.config import AgentConfig
+from agent.context import AgentContext
+from agent.toolbox import run_tool
 from tests.synthetic import place_image
 from tools.base import ToolError
 from tools.retrieval import (
     ListSubmapsArgs,
     SearchArgs,
     WidenArgs,
-    call_tool,
     list_submaps,
     search_submap,
     widen,
@@ -68,19 +71,23 @@ def test_widen_kmeans_and_radius(index):
     assert r.submap_id == "radius:48.8500,2.3500,400"
 
 
-def test_call_tool_turns_every_problem_into_tool_error(index):
-    img = place_image(1)
+def test_run_tool_turns_every_problem_into_tool_error(index):
+    ctx = AgentContext(index=index, backend=make_backend("none"), config=AgentConfig(exclude_authors=["author_rome_1"]))
+    path = index.row(0)["path"]
     cases = [
         ("search_submap", {"submap_id": "country:ZZ"}),
         ("search_submap", {"submap_id": "global", "k": 0}),
-        ("search_submap", {"submap_id": "global", "prior_lat": 200, "prior_lon": 0}),
         ("list_submaps", {"near": [95, 0]}),
         ("widen", {}),
+        ("reverse_geocode", {"lat": 200, "lon": 0}),
+        ("geocode", {"name": ""}),
+        ("submit_location", {"lat": 1}),
         ("teleport", {}),
     ]
     for name, args in cases:
-        out = call_tool(index, name, args, query=img)
+        out = run_tool(ctx, name, args, path, "sha")
         assert isinstance(out, ToolError), (name, args, out)
         assert out.error
-    ok = call_tool(index, "search_submap", {"submap_id": "country:FR", "k": 2}, query=img)
-    assert ok.ok and len(ok.candidates) == 2
+    ok = run_tool(ctx, "search_submap", {"submap_id": "country:IT", "k": 3}, path, "sha")
+    assert ok.ok and len(ok.candidates) == 2  # 3 Rome references, one photographer excluded by the run
+    assert all(c.author != "author_rome_1" for c in ok.candidates)
