@@ -30,8 +30,11 @@ lint: setup
 demo: setup
 	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m agent.demo
 
+# Long measurements (minutes; not part of `make test`): descriptor throughput and retrieval-only
+# accuracy on the shared split, then search latency and memory at 100k / 1M / 5M references.
 bench: setup
 	$(BIN)/python benchmarks/descriptors.py --data $(GEOGUIDE_DATA)
+	$(BIN)/python benchmarks/scale.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo_out benchmarks/out
