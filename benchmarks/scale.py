@@ -25,13 +25,17 @@ sys.path.insert(0, str(REPO))
 
 
 def gallery() -> np.ndarray:
-    import geoclip
+    """GeoCLIP's 100K GPS gallery, read from the package's data file (its code needs pandas/torchvision)."""
+    import importlib.util
 
-    path = Path(geoclip.__file__).parent / "model" / "gps_gallery" / "coordinates_100K.csv"
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("benchmarks/scale.py needs the geoclip package (make setup installs it, --no-deps)")
+    path = Path(spec.submodule_search_locations[0]) / "model" / "gps_gallery" / "coordinates_100K.csv"
     return np.loadtxt(path, delimiter=",", skiprows=1)
 
 
-def build(n: int, dim: int, out: Path) -> float:
+def build(n: int, n_dims: int, out: Path) -> float:
     from indices.descriptors.base import Descriptor
     from indices.geography import countries_at
     from indices.manifest import SourceInfo
@@ -42,7 +46,7 @@ def build(n: int, dim: int, out: Path) -> float:
         """Stands in for a real descriptor: only its dimension matters to search cost."""
 
         name = "synthetic"
-        default_conf = {"dim": dim}
+        default_conf = {"dim": n_dims}
 
         @property
         def dim(self) -> int:
@@ -56,9 +60,9 @@ def build(n: int, dim: int, out: Path) -> float:
     pick = rng.integers(0, len(g), n)
     lat = np.clip(g[pick, 0] + rng.normal(0, 0.05, n), -89.9, 89.9)
     lon = (g[pick, 1] + rng.normal(0, 0.05, n) + 180) % 360 - 180
-    desc = np.empty((n, dim), dtype=np.float16)
+    desc = np.empty((n, n_dims), dtype=np.float16)
     for s in range(0, n, 500_000):
-        x = rng.standard_normal((min(500_000, n - s), dim)).astype(np.float32)
+        x = rng.standard_normal((min(500_000, n - s), n_dims)).astype(np.float32)
         desc[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     t = time.perf_counter()
     country = countries_at(lat, lon)

@@ -45,7 +45,7 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(target, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def save_npy(target: str | Path, array: np.ndarray) -> None:

@@ -1,0 +1,221 @@
+"""``clip``: CLIP image embeddings (Radford et al. 2021) from the transformers vision tower.
+
+Img2Loc and G3 retrieve their geo-neighbours with CLIP ViT-L/14 image embeddings: trained on web
+image-text pairs, CLIP encodes *what kind of place* a photo shows (architecture, vegetation,
+signage, road markings) rather than the exact view, so it recalls the right region where local
+descriptors find nothing to match. The weights come from a local ``save_pretrained`` folder or a
+Hugging Face hub id; nothing is downloaded when the folder is local or ``HF_HUB_OFFLINE`` is set.
+
+Preprocessing is done here with PIL/numpy (resize shortest side, centre crop, normalise) from the
+checkpoint's ``preprocessor_config.json``: transformers' default CLIP processor wants torchvision,
+which geoguide does not install. The unit test checks it against transformers' PIL processor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indices.descriptors.base import Descriptor, l2_normalize
+from indices.descriptors.pca import PCAWhitening
+from indices.descriptors.registry import register
+
+# OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ClipPreprocess:
+    """Resize, centre-crop, scale to [0, 1], normalise: CLIPImageProcessor's steps and rounding."""
+
+    resize: int | tuple[int, int]  # int: the shortest side becomes this; (w, h): exact size
+    crop_height: int
+    crop_width: int
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] = OPENAI_CLIP_STD
+    resample: int = int(Image.Resampling.BICUBIC)
+    center_crop: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], image_size: int) -> ClipPreprocess:
+        """From a ``preprocessor_config.json`` dict; missing keys default to the model's input size.
+
+        Sizes are ints in old configs and ``{"shortest_edge": s}`` or ``{"height", "width"}`` dicts
+        in new ones.
+        """
+        size = cfg.get("size", image_size)
+        if isinstance(size, dict):
+            size = (
+                size["shortest_edge"]
+                if "shortest_edge" in size
+                else (int(size["width"]), int(size["height"]))
+            )
+        crop = cfg.get("crop_size", image_size)
+        crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+        return cls(
+            resize=size if isinstance(size, tuple) else int(size),
+            crop_height=int(crop_hw[0]),
+            crop_width=int(crop_hw[1]),
+            mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
+            std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
+            resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),
+            center_crop=bool(cfg.get("do_center_crop", True)),
+        )
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._one(img) for img in images]))
+
+    def _one(self, img: Image.Image) -> np.ndarray:
+        img = img if img.mode == "RGB" else img.convert("RGB")
+        w, h = img.size
+        if isinstance(self.resize, tuple):
+            size = self.resize
+        else:  # same rounding as transformers: the short side becomes exactly ``resize``
+            s = self.resize
+            size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        img = img.resize(size, Image.Resampling(self.resample))
+        if self.center_crop:
+            top, left = (size[1] - self.crop_height) // 2, (size[0] - self.crop_width) // 2
+            img = img.crop((left, top, left + self.crop_width, top + self.crop_height))
+        x = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return x.transpose(2, 0, 1)
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+@lru_cache(maxsize=2)
+def load_clip_vision(model: str, device: str) -> tuple[torch.nn.Module, ClipPreprocess]:
+    """The vision tower + projection and its preprocessing, cached per (model, device).
+
+    Accepts a full CLIP checkpoint (e.g. ``openai/clip-vit-large-patch14``) or a vision-only one.
+    """
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.image_processing_base import ImageProcessingMixin
+    from transformers.utils import logging as hf_logging
+
+    local_only = Path(model).is_dir() or _offline()
+    verbosity = hf_logging.get_verbosity()
+    # A full CLIP checkpoint carries the text tower too; its "unexpected keys" report is noise.
+    hf_logging.set_verbosity_error()
+    try:
+        net, info = CLIPVisionModelWithProjection.from_pretrained(
+            model, local_files_only=local_only, output_loading_info=True
+        )
+    except (OSError, ValueError) as e:
+        raise RuntimeError(
+            f"clip: cannot load CLIP vision weights from {model!r} ({type(e).__name__}: {e}). "
+            "Pass conf {'model': '/path/to/folder'} with a local save_pretrained copy (config.json, "
+            "model.safetensors, preprocessor_config.json) of e.g. openai/clip-vit-large-patch14."
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        # Missing weights would be silently random: refuse rather than return noise embeddings.
+        raise RuntimeError(
+            f"clip: {model!r} lacks {len(info['missing_keys'])} vision weights, e.g. {sorted(info['missing_keys'])[:3]}"
+        )
+    try:
+        cfg, _ = ImageProcessingMixin.get_image_processor_dict(model, local_files_only=local_only)
+    except (OSError, ValueError):
+        cfg = {}  # no preprocessor config: OpenAI defaults at the model's input size
+    preprocess = ClipPreprocess.from_config(cfg, int(net.config.image_size))
+    return net.eval().to(device), preprocess
+
+
+@register
+class CLIPDescriptor(Descriptor):
+    name = "clip"
+    default_conf: ClassVar[dict[str, Any]] = {
+        # Local save_pretrained folder or hub id; the Img2Loc / G3 retrieval backbone by default.
+        "model": "openai/clip-vit-large-patch14",
+        # PCA on the reference set: None = off (raw projection_dim embedding, nothing to fit).
+        "pca_dim": None,
+        "whiten": True,
+        # Images per forward pass.
+        "batch_size": 32,
+        # "cuda", "cpu", ...; None = cuda when available.
+        "device": None,
+    }
+    # The builder reads this to decide whether to call ``fit``; the instance refines it (PCA or not).
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, conf: dict[str, Any] | None = None):
+        super().__init__(conf)
+        c = self.conf
+        if int(c["batch_size"]) < 1:
+            raise ValueError(f"clip: batch_size must be >= 1, got {c['batch_size']}")
+        if c["pca_dim"] is not None and int(c["pca_dim"]) < 1:
+            raise ValueError(f"clip: pca_dim must be None or >= 1, got {c['pca_dim']}")
+        self._pca = (
+            PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
+        )
+        self.trainable = self._pca is not None  # type: ignore[misc]  # per-instance refinement
+
+    def _net(self) -> tuple[torch.nn.Module, ClipPreprocess]:
+        device = self.conf["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+        return load_clip_vision(str(self.conf["model"]), device)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._net()[0].config.projection_dim)
+
+    @property
+    def dim(self) -> int:
+        if self._pca is None:
+            return self.embed_dim
+        return self._pca.output_dim or min(int(self.conf["pca_dim"]), self.embed_dim)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._pca is None or self._pca.is_fitted
+
+    def _embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> (n, projection_dim) L2-normalised CLIP image embeddings, before any PCA."""
+        net, preprocess = self._net()
+        if not images:
+            return np.zeros((0, self.embed_dim), np.float32)
+        device = next(net.parameters()).device
+        bs = int(self.conf["batch_size"])
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), bs):
+                x = preprocess(images[start : start + bs]).to(device)
+                out.append(net(pixel_values=x).image_embeds.float().cpu().numpy())
+        return l2_normalize(np.concatenate(out))
+
+    def fit(self, images: Sequence[Image.Image]) -> None:
+        if self._pca is not None:
+            self._pca.fit(self._embed(images))
+
+    def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not self.is_fitted:
+            raise RuntimeError(
+                "clip: pca_dim is set but the PCA is not fitted; call fit() or load_state() first"
+            )
+        raw = self._embed(images)
+        return raw if self._pca is None else self._pca.transform(raw)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self._pca.state() if self._pca is not None else {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if self._pca is None:
+            if any(k.startswith("pca_") for k in state):
+                raise ValueError("clip: state holds a PCA but this descriptor has pca_dim=None")
+            return
+        self._pca.load_state(state)
