@@ -128,9 +128,11 @@ class ChatSession:
         scored = rerank(pool, user_prior, where.country, cfg)
         answer = choose_answer(scored, user_prior, where.country, cfg)
         old = st.prediction
+        why = answer.why if answer.source != "prior" else (
+            f"the place you suggested ({where.name}); no reference there matched strongly enough to move it")
         new_pred = old.model_copy(update={
             "lat": answer.lat, "lon": answer.lon, "source": f"{answer.source} (user: near {where.name})",
-            "why": answer.why, "confidence": answer.confidence, "trail": [*old.trail, step], "top_candidates": scored[:5],
+            "why": why, "confidence": answer.confidence, "trail": [*old.trail, step], "top_candidates": scored[:5],
         })
         rg = gazetteer.reverse_geocode(gazetteer.ReverseGeocodeArgs(lat=answer.lat, lon=answer.lon))
         if not isinstance(rg, ToolError):
