@@ -35,6 +35,7 @@ _SIFT_DIM = _N_SPATIAL * _N_SPATIAL * _N_ORI
 _MAGNIF = 6.0  # VLFeat PHOW pre-smooths each scale with sigma = bin_size / magnif
 _CLAMP = 0.2  # SIFT clamps normalised bins at 0.2 to damp non-linear illumination effects
 _KMEANS_ITERS = 25
+_EXTRACT_CHUNK = 256  # images per raw-VLAD batch in extract
 
 
 def _greyscale(img: Image.Image, long_side: int) -> np.ndarray:
@@ -252,10 +253,12 @@ class DenseVLAD(Descriptor):
             raise RuntimeError(
                 "DenseVLAD.extract before fit: call fit(reference images) or load_state(saved state) first"
             )
-        v = self._vlads(images)
-        if self.pca is not None:
-            v = self.pca.transform(v)
-        return l2_normalize(v)
+        out = [np.zeros((0, self.dim), np.float32)]
+        # In chunks, so a large batch never holds all its raw (128 * n_clusters)-d VLADs at once.
+        for start in range(0, len(images), _EXTRACT_CHUNK):
+            v = self._vlads(images[start : start + _EXTRACT_CHUNK])
+            out.append(l2_normalize(v if self.pca is None else self.pca.transform(v)))
+        return np.concatenate(out)
 
     def state(self) -> dict[str, np.ndarray]:
         if self.centroids is None:

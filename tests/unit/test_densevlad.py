@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
+from indices.descriptors import densevlad
 from indices.descriptors.densevlad import DenseVLAD, dense_rootsift, vlad
 from indices.descriptors.registry import DESCRIPTORS
 
@@ -106,6 +107,12 @@ def test_extract_shape_dtype_norm_and_determinism(fitted: DenseVLAD, refs: list[
     np.testing.assert_array_equal(x, fitted.extract(refs[:5]))
     np.testing.assert_allclose(x[2:3], fitted.extract([refs[2]]), atol=1e-6)  # batch-independent
     assert fitted.extract([]).shape == (0, 8)
+
+
+def test_extract_in_chunks_matches_one_batch(fitted: DenseVLAD, refs: list[Image.Image], monkeypatch):
+    whole = fitted.extract(refs[:5])
+    monkeypatch.setattr(densevlad, "_EXTRACT_CHUNK", 2)
+    np.testing.assert_allclose(fitted.extract(refs[:5]), whole, atol=1e-6)
 
 
 def test_fit_is_deterministic(fitted: DenseVLAD, refs: list[Image.Image]):
