@@ -25,7 +25,6 @@ class AgentContext:
     config: AgentConfig
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
-    _descriptor: object | None = None
 
     def image(self, path: str, sha: str) -> Image.Image:
         if sha not in self._images:
@@ -41,8 +40,6 @@ class AgentContext:
                 self._vectors.clear()
                 self._vectors[sha] = np.asarray(self.index.descriptors[row], dtype=np.float32)
         if sha not in self._vectors:
-            if self._descriptor is None:
-                self._descriptor = self.index.descriptor()
             self._vectors.clear()
-            self._vectors[sha] = self._descriptor.extract([self.image(path, sha)])[0]  # type: ignore[attr-defined]
+            self._vectors[sha] = self.index.descriptor().extract([self.image(path, sha)])[0]
         return self._vectors[sha]

@@ -80,6 +80,7 @@ class ReferenceIndex:
 
     def __init__(self, root: str | Path, verify: bool | None = None):
         self.root = Path(root)
+        self._descriptor: Descriptor | None = None
         mpath = self.root / MANIFEST_NAME
         if not mpath.exists():
             hint = " (an interrupted build? run the same build command again to resume)" if (self.root / "work").exists() else ""
@@ -116,7 +117,13 @@ class ReferenceIndex:
 
     # ---- descriptors -------------------------------------------------------------------------
     def descriptor(self) -> Descriptor:
-        """The descriptor exactly as the references were described (config + learned state)."""
+        """The descriptor exactly as the references were described (config + learned state);
+        built once per opened index and shared by every query."""
+        if self._descriptor is None:
+            self._descriptor = self._load_descriptor()
+        return self._descriptor
+
+    def _load_descriptor(self) -> Descriptor:
         info = self.manifest.descriptor
         desc = get_descriptor(info.name, info.conf)
         state_path = self.root / "descriptor_state.npz"
