@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,8 @@ class AgentContext:
     index: ReferenceIndex
     backend: Backend
     config: AgentConfig
+    # Stand-in for the index's own descriptor (e.g. the runner's thread-safe wrapper); None = the index's.
+    descriptor: Any = None
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
 
@@ -41,5 +44,6 @@ class AgentContext:
                 self._vectors[sha] = np.asarray(self.index.descriptors[row], dtype=np.float32)
         if sha not in self._vectors:
             self._vectors.clear()
-            self._vectors[sha] = self.index.descriptor().extract([self.image(path, sha)])[0]
+            desc = self.descriptor or self.index.descriptor()
+            self._vectors[sha] = desc.extract([self.image(path, sha)])[0]
         return self._vectors[sha]

@@ -556,7 +556,7 @@ def sample_context(
         index=base.index,
         backend=backend or base.backend,
         config=cfg,
-        _descriptor=descriptor or base._descriptor,
+        descriptor=descriptor or base.descriptor,
     )
 
 
@@ -583,7 +583,7 @@ def run_eval(
     backend = (
         ctx.backend if prior_corruption is None else CorruptedPriorBackend(ctx.backend, prior_corruption)
     )
-    descriptor = _SerialDescriptor(lambda: ctx._descriptor or ctx.index.descriptor())
+    descriptor = _SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     identity = {
         "kind": "agent",
         "agent": ctx.config.model_dump(mode="json"),
