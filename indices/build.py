@@ -9,7 +9,6 @@ order, so their content does not depend on when the build stopped).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -182,7 +181,3 @@ def build_index(
     )
     shutil.rmtree(work, ignore_errors=True)
     return manifest
-
-
-def describe_json(manifest: Manifest) -> str:
-    return json.dumps(manifest.model_dump(), indent=2)

@@ -24,6 +24,9 @@ class Descriptor(ABC):
     default_conf: ClassVar[dict[str, Any]] = {}
     # True when ``fit`` must run on reference images before ``extract`` is meaningful.
     trainable: ClassVar[bool] = False
+    # Options that change speed or placement, never the vectors (batch size, threads, device):
+    # left out of the fingerprint, so an index built with 8 threads still matches 1-thread queries.
+    runtime_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, conf: dict[str, Any] | None = None):
         unknown = set(conf or {}) - set(self.default_conf)
@@ -59,7 +62,8 @@ class Descriptor(ABC):
 
     def fingerprint(self) -> str:
         """Hash of name, config and learned state: two equal fingerprints describe alike."""
-        h = hashlib.sha256(json.dumps({"name": self.name, "conf": self.conf}, sort_keys=True, default=str).encode())
+        conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options}
+        h = hashlib.sha256(json.dumps({"name": self.name, "conf": conf}, sort_keys=True, default=str).encode())
         for key, arr in sorted(self.state().items()):
             h.update(key.encode())
             h.update(np.ascontiguousarray(arr).tobytes())

@@ -153,6 +153,7 @@ class CLIPDescriptor(Descriptor):
     }
     # The builder reads this to decide whether to call ``fit``; the instance refines it (PCA or not).
     trainable: ClassVar[bool] = True
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
 
     def __init__(self, conf: dict[str, Any] | None = None):
         super().__init__(conf)
@@ -178,7 +179,7 @@ class CLIPDescriptor(Descriptor):
     def dim(self) -> int:
         if self._pca is None:
             return self.embed_dim
-        return self._pca.output_dim or min(int(self.conf["pca_dim"]), self.embed_dim)
+        return self._pca.dim_for(self.embed_dim)
 
     @property
     def is_fitted(self) -> bool:

@@ -197,10 +197,9 @@ class DenseVLAD(Descriptor):
 
     @property
     def dim(self) -> int:
-        # After fit the PCA may be smaller than pca_dim: it cannot exceed (fit images - 1).
         if self.pca is None:
             return self.vlad_dim
-        return self.pca.output_dim or min(int(self.conf["pca_dim"]), self.vlad_dim)
+        return self.pca.dim_for(self.vlad_dim)
 
     @property
     def is_fitted(self) -> bool:

@@ -39,9 +39,6 @@ RESIZE_MODES = ("long", "short", "square")
 # Sides are rounded to the network stride so photos of similar aspect share a batch shape
 # (at most a 16 px stretch; no padding pixels ever enter the pooled feature).
 SIZE_MULTIPLE = 32
-# Options that change speed, not the vectors: left out of the fingerprint so an index built with
-# 8 threads still matches queries described with 1.
-RUNTIME_ONLY = frozenset({"batch_size", "num_threads"})
 
 
 @lru_cache(maxsize=2)
@@ -114,6 +111,7 @@ class EffNetGeM(Descriptor):
     # The builder reads this to decide whether to call ``fit``; the instance overrides it with
     # whether PCA is configured, since only then is there anything to learn.
     trainable: ClassVar[bool] = True
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_threads"})
 
     def __init__(self, conf: dict[str, Any] | None = None):
         super().__init__(conf)
@@ -137,7 +135,7 @@ class EffNetGeM(Descriptor):
     def dim(self) -> int:
         if self._pca is None:
             return FEATURE_DIM
-        return self._pca.output_dim or min(int(self.conf["pca_dim"]), FEATURE_DIM)
+        return self._pca.dim_for(FEATURE_DIM)
 
     @property
     def is_fitted(self) -> bool:
@@ -170,14 +168,6 @@ class EffNetGeM(Descriptor):
             raise ValueError(
                 f"effnet-gem: PCA state expects {self._pca.proj.shape[0]}-d input, not {FEATURE_DIM}"
             )
-
-    def fingerprint(self) -> str:
-        conf = self.conf
-        self.conf = {k: v for k, v in conf.items() if k not in RUNTIME_ONLY}
-        try:
-            return super().fingerprint()
-        finally:
-            self.conf = conf
 
     def _embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images -> (n, 1280) L2-normalised GeM vectors, before any PCA.

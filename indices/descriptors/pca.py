@@ -57,3 +57,8 @@ class PCAWhitening:
     @property
     def output_dim(self) -> int | None:
         return None if self.proj is None else int(self.proj.shape[1])
+
+    def dim_for(self, in_dim: int) -> int:
+        """Output length for ``in_dim``-d inputs: the fitted size, else the configured bound
+        (a fit may give fewer dimensions than asked: at most one less than the fit samples)."""
+        return self.output_dim or min(self.out_dim or in_dim, in_dim)

@@ -163,3 +163,9 @@ def test_checkpoint_without_projection_is_refused(tmp_path: Path):
     CLIPVisionModel(CLIPVisionConfig(**VISION)).save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="lacks"):
         _ = CLIPDescriptor({"model": str(tmp_path)}).dim
+
+
+def test_fingerprint_ignores_runtime_options_only(vision_dir: Path):
+    base = CLIPDescriptor({"model": str(vision_dir)}).fingerprint()
+    assert CLIPDescriptor({"model": str(vision_dir), "batch_size": 1, "device": "cpu"}).fingerprint() == base
+    assert CLIPDescriptor({"model": str(vision_dir), "pca_dim": 8}).fingerprint() != base
