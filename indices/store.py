@@ -172,13 +172,14 @@ class ReferenceIndex:
     def scheme_of(self, kind: str) -> SchemeTable | None:
         return next((t for t in self.schemes.values() if t.scheme.kind == kind), None)
 
-    def describe_submap(self, submap_id: str) -> Submap:
-        """Metadata of any id, including unions and radius ids (computed from their rows)."""
+    def describe_submap(self, submap_id: str, sel: Selection | None = None) -> Submap:
+        """Metadata of any id, including unions and radius ids (computed from their rows);
+        pass ``sel`` when the id is already resolved, so its rows are not looked up twice."""
         prefix, _, label = submap_id.partition(":")
         table = self.schemes.get(prefix)
         if table is not None and label in table.submaps:
             return table.submaps[label]
-        sel = self.resolve(submap_id)
+        sel = sel if sel is not None else self.resolve(submap_id)
         rows = self.selection_rows(sel)
         lat, lon = spherical_centroid(self.refs["lat"][rows], self.refs["lon"][rows]) if len(rows) else (0.0, 0.0)
         return Submap(id=submap_id, scheme=prefix, name=self._union_name(submap_id), lat=lat, lon=lon, size=len(rows))

@@ -164,7 +164,7 @@ def describe_query(index: ReferenceIndex, query: QueryInput) -> np.ndarray:
 def search_submap(index: ReferenceIndex, query: QueryInput, args: SearchArgs) -> SearchResult | ToolError:
     try:
         sel = index.resolve(args.submap_id)
-        submap = index.describe_submap(args.submap_id)
+        submap = index.describe_submap(args.submap_id, sel)
     except SubmapError as e:
         return ToolError(error=str(e))
     vec = describe_query(index, query)
