@@ -2,6 +2,10 @@
 
 Every file geoguide writes goes through here: written to a temporary name in the same directory,
 flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX).
+
+``mkstemp`` creates its file 0600 (private, because temp files usually are). An index or a run's
+results are meant to be shared like any file the user makes, so before the rename the file gets
+``0o666 & ~umask`` (0644 under the usual umask 022), exactly what ``open(path, "w")`` would give.
 """
 
 from __future__ import annotations
@@ -10,11 +14,35 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_UMASK_LOCK = threading.Lock()
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in ``/proc/self/status``; elsewhere ``os.umask`` must set it to read it, so the
+    set-and-restore is done under a lock (a file created by another thread in that instant could
+    otherwise get the temporary mask).
+    """
+    try:
+        with open(_PROC_STATUS, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -23,9 +51,12 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would have made
+        finally:
+            os.close(fd)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())

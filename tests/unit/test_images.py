@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from indices.images import ImageLoadError, decode_image, load_image
+from indices.images import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    ImageLoadError,
+    decode_image,
+    load_image,
+    max_image_pixels,
+)
 
 
 def _save(img: Image.Image, path, fmt: str, **kw):
@@ -48,18 +57,73 @@ def test_empty_and_missing(tmp_path):
         load_image(tmp_path)
 
 
-def test_decompression_bomb_png(tmp_path):
-    # A 20000x20000 PNG of one colour compresses to a few hundred KB but would need 1.2 GB decoded.
+def _png_claiming(width: int, height: int) -> bytes:
+    """A few dozen bytes whose PNG header declares ``width`` x ``height`` (the pixels are missing)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def pil_limit(monkeypatch):
+    """Restore PIL's process-wide guard after the test, whatever load_image set it to."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    return monkeypatch
+
+
+def test_decompression_bomb_png(tmp_path, pil_limit):
+    # 20000x20000 would need 400 MB (1.2 GB as RGB) decoded; the file is a few dozen bytes.
     p = tmp_path / "huge.png"
-    Image.new("L", (20000, 20000), 0).save(p, optimize=False)
-    with pytest.raises(ImageLoadError, match="huge.png: .*(pixels|Mpx)"):
+    p.write_bytes(_png_claiming(20000, 20000))
+    with pytest.raises(ImageLoadError, match="huge.png: 400,000,000 pixels exceeds the limit of 100,000,000 pixels") as err:
         load_image(p)
+    msg = str(err.value)
+    assert f"{MAX_PIXELS_ENV}=" in msg and "\n" not in msg  # says how to raise it
 
 
-def test_pixel_cap_is_configurable(tmp_path):
+def test_the_enforced_limit_is_the_documented_one(tmp_path, pil_limit):
+    assert max_image_pixels() == DEFAULT_MAX_PIXELS == 100_000_000
+    # 95 Mpx is under 100 Mpx, though over PIL's own default guard (89.5 Mpx): it must get past the
+    # size check and fail only because the pixel data is missing.
+    p = tmp_path / "95mpx.png"
+    p.write_bytes(_png_claiming(10000, 9500))
+    with pytest.raises(ImageLoadError, match="95mpx.png: cannot decode") as err:
+        load_image(p)
+    assert "pixels" not in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_limit_from_environment(tmp_path, pil_limit):
     p = _save(Image.new("RGB", (100, 100)), tmp_path / "a.png", "PNG")
-    with pytest.raises(ImageLoadError, match="exceeds"):
+    pil_limit.setenv(MAX_PIXELS_ENV, "9999")
+    with pytest.raises(ImageLoadError, match=rf"a.png: 100x100 = 10,000 pixels exceeds the limit of 9,999 .*{MAX_PIXELS_ENV}"):
+        load_image(p)
+    pil_limit.setenv(MAX_PIXELS_ENV, "10000")
+    assert load_image(p).size == (100, 100)
+    # Raised above twice PIL's default: PIL's own guard must not refuse first.
+    pil_limit.setenv(MAX_PIXELS_ENV, "500000000")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_claiming(20000, 20000))
+    with pytest.raises(ImageLoadError, match="huge.png: cannot decode"):
+        load_image(huge)
+    for bad in ("lots", "0", "-5", "1e9"):
+        pil_limit.setenv(MAX_PIXELS_ENV, bad)
+        with pytest.raises(ValueError, match=rf"{MAX_PIXELS_ENV}.*positive whole number.*{bad}"):
+            load_image(p)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pixel_cap_per_call_only_lowers_the_limit(tmp_path, pil_limit):
+    p = _save(Image.new("RGB", (100, 100)), tmp_path / "a.png", "PNG")
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 5,000 pixels"):
         load_image(p, max_pixels=5000)
+    pil_limit.setenv(MAX_PIXELS_ENV, "5000")
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 5,000 pixels"):
+        load_image(p, max_pixels=10**9)  # cannot lift the configured guard
 
 
 def test_cmyk_jpeg(tmp_path):
