@@ -58,6 +58,11 @@ class AgentConfig(BaseModel):
     reuse_index_descriptors: bool = Field(
         False, description="a query that is itself in the index (same id and file) reuses its stored descriptor "
         "instead of extracting it again; for benchmarks on the reference set (timings then exclude extraction)")
+    fallback: Literal["none", "retrieval"] = Field(
+        "none",
+        description="when the model cannot be used (unreachable, misconfigured, exhausted): 'none' stops with an "
+        "error; 'retrieval' answers from retrieval alone and every record and summary says so",
+    )
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     override: OverrideConfig = Field(default_factory=OverrideConfig)
     caps: Caps = Field(default_factory=Caps)

@@ -15,6 +15,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
+from agent.backends.errors import FATAL_FAILURES, SERVICE_FAILURES, ModelServiceError
 from agent.context import AgentContext
 from agent.policies import make_policy
 from agent.policies.llm import tool_message
@@ -52,9 +53,14 @@ def build_graph(ctx: AgentContext, checkpointer=None):
         t = time.perf_counter()
         prompt = load_prompt(cfg.perceive_prompt)
         outcome = ctx.backend.perceive(ctx.image(state.image_path, state.image_sha256),
-                                       prompt.render(**PERCEIVE_VARS), image_id=state.image_id)
+                                       prompt.render(**PERCEIVE_VARS), image_id=state.image_id,
+                                       deadline=state.started_at + cfg.caps.max_seconds)
+        if outcome.failure in FATAL_FAILURES and cfg.fallback == "none":
+            raise ModelServiceError(service_message(ctx.backend.spec, outcome.error))
         perception = outcome.perception
+        service = outcome.failure if outcome.failure in SERVICE_FAILURES else None
         update: dict[str, Any] = {"perception": perception, "prior_error": outcome.error,
+                                  "prior_failure": outcome.failure, "service_failure": service,
                                   "perceive_seconds": time.perf_counter() - t}
         counters = state.counters.model_copy(update={"usage": state.counters.usage + outcome.usage})
         update["counters"] = counters
@@ -86,12 +92,15 @@ def build_graph(ctx: AgentContext, checkpointer=None):
             return {"pending": [], "done": True, "notes": [*state.notes, cap],
                     "events": [*state.events, Event(node="plan", text=cap)]}
         d = policy.decide(state, ctx)
+        if d.service_failure in FATAL_FAILURES and cfg.fallback == "none":
+            raise ModelServiceError(service_message(ctx.backend.spec, "; ".join(d.notes)))
         counters = c.model_copy(update={"steps": c.steps + 1, "usage": c.usage + d.usage})
         events = list(d.events) + [Event(node="plan", text=call.reason or f"call {call.name}", tool=call.name,
                                          args=call.args) for call in d.calls]
         return {"pending": [] if d.done else d.calls, "done": d.done, "counters": counters,
                 "messages": [*state.messages, *d.messages], "notes": [*state.notes, *d.notes],
-                "events": [*state.events, *events], "submitted": d.submitted or state.submitted}
+                "events": [*state.events, *events], "submitted": d.submitted or state.submitted,
+                "service_failure": state.service_failure or d.service_failure}
 
     def tools(state: AgentState) -> dict[str, Any]:
         trail, pool, messages = list(state.trail), list(state.candidates), list(state.messages)
@@ -161,6 +170,12 @@ def build_graph(ctx: AgentContext, checkpointer=None):
     return g.compile(checkpointer=checkpointer)
 
 
+def service_message(spec: str, error: str | None) -> str:
+    """One line for a model that cannot be used: what failed, why, and the two ways out."""
+    return (f"the model {spec} cannot be used: {error or 'unknown failure'} "
+            "(or pass --fallback retrieval to answer from retrieval alone)")
+
+
 def _cap_reached(state: AgentState, cfg) -> str | None:
     c, caps = state.counters, cfg.caps
     if c.steps >= caps.max_steps:
@@ -204,6 +219,7 @@ def _prediction(state: AgentState, ctx: AgentContext, answer: Answer | None, sco
         confidence=0.0 if answer is None else answer.confidence,
         source="none" if answer is None else answer.source, why="" if answer is None else answer.why,
         policy=cfg.policy, vlm=ctx.backend.spec, prior=state.perception, prior_error=state.prior_error,
+        prior_failure=state.prior_failure, service_failure=state.service_failure, fallback=cfg.fallback,
         trail=state.trail, top_candidates=scored[:5], prompts=prompts, usage=state.counters.usage,
         tool_calls=state.counters.tool_calls, steps=state.counters.steps,
         timings={"perceive_s": round(state.perceive_seconds, 4), "total_s": round(total, 4),

@@ -147,17 +147,24 @@ class Usage(BaseModel):
         )
 
 
+PriorFailure = Literal["refused", "invalid", "no_answer", "unreachable", "misconfigured", "exhausted"]
+
+
 class PerceptionOutcome(BaseModel):
     """Result of ``Backend.perceive``: never raises for model misbehaviour, reports it instead.
 
     ``perception`` None with ``error`` None means "no VLM configured" (retrieval only);
-    ``perception`` None with an ``error`` means the model was asked and gave nothing usable.
+    ``perception`` None with an ``error`` means the model was asked and gave nothing usable;
+    ``failure`` says which kind: the model answered but gave no usable prior (``refused``,
+    ``invalid``, ``no_answer`` for a replay without a row) or it could not be used at all
+    (``unreachable``, ``misconfigured``, ``exhausted``; see ``agent.backends.errors``).
     ``raw`` is the last reply text, kept for debugging and the chat transcript.
     """
 
     perception: Perception | None = None
     usage: Usage = Field(default_factory=Usage)
     error: str | None = None
+    failure: PriorFailure | None = None
     raw: str | None = None
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agent.schemas import Perception, Usage
+from agent.schemas import Perception, PriorFailure, Usage
 from tools.retrieval import Candidate, SearchSummary
 
 
@@ -76,6 +76,11 @@ class Prediction(BaseModel):
     vlm: str
     prior: Perception | None = None
     prior_error: str | None = None
+    prior_failure: PriorFailure | None = Field(None, description="why there is no prior, by kind")
+    service_failure: str | None = Field(
+        None, description="a model call failed at the service level (unreachable | misconfigured | exhausted)"
+    )
+    fallback: str = Field("none", description="'retrieval' when the user accepted answers without the model")
     trail: list[SearchStep] = Field(default_factory=list)
     top_candidates: list[ScoredCandidate] = Field(default_factory=list)
     prompts: dict[str, str] = Field(default_factory=dict, description="prompt id -> sha256")
@@ -94,6 +99,8 @@ class AgentState(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI-format planner conversation")
     perception: Perception | None = None
     prior_error: str | None = None
+    prior_failure: PriorFailure | None = None
+    service_failure: str | None = None
     prior_country: str | None = None
     hypotheses: list[str] = Field(default_factory=list, description="submap ids to try, best first")
     trail: list[SearchStep] = Field(default_factory=list)

@@ -170,9 +170,14 @@ class CorruptedPriorBackend(Backend):
         return f"{self.inner.spec}+corrupt(p={s.p:g},mode={s.mode},noise_km={s.noise_km:g},seed={s.seed})"
 
     def perceive(
-        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
     ) -> PerceptionOutcome:
-        outcome = self.inner.perceive(image, prompt_text, image_id=image_id)
+        outcome = self.inner.perceive(image, prompt_text, image_id=image_id, deadline=deadline)
         if image_id is None:
             raise ValueError("prior corruption needs the image id (it seeds the per-photo draw)")
         applied = None
@@ -189,9 +194,9 @@ class CorruptedPriorBackend(Backend):
             return self._applied.pop(image_id, None)
 
     def chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
     ) -> AssistantTurn:
-        return self.inner.chat(messages, tools)
+        return self.inner.chat(messages, tools, deadline=deadline)
 
     def close(self) -> None:
         self.inner.close()

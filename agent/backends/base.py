@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ class Completion:
 
     content: str | None
     tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"id", "name", "arguments_json"}
+    refusal: str | None = None  # the API's explicit refusal (structured outputs), never cached
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -117,11 +119,21 @@ class Backend(ABC):
 
     @abstractmethod
     def perceive(
-        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
     ) -> PerceptionOutcome:
-        """Geographic prior for one photo; model failures are reported in the outcome, not raised."""
+        """Geographic prior for one photo; model failures are reported in the outcome, not raised.
 
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> AssistantTurn:
+        ``deadline`` (``time.time()`` instant) is the end of the photo's budget: no call outlives it.
+        """
+
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
+    ) -> AssistantTurn:
         """One assistant turn for OpenAI-format ``messages``; raises ``CallFailed`` if the call fails."""
         raise NotSupportedError(f"backend {self.spec!r} cannot chat; use an openai or llava backend")
 
@@ -183,9 +195,17 @@ class ModelBackend(Backend):
 
     @abstractmethod
     def _complete(
-        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        json_output: bool,
+        timeout: float | None = None,
     ) -> Completion:
-        """Exactly one model call (no retries, no cache). Service errors propagate as raised."""
+        """Exactly one model call (no retries, no cache). Service errors propagate as raised.
+
+        ``timeout``: seconds this call may take (already capped by the photo's budget); None = ``self.timeout``.
+        """
 
     def identity(self) -> dict[str, Any]:
         """Who answers: part of the cache key. Subclasses add e.g. the server URL."""
@@ -206,9 +226,19 @@ class ModelBackend(Backend):
         return cost_usd(self.price, prompt_tokens, completion_tokens)
 
     def _call(
-        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        json_output: bool,
+        usable: Callable[[Completion], bool],
+        deadline: float | None = None,
     ) -> tuple[Completion, Usage]:
-        """Cache lookup, else ``_complete`` under the retry policy, then store the reply."""
+        """Cache lookup, else ``_complete`` under the retry policy; a reply that is ``usable`` is stored.
+
+        Only validated replies enter the cache: a refusal, an empty or unparseable reply would
+        otherwise be replayed on every re-run, with no way to get a fresh answer but deleting the cache.
+        """
         key = None
         if self.cache is not None:
             key = make_key(self.identity(), messages, tools, self.params(json_output))
@@ -216,12 +246,17 @@ class ModelBackend(Backend):
                 completion = Completion.from_record(record)
                 return completion, completion.usage(cache_hit=True)
         completion, retries = call_with_retries(
-            lambda: self._complete(messages, tools=tools, json_output=json_output), self.retry, self.spec
+            lambda left: self._complete(
+                messages, tools=tools, json_output=json_output, timeout=self.timeout if left is None else min(self.timeout, left)
+            ),
+            self.retry,
+            self.spec,
+            deadline,
         )
         log.debug(
             "%s: %d+%d tokens, %d retries", self.spec, completion.prompt_tokens, completion.completion_tokens, retries
         )
-        if self.cache is not None and key is not None:
+        if self.cache is not None and key is not None and completion.refusal is None and usable(completion):
             self.cache.put(key, completion.to_record())
         return completion, completion.usage(cache_hit=False, retries=retries)
 
@@ -232,12 +267,18 @@ class ModelBackend(Backend):
             return self._default_prompt
 
     def perceive(
-        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
     ) -> PerceptionOutcome:
         """Ask for the prior as JSON; one repair round if the reply does not validate.
 
         ``prompt_text`` defaults to ``perceive/v1`` rendered with ``DEFAULT_PERCEIVE_VARS``;
         ``image_id`` is accepted for interface parity (replay needs it) and otherwise unused.
+        A refusal is final (no repair: asking again costs money and rarely changes a refusal).
         """
         if image is None:
             raise ValueError(f"{self.spec} needs the photo itself; got image=None")
@@ -253,33 +294,56 @@ class ModelBackend(Backend):
                 ],
             }
         ]
+        failure: str | None = None
+
+        def validates(c: Completion) -> bool:
+            return parse_perception(c.content)[0] is not None
+
         try:
-            completion, call_usage = self._call(messages, tools=None, json_output=True)
+            completion, call_usage = self._call(
+                messages, tools=None, json_output=True, usable=validates, deadline=deadline
+            )
             usage += call_usage
             raw = completion.content
             perception, reason = parse_perception(raw)
-            if perception is None:
+            if perception is None and completion.refusal is None:
                 log.info("%s: reply did not validate (%s); asking once for a repair", self.spec, reason)
                 messages += [
                     {"role": "assistant", "content": (raw or "")[:MAX_ECHOED_REPLY_CHARS]},
                     {"role": "user", "content": self.repair.render(error=reason)},
                 ]
-                completion, call_usage = self._call(messages, tools=None, json_output=True)
+                completion, call_usage = self._call(
+                    messages, tools=None, json_output=True, usable=validates, deadline=deadline
+                )
                 usage += call_usage
                 raw = completion.content
                 perception, reason = parse_perception(raw)
-            error = None if perception is not None else f"reply did not validate after one repair: {reason}"
+            if completion.refusal is not None:
+                perception, failure = None, "refused"
+                error = f"the model refused: {completion.refusal[:300]}"
+            elif perception is None:
+                failure, error = "invalid", f"reply did not validate after one repair: {reason}"
+            else:
+                error = None
         except CallFailed as exc:
-            perception, error = None, f"model call failed: {exc}"
+            perception, failure, error = None, exc.kind, f"model call failed: {exc.one_line()}"
             usage += Usage(retries=exc.retries)
         usage.seconds = time.perf_counter() - start
-        return PerceptionOutcome(perception=perception, usage=usage, error=error, raw=raw)
+        return PerceptionOutcome(perception=perception, usage=usage, error=error, failure=failure, raw=raw)
 
-    def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> AssistantTurn:
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
+    ) -> AssistantTurn:
         if tools and not self.supports_tools:
             raise NotSupportedError(f"backend {self.spec!r} does not support tool calling")
         start = time.perf_counter()
-        completion, usage = self._call(messages, tools=tools or None, json_output=False)
+        completion, usage = self._call(
+            messages,
+            tools=tools or None,
+            json_output=False,
+            usable=lambda c: bool((c.content or "").strip() or c.tool_calls),
+            deadline=deadline,
+        )
         usage.seconds = time.perf_counter() - start
         return AssistantTurn(
             content=completion.content,

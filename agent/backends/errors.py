@@ -1,9 +1,30 @@
-"""Backend exceptions. Model misbehaviour is *reported* in outcomes; these are for the rest."""
+"""Backend exceptions. Model misbehaviour is *reported* in outcomes; these are for the rest.
+
+A failed call says which of three things went wrong, because they call for different actions:
+
+- ``unreachable``: nothing answers (connection refused, DNS failure): start the server, fix the URL;
+- ``misconfigured``: the server answers but refuses the request (401/403 key, 404 model or URL,
+  400 parameters, a 200 whose body is not JSON, e.g. HTML from a base URL without ``/v1``);
+- ``exhausted``: the server is there but did not answer usefully in time (timeouts, 429, 5xx
+  after every retry, or the photo's time budget ran out).
+
+The first two are configuration errors: retrying or evaluating on without the model would only
+produce a retrieval-only number labelled as the agent, so the graph raises ``ModelServiceError``
+unless the user asked for a retrieval fallback. The third still gets an answer from retrieval.
+"""
 
 from __future__ import annotations
 
+from typing import Literal
 
-class BackendError(RuntimeError):
+from indices.errors import GeoguideError
+
+FailureKind = Literal["unreachable", "misconfigured", "exhausted"]
+SERVICE_FAILURES: frozenset[str] = frozenset({"unreachable", "misconfigured", "exhausted"})
+FATAL_FAILURES: frozenset[str] = frozenset({"unreachable", "misconfigured"})
+
+
+class BackendError(GeoguideError, RuntimeError):
     """Base class of everything the backend layer raises on purpose."""
 
 
@@ -16,8 +37,23 @@ class NotSupportedError(BackendError):
 
 
 class CallFailed(BackendError):
-    """A model call failed for good (non-retryable error, or retries exhausted)."""
+    """A model call failed for good (non-retryable error, or retries or time exhausted)."""
 
-    def __init__(self, message: str, retries: int = 0) -> None:
+    def __init__(self, message: str, retries: int = 0, kind: FailureKind = "exhausted", hint: str = "") -> None:
         super().__init__(message)
         self.retries = retries
+        self.kind: FailureKind = kind
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """Cause and fix, for a user: ``<what failed>: <why> — <what to do>``."""
+        return f"{self}" + (f" — {self.hint}" if self.hint else "")
+
+
+class ModelServiceError(BackendError):
+    """The model cannot be reached or is misconfigured (or stayed exhausted without a fallback).
+
+    Exit code 3 tells scripts "the model service", apart from 2 (bad input or options).
+    """
+
+    exit_code = 3

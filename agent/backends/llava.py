@@ -114,7 +114,12 @@ class LlavaBackend(ModelBackend):
         return " ".join(turns) + " ASSISTANT:"
 
     def _complete(
-        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        json_output: bool,
+        timeout: float | None = None,  # a local model is not interrupted mid-generation; budgets apply between calls
     ) -> Completion:
         if tools:
             raise NotSupportedError("llava backend does not support tool calling")

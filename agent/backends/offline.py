@@ -102,7 +102,12 @@ class ReplayBackend(Backend):
         return Perception(countries=countries, lat=lat, lon=lon, rationale=location), None
 
     def perceive(
-        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
     ) -> PerceptionOutcome:
         """Look up ``image_id`` (or the file name of ``image`` when it is a path); the prompt is ignored."""
         start = time.perf_counter()
@@ -121,6 +126,7 @@ class ReplayBackend(Backend):
             perception=perception,
             usage=usage,
             error=None if perception is not None else f"{NO_ANSWER}: {reason}",
+            failure=None if perception is not None else "no_answer",
             raw=None if row is None else ",".join(str(row.get(c, "")) for c in REPLAY_COLUMNS),
         )
 
@@ -141,6 +147,11 @@ class NoneBackend(Backend):
         return "none"
 
     def perceive(
-        self, image: ImageInput | None, prompt_text: str | None = None, *, image_id: str | None = None
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
     ) -> PerceptionOutcome:
         return PerceptionOutcome()

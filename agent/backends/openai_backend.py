@@ -17,6 +17,7 @@ in ``spec``/``repr``, not in the cache key, not logged. The SDK's own retries ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,11 +25,13 @@ import threading
 from typing import Any, ClassVar
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from agent.backends.base import Completion, ModelBackend
 from agent.backends.errors import BackendConfigError
 from agent.backends.pricing import FREE, openai_price
 from agent.backends.registry import register_backend
+from agent.backends.retry import NotJSONReply
 from agent.schemas import Perception
 
 log = logging.getLogger(__name__)
@@ -119,9 +122,19 @@ class OpenAIBackend(ModelBackend):
             return self._client
 
     def _complete(
-        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None, json_output: bool
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        json_output: bool,
+        timeout: float | None = None,
     ) -> Completion:
-        request: dict[str, Any] = {"model": self.model, "messages": messages, self.max_tokens_param: self.max_tokens}
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            self.max_tokens_param: self.max_tokens,
+            "timeout": self.timeout if timeout is None else timeout,
+        }
         if self.temperature is not None:
             request["temperature"] = self.temperature
         if self.seed is not None:
@@ -135,6 +148,8 @@ class OpenAIBackend(ModelBackend):
                     **request, **({"response_format": fmt} if fmt else {})
                 )
                 break
+            except json.JSONDecodeError as exc:  # the SDK parses the body itself and lets this through
+                raise NotJSONReply(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from exc
             except openai.APIStatusError as exc:
                 if fmt is None or not _rejects_response_format(exc):
                     raise
@@ -144,6 +159,9 @@ class OpenAIBackend(ModelBackend):
         return self._to_completion(response)
 
     def _to_completion(self, response: Any) -> Completion:
+        if not isinstance(response, ChatCompletion):  # e.g. the SDK hands back an HTML page as a str
+            snippet = " ".join(str(response)[:80].split())
+            raise NotJSONReply(f"HTTP 200 but not a chat completion: {snippet!r}")
         message = response.choices[0].message if response.choices else None
         calls = [
             {"id": c.id, "name": c.function.name, "arguments_json": c.function.arguments or "{}"}
@@ -156,6 +174,7 @@ class OpenAIBackend(ModelBackend):
         return Completion(
             content=message.content if message else None,
             tool_calls=calls,
+            refusal=getattr(message, "refusal", None) if message else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=self._cost(prompt_tokens, completion_tokens),

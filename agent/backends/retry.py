@@ -20,7 +20,7 @@ from typing import TypeVar
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from agent.backends.errors import CallFailed
+from agent.backends.errors import CallFailed, FailureKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,6 +28,20 @@ T = TypeVar("T")
 # Errors that mean "the service did not answer usefully" rather than "our code is wrong"; the
 # latter propagate untouched.
 SERVICE_ERRORS: tuple[type[BaseException], ...] = (openai.APIError, TimeoutError, ConnectionError)
+
+
+class BudgetExhausted(TimeoutError):
+    """The photo's time budget ran out before (or between) attempts."""
+
+
+class NotJSONReply(openai.APIError):
+    """HTTP 200 whose body is not a chat completion (HTML from a base URL without /v1, torn JSON)."""
+
+    def __init__(self, what: str) -> None:
+        Exception.__init__(self, what)
+        self.message = what
+        self.request = None  # type: ignore[assignment]
+        self.body = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,29 @@ class _Wait:
         return min(p.max_wait_s, p.initial_s * 2 ** (state.attempt_number - 1)) + random.uniform(0, p.initial_s)
 
 
+def classify(exc: BaseException) -> tuple[FailureKind, str]:
+    """Which kind of failure ``exc`` is (see ``agent.backends.errors``) and the fix to suggest."""
+    if isinstance(exc, NotJSONReply):
+        return "misconfigured", "the server did not answer with JSON: check that the base URL ends in /v1"
+    if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
+        return "exhausted", "the model did not answer in time: raise --timeout, or check the server's load"
+    if isinstance(exc, (openai.APIConnectionError, ConnectionError)):
+        cause = repr(exc.__cause__ or exc).lower()
+        if "name or service not known" in cause or "nodename nor servname" in cause or "getaddrinfo" in cause:
+            return "unreachable", "the host name does not resolve: check the URL in --vlm"
+        return "unreachable", "nothing answers at that address: start the model server or fix the URL in --vlm"
+    status = _status(exc)
+    if status in (401, 403):
+        return "misconfigured", "the server refused the API key: set $OPENAI_API_KEY to a valid key"
+    if status == 404:
+        return "misconfigured", "model or URL not found: check the model name and that the base URL ends in /v1"
+    if status == 429 or (status is not None and status >= 500):
+        return "exhausted", "the server kept refusing (rate limit or server errors): retry later or lower --workers"
+    if status is not None:
+        return "misconfigured", f"the server rejected the request (HTTP {status}): check the model and its options"
+    return "misconfigured", "unexpected reply from the server"
+
+
 def describe(exc: BaseException) -> str:
     status = _status(exc)
     head = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
@@ -98,12 +135,32 @@ def describe(exc: BaseException) -> str:
     return f"{head}: {text[:300]}" if text else head
 
 
-def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> tuple[T, int]:
-    """Run ``fn`` under ``policy``; return its result and how many retries it took.
+def call_with_retries(
+    fn: Callable[[float | None], T], policy: RetryPolicy, label: str, deadline: float | None = None
+) -> tuple[T, int]:
+    """Run ``fn(time_left)`` under ``policy``; return its result and how many retries it took.
 
-    A service error that is not transient, or still failing after the last attempt, becomes
-    ``CallFailed`` (with the retry count) so callers handle one exception type.
+    ``deadline`` (a ``time.time()`` instant, the end of the photo's budget) bounds everything:
+    each attempt gets the time left (``fn`` caps its own timeout with it), waits are cut to it,
+    and no attempt starts after it. A service error that is not transient, or still failing after
+    the last attempt, becomes ``CallFailed`` (with the retry count and its ``kind``) so callers
+    handle one exception type.
     """
+
+    def attempt() -> T:
+        if deadline is None:
+            return fn(None)
+        left = deadline - time.time()
+        if left <= 0.05:
+            raise BudgetExhausted("the photo's time budget is spent")
+        return fn(left)
+
+    def out_of_time(state: RetryCallState) -> bool:
+        return deadline is not None and time.time() >= deadline - 0.05
+
+    def wait(state: RetryCallState) -> float:
+        w = _Wait(policy)(state)
+        return w if deadline is None else max(0.0, min(w, deadline - time.time()))
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -118,15 +175,18 @@ def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, label: str) -> t
         )
 
     retryer = Retrying(
-        stop=stop_after_attempt(policy.max_attempts),
-        wait=_Wait(policy),
-        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(policy.max_attempts) | out_of_time,
+        wait=wait,
+        retry=retry_if_exception(lambda e: is_transient(e) and not isinstance(e, BudgetExhausted)),
         before_sleep=before_sleep,
         reraise=True,
     )
     try:
-        result = retryer(fn)
+        result = retryer(attempt)
     except SERVICE_ERRORS as exc:
         attempts = retryer.statistics.get("attempt_number", 1)
-        raise CallFailed(f"{describe(exc)} (after {attempts} attempt(s))", retries=attempts - 1) from exc
+        kind, hint = classify(exc)
+        raise CallFailed(
+            f"{label}: {describe(exc)} (after {attempts} attempt(s))", retries=attempts - 1, kind=kind, hint=hint
+        ) from exc
     return result, retryer.statistics.get("attempt_number", 1) - 1

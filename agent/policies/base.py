@@ -24,6 +24,7 @@ class Decision(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list, description="appended to the conversation")
     usage: Usage = Field(default_factory=Usage)
     notes: list[str] = Field(default_factory=list)
+    service_failure: str | None = Field(None, description="the planner's model call failed: its kind")
 
 
 class Policy(ABC):

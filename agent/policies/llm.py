@@ -39,11 +39,12 @@ class LLMPolicy(Policy):
 
     def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
         try:
-            turn = ctx.backend.chat(state.messages, tools=openai_tools())
+            turn = ctx.backend.chat(state.messages, tools=openai_tools(),
+                                    deadline=state.started_at + ctx.config.caps.max_seconds)
         except NotSupportedError as e:
             return Decision(done=True, notes=[f"llm policy unavailable: {e}"])
         except CallFailed as e:
-            return Decision(done=True, notes=[f"planner call failed: {e}"])
+            return Decision(done=True, notes=[f"planner call failed: {e.one_line()}"], service_failure=e.kind)
         messages = [turn.to_message()]
         events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
         if turn.tool_calls:

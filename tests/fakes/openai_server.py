@@ -25,6 +25,8 @@ class Scripted:
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: bytes | None = None  # sent instead of ``body`` as JSON: an HTML page, a torn JSON document
+    content_type: str = "application/json"
 
 
 def _completion(message: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Scripted:
@@ -47,6 +49,16 @@ def _completion(message: dict[str, Any], finish_reason: str, prompt_tokens: int,
 def reply_text(content: str, *, prompt_tokens: int = 100, completion_tokens: int = 20) -> Scripted:
     """An assistant message with ``content`` (valid JSON or not: that is the test's business)."""
     return _completion({"role": "assistant", "content": content}, "stop", prompt_tokens, completion_tokens)
+
+
+def reply_refusal(text: str) -> Scripted:
+    """The API's explicit refusal (``message.refusal``, as structured outputs return it)."""
+    return _completion({"role": "assistant", "content": None, "refusal": text}, "stop", 100, 10)
+
+
+def raw_reply(raw: bytes, content_type: str = "application/json", status: int = 200) -> Scripted:
+    """A body that is not a chat completion: ``raw_reply(b"<html>...", "text/html")``, torn JSON."""
+    return Scripted(status=status, raw=raw, content_type=content_type)
 
 
 def reply_json(obj: Any, **usage: int) -> Scripted:
@@ -85,11 +97,12 @@ class RecordedRequest:
 class FakeOpenAIServer:
     """``with FakeOpenAIServer() as server: ... server.base_url`` (ends in ``/v1``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._queue: deque[Scripted] = deque()
+        self._always: Scripted | None = None
         self._lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-openai", daemon=True
@@ -105,6 +118,12 @@ class FakeOpenAIServer:
             self._queue.extend(replies)
         return self
 
+    def always(self, reply: Scripted | None) -> FakeOpenAIServer:
+        """Answer every request with ``reply`` once the script is used up (a persistent fault)."""
+        with self._lock:
+            self._always = reply
+        return self
+
     @property
     def pending(self) -> int:
         with self._lock:
@@ -117,6 +136,8 @@ class FakeOpenAIServer:
                 return http_error(404, f"fake server has no {request.path}")
             if self._queue:
                 return self._queue.popleft()
+            if self._always is not None:
+                return self._always
         return http_error(418, "fake server: script exhausted")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -137,10 +158,10 @@ class FakeOpenAIServer:
                 reply = server._next(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                payload = json.dumps(reply.body).encode()
+                payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", reply.content_type)
                     self.send_header("Content-Length", str(len(payload)))
                     for key, value in reply.headers.items():
                         self.send_header(key, value)

@@ -16,6 +16,8 @@ from fakes.openai_server import (
     delayed,
     http_error,
     reply_json,
+    raw_reply,
+    reply_refusal,
     reply_text,
     reply_tool_calls,
 )
@@ -175,20 +177,44 @@ def test_timeout_is_retried_then_reported(fake_openai: FakeOpenAIServer, photo: 
 
 def test_cache_hit_makes_no_request(fake_openai: FakeOpenAIServer, photo: Image.Image, tmp_path: Path) -> None:
     db = tmp_path / "replies.sqlite"
-    fake_openai.script(reply_text("not json"), reply_json(GOOD))
+    fake_openai.script(reply_json(GOOD))
     first = compat(fake_openai, cache=db).perceive(photo, "Where?")
     again = compat(fake_openai, cache=db).perceive(photo, "Where?")  # fresh backend, same file
 
-    assert len(fake_openai.requests) == 2  # the repaired pair, once
+    assert len(fake_openai.requests) == 1
     assert again.perception == first.perception and again.usage.cached and not first.usage.cached
-    assert again.usage.cost_usd == first.usage.cost_usd and again.usage.model_calls == 2
+    assert again.usage.cost_usd == first.usage.cost_usd and again.usage.model_calls == 1
 
     fake_openai.script(reply_json(GOOD), reply_json(GOOD))
     compat(fake_openai, cache=db).perceive(Image.new("RGB", (64, 64)), "Where?")  # other image
     compat(fake_openai, cache=db, temperature=0.7).perceive(photo, "Where?")  # other parameters
-    assert len(fake_openai.requests) == 4
+    assert len(fake_openai.requests) == 3
     with ResponseCache(db) as cache:
-        assert len(cache) == 4
+        assert len(cache) == 3
+
+
+def test_only_validated_replies_are_cached(fake_openai: FakeOpenAIServer, photo: Image.Image, tmp_path: Path) -> None:
+    """An unparseable first reply is repaired but never replayed: a re-run asks the model again."""
+    db = tmp_path / "replies.sqlite"
+    fake_openai.script(reply_text("not json"), reply_json(GOOD), reply_json(GOOD))
+    first = compat(fake_openai, cache=db).perceive(photo, "Where?")
+    again = compat(fake_openai, cache=db).perceive(photo, "Where?")
+    assert first.perception is not None and again.perception is not None
+    assert len(fake_openai.requests) == 3  # the invalid reply was not replayed from the cache
+    with ResponseCache(db) as cache:
+        assert len(cache) == 2  # the repaired exchange and the fresh valid reply, not "not json"
+
+
+def test_refusal_is_reported_and_never_cached(
+    fake_openai: FakeOpenAIServer, photo: Image.Image, tmp_path: Path
+) -> None:
+    db = tmp_path / "replies.sqlite"
+    fake_openai.script(reply_refusal("I can't help with locating people."), reply_json(GOOD))
+    first = compat(fake_openai, cache=db).perceive(photo, "Where?")
+    assert first.perception is None and first.failure == "refused" and "refused" in first.error
+    assert len(fake_openai.requests) == 1  # a refusal is final: no repair round
+    again = compat(fake_openai, cache=db).perceive(photo, "Where?")
+    assert again.perception is not None and not again.usage.cached
 
 
 def test_errors_are_not_cached(fake_openai: FakeOpenAIServer, photo: Image.Image, tmp_path: Path) -> None:
@@ -402,3 +428,48 @@ def test_retry_after_parsing() -> None:
     in_5s = email.utils.formatdate(time.time() + 5, usegmt=True)
     assert 3.0 < retry_after_s(exc({"retry-after": in_5s})) <= 5.0
     assert retry_after_s(exc({})) is None and retry_after_s(ValueError()) is None
+
+
+# --- failure kinds: "no usable prior" versus "the model cannot be used" ------------------------
+
+
+@pytest.mark.parametrize(
+    "reply, kind, hint",
+    [
+        (http_error(401, "Incorrect API key"), "misconfigured", "API key"),
+        (http_error(403, "forbidden"), "misconfigured", "API key"),
+        (http_error(404, "model not found"), "misconfigured", "/v1"),
+        (http_error(400, "temperature is not supported"), "misconfigured", "HTTP 400"),
+        (raw_reply(b"<html><body>It works!</body></html>", "text/html"), "misconfigured", "/v1"),
+        (raw_reply(b'{"choices": [', "application/json"), "misconfigured", "JSON"),
+        (http_error(429, "slow down", retry_after=0), "exhausted", "rate limit"),
+    ],
+)
+def test_service_failures_are_classified(
+    fake_openai: FakeOpenAIServer, photo: Image.Image, reply, kind: str, hint: str
+) -> None:
+    fake_openai.always(reply)
+    outcome = compat(fake_openai, max_attempts=2).perceive(photo, "Where?")
+    assert outcome.perception is None and outcome.failure == kind
+    assert hint in outcome.error
+
+
+def test_refused_connection_is_unreachable(photo: Image.Image) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = make_backend(f"openai-compatible:http://127.0.0.1:{port}/v1:m", **FAST, max_attempts=2)
+    outcome = backend.perceive(photo, "Where?")
+    assert outcome.failure == "unreachable" and "start the model server" in outcome.error
+
+
+def test_deadline_caps_each_call(fake_openai: FakeOpenAIServer, photo: Image.Image) -> None:
+    """A hanging server costs at most the time left in the photo's budget, not timeout x attempts."""
+    fake_openai.always(delayed(30))
+    backend = compat(fake_openai, timeout=20.0, max_attempts=4)
+    start = time.perf_counter()
+    outcome = backend.perceive(photo, "Where?", deadline=time.time() + 1.0)
+    assert time.perf_counter() - start < 2.0
+    assert outcome.failure == "exhausted" and outcome.perception is None

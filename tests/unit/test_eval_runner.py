@@ -192,7 +192,7 @@ class _FixedPrior(Backend):
     def __init__(self) -> None:
         super().__init__("paris")
 
-    def perceive(self, image, prompt_text=None, *, image_id=None) -> PerceptionOutcome:
+    def perceive(self, image, prompt_text=None, *, image_id=None, deadline=None) -> PerceptionOutcome:
         if image_id == "no-prior":
             return PerceptionOutcome(error="model gave nothing")
         return PerceptionOutcome(
