@@ -5,6 +5,10 @@ hloc-style: a descriptor is a small class with a ``name`` and a ``default_conf``
 from the reference set (a PCA-whitening, a visual vocabulary) in ``fit``; those parameters are
 saved with the index through ``state``/``load_state`` so queries are described exactly like the
 references were.
+
+Model weights are always local: no descriptor downloads anything. One whose weights are not on
+this machine raises ``WeightsNotFoundError`` when it is constructed (so ``index build`` stops before
+reading a single photo), naming the option to set and the files the folder must hold.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A descriptor's model weights are not on this machine; the message says where to put them."""
 
 
 class Descriptor(ABC):

@@ -3,8 +3,15 @@
 Img2Loc and G3 retrieve their geo-neighbours with CLIP ViT-L/14 image embeddings: trained on web
 image-text pairs, CLIP encodes *what kind of place* a photo shows (architecture, vegetation,
 signage, road markings) rather than the exact view, so it recalls the right region where local
-descriptors find nothing to match. The weights come from a local ``save_pretrained`` folder or a
-Hugging Face hub id; nothing is downloaded when the folder is local or ``HF_HUB_OFFLINE`` is set.
+descriptors find nothing to match.
+
+The weights are never downloaded, whatever ``HF_HUB_OFFLINE`` says: a build must not stall on (or
+quietly depend on) the network. The ``model`` option is either a local ``save_pretrained`` folder
+(``config.json``, ``model.safetensors``, ideally ``preprocessor_config.json``) or a hub id that is
+already in the local Hugging Face cache (``$HF_HUB_CACHE``, filled by ``huggingface-cli download``
+on a connected machine). Anything else fails when the descriptor is constructed, before any photo
+is read, with a ``WeightsNotFoundError`` saying where to put the weights; transformers is only ever
+called with ``local_files_only=True`` on the resolved folder.
 
 Preprocessing is done here with PIL/numpy (resize shortest side, centre crop, normalise) from the
 checkpoint's ``preprocessor_config.json``: transformers' default CLIP processor wants torchvision,
@@ -13,7 +20,6 @@ which geoguide does not install. The unit test checks it against transformers' P
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indices.descriptors.base import Descriptor, l2_normalize
+from indices.descriptors.base import Descriptor, WeightsNotFoundError, l2_normalize
 from indices.descriptors.pca import PCAWhitening
 from indices.descriptors.registry import register
 
@@ -91,46 +97,81 @@ class ClipPreprocess:
         return x.transpose(2, 0, 1)
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WHERE = (
+    "geoguide never downloads weights: put a save_pretrained copy of e.g. openai/clip-vit-large-patch14 "
+    "(config.json, model.safetensors, preprocessor_config.json) in a folder and pass it with "
+    "--descriptor-opt model=/path/to/folder (conf {'model': '/path/to/folder'})"
+)
+
+
+def resolve_clip_weights(model: str) -> Path:
+    """The local folder holding ``model``'s weights, or ``WeightsNotFoundError``; never the network.
+
+    ``model`` is a folder, or a hub id looked up in the local Hugging Face cache only.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        folder = path
+    elif path.exists():
+        raise WeightsNotFoundError(f"clip: model={model!r} is a file; it must be the folder holding the model; {_WHERE}")
+    elif path.is_absolute() or model.startswith((".", "~")):
+        raise WeightsNotFoundError(f"clip: model={model!r}: no such folder; {_WHERE}")
+    else:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model, "config.json")
+        except ValueError:  # not a valid hub id either
+            cached = None
+        if not isinstance(cached, str):
+            raise WeightsNotFoundError(
+                f"clip: model={model!r} is neither a local folder nor in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}); {_WHERE}, or fill the cache on a connected machine "
+                f"(huggingface-cli download {model})"
+            )
+        folder = Path(cached).parent
+    if not (folder / "config.json").is_file():
+        raise WeightsNotFoundError(f"clip: {folder} holds no config.json, so it is not a saved model; {_WHERE}")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise WeightsNotFoundError(f"clip: {folder} has no weights file ({', '.join(WEIGHT_FILES)}); {_WHERE}")
+    return folder
 
 
 @lru_cache(maxsize=2)
-def load_clip_vision(model: str, device: str) -> tuple[torch.nn.Module, ClipPreprocess]:
-    """The vision tower + projection and its preprocessing, cached per (model, device).
+def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPreprocess]:
+    """The vision tower + projection and its preprocessing, cached per (folder, device).
 
-    Accepts a full CLIP checkpoint (e.g. ``openai/clip-vit-large-patch14``) or a vision-only one.
+    ``folder`` is what ``resolve_clip_weights`` returned. Accepts a full CLIP checkpoint (e.g.
+    ``openai/clip-vit-large-patch14``) or a vision-only one.
     """
     from transformers import CLIPVisionModelWithProjection
     from transformers.image_processing_base import ImageProcessingMixin
     from transformers.utils import logging as hf_logging
 
-    local_only = Path(model).is_dir() or _offline()
     verbosity = hf_logging.get_verbosity()
     # A full CLIP checkpoint carries the text tower too; its "unexpected keys" report is noise.
     hf_logging.set_verbosity_error()
     try:
         net, info = CLIPVisionModelWithProjection.from_pretrained(
-            model, local_files_only=local_only, output_loading_info=True
+            folder, local_files_only=True, output_loading_info=True
         )
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, SafetensorError...: all mean "these files are unusable"
+        first = str(e).splitlines()[0] if str(e) else ""
         raise RuntimeError(
-            f"clip: cannot load CLIP vision weights from {model!r} ({type(e).__name__}: {e}). "
-            "Pass conf {'model': '/path/to/folder'} with a local save_pretrained copy (config.json, "
-            "model.safetensors, preprocessor_config.json) of e.g. openai/clip-vit-large-patch14."
+            f"clip: cannot load CLIP vision weights from {folder} ({type(e).__name__}: {first}); "
+            "it must be a save_pretrained copy (config.json, model.safetensors, preprocessor_config.json) "
+            "of a CLIP model such as openai/clip-vit-large-patch14"
         ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
         # Missing weights would be silently random: refuse rather than return noise embeddings.
         raise RuntimeError(
-            f"clip: {model!r} lacks {len(info['missing_keys'])} vision weights, e.g. {sorted(info['missing_keys'])[:3]}"
+            f"clip: {folder} lacks {len(info['missing_keys'])} vision weights, e.g. {sorted(info['missing_keys'])[:3]}"
         )
     try:
-        cfg, _ = ImageProcessingMixin.get_image_processor_dict(model, local_files_only=local_only)
+        cfg, _ = ImageProcessingMixin.get_image_processor_dict(folder, local_files_only=True)
     except (OSError, ValueError):
         cfg = {}  # no preprocessor config: OpenAI defaults at the model's input size
     preprocess = ClipPreprocess.from_config(cfg, int(net.config.image_size))
@@ -141,7 +182,8 @@ def load_clip_vision(model: str, device: str) -> tuple[torch.nn.Module, ClipPrep
 class CLIPDescriptor(Descriptor):
     name = "clip"
     default_conf: ClassVar[dict[str, Any]] = {
-        # Local save_pretrained folder or hub id; the Img2Loc / G3 retrieval backbone by default.
+        # Local save_pretrained folder, or a hub id already in the local HF cache (never downloaded);
+        # the Img2Loc / G3 retrieval backbone by default.
         "model": "openai/clip-vit-large-patch14",
         # PCA on the reference set: None = off (raw projection_dim embedding, nothing to fit).
         "pca_dim": None,
@@ -166,10 +208,12 @@ class CLIPDescriptor(Descriptor):
             PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
         )
         self.trainable = self._pca is not None  # type: ignore[misc]  # per-instance refinement
+        # Here, not on first use: a missing model must stop a build before it reads any photo.
+        self._weights = resolve_clip_weights(str(c["model"]))
 
     def _net(self) -> tuple[torch.nn.Module, ClipPreprocess]:
         device = self.conf["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
-        return load_clip_vision(str(self.conf["model"]), device)
+        return load_clip_vision(str(self._weights), device)
 
     @property
     def embed_dim(self) -> int:

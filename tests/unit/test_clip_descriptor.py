@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -17,8 +20,9 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from indices.descriptors.base import WeightsNotFoundError
 from indices.descriptors.clip import CLIPDescriptor, ClipPreprocess
-from indices.descriptors.registry import DESCRIPTORS
+from indices.descriptors.registry import DESCRIPTORS, get_descriptor
 
 VISION = {
     "hidden_size": 32,
@@ -151,12 +155,65 @@ def test_conf_errors(vision_dir: Path):
         CLIPDescriptor({"batch_size": 0})
 
 
-def test_unloadable_model_says_to_pass_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub id below must not be looked up online
-    with pytest.raises(RuntimeError, match="local save_pretrained"):
-        _ = CLIPDescriptor({"model": "nobody/not-a-clip-model-xyz"}).dim
-    with pytest.raises(RuntimeError, match="local save_pretrained"):
-        _ = CLIPDescriptor({"model": str(tmp_path)}).dim  # an empty folder
+@pytest.fixture
+def no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """HF's offline switches off, an empty HF cache, and every DNS lookup or connect recorded and refused."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def test_hub_id_without_local_weights_fails_at_once_without_the_network(no_network: list[tuple]):
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as err:
+        get_descriptor("clip")  # the default hub id; construction must fail, before any image is read
+    assert time.perf_counter() - start < 5 and no_network == []
+    msg = str(err.value)
+    assert "\n" not in msg and "openai/clip-vit-large-patch14" in msg
+    for needle in ("never downloads", "--descriptor-opt model=", "config.json", "model.safetensors", "hf-cache"):
+        assert needle in msg, needle
+    assert isinstance(err.value, FileNotFoundError)  # the CLI prints those as one-line errors
+
+
+def test_unusable_local_folders_say_what_is_missing(tmp_path: Path, no_network: list[tuple]):
+    with pytest.raises(WeightsNotFoundError, match=r"no such folder.*--descriptor-opt model="):
+        CLIPDescriptor({"model": str(tmp_path / "not-there")})
+    with pytest.raises(WeightsNotFoundError, match=r"holds no config.json"):
+        CLIPDescriptor({"model": str(tmp_path)})  # an empty folder
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(WeightsNotFoundError, match=r"no weights file \(model.safetensors"):
+        CLIPDescriptor({"model": str(tmp_path)})
+    assert no_network == []
+
+
+def test_hub_id_found_in_the_local_cache_loads_offline(vision_dir: Path, no_network: list[tuple]):
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--someone--tiny-clip"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(vision_dir, target_is_directory=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    d = CLIPDescriptor({"model": "someone/tiny-clip"})
+    assert d.dim == 16 and d.extract([photo(0)]).shape == (1, 16)
+    assert no_network == []
+
+
+def test_broken_local_weights_are_a_clear_error(tmp_path: Path, no_network: list[tuple]):
+    CLIPVisionConfig(**VISION).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(RuntimeError, match="cannot load CLIP vision weights"):
+        _ = CLIPDescriptor({"model": str(tmp_path)}).dim
+    assert no_network == []
 
 
 def test_checkpoint_without_projection_is_refused(tmp_path: Path):
