@@ -6,16 +6,31 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Where was this photo taken?")
+from agent.cli_options import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_TIMEOUT_S,
+    AttemptsOpt,
+    CacheOpt,
+    FallbackOpt,
+    IndexOpt,
+    MaxSecondsOpt,
+    PolicyOpt,
+    TimeoutOpt,
+    VlmOpt,
+)
+from indices.errors import GeoguideError
+
+app = typer.Typer(add_completion=False, help="Where was this photo taken?")
 index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
 app.add_typer(index_app, name="index")
 
 
-class CLIError(Exception):
+class CLIError(GeoguideError):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
@@ -35,7 +50,7 @@ def index_build(
     descriptor_opt: Annotated[list[str] | None, typer.Option("--descriptor-opt", help="KEY=VALUE (JSON value) descriptor option; repeatable")] = None,
     submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
     faiss_index: Annotated[str, typer.Option("--faiss-index", help="fp16 | flat")] = "fp16",
-    limit: Annotated[int | None, typer.Option("--limit", help="index only the first N rows")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="index only the first N rows")] = None,
     col_id: Annotated[str | None, typer.Option("--col-id", help="id column name in --labels")] = None,
     col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
     col_lon: Annotated[str | None, typer.Option("--col-lon")] = None,
@@ -79,7 +94,7 @@ def index_build(
 
 @index_app.command("info")
 def index_info(
-    index_dir: Annotated[Path, typer.Argument(help="index directory")],
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     top: Annotated[int, typer.Option("--top", help="largest submaps shown per scheme")] = 5,
 ) -> None:
@@ -126,7 +141,7 @@ def index_info(
 
 @app.command("search")
 def search(
-    image: Annotated[Path, typer.Argument(help="query photo")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="query photo")],
     index_dir: Annotated[Path, typer.Option("--index", help="index directory")],
     k: Annotated[int, typer.Option("-k", help="number of candidates")] = 10,
     submap: Annotated[str, typer.Option("--submap", help="submap id, e.g. country:FR, kmeans-100:37, radius:45.7,4.8,50")] = "global",
@@ -155,27 +170,22 @@ def search(
 
 # ---------------------------------------------------------------------------------------- agent
 
-VlmOpt = Annotated[str, typer.Option("--vlm", help="none | replay:CSV | openai:MODEL | openai-compatible:URL:MODEL | llava:PATH")]
-PolicyOpt = Annotated[str, typer.Option("--policy", help="rules | llm")]
-IndexOpt = Annotated[Path, typer.Option("--index", help="index directory")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache", help="SQLite response cache (default: ~/.cache/geoguide/responses.sqlite; 'none' disables)")]
-
-
-def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = None, **config):
+def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT_S, attempts: int = DEFAULT_ATTEMPTS, **config):
     """Open the index, the model backend and the config the same way for every command."""
     from agent.backends import make_backend
     from agent.config import AgentConfig
     from agent.context import AgentContext
+    from agent.policies import make_policy
     from indices.store import ReferenceIndex
 
     cfg = AgentConfig(policy=policy, **config)
-    from agent.policies import make_policy
-
     make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
     index = ReferenceIndex(index_dir)
-    options = {}
+    options: dict = {}
     if not vlm.startswith(("none", "replay:")):
         options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
+        options.update(timeout=timeout, max_attempts=attempts)
     return AgentContext(index=index, backend=make_backend(vlm, **options), config=cfg)
 
 
@@ -214,33 +224,63 @@ def format_prediction(pred) -> str:
     return "\n".join(lines)
 
 
+def check_service(pred) -> None:
+    """A prediction made while the model was failing is not what was asked for, unless the user
+    accepted a retrieval fallback: the answer is printed, then this makes the exit non-zero."""
+    from agent.backends.errors import ModelServiceError
+
+    if pred.service_failure and pred.fallback == "none":
+        raise ModelServiceError(
+            f"the model failed ({pred.service_failure}): {pred.prior_error or '; '.join(pred.notes)}; "
+            "the answer above rests on retrieval alone (pass --fallback retrieval to accept that)"
+        )
+
+
 @app.command("locate")
 def locate_cmd(
-    image: Annotated[Path, typer.Argument(help="the photo")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="the photo")],
     index_dir: IndexOpt,
     vlm: VlmOpt = "none",
     policy: PolicyOpt = "rules",
     as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction as JSON")] = False,
-    prior_level: Annotated[str, typer.Option("--prior-level", help="point | country")] = "point",
+    prior_level: Annotated[Literal["point", "country"], typer.Option("--prior-level", help="point | country")] = "point",
     exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="never retrieve this photographer's photos; repeatable")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not stream the steps")] = False,
     cache: CacheOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
+    max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    fallback: FallbackOpt = "none",
 ) -> None:
     """Where was this photo taken? Streams the agent's steps, then the answer and its evidence."""
     from agent.graph import locate
 
-    ctx = make_context(index_dir, vlm, policy, cache, prior_level=prior_level, exclude_authors=exclude_author or [])
-    pred = locate(ctx, image, on_event=None if (quiet or as_json) else print_event)
+    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, prior_level=prior_level,
+                       exclude_authors=exclude_author or [], fallback=fallback, caps={"max_seconds": max_seconds})
+    try:
+        pred = locate(ctx, image, on_event=None if (quiet or as_json) else print_event)
+    finally:
+        ctx.backend.close()
     typer.echo(pred.model_dump_json(indent=2) if as_json else format_prediction(pred))
+    check_service(pred)
 
 
 CHAT_HELP = """Commands: /image PATH (locate a photo), /show (the prediction as JSON), /help, /quit.
 Anything else is a follow-up question, e.g. "why not Portugal?" or "look near Lyon instead"."""
 
 
+def show_in_chat(pred) -> None:
+    """The answer, and a warning line when it was made without a working model."""
+    typer.echo(format_prediction(pred))
+    try:
+        check_service(pred)
+    except GeoguideError as e:
+        typer.echo(f"geoguide: warning: {e}", err=True)
+
+
 @app.command("chat")
 def chat_cmd(
-    image: Annotated[Path | None, typer.Argument(help="a photo to start with")] = None,
+    image: Annotated[Path | None, typer.Argument(metavar="[IMAGE]", help="a photo to start with")] = None,
     index_dir: IndexOpt = Path("index"),
     session: Annotated[str | None, typer.Option("--session", help="resume this session id")] = None,
     vlm: VlmOpt = "none",
@@ -248,12 +288,18 @@ def chat_cmd(
     db: Annotated[Path | None, typer.Option("--db", help="session database (default ~/.cache/geoguide/sessions.sqlite)")] = None,
     exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="never retrieve this photographer's photos")] = None,
     cache: CacheOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
+    max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    fallback: FallbackOpt = "none",
 ) -> None:
     """A terminal chat: attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
+    from agent.backends import BackendError
     from agent.chat import ChatSession, summary
     from indices.images import ImageLoadError
 
-    ctx = make_context(index_dir, vlm, policy, cache, exclude_authors=exclude_author or [])
+    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts,
+                       exclude_authors=exclude_author or [], fallback=fallback, caps={"max_seconds": max_seconds})
     chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event)
     try:
         st = chat.state()
@@ -263,7 +309,7 @@ def chat_cmd(
         else:
             typer.echo(f"session {chat.session_id} (resume later with --session {chat.session_id}). /help for commands.")
         if image is not None:
-            typer.echo(format_prediction(chat.attach(image)))
+            show_in_chat(chat.attach(image))
         interactive = sys.stdin.isatty()
         while True:
             if interactive:
@@ -284,9 +330,9 @@ def chat_cmd(
             elif line.startswith("/image"):
                 path = line[len("/image"):].strip()
                 try:
-                    typer.echo(format_prediction(chat.attach(Path(path).expanduser())))
-                except ImageLoadError as e:  # a bad photo must not end the session
-                    typer.echo(f"geoguide: {e}", err=True)
+                    show_in_chat(chat.attach(Path(path).expanduser()))
+                except (ImageLoadError, BackendError) as e:  # a bad photo or a model outage must not end the session
+                    typer.echo(f"geoguide: error: {e}", err=True)
             else:
                 typer.echo(f"geoguide> {chat.ask(line)}")
     finally:
@@ -300,42 +346,62 @@ app.command("eval")(eval_cmd)
 app.command("ablate")(ablate_cmd)
 
 
+INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in geoguide, never a user's mistake
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(usage error base, Exit, Abort) of the click that typer really uses: recent typer bundles its
+    own copy (``typer._click``), whose exceptions are not the ``click`` package's."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # typer < 0.20 runs on the click package
+        from click.exceptions import ClickException
+    return ClickException, typer.Exit, typer.Abort
+
+
+def _first_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # "1 validation error for AgentConfig" says nothing useful
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: typer for parsing, one-line errors for everything we anticipate."""
-    from agent.backends import BackendError
-    from indices.build import BuildError
-    from indices.images import ImageLoadError
-    from indices.manifest import IndexFormatError
-    from indices.store import SubmapError
+    """Console entry point. Exit codes: 0 done; 2 usage or input error (click's usage message, or
+    one line); 3 the model service cannot be used; 70 a bug in geoguide (one line, and the
+    traceback with GEOGUIDE_DEBUG=1); 130 interrupted. Nothing heavy is imported before a command
+    needs it, so ``--help`` answers at once."""
+    import os
+
+    from indices.errors import GeoguideError
 
     logging.basicConfig(level=logging.WARNING, format="geoguide: %(levelname)s: %(message)s")
-    expected = (CLIError, ImageLoadError, IndexFormatError, BuildError, SubmapError, BackendError, FileNotFoundError,
-                ValueError, TypeError, PermissionError)
+    usage_error, exit_request, abort = _click_exceptions()
+    debug = bool(os.environ.get("GEOGUIDE_DEBUG"))
     try:
-        app(args=argv, standalone_mode=False)
-    except expected as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        typer.echo(f"geoguide: error: {msg}", err=True)
-        return 2
-    except KeyboardInterrupt:
+        typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
+    except usage_error as e:  # click's own message and usage line
+        e.show()
+        return e.exit_code
+    except exit_request as e:
+        return e.exit_code
+    except (abort, KeyboardInterrupt):
         typer.echo("geoguide: interrupted", err=True)
-        return 130
-    except Exception as e:  # click usage errors and anything unforeseen: still one line
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            typer.echo(f"geoguide: error: {e.format_message()}", err=True)
-            return e.exit_code
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 130
-        typer.echo(f"geoguide: internal error: {type(e).__name__}: {e} (set GEOGUIDE_DEBUG=1 for a traceback)", err=True)
-        import os
-
-        if os.environ.get("GEOGUIDE_DEBUG"):
+        return INTERRUPTED
+    except (GeoguideError, OSError, ValueError) as e:  # ValueError: bad values, pydantic validation
+        if debug:
             raise
-        return 1
+        typer.echo(f"geoguide: error: {_first_line(e)}", err=True)
+        return getattr(e, "exit_code", 2)
+    except Exception as e:
+        if debug:
+            raise
+        typer.echo(f"geoguide: internal error: {type(e).__name__}: {_first_line(e)} "
+                   "(a bug in geoguide; rerun with GEOGUIDE_DEBUG=1 for the traceback)", err=True)
+        return INTERNAL_ERROR
     return 0
 
 

@@ -11,11 +11,19 @@ import json
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.cli_options import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT_S,
+    AttemptsOpt,
+    PolicyOpt,
+    TimeoutOpt,
+    VlmOpt,
+)
 from agent.config import AgentConfig
 
 if TYPE_CHECKING:  # the runner pulls in langgraph and faiss: imported when a command runs, not for --help
@@ -48,6 +56,8 @@ class RunSpec(BaseModel):
     exclude_same_author: bool = False
     limit: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)
+    timeout: float = Field(60.0, gt=0, description="seconds per model call (capped by the photo's budget)")
+    attempts: int = Field(4, ge=1, description="tries per model call, the first included")
     corrupt_prior: float = Field(0.0, ge=0.0, le=1.0)
     corrupt_mode: str = "neighbour"
     corrupt_noise_km: float = Field(0.0, ge=0.0)
@@ -196,7 +206,8 @@ def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool =
         )
     corruption = spec.corruption()
     try:
-        ctx = make_context(spec.index, spec.vlm, spec.policy, spec.cache, **nest(spec.config))
+        ctx = make_context(spec.index, spec.vlm, spec.policy, spec.cache, timeout=spec.timeout,
+                           attempts=spec.attempts, **nest(spec.config))
     except ValidationError as exc:
         raise ValueError(
             f"invalid agent config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
@@ -238,15 +249,14 @@ def eval_cmd(
             help="csv | shared | im2gps3k | im2gps | yfcc4k | ... (default: csv with --labels, else shared)",
         ),
     ] = None,
-    vlm: Annotated[
-        str,
-        typer.Option(
-            "--vlm", help="none | replay:CSV | openai:MODEL | openai-compatible:URL:MODEL | llava:PATH"
-        ),
-    ] = "none",
-    policy: Annotated[str, typer.Option("--policy", help="rules | llm")] = "rules",
-    prior_level: Annotated[str | None, typer.Option("--prior-level", help="point | country")] = None,
-    scheme: Annotated[str | None, typer.Option("--scheme", help="country | kmeans (rules policy)")] = None,
+    vlm: VlmOpt = "none",
+    policy: PolicyOpt = "rules",
+    prior_level: Annotated[
+        Literal["point", "country"] | None, typer.Option("--prior-level", help="point | country")
+    ] = None,
+    scheme: Annotated[
+        Literal["country", "kmeans"] | None, typer.Option("--scheme", help="country | kmeans (rules policy)")
+    ] = None,
     rerank: Annotated[
         bool, typer.Option("--rerank/--no-rerank", help="geographic re-ranking (the paper's ablation)")
     ] = True,
@@ -257,10 +267,24 @@ def eval_cmd(
             help="leave-one-photographer-out: never retrieve the query's photographer or the query itself",
         ),
     ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="only the first N photos")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N photos")] = None,
     workers: Annotated[
-        int, typer.Option("--workers", help="photos in flight (for remote models; retrieval is CPU-bound)")
+        int,
+        typer.Option("--workers", min=1, help="photos in flight (for remote models; retrieval is CPU-bound)"),
     ] = 1,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", min=0.1, help="time budget per photo (caps.max_seconds)")
+    ] = None,
+    fallback: Annotated[
+        Literal["none", "retrieval"] | None,
+        typer.Option(
+            "--fallback",
+            help="when the model cannot be used: 'none' stops the run (exit 3); 'retrieval' evaluates retrieval "
+            "alone for those photos and every summary says so",
+        ),
+    ] = None,
     corrupt_prior: Annotated[
         float,
         typer.Option(
@@ -268,7 +292,7 @@ def eval_cmd(
         ),
     ] = 0.0,
     corrupt_mode: Annotated[
-        str,
+        Literal["neighbour", "random", "none"],
         typer.Option("--corrupt-mode", help="neighbour | random | none (noise only); see eval.corruption"),
     ] = "neighbour",
     corrupt_noise_km: Annotated[
@@ -299,7 +323,8 @@ def eval_cmd(
 ) -> None:
     """Benchmark the agent on a labelled photo set: predictions.jsonl, summary.json/.md, run.json."""
     given: dict[str, Any] = dict(parse_assignment(s) for s in settings or [])
-    options = {"prior_level": prior_level, "scheme": scheme, "rerank.enabled": None if rerank else False}
+    options = {"prior_level": prior_level, "scheme": scheme, "rerank.enabled": None if rerank else False,
+               "caps.max_seconds": max_seconds, "fallback": fallback}
     given.update({k: v for k, v in options.items() if v is not None})
     spec = spec_from_settings(
         {
@@ -314,6 +339,8 @@ def eval_cmd(
             "exclude_same_author": exclude_same_author,
             "limit": limit,
             "workers": workers,
+            "timeout": timeout,
+            "attempts": attempts,
             "corrupt_prior": corrupt_prior,
             "corrupt_mode": corrupt_mode,
             "corrupt_noise_km": corrupt_noise_km,

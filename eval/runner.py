@@ -43,6 +43,7 @@ from eval.corruption import CorruptedPriorBackend, CorruptionApplied, Corruption
 from eval.datasets import LoadReport, Sample
 from eval.metrics import Summary, distance_km, markdown_table, summarize
 from indices import atomic
+from indices.errors import GeoguideError
 from indices.geometry import haversine_km, latlon_to_unit
 from indices.store import ReferenceIndex
 
@@ -59,7 +60,7 @@ ABORT_AFTER = 10  # the first this-many photos of a session all failing = a setu
 PACKAGES = ("geoguide", "torch", "faiss-cpu", "numpy", "langgraph", "openai")
 
 
-class EvalError(RuntimeError):
+class EvalError(GeoguideError, RuntimeError):
     """A run that cannot start or go on (another run in the directory, every photo failing)."""
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from indices import atomic
 from indices.descriptors import get_descriptor
+from indices.errors import GeoguideError
 from indices.images import ImageLoadError, load_image
 from indices.manifest import Manifest, SourceInfo
 from indices.submaps import parse_schemes
@@ -52,7 +53,7 @@ class BuildConfig(BaseModel):
     load_workers: int = Field(2, ge=1, description="threads decoding images while the model runs")
 
 
-class BuildError(RuntimeError):
+class BuildError(GeoguideError, RuntimeError):
     pass
 
 

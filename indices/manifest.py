@@ -1,4 +1,9 @@
-"""The index manifest: what an index directory holds, and how to tell it is whole."""
+"""The index manifest: what an index directory holds, how to tell it is whole, and what built it.
+
+``build_key`` (a hash of the build options and every reference row) lets a later build tell "the
+same index again" from "a different index in the way" without guessing; ``source.failed_images``
+names the photos that could not be read, so ``index info`` can say which, not just how many.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from indices.errors import GeoguideError
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
-class IndexFormatError(RuntimeError):
+class IndexFormatError(GeoguideError, RuntimeError):
     """An index directory that is missing, truncated, altered or from another schema version."""
 
 
@@ -35,12 +42,23 @@ class SchemeInfo(BaseModel):
     contiguous: bool = Field(description="True when references are stored in this scheme's order")
 
 
+class FailedImage(BaseModel):
+    """A reference photo left out of the index because it could not be read."""
+
+    id: str
+    path: str
+    reason: str = Field(description="why, without the path, e.g. 'not a recognised image format'")
+
+
 class SourceInfo(BaseModel):
     labels: str | None = None
     images: str | None = None
     n_rows: int = 0
     n_bad_rows: int = 0
-    n_failed_images: int = 0
+    n_failed_images: int = Field(0, description="all of them, however many failed_images lists")
+    failed_images: list[FailedImage] = Field(
+        default_factory=list, description="the first unreadable photos (capped; see n_failed_images)"
+    )
     problems: list[str] = Field(default_factory=list, description="first few skipped rows/images and why")
 
 
@@ -54,6 +72,9 @@ class Manifest(BaseModel):
     schemes: list[SchemeInfo]
     source: SourceInfo
     files: dict[str, FileEntry] = Field(default_factory=dict)
+    build_key: str | None = Field(
+        None, description="hash of build options + reference rows; None in indices from before it was kept"
+    )
 
     @property
     def primary(self) -> SchemeInfo:

@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from indices.descriptors import Descriptor, get_descriptor
+from indices.errors import GeoguideError
 from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
 from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, verify_files
 from indices.submaps import Submap, SubmapScheme, parse_scheme
@@ -39,7 +40,7 @@ REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
 FULL_VERIFY_MAX_BYTES = 1 << 30  # hash everything on open below 1 GiB; above it, sizes only
 
 
-class SubmapError(ValueError):
+class SubmapError(GeoguideError, ValueError):
     """An unknown or malformed submap id; the message lists what is valid."""
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indices.errors import GeoguideError
+
 # TF-lite preprocessing the checkpoint was trained with: (x - 127) / 128 on 0..255 pixels.
 INPUT_MEAN = 127.0 / 255.0
 INPUT_STD = 128.0 / 255.0
@@ -41,7 +43,7 @@ NUM_CLASSES = 1000
 BN_EPS = 1e-3
 
 
-class WeightsLoadError(RuntimeError):
+class WeightsLoadError(GeoguideError, RuntimeError):
     """A checkpoint that does not fit the architecture; the message lists the offending keys."""
 
 
