@@ -4,6 +4,24 @@ Resumable: work happens in ``OUT/work/``. The descriptor's learned state and eve
 of descriptors are saved atomically there; a killed build re-run with the same arguments skips
 them and produces the same index as an uninterrupted one (chunks are fixed slices of the input
 order, so their content does not depend on when the build stopped).
+
+What ``OUT`` may already hold, decided before anything is written (``build_key`` = hash of the
+options and every reference row, kept in ``work/build_key.txt`` and in the manifest):
+
+* nothing, or the same build (unfinished, or finished: rebuilt in place, same files) -> go on;
+* another index, another unfinished build, or files that are no index at all -> ``IndexExistsError``
+  unless ``overwrite=True``. Overwriting first deletes the old index's files (those its manifest
+  lists and every name an index uses, ``writer.index_files``) and the old ``work/``, so none of them
+  can survive into the new one; files geoguide did not write are never deleted. An interrupted
+  overwrite resumes without the flag: its work folder carries the new key.
+
+A build that fails leaves no half-made folders: scratch work that could not be resumed from (no
+fitted state, no finished chunk) is removed, and so is every folder the build itself created, if
+that leaves it empty. A folder the user made is never removed. Photos that cannot be read are
+skipped, counted and named in the manifest (``source.failed_images``).
+
+``overwrite`` is an argument of ``build_index``, not a ``BuildConfig`` field: the config is hashed
+into the build key, and whether to replace what is there is no property of the index.
 """
 
 from __future__ import annotations
@@ -21,15 +39,16 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from indices import atomic
-from indices.descriptors import get_descriptor
+from indices.descriptors import Descriptor, get_descriptor
 from indices.errors import GeoguideError
 from indices.images import ImageLoadError, load_image
-from indices.manifest import Manifest, SourceInfo
-from indices.submaps import parse_schemes
-from indices.writer import write_index
+from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
+from indices.submaps import SubmapScheme, parse_schemes
+from indices.writer import INDEX_MARKERS, index_files, previous_files, write_index
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS = 20
+MAX_FAILED_IMAGES = 1000  # named in the manifest; enough to act on, small enough to print
 
 
 class ReferenceRecord(Protocol):
@@ -54,7 +73,11 @@ class BuildConfig(BaseModel):
 
 
 class BuildError(GeoguideError, RuntimeError):
-    pass
+    """A build that cannot go on; the message says why and what to do."""
+
+
+class IndexExistsError(BuildError):
+    """The output folder holds something else (another index, another unfinished build, other files)."""
 
 
 def _load_many(paths: Sequence[Path], workers: int):
@@ -81,6 +104,93 @@ def validate_build_config(config: BuildConfig) -> None:
     get_descriptor(config.descriptor, config.descriptor_conf)
 
 
+def _records_without_images(records: Sequence[ReferenceRecord]) -> None:
+    missing = [r.image_id for r in records if r.image_path is None or str(r.image_path) in ("", ".")]
+    if missing:
+        raise BuildError(
+            f"{len(missing)} of {len(records)} records have no image file (first: {missing[0]!r}): the labels "
+            "were read without an image folder; give the folder of reference photos (--images DIR)"
+        )
+
+
+def _read_key(work: Path) -> str | None:
+    try:
+        return (work / "build_key.txt").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _what_is_there(out: Path, key: str) -> str | None:
+    """None when a build with ``key`` may write into ``out``; else what is in the way."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise BuildError(f"{out} is a file, not a folder; choose a folder for the index")
+    work = out / "work"
+    work_key = _read_key(work)
+    if work_key is None and work.is_dir() and any(work.iterdir()):
+        # The build's scratch folder would be filled and finally deleted: never a user's own "work".
+        raise BuildError(f"{work} is not a geoguide build folder; move or rename it (a build uses OUT/work)")
+    if work_key == key:
+        return None  # resume this very build
+    if work_key is not None:
+        return f"{out / 'work'} holds an unfinished build with other inputs or options"
+    mpath = out / MANIFEST_NAME
+    if mpath.exists():
+        try:
+            m = Manifest.model_validate_json(mpath.read_text())
+        except (OSError, ValueError):
+            return f"{out} holds an index whose manifest cannot be read"
+        if m.build_key == key:
+            return None  # the same index again: rebuilt in place, the same files
+        about = f"{m.descriptor.name}, {m.n_references} references, submaps {','.join(s.spec for s in m.schemes)}"
+        if m.build_key is None:
+            return f"{out} holds an index ({about}) that does not record what it was built from"
+        return f"{out} holds another index ({about}) built from other inputs or options"
+    if any((out / name).exists() for name in INDEX_MARKERS):
+        return f"{out} holds part of an index (no {MANIFEST_NAME})"
+    if any(out.iterdir()):
+        return f"{out} is not empty and holds no geoguide index"
+    return None
+
+
+def _clear_index(out: Path) -> None:
+    """Delete an old index's files and its build's work folder; anything else stays."""
+    listed = [out / rel for rel in previous_files(out)]
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # first: no moment where a mix looks whole
+    for target in [*listed, *index_files(out)]:
+        if target.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
+            target.unlink(missing_ok=True)
+    for folder in (out / "refs", out / "submaps"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if _read_key(out / "work") is not None:  # our scratch space (another build's); never a user's "work"
+        shutil.rmtree(out / "work")
+
+
+def _resumable(work: Path) -> bool:
+    """Whether ``work`` holds anything a re-run would reuse (a fitted state or a finished chunk)."""
+    return (work / "descriptor_state.npz").exists() or any((work / "chunks").glob("*.npz"))
+
+
+def _clean_up_after_failure(work: Path, created: list[Path]) -> None:
+    """Remove scratch work nothing can resume from, then the folders this build made, if now empty."""
+    try:
+        if work.is_dir() and not _resumable(work):
+            shutil.rmtree(work)
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    except OSError as e:  # never hide the real failure behind a clean-up one
+        log.warning("could not clean up after the failed build: %s", e)
+
+
+def _reason(error: str, path: Path) -> str:
+    """An ``ImageLoadError`` message without its leading path (the manifest has the path already)."""
+    prefix = f"{path}: "
+    return error[len(prefix):] if error.startswith(prefix) else error
+
+
 def build_index(
     records: Sequence[ReferenceRecord],
     out_dir: str | Path,
@@ -88,23 +198,54 @@ def build_index(
     source: SourceInfo | None = None,
     progress: bool = True,
     after_chunk: Callable[[int], None] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Describe ``records`` and write an index to ``out_dir``; resumes an interrupted build."""
+    """Describe ``records`` and write an index to ``out_dir``; resumes an interrupted build.
+
+    ``overwrite``: replace another index (or unfinished build) in ``out_dir``, or write into a
+    non-empty folder that is no index; without it those raise ``IndexExistsError``.
+    """
     config = config or BuildConfig()
     source = source or SourceInfo()
     if not records:
         raise BuildError("no usable reference records to index")
+    _records_without_images(records)
     out = Path(out_dir)
     work = out / "work"
     schemes = parse_schemes(config.submaps)
-    descriptor = get_descriptor(config.descriptor, config.descriptor_conf)
-
+    descriptor = get_descriptor(config.descriptor, config.descriptor_conf)  # a missing model stops here
     key = _work_key(config, records)
+    in_the_way = _what_is_there(out, key)
+    if in_the_way is not None:
+        if not overwrite:
+            raise IndexExistsError(
+                f"{in_the_way}; pass overwrite=True (--overwrite) to replace it, or choose another folder"
+            )
+        log.warning("%s; overwriting it", in_the_way)
+        _clear_index(out)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        return _build(records, out, config, source, progress, after_chunk, descriptor, schemes, key)
+    except BaseException:
+        _clean_up_after_failure(work, created)
+        raise
+
+
+def _build(
+    records: Sequence[ReferenceRecord],
+    out: Path,
+    config: BuildConfig,
+    source: SourceInfo,
+    progress: bool,
+    after_chunk: Callable[[int], None] | None,
+    descriptor: Descriptor,
+    schemes: list[SubmapScheme],
+    key: str,
+) -> Manifest:
+    """Fit, describe and write; ``build_index`` has already decided that ``out`` may be written."""
+    work = out / "work"
     key_file = work / "build_key.txt"
-    if key_file.exists() and key_file.read_text().strip() != key:
-        raise BuildError(
-            f"{work} holds an unfinished build with other inputs or options; delete {work} to start over"
-        )
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(key_file, key + "\n")
     paths = [Path(r.image_path) if r.image_path is not None else Path("") for r in records]
@@ -148,15 +289,23 @@ def build_index(
 
     # 3. Assemble and write the index.
     descs, oks, problems = [], [], list(source.problems)
-    for ci in range(len(starts)):
+    failed: list[FailedImage] = []
+    for ci, s in enumerate(starts):
         with np.load(chunk_dir / f"{ci:06d}.npz") as z:
             descs.append(z["desc"])
             oks.append(z["ok"])
-            problems.extend(str(x) for x in z["errors"] if x)
+            for i, err in enumerate(z["errors"], start=s):
+                if err:
+                    problems.append(str(err))
+                    if len(failed) < MAX_FAILED_IMAGES:
+                        failed.append(FailedImage(id=records[i].image_id, path=str(paths[i]),
+                                                  reason=_reason(str(err), paths[i])))
     ok = np.concatenate(oks)
     vecs = np.concatenate(descs)
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
+        # The chunks record only failures: resuming from them could only fail again.
+        shutil.rmtree(work, ignore_errors=True)
         raise BuildError(f"none of the {n} images could be read; first problem: {problems[:1]}")
     n_failed = int(n - len(keep))
     if n_failed:
@@ -165,7 +314,9 @@ def build_index(
 
     lat = np.array([records[i].lat for i in keep], dtype=np.float64)
     lon = np.array([records[i].lon for i in keep], dtype=np.float64)
-    src = source.model_copy(update={"n_failed_images": n_failed, "problems": problems[:MAX_PROBLEMS]})
+    src = source.model_copy(
+        update={"n_failed_images": n_failed, "failed_images": failed, "problems": problems[:MAX_PROBLEMS]}
+    )
     manifest = write_index(
         out,
         ids=[records[i].image_id for i in keep],
@@ -179,6 +330,7 @@ def build_index(
         schemes=schemes,
         faiss_index=config.faiss_index,
         source=src,
+        build_key=key,
     )
     shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -1,4 +1,8 @@
-"""Write a complete index directory from described references (the last step of a build)."""
+"""Write a complete index directory from described references (the last step of a build).
+
+Files a previous index in the same folder listed but this one does not write (another scheme's
+submaps, say) are removed before the new manifest appears: an index folder holds one index.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,30 @@ from indices.submaps import Submap, SubmapScheme
 
 ADD_CHUNK = 65_536
 NO_COUNTRY = "XX"
+# Files only a geoguide index has: one of them in a folder makes it (part of) an index.
+INDEX_MARKERS = (MANIFEST_NAME, "faiss.index", "descriptors.f16.npy", "descriptor_state.npz")
+
+
+def index_files(out: Path) -> list[Path]:
+    """Every file an index (whole or half-written) may have in ``out``, found by name, not by manifest.
+
+    What ``overwrite`` deletes: the markers, ``refs/*.npy``, ``submaps/*.json`` and ``*.npy``, and
+    the temporary files of interrupted atomic writes (``.<name>.*.tmp``) beside them. The build's
+    ``work/`` folder is handled by the builder (it is only removed when its key file proves it ours).
+    """
+    found = [out / name for name in INDEX_MARKERS]
+    found += [*out.glob("refs/*.npy"), *out.glob("submaps/*.json"), *out.glob("submaps/*.npy")]
+    for folder in (out, out / "refs", out / "submaps"):
+        found += folder.glob(".*.tmp")
+    return [p for p in found if p.is_file() or p.is_symlink()]
+
+
+def previous_files(out: Path) -> set[str]:
+    """The files the manifest in ``out`` lists (empty when there is none or it is unreadable)."""
+    try:
+        return set(Manifest.model_validate_json((out / MANIFEST_NAME).read_text()).files)
+    except (OSError, ValueError):
+        return set()
 
 
 def _geoguide_version() -> str:
@@ -72,10 +100,12 @@ def write_index(
     schemes: list[SubmapScheme],
     faiss_index: Literal["flat", "fp16"],
     source: SourceInfo,
+    build_key: str | None = None,
 ) -> Manifest:
     """Sort references by the primary scheme, then write every file and the manifest last."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    old_files = previous_files(out)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # a half-replaced index must not look whole
     stored = [s for s in schemes if s.stored]
     if not stored:
@@ -132,7 +162,13 @@ def write_index(
         files.append(f"submaps/{s.prefix}.json")
         infos.append(SchemeInfo(spec=s.spec, prefix=s.prefix, n_submaps=len(entries), contiguous=contiguous))
 
+    for rel in sorted(old_files - set(files)):
+        stale = out / rel
+        if stale.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
+            stale.unlink(missing_ok=True)
+
     manifest = Manifest(
+        build_key=build_key,
         geoguide_version=_geoguide_version(),
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         descriptor=DescriptorInfo(name=descriptor.name, conf=descriptor.conf, dim=dim, fingerprint=descriptor.fingerprint()),

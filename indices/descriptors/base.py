@@ -22,9 +22,15 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from indices.errors import GeoguideError
 
-class WeightsNotFoundError(FileNotFoundError):
+
+class WeightsNotFoundError(GeoguideError, FileNotFoundError):
     """A descriptor's model weights are not on this machine; the message says where to put them."""
+
+
+class ModelLoadError(GeoguideError, RuntimeError):
+    """Local weights that are there but unusable (corrupt, incomplete, another architecture)."""
 
 
 class Descriptor(ABC):

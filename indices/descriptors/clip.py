@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indices.descriptors.base import Descriptor, WeightsNotFoundError, l2_normalize
+from indices.descriptors.base import Descriptor, ModelLoadError, WeightsNotFoundError, l2_normalize
 from indices.descriptors.pca import PCAWhitening
 from indices.descriptors.registry import register
 
@@ -158,7 +158,7 @@ def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPre
         )
     except Exception as e:  # OSError, ValueError, SafetensorError...: all mean "these files are unusable"
         first = str(e).splitlines()[0] if str(e) else ""
-        raise RuntimeError(
+        raise ModelLoadError(
             f"clip: cannot load CLIP vision weights from {folder} ({type(e).__name__}: {first}); "
             "it must be a save_pretrained copy (config.json, model.safetensors, preprocessor_config.json) "
             "of a CLIP model such as openai/clip-vit-large-patch14"
@@ -167,7 +167,7 @@ def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPre
         hf_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
         # Missing weights would be silently random: refuse rather than return noise embeddings.
-        raise RuntimeError(
+        raise ModelLoadError(
             f"clip: {folder} lacks {len(info['missing_keys'])} vision weights, e.g. {sorted(info['missing_keys'])[:3]}"
         )
     try:

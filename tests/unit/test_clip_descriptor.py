@@ -20,9 +20,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from indices.descriptors.base import WeightsNotFoundError
+from indices.descriptors.base import ModelLoadError, WeightsNotFoundError
 from indices.descriptors.clip import CLIPDescriptor, ClipPreprocess
 from indices.descriptors.registry import DESCRIPTORS, get_descriptor
+from indices.errors import GeoguideError
 
 VISION = {
     "hidden_size": 32,
@@ -182,7 +183,7 @@ def test_hub_id_without_local_weights_fails_at_once_without_the_network(no_netwo
     assert "\n" not in msg and "openai/clip-vit-large-patch14" in msg
     for needle in ("never downloads", "--descriptor-opt model=", "config.json", "model.safetensors", "hf-cache"):
         assert needle in msg, needle
-    assert isinstance(err.value, FileNotFoundError)  # the CLI prints those as one-line errors
+    assert isinstance(err.value, GeoguideError) and isinstance(err.value, FileNotFoundError)  # one CLI line
 
 
 def test_unusable_local_folders_say_what_is_missing(tmp_path: Path, no_network: list[tuple]):
@@ -211,7 +212,7 @@ def test_hub_id_found_in_the_local_cache_loads_offline(vision_dir: Path, no_netw
 def test_broken_local_weights_are_a_clear_error(tmp_path: Path, no_network: list[tuple]):
     CLIPVisionConfig(**VISION).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(RuntimeError, match="cannot load CLIP vision weights"):
+    with pytest.raises(ModelLoadError, match="cannot load CLIP vision weights"):
         _ = CLIPDescriptor({"model": str(tmp_path)}).dim
     assert no_network == []
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from indices.build import BuildConfig, BuildError, build_index
+from indices.build import BuildConfig, BuildError, IndexExistsError, build_index
 from indices.manifest import IndexFormatError
 from indices.store import ReferenceIndex, SubmapError
 from tests.synthetic import PLACES, place_image
@@ -146,3 +146,158 @@ def test_unreadable_images_are_skipped_and_counted(refset, tmp_path):
     m = build_index(records, out, CONFIG, progress=False)
     assert m.n_references == len(refset) and m.source.n_failed_images == 1
     assert any("bad.jpg" in p for p in m.source.problems)
+
+
+def test_unreadable_images_are_named_in_the_manifest(refset, tmp_path, monkeypatch):
+    bad = []
+    for i, text in enumerate(["not an image", "", "also not"]):
+        p = tmp_path / f"bad{i}.jpg"
+        p.write_text(text)
+        bad.append(refset[i].model_copy(update={"image_id": f"bad{i}.jpg", "image_path": p}))
+    m = build_index(list(refset) + bad, tmp_path / "b", CONFIG, progress=False)
+    got = [f.model_dump() for f in m.source.failed_images]
+    assert got == [
+        {"id": "bad0.jpg", "path": str(tmp_path / "bad0.jpg"), "reason": "not a recognised image format"},
+        {"id": "bad1.jpg", "path": str(tmp_path / "bad1.jpg"), "reason": "file is empty"},
+        {"id": "bad2.jpg", "path": str(tmp_path / "bad2.jpg"), "reason": "not a recognised image format"},
+    ]
+    assert ReferenceIndex(tmp_path / "b").manifest.source.failed_images == m.source.failed_images  # stored
+    monkeypatch.setattr("indices.build.MAX_FAILED_IMAGES", 2)
+    m = build_index(list(refset) + bad, tmp_path / "c", CONFIG, progress=False)
+    assert m.source.n_failed_images == 3 and [f.id for f in m.source.failed_images] == ["bad0.jpg", "bad1.jpg"]
+
+
+def test_records_without_image_files_are_refused_before_any_folder_is_made(refset, tmp_path):
+    no_images = [r.model_copy(update={"image_path": None}) for r in refset]
+    out = tmp_path / "new" / "idx"
+    with pytest.raises(BuildError, match=r"24 of 24 records have no image file \(first: 'paris_0.jpg'\).*images"):
+        build_index(no_images, out, CONFIG, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+class Interrupted(BaseException):  # like KeyboardInterrupt, without pytest treating it as one
+    pass
+
+
+def test_a_build_that_fails_before_any_result_leaves_nothing_behind(refset, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr("indices.build._load_many", interrupt)  # dies while describing chunk 0
+    out = tmp_path / "made" / "by" / "build"
+    with pytest.raises(Interrupted):
+        build_index(refset, out, CONFIG, progress=False)
+    assert not (tmp_path / "made").exists()  # the folders it created are gone, parents too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(Interrupted):
+        build_index(refset, mine, CONFIG, progress=False)
+    assert mine.is_dir() and list(mine.iterdir()) == []  # the user's folder stays, emptied of ours
+
+
+def test_a_build_of_only_unreadable_images_leaves_nothing_behind(refset, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    records = [r.model_copy(update={"image_path": bad}) for r in refset]
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match="none of the 24 images could be read"):
+        build_index(records, out, CONFIG, progress=False)
+    assert not out.exists()
+
+
+def test_a_missing_model_fails_before_any_folder_is_made(refset, tmp_path):
+    config = BuildConfig(descriptor="clip", descriptor_conf={"model": str(tmp_path / "no-weights")})
+    with pytest.raises(FileNotFoundError, match="--descriptor-opt model="):
+        build_index(refset, tmp_path / "out", config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _files(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_building_over_another_index_needs_overwrite_and_leaves_no_stale_files(refset, tmp_path):
+    out = tmp_path / "idx"
+    build_index(refset, out, CONFIG, progress=False)
+    before = (out / "manifest.json").read_text()
+    other = CONFIG.model_copy(update={"submaps": "kmeans:2"})
+    with pytest.raises(IndexExistsError, match=r"holds another index .*overwrite"):
+        build_index(refset, out, other, progress=False)
+    with pytest.raises(IndexExistsError, match="overwrite"):
+        build_index(refset[:10], out, CONFIG, progress=False)  # same options, other references
+    assert (out / "manifest.json").read_text() == before
+    ReferenceIndex(out)  # untouched
+    build_index(refset, out, CONFIG, progress=False)  # the same index again needs no flag
+    m = build_index(refset, out, other, progress=False, overwrite=True)
+    assert [s.prefix for s in m.schemes] == ["kmeans-2"]
+    assert _files(out) == set(m.files) | {"manifest.json"}  # no submaps/country.json, kmeans-3.* left
+    assert len(ReferenceIndex(out)) == len(refset)
+
+
+def test_an_index_of_unknown_inputs_needs_overwrite(refset, tmp_path):
+    out = tmp_path / "old"
+    build_index(refset, out, CONFIG, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["build_key"]  # as written before geoguide recorded what an index was built from
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexExistsError, match="does not record what it was built from"):
+        build_index(refset, out, CONFIG, progress=False)
+    build_index(refset, out, CONFIG, progress=False, overwrite=True)
+
+
+def test_a_folder_that_is_not_an_index_is_refused_and_never_emptied(refset, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(IndexExistsError, match=r"not empty and holds no geoguide index.*overwrite"):
+        build_index(refset, out, CONFIG, progress=False)
+    assert _files(out) == {"notes.txt"}
+    m = build_index(refset, out, CONFIG, progress=False, overwrite=True)
+    assert _files(out) == set(m.files) | {"manifest.json", "notes.txt"}  # only geoguide's files replaced
+    with pytest.raises(BuildError, match="notes.txt is a file, not a folder"):
+        build_index(refset, out / "notes.txt", CONFIG, progress=False)
+
+
+def test_an_interrupted_overwrite_resumes_without_the_flag(refset, tmp_path):
+    out = tmp_path / "idx"
+    build_index(refset, out, CONFIG, progress=False)
+    other = CONFIG.model_copy(update={"submaps": "kmeans:2"})
+
+    def die_after_two(ci: int) -> None:
+        if ci == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_index(refset, out, other, progress=False, overwrite=True, after_chunk=die_after_two)
+    with pytest.raises(IndexFormatError):
+        ReferenceIndex(out)  # the old index is gone, not silently mixed with the new one
+    done: list[int] = []
+    m = build_index(refset, out, other, progress=False, after_chunk=done.append)
+    assert done == [2, 3, 4]
+    assert _files(out) == set(m.files) | {"manifest.json"}
+    # Another unfinished build in the way: refused, or discarded with overwrite.
+    with pytest.raises(Interrupted):
+        build_index(refset, out, CONFIG, progress=False, overwrite=True, after_chunk=die_after_two)
+    with pytest.raises(IndexExistsError, match="unfinished build"):
+        build_index(refset, out, other, progress=False)
+    done.clear()
+    build_index(refset, out, other, progress=False, overwrite=True, after_chunk=done.append)
+    assert done == [0, 1, 2, 3, 4]
+
+
+def test_overwrite_of_a_half_written_index_removes_its_files_but_not_the_users(refset, tmp_path):
+    out = tmp_path / "half"
+    build_index(refset, out, CONFIG, progress=False)
+    (out / "manifest.json").unlink()  # as if the last write had been cut short, work/ deleted by hand
+    (out / "submaps" / ".country.json.x1y2.tmp").write_text("half a file")
+    with pytest.raises(IndexExistsError, match="holds part of an index"):
+        build_index(refset, out, CONFIG, progress=False)
+    (out / "work").mkdir()
+    (out / "work" / "mine.txt").write_text("a user's folder that happens to be called work")
+    for overwrite in (False, True):  # a build would fill and then delete OUT/work: never a user's folder
+        with pytest.raises(BuildError, match="work is not a geoguide build folder"):
+            build_index(refset, out, CONFIG, progress=False, overwrite=overwrite)
+    assert (out / "work" / "mine.txt").exists()
+    (out / "work" / "mine.txt").unlink()
+    m = build_index(refset, out, CONFIG.model_copy(update={"submaps": "kmeans:2"}), progress=False, overwrite=True)
+    assert _files(out) == set(m.files) | {"manifest.json"}
