@@ -2,9 +2,18 @@
 
 Every loader returns a :class:`LoadedDataset`: the good :class:`Sample` rows and a :class:`LoadReport`.
 A malformed row (missing column, unparsable or out-of-range coordinate, duplicate id, image file absent
-when an image folder is given) is counted, described in ``report.problems`` (first few), logged, and
-skipped: a benchmark run neither dies on row 2,811 nor quietly evaluates on fewer images than it claims.
-A file that cannot be read at all, or whose columns cannot be identified, *is* an error.
+when an image folder is given, a row the csv module rejects) is counted, recorded in ``report.dropped``
+as ``{id, line, reason}`` (``id`` when the row has one; ``line`` is the row's first line in the file),
+logged, and skipped: a benchmark run neither dies on row 2,811 nor quietly evaluates on fewer images
+than it claims (``n_read = n_ok + n_dropped``; an evaluation counts dropped rows as misses).
+
+A file that cannot be read as a table at all *is* an error, raised as :class:`LabelsError` (a
+``ValueError``) in one line naming the file, the line where there is one, and the fix: a folder
+where the ``csv`` loader needs a file, bytes that are not UTF-8 (silently replacing them would turn
+``café.jpg`` into an id that matches no photo), a quote that is never closed (the csv module would
+read the rest of the file as one field and drop every row after it), columns that cannot be
+identified, and labels given without the photos when the caller needs them (``require_images=True``:
+building an index or running the agent, as opposed to scoring predictions against ground truth).
 
 Label layouts supported
 =======================
@@ -41,14 +50,15 @@ Each table file is read in one of two ways, decided from its first non-blank row
    id 1, hash 2, user NSID 3, longitude 12, latitude 13). The image is ``<id>.jpg``.
 
 Any other headerless file needs ``header=False`` and integer column indexes (``id=0, lat=2, lon=3``).
-The delimiter (``, ; tab |``) is sniffed; files are read with the ``csv`` module as UTF-8 with an
-optional BOM, so quoted fields, CRLF and blank lines are handled. Image ids are file names relative to
+The delimiter (``, ; tab |``) is sniffed; files are read with the ``csv`` module (strict quoting) as
+UTF-8 with an optional BOM, so quoted fields, CRLF and blank lines are handled. Image ids are file names relative to
 the image folder; an id without an extension is tried with ``.jpg``, ``.jpeg`` and ``.png``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -58,14 +68,16 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from PIL import ExifTags, Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from indices.errors import GeoguideError
 from indices.geometry import validate_latlon
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PROBLEMS = 20  # enough to diagnose a bad file without flooding a log or a run summary
+MAX_DROPPED = 1000  # dropped rows listed one by one in a report; the counts are always exact
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXIF_SUFFIXES = frozenset({".jpg", ".jpeg", ".tif", ".tiff", ".png", ".webp"})
 COLUMN_ROLES = ("id", "lat", "lon", "author")
@@ -95,22 +107,51 @@ class Sample(BaseModel):
         return self
 
 
+class LabelsError(GeoguideError, ValueError):
+    """A labels file that cannot be read as a table; the message names the file, line and problem."""
+
+
+class DroppedRow(BaseModel):
+    """One labelled row a load skipped: an evaluation counts it as a miss."""
+
+    id: str | None = Field(None, description="the image id, when the row got as far as having one")
+    line: int | None = Field(None, description="first line of the row in the labels file (None: EXIF)")
+    reason: str
+
+
 class LoadReport(BaseModel):
     """What a load kept and what it skipped, so a run can state exactly which images it evaluated."""
 
     dataset: str
     source: str
     n_ok: int = 0
-    n_bad: int = 0
+    n_bad: int = Field(0, description="rows dropped (also as n_dropped)")
+    dropped: list[DroppedRow] = Field(
+        default_factory=list, description=f"the first {MAX_DROPPED} dropped rows: id, line, reason"
+    )
     problems: list[str] = Field(default_factory=list, description=f"first {MAX_PROBLEMS} skipped rows, why")
     warnings: list[str] = Field(
         default_factory=list, description="file-level oddities, e.g. an unexpected size"
     )
 
-    def skip(self, where: str, why: str) -> None:
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def n_read(self) -> int:
+        """Rows read from the file (blank lines and the header are no rows)."""
+        return self.n_ok + self.n_bad
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def n_dropped(self) -> int:
+        return self.n_bad
+
+    def skip(self, reason: str, *, line: int | None = None, image_id: str | None = None) -> None:
         self.n_bad += 1
+        if len(self.dropped) < MAX_DROPPED:
+            self.dropped.append(DroppedRow(id=image_id or None, line=line, reason=reason))
         if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(f"{where}: {why}")
+            where = f"line {line}" if line is not None else image_id or "?"
+            self.problems.append(f"{where}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +209,7 @@ class _Collector:
     samples: list[Sample] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
 
-    def add(self, where: str, image_id: str, lat: float, lon: float, author: str | None) -> None:
+    def add(self, line: int | None, image_id: str, lat: float, lon: float, author: str | None) -> None:
         try:
             if not image_id:
                 raise BadRow("empty image id")
@@ -180,7 +221,7 @@ class _Collector:
                 raise BadRow(str(exc)) from None
             path = resolve_image(self.images, image_id) if self.images is not None else None
         except BadRow as exc:
-            self.report.skip(where, str(exc))
+            self.report.skip(str(exc), line=line, image_id=image_id)
             return
         self.seen.add(image_id)
         self.samples.append(
@@ -198,7 +239,7 @@ class _Collector:
                 r.dataset,
                 r.source,
                 r.n_bad,
-                r.n_ok + r.n_bad,
+                r.n_read,
                 r.problems[0],
             )
         for w in r.warnings:
@@ -296,22 +337,49 @@ def _sniff_delimiter(sample: str) -> str:
         return max(",;\t|", key=first.count)
 
 
+def _read_text(path: Path) -> str:
+    """The whole file as text: UTF-8 (a BOM is dropped), or ``LabelsError`` naming the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise LabelsError(f"{path} is a folder; give the labels file itself") from None
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise LabelsError(
+            f"{path} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def _read_rows(
-    path: Path, delimiter: str, quoting: int, report: LoadReport
+    path: Path, text: str, delimiter: str, quoting: int, report: LoadReport
 ) -> Iterator[tuple[int, list[str]]]:
-    """Non-blank rows with their line numbers; a row the csv module rejects is reported, not fatal."""
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                report.skip(f"line {reader.line_num}", f"unreadable row ({exc})")
-                continue
-            if any(cell.strip() for cell in row):
-                yield reader.line_num, row
+    """Non-blank rows with the line each starts on; a row the csv module rejects is reported, not fatal.
+
+    A quote still open at the end of the file is fatal: every row after it would vanish into one field.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise LabelsError(
+                    f"{path} line {start}: unterminated quote (a '\"' opened on this line is never closed, "
+                    "so the rest of the file would be read as one field); close or remove it"
+                ) from None
+            report.skip(f"unreadable row ({exc})", line=start)
+            continue
+        if any(cell.strip() for cell in row):
+            yield start, row
 
 
 class TableLoader(DatasetLoader):
@@ -326,8 +394,11 @@ class TableLoader(DatasetLoader):
         *,
         header: bool | None = None,
         delimiter: str | None = None,
+        require_images: bool = False,
         **columns: str | int,
     ) -> None:
+        """``require_images``: the caller needs the photos (to build an index or run the agent), so
+        labels without an image folder are a ``LabelsError`` instead of samples without paths."""
         unknown = set(columns) - set(COLUMN_ROLES)
         if unknown:
             raise TypeError(f"unknown column option(s) {sorted(unknown)}; columns are {COLUMN_ROLES}")
@@ -340,6 +411,11 @@ class TableLoader(DatasetLoader):
         self.images = Path(images) if images is not None else None
         if self.images is not None and not self.images.is_dir():
             raise FileNotFoundError(f"{self.name}: image folder {self.images} does not exist")
+        if require_images and self.images is None:
+            raise LabelsError(
+                f"{self.name}: labels {self.labels} given without an image folder, but the photos are needed "
+                "(to build an index or run the agent); give the folder of photos (--images DIR)"
+            )
         self.header = header
         self.delimiter = delimiter
         self.columns = columns
@@ -350,6 +426,8 @@ class TableLoader(DatasetLoader):
                 f"{self.name}: pass labels=<file, or folder holding one of {list(self.label_files)}>"
             )
         path = Path(labels)
+        if path.is_dir() and not self.label_files:
+            raise LabelsError(f"{self.name}: labels {path} is a folder; give the labels file itself")
         if path.is_dir():
             for fname in self.label_files:
                 if (path / fname).is_file():
@@ -411,11 +489,10 @@ class TableLoader(DatasetLoader):
 
     def load(self) -> LoadedDataset:
         report = LoadReport(dataset=self.name, source=str(self.labels))
-        with self.labels.open(encoding="utf-8-sig", errors="replace", newline="") as f:
-            sample = f.read(65536)
-        delimiter = self.delimiter or _sniff_delimiter(sample)
+        text = _read_text(self.labels)
+        delimiter = self.delimiter or _sniff_delimiter(text[:65536])
         first = next(
-            _read_rows(self.labels, delimiter, csv.QUOTE_MINIMAL, LoadReport(dataset="", source="")), None
+            _read_rows(self.labels, text, delimiter, csv.QUOTE_MINIMAL, LoadReport(dataset="", source="")), None
         )
         collector = _Collector(report, self.images)
         if first is None:
@@ -425,21 +502,21 @@ class TableLoader(DatasetLoader):
         raw_yfcc = not has_header and cols in YFCC100M_LAYOUTS.values()
         # Raw YFCC fields are URL-encoded and never quoted: a stray quote must not swallow lines.
         quoting = csv.QUOTE_NONE if raw_yfcc else csv.QUOTE_MINIMAL
-        rows = _read_rows(self.labels, delimiter, quoting, report)
+        rows = _read_rows(self.labels, text, delimiter, quoting, report)
         if has_header:
             next(rows, None)
         for line, row in rows:
-            where = f"line {line}"
+            image_id = row[cols.id].strip() if len(row) > cols.id else None
             try:
                 if len(row) < cols.width:
                     raise BadRow(f"missing column(s): {len(row)} fields, need {cols.width}")
                 lat = parse_coord(row[cols.lat], "latitude")
                 lon = parse_coord(row[cols.lon], "longitude")
             except BadRow as exc:
-                report.skip(where, str(exc))
+                report.skip(str(exc), line=line, image_id=image_id)
                 continue
             author = row[cols.author].strip() if cols.author is not None else None
-            collector.add(where, row[cols.id].strip(), lat, lon, author)
+            collector.add(line, row[cols.id].strip(), lat, lon, author)
         return collector.finish(self.expected_n)
 
 
@@ -559,6 +636,7 @@ class ExifLoader(DatasetLoader):
         images: str | os.PathLike | None = None,
         *,
         recursive: bool = False,
+        require_images: bool = False,  # accepted for a uniform call; the photos are always there
     ) -> None:
         folder = images if images is not None else labels
         if folder is None or not Path(folder).is_dir():
@@ -575,10 +653,10 @@ class ExifLoader(DatasetLoader):
             try:
                 latlon, author = _read_exif(path)
             except (OSError, ValueError, ZeroDivisionError, TypeError) as exc:
-                report.skip(image_id, f"unreadable EXIF ({exc})")
+                report.skip(f"unreadable EXIF ({exc})", image_id=image_id)
                 continue
             if latlon is None:
-                report.skip(image_id, "no GPS in EXIF")
+                report.skip("no GPS in EXIF", image_id=image_id)
                 continue
-            collector.add(image_id, image_id, *latlon, author)
+            collector.add(None, image_id, *latlon, author)
         return collector.finish(self.expected_n)

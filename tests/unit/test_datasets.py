@@ -8,7 +8,15 @@ import pytest
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
-from eval.datasets import DATASETS, MAX_PROBLEMS, LoadReport, Sample, exif_gps, load_dataset
+from eval.datasets import (
+    DATASETS,
+    MAX_PROBLEMS,
+    LabelsError,
+    LoadReport,
+    Sample,
+    exif_gps,
+    load_dataset,
+)
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -201,3 +209,84 @@ def test_exif_gps_with_south_and_west_refs(tmp_path):
     assert ds.report.n_bad == 2
     assert sorted(p.split(":")[0] for p in ds.report.problems) == ["broken.jpg", "nogps.jpg"]
     assert ds[0].image_path == tmp_path / "oslo.jpeg"
+
+
+# ------------------------------------------------------------------ input failures: loud and precise
+
+
+def test_dropped_rows_are_kept_with_id_line_and_reason(tmp_path):
+    labels = write(
+        tmp_path / "x.csv",
+        "IMG_ID,AUTHOR,LAT,LON\n"
+        "a.jpg,u1,48.85,2.35\n"
+        "b.jpg,u2,abc,2.35\n"
+        "\n"
+        '"c"x.jpg,u3,1,2\n'  # a quote that closes before the field ends: the csv module rejects it
+        "d.jpg,u4,91,2\n"
+        "a.jpg,u1,48.85,2.35\n"
+        "g.jpg,u7,-33.9,151.2\n"
+        ",u8,1,2\n",
+    )
+    ds = load_dataset("csv", labels=labels, images=touch_images(tmp_path / "imgs", "a.jpg", "b.jpg", "d.jpg"))
+    r = ds.report
+    assert (r.n_read, r.n_ok, r.n_dropped, r.n_bad) == (7, 1, 6, 6)  # the blank line is no row
+    assert [(d.id, d.line, d.reason.split(" ")[0]) for d in r.dropped] == [
+        ("b.jpg", 3, "unparsable"),
+        (None, 5, "unreadable"),
+        ("d.jpg", 6, "latitude"),
+        ("a.jpg", 7, "duplicate"),
+        ("g.jpg", 8, "image"),
+        (None, 9, "empty"),
+    ]
+    assert r.model_dump()["n_dropped"] == 6 and r.model_dump()["dropped"][0] == {
+        "id": "b.jpg", "line": 3, "reason": "unparsable latitude 'abc'"
+    }
+
+
+def test_dropped_list_is_capped_but_counts_are_not(tmp_path, monkeypatch):
+    monkeypatch.setattr("eval.datasets.MAX_DROPPED", 5)
+    labels = write(tmp_path / "x.csv", "id,lat,lon\n" + "".join(f"{i},bad,0\n" for i in range(50)))
+    r = load_dataset("csv", labels=labels).report
+    assert (r.n_read, r.n_dropped, len(r.dropped)) == (50, 50, 5)
+    assert [d.id for d in r.dropped] == ["0", "1", "2", "3", "4"]
+
+
+def test_exif_drops_name_the_file(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "nogps.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    r = load_dataset("exif", images=tmp_path).report
+    assert (r.n_read, r.n_ok, r.n_dropped) == (2, 0, 2)
+    assert [(d.id, d.line) for d in r.dropped] == [("broken.jpg", None), ("nogps.jpg", None)]
+    assert r.dropped[1].reason == "no GPS in EXIF"
+
+
+def test_a_folder_given_as_the_csv_labels_file(tmp_path):
+    with pytest.raises(LabelsError, match=rf"csv: labels {tmp_path} is a folder; give the labels file itself"):
+        load_dataset("csv", labels=tmp_path)
+
+
+def test_labels_that_are_not_utf8(tmp_path):
+    labels = write(tmp_path / "latin.csv", "id,lat,lon\na.jpg,1,2\ncafé.jpg,3,4\n", encoding="latin-1")
+    with pytest.raises(LabelsError) as err:
+        load_dataset("csv", labels=labels)
+    msg = str(err.value)
+    assert f"{labels} line 3: not UTF-8 (byte 0xe9 at column 4)" in msg and "UTF-8" in msg and "\n" not in msg
+
+
+def test_an_unterminated_quote_is_an_error_not_a_swallowed_file(tmp_path):
+    labels = write(tmp_path / "q.csv", 'id,lat,lon\na.jpg,1,2\n"b.jpg,3,4\nc.jpg,5,6\nd.jpg,7,8\n')
+    with pytest.raises(LabelsError, match=rf"{labels} line 3: unterminated quote"):
+        load_dataset("csv", labels=labels)
+    header_only = write(tmp_path / "h.csv", '"id,lat,lon\n')
+    with pytest.raises(LabelsError, match="line 1: unterminated quote"):
+        load_dataset("csv", labels=header_only)
+
+
+def test_labels_without_images_when_the_photos_are_needed(tmp_path):
+    labels = write(tmp_path / "x.csv", "id,lat,lon\na.jpg,1,2\n")
+    assert load_dataset("csv", labels=labels)[0].image_path is None  # fine for ground truth alone
+    with pytest.raises(LabelsError, match=rf"csv: labels {labels} given without an image folder.*--images"):
+        load_dataset("csv", labels=labels, require_images=True)
+    assert load_dataset("csv", labels=labels, images=touch_images(tmp_path / "i", "a.jpg"), require_images=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "i" / "nogps.jpg")
+    assert load_dataset("exif", images=tmp_path / "i", require_images=True).report.n_dropped == 2  # a.jpg too
