@@ -181,7 +181,7 @@ def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
     return data, DatasetRef(name=name, labels=labels, images=images, report=data.report)
 
 
-def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool = False) -> RunSummary:
+def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:
     """Run ``spec`` into ``out`` (resuming what is there unless ``restart``)."""
     from agent.cli import make_context
     from eval.runner import run_eval, run_oracle
@@ -359,7 +359,7 @@ def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:
     from eval.runner import EvalError
 
     try:
-        return execute(spec, out, restart=restart, progress=sys.stderr.isatty())
+        return execute(spec, out, restart=restart, progress=True if sys.stderr.isatty() else "lines")
     except EvalError as exc:
         raise CLIError(str(exc)) from None
 

@@ -7,8 +7,16 @@ Layout of a run directory::
     summary.md          the same as a table
     run.json            what produced it: config, backend, index, dataset, prompts, versions, sessions
 
-Re-running the same command skips photos already in the file (failed ones are retried); a killed
-run loses at most the photos in flight, and a torn last line is dropped on the next start.
+Re-running the same command skips photos already in the file; a failed photo is retried on the next
+runs until it has failed ``MAX_PHOTO_ATTEMPTS`` times, then it stays a recorded miss with its reason.
+The file is compacted at the start and end of every session, so it holds exactly one line per photo
+however often a run is resumed. A killed run loses at most the photos in flight, and a torn last
+line is dropped on the next start; Ctrl-C still writes the summary of what finished.
+
+A model that cannot be used (unreachable, misconfigured, or exhausted without ``fallback=retrieval``)
+is not a bad photo: such photos are not recorded (a later run retries them) and after
+``MAX_SERVICE_FAILURES`` in a row the run stops with exit 3, instead of quietly evaluating
+retrieval alone under the agent's name.
 ``run.json``'s ``config`` is the run's identity: resuming with a different one is refused, so two
 different runs never mix in one file.
 """
@@ -23,6 +31,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
 
+from agent.backends.errors import ModelServiceError
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.graph import locate
@@ -57,6 +67,9 @@ PREDICTIONS, SUMMARY_JSON, SUMMARY_MD, RUN_JSON, LOCK = (
     ".lock",
 )
 ABORT_AFTER = 10  # the first this-many photos of a session all failing = a setup problem, not bad photos
+MAX_PHOTO_ATTEMPTS = 3  # a photo failing this often (over resumes) is a final, recorded miss
+MAX_SERVICE_FAILURES = 3  # photos in a row whose model could not be used: stop the run
+PROGRESS_EVERY_S = 30.0  # progress line period when stderr is not a terminal
 PACKAGES = ("geoguide", "torch", "faiss-cpu", "numpy", "langgraph", "openai")
 
 
@@ -99,6 +112,8 @@ class RunRecord(BaseModel):
     prior_lon: float | None = None
     prior_country: str | None = None
     prior_error: str | None = None
+    prior_failure: str | None = Field(None, description="why there was no prior: refused, invalid, no_answer, ...")
+    service_failure: str | None = Field(None, description="the model could not be used (answer from retrieval)")
     prior_corrupted: bool = False
     corruption: CorruptionApplied | None = None
     trail: list[str] = Field(default_factory=list, description="submap ids searched, in order")
@@ -112,6 +127,7 @@ class RunRecord(BaseModel):
     prompts: dict[str, str] = Field(default_factory=dict, description="prompt id -> sha256")
     notes: list[str] = Field(default_factory=list)
     error: str | None = Field(None, description="why the photo failed (it counts as a miss)")
+    attempts: int = Field(1, description="sessions that tried this photo (a failure is final after MAX_PHOTO_ATTEMPTS)")
     finished_utc: str = ""
 
 
@@ -145,6 +161,8 @@ def record_from_prediction(
         prior_lon=p.lon if p else None,
         prior_country=top.label if top else None,
         prior_error=pred.prior_error,
+        prior_failure=None if p is not None else (pred.prior_failure or "no_model"),
+        service_failure=pred.service_failure,
         prior_corrupted=corruption is not None,
         corruption=corruption,
         trail=[s.submap_id for s in pred.trail],
@@ -164,7 +182,7 @@ def record_from_prediction(
     )
 
 
-def failed_record(sample: Sample, exc: BaseException, wall_s: float) -> RunRecord:
+def failed_record(sample: Sample, exc: BaseException, wall_s: float, attempts: int = 1) -> RunRecord:
     msg = (str(exc).splitlines() or [""])[0][:500]
     return RunRecord(
         image_id=sample.image_id,
@@ -172,6 +190,7 @@ def failed_record(sample: Sample, exc: BaseException, wall_s: float) -> RunRecor
         true_lat=sample.lat,
         true_lon=sample.lon,
         error=f"{type(exc).__name__}: {msg}",
+        attempts=attempts,
         timings={"wall_s": round(wall_s, 4)},
         finished_utc=_now(),
     )
@@ -182,7 +201,8 @@ def failed_record(sample: Sample, exc: BaseException, wall_s: float) -> RunRecor
 
 def load_records(path: str | Path, repair: bool = False) -> dict[str, RunRecord]:
     """image_id -> its latest record. Unparsable lines (a torn last line from a kill) are skipped;
-    with ``repair`` the file is rewritten atomically without them, so appends start clean."""
+    with ``repair`` the file is rewritten atomically without them and without superseded lines
+    (a retried photo's earlier failure), so it holds one line per photo and appends start clean."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -204,8 +224,8 @@ def load_records(path: str | Path, repair: bool = False) -> dict[str, RunRecord]
         good.append(line)
     if bad:
         log.warning("%s: dropped %d torn or unreadable line(s) (an interrupted run)", path, bad)
-        if repair:
-            atomic.write_bytes(path, b"".join(good))
+    if repair and (bad or len(good) != len(records)):
+        atomic.write_bytes(path, b"".join(r.model_dump_json().encode() + b"\n" for r in records.values()))
     return records
 
 
@@ -249,7 +269,15 @@ class Latency(BaseModel):
 class RunSummary(Summary):
     """``eval.metrics.Summary`` plus what the run cost: failures, latency, model calls, USD."""
 
+    labels_read: int | None = Field(None, description="label rows in the file (kept + dropped at load)")
+    evaluated: int = Field(0, description="photos that ran to an answer or to no answer")
     failed: int = Field(0, description="photos that raised (bad image, ...); counted as misses")
+    dropped: int = Field(0, description="label rows dropped at load (missing image, bad coordinates...); misses")
+    dropped_reasons: list[str] = Field(default_factory=list, description="the dropped rows and why (first ones)")
+    not_run: int = Field(0, description="photos of the selection not run yet (an interrupted or stopped run)")
+    no_prior: dict[str, int] = Field(default_factory=dict, description="photos without a prior, by reason")
+    fallback: str = Field("none", description="'retrieval': photos whose model failed were answered by retrieval")
+    answered_without_model: int = Field(0, description="photos whose model failed, answered by retrieval")
     prior_corrupted: int = 0
     latency_s: dict[str, Latency] = Field(
         default_factory=dict, description="agent_s / total_s over finished photos"
@@ -271,18 +299,52 @@ def _latency(values: list[float]) -> Latency:
     return Latency(p50=round(float(p50), 4), p95=round(float(p95), 4))
 
 
-def summarize_records(records: Sequence[RunRecord], **options: Any) -> RunSummary:
-    """All headline numbers of a run, independent of record order."""
+class Coverage(BaseModel):
+    """What a run was asked to cover beyond its records: label rows dropped at load (each a miss,
+    so a loader cannot raise the accuracy by skipping hard rows), photos not run, the fallback."""
+
+    labels_read: int | None = None
+    dropped: int = 0
+    dropped_reasons: list[str] = Field(default_factory=list)
+    not_run: int = 0
+    fallback: str = "none"
+
+
+def summarize_records(
+    records: Sequence[RunRecord], coverage: Coverage | None = None, **options: Any
+) -> RunSummary:
+    """All headline numbers of a run, independent of record order.
+
+    Accuracies count every photo of the selection: dropped label rows and photos not run are misses.
+    """
+    cov = coverage or Coverage()
     recs = sorted(records, key=lambda r: r.image_id)
-    base = summarize(
-        [r.error_km for r in recs], [r.true_lat for r in recs], [r.true_lon for r in recs], **options
-    )
+    missing = cov.dropped + cov.not_run
+    errors = [r.error_km for r in recs] + [None] * missing
+    lats, lons = [r.true_lat for r in recs], [r.true_lon for r in recs]
+    if missing and options.get("by_continent", True) and "continents" not in options:
+        from eval.metrics import continents_for
+
+        options["continents"] = [*continents_for(lats, lons), *["(not evaluated)"] * missing]
+    base = summarize(errors, lats + [0.0] * missing, lons + [0.0] * missing, **options)
     n = max(len(recs), 1)
     ok = [r for r in recs if r.error is None]
     calls = sum(r.usage.model_calls for r in recs)
     cost = sum(r.usage.cost_usd for r in recs)
+    no_prior: dict[str, int] = {}
+    for r in ok:
+        if r.prior_failure:
+            no_prior[r.prior_failure] = no_prior.get(r.prior_failure, 0) + 1
     return RunSummary(
         **base.model_dump(),
+        labels_read=cov.labels_read,
+        evaluated=len(ok),
+        dropped=cov.dropped,
+        dropped_reasons=cov.dropped_reasons,
+        not_run=cov.not_run,
+        no_prior=dict(sorted(no_prior.items())),
+        fallback=cov.fallback,
+        answered_without_model=sum(r.service_failure is not None for r in ok),
         failed=len(recs) - len(ok),
         prior_corrupted=sum(r.prior_corrupted for r in recs),
         latency_s={k: _latency([r.timings[k] for r in ok if k in r.timings]) for k in ("agent_s", "total_s")},
@@ -297,22 +359,32 @@ def summarize_records(records: Sequence[RunRecord], **options: Any) -> RunSummar
 
 def summary_markdown(name: str, s: RunSummary) -> str:
     lat = ", ".join(f"{k} p50 {v.p50} s / p95 {v.p95} s" for k, v in s.latency_s.items())
+    read = f"{s.labels_read} label rows read; " if s.labels_read is not None else ""
+    no_prior = ", ".join(f"{k} {v}" for k, v in s.no_prior.items()) or "none"
     lines = [
         f"# {name}\n",
         markdown_table({name: s}, ci=True),
-        f"- failed photos (counted as misses): {s.failed}; priors corrupted: {s.prior_corrupted}",
+        f"- photos: {read}{s.evaluated} evaluated, {s.failed} failed, {s.dropped} dropped at load, "
+        f"{s.not_run} not run (failed, dropped and not run all count as misses)",
+        f"- photos without a prior: {sum(s.no_prior.values())} ({no_prior})",
+        f"- model fallback: {s.fallback}"
+        + (f"; {s.answered_without_model} photos answered by retrieval alone because the model failed"
+           if s.fallback != "none" else ""),
+        f"- priors corrupted: {s.prior_corrupted}",
         f"- latency: {lat}",
         f"- model calls: {s.model_calls} ({s.model_calls_per_image:.2f}/photo, {s.cache_hits} from cache); "
         f"tool calls {s.tool_calls_per_image:.2f}/photo",
         f"- cost: ${s.cost_usd_total:.4f} total, ${s.cost_usd_per_image:.5f}/photo",
     ]
+    if s.dropped_reasons:
+        lines += ["", "## Label rows dropped at load\n", *[f"- {r}" for r in s.dropped_reasons]]
     if s.per_continent:
         lines += ["", "## By continent of the ground truth\n", markdown_table(dict(s.per_continent))]
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out_dir: Path, records: Sequence[RunRecord]) -> RunSummary:
-    s = summarize_records(records)
+def write_summary(out_dir: Path, records: Sequence[RunRecord], coverage: Coverage | None = None) -> RunSummary:
+    s = summarize_records(records, coverage)
     atomic.write_json(out_dir / SUMMARY_JSON, s.model_dump(mode="json"))
     atomic.write_text(out_dir / SUMMARY_MD, summary_markdown(out_dir.name, s))
     return s
@@ -393,17 +465,55 @@ def _diff(old: Any, new: Any, defaults: Any = _ABSENT, prefix: str = "") -> list
 # ------------------------------------------------------------------------------------ the run
 
 
+class ServiceFailure(BaseModel):
+    """A photo whose model could not be used: not a record (the photo is retried by a later run)."""
+
+    image_id: str
+    message: str
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise a line on stderr every ``PROGRESS_EVERY_S`` (logs, CI)."""
+
+    def __init__(self, total: int, mode: bool | str) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.lines = mode == "lines"
+        self.bar = tqdm(total=total, disable=mode is not True, unit="photo", dynamic_ncols=True)
+        self.start = self.last = time.monotonic()
+
+    def update(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += failed
+        self.bar.update(1)
+        now = time.monotonic()
+        if self.lines and (now - self.last >= PROGRESS_EVERY_S or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else float("nan")
+            print(f"geoguide: eval {self.done}/{self.total} photos ({self.failed} failed), "
+                  f"{rate:.2f} photo/s, ~{left / 60:.1f} min left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class _Run:
     """Shared by agent runs and the oracle: identity check, resume, append, summary, provenance."""
 
     def __init__(
-        self, out_dir: str | Path, identity: dict[str, Any], extra: dict[str, Any], resume: bool
+        self,
+        out_dir: str | Path,
+        identity: dict[str, Any],
+        extra: dict[str, Any],
+        resume: bool,
+        coverage: Coverage | None = None,
     ) -> None:
         self.out = Path(out_dir)
         self.identity = _jsonable(identity)
         self.defaults = {"agent": AgentConfig().model_dump(mode="json")}
         self.extra = extra
         self.resume = resume
+        self.coverage = coverage or Coverage()
 
     def _check_or_reset(self) -> dict[str, Any]:
         run_path = self.out / RUN_JSON
@@ -446,18 +556,21 @@ class _Run:
     def execute(
         self,
         samples: Sequence[Sample],
-        evaluate: Callable[[Sample], RunRecord],
+        evaluate: Callable[[Sample], RunRecord | ServiceFailure],
         *,
         limit: int | None,
         workers: int,
-        progress: bool,
+        progress: bool | str,
     ) -> RunSummary:
+        """Run what is left of ``samples[:limit]``; whatever ends it (done, Ctrl-C, a stop), the
+        file is compacted and the summary and run.json describe what finished."""
         self.out.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.out):
             old = self._check_or_reset()
             chosen = list(samples[:limit] if limit else samples)
             done = load_records(self.out / PREDICTIONS, repair=True)
-            todo = [s for s in chosen if s.image_id not in done or done[s.image_id].error is not None]
+            todo = [s for s in chosen if _wants_run(done.get(s.image_id))]
+            tries = {s.image_id: done[s.image_id].attempts + 1 if s.image_id in done else 1 for s in todo}
             session: dict[str, Any] = {
                 "started_utc": _now(),
                 "finished_utc": None,
@@ -468,29 +581,51 @@ class _Run:
             }
             self._write_run_json(old, session, done)
             log.info("%s: %d photos to run, %d already done", self.out, len(todo), len(chosen) - len(todo))
-            with _appender(self.out / PREDICTIONS) as write:
-                self._run_all(todo, evaluate, write, workers, progress)
-            records = load_records(self.out / PREDICTIONS)
-            mine = [records[s.image_id] for s in chosen if s.image_id in records]
-            summary = write_summary(self.out, mine)
-            session["finished_utc"] = _now()
-            self._write_run_json(old, session, records)
+            session["outcome"] = "finished"
+            try:
+                with _appender(self.out / PREDICTIONS) as write:
+                    self._run_all(todo, evaluate, write, workers, progress, tries)
+            except BaseException as exc:
+                session["outcome"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
+                    f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                )
+                raise
+            finally:
+                records = load_records(self.out / PREDICTIONS, repair=True)
+                mine = [records[s.image_id] for s in chosen if s.image_id in records]
+                coverage = self.coverage.model_copy(update={"not_run": len(chosen) - len(mine)})
+                if limit:  # rows dropped at load are not "the first N photos"
+                    coverage = coverage.model_copy(update={"dropped": 0, "dropped_reasons": []})
+                summary = write_summary(self.out, mine, coverage)
+                session["finished_utc"] = _now()
+                self._write_run_json(old, session, records)
             return summary
 
     @staticmethod
     def _run_all(
         todo: list[Sample],
-        evaluate: Callable[[Sample], RunRecord],
+        evaluate: Callable[[Sample], RunRecord | ServiceFailure],
         write: Callable[[RunRecord], None],
         workers: int,
-        progress: bool,
+        progress: bool | str,
+        tries: dict[str, int],
     ) -> None:
-        bar = tqdm(total=len(todo), disable=not progress, unit="photo", dynamic_ncols=True)
-        seen = [0, 0]  # finished, failed (this session)
+        bar = _Progress(len(todo), progress)
+        seen = [0, 0, 0]  # finished, failed (this session), model failures in a row
 
-        def finish(rec: RunRecord) -> None:
+        def finish(result: RunRecord | ServiceFailure) -> None:
+            if isinstance(result, ServiceFailure):
+                seen[2] += 1
+                log.warning("%s: the model could not be used: %s", result.image_id, result.message)
+                if seen[2] >= MAX_SERVICE_FAILURES:
+                    raise ModelServiceError(
+                        f"stopped after {seen[2]} photos in a row could not use the model: {result.message}"
+                    )
+                return
+            seen[2] = 0
+            rec = result.model_copy(update={"attempts": tries.get(result.image_id, 1)})
             write(rec)
-            bar.update(1)
+            bar.update(rec.error is not None)
             seen[0] += 1
             seen[1] += rec.error is not None
             if seen[0] == seen[1] == ABORT_AFTER:
@@ -522,6 +657,11 @@ class _Run:
             bar.close()
 
 
+def _wants_run(rec: RunRecord | None) -> bool:
+    """Not run yet, or failed fewer than ``MAX_PHOTO_ATTEMPTS`` times (then it stays a recorded miss)."""
+    return rec is None or (rec.error is not None and rec.attempts < MAX_PHOTO_ATTEMPTS)
+
+
 def _take(it: Iterator[Sample], n: int) -> list[Sample]:
     return list(itertools.islice(it, n))
 
@@ -546,13 +686,17 @@ class _SerialDescriptor:
 def sample_context(
     base: AgentContext, sample: Sample, exclude_same_author: bool, descriptor: Any = None, backend: Any = None
 ) -> AgentContext:
-    """A fresh context per photo on a copy of the config: threads never share mutable state."""
+    """A fresh context per photo on a copy of the config: threads never share mutable state.
+
+    The query's own image is always excluded (the self-match guard: a query that is also a
+    reference would otherwise find itself at similarity 1); ``exclude_same_author`` also excludes
+    every photo by its photographer.
+    """
     cfg = base.config
-    if exclude_same_author:
-        authors = [*cfg.exclude_authors, *([sample.author] if sample.author else [])]
-        cfg = cfg.model_copy(
-            update={"exclude_authors": authors, "exclude_ids": [*cfg.exclude_ids, sample.image_id]}
-        )
+    update: dict[str, Any] = {"exclude_ids": [*cfg.exclude_ids, sample.image_id]}
+    if exclude_same_author and sample.author:
+        update["exclude_authors"] = [*cfg.exclude_authors, sample.author]
+    cfg = cfg.model_copy(update=update)
     return AgentContext(
         index=base.index,
         backend=backend or base.backend,
@@ -573,7 +717,7 @@ def run_eval(
     resume: bool = True,
     dataset: DatasetRef | None = None,
     extra: dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> RunSummary:
     """Run the agent on ``samples[:limit]`` into ``out_dir``; returns the summary of all of them.
 
@@ -600,13 +744,19 @@ def run_eval(
         **(extra or {}),
     }
 
-    def evaluate(sample: Sample) -> RunRecord:
+    def evaluate(sample: Sample) -> RunRecord | ServiceFailure:
         t = time.perf_counter()
         try:
             if sample.image_path is None:
                 raise FileNotFoundError(f"no image file for {sample.image_id} (give the image folder)")
             one = sample_context(ctx, sample, exclude_same_author, descriptor, backend)
             pred = locate(one, sample.image_path, image_id=sample.image_id)
+            if pred.service_failure and ctx.config.fallback == "none":
+                raise ModelServiceError(pred.prior_error or "; ".join(pred.notes) or pred.service_failure)
+        except ModelServiceError as exc:
+            if isinstance(backend, CorruptedPriorBackend):
+                backend.applied(sample.image_id)
+            return ServiceFailure(image_id=sample.image_id, message=(str(exc).splitlines() or [""])[0][:500])
         except Exception as exc:  # noqa: BLE001 - one bad photo is a recorded miss, never the end of the run
             log.warning("%s failed: %s: %s", sample.image_id, type(exc).__name__, exc)
             if isinstance(backend, CorruptedPriorBackend):
@@ -615,9 +765,33 @@ def run_eval(
         applied = backend.applied(sample.image_id) if isinstance(backend, CorruptedPriorBackend) else None
         return record_from_prediction(sample, pred, time.perf_counter() - t, applied)
 
-    return _Run(out_dir, identity, info, resume).execute(
+    _warn_self_matches(samples[:limit] if limit else samples, ctx.index, exclude_same_author)
+    return _Run(out_dir, identity, info, resume, coverage_of(dataset, ctx.config.fallback)).execute(
         samples, evaluate, limit=limit, workers=workers, progress=progress
     )
+
+
+def coverage_of(dataset: DatasetRef | None, fallback: str = "none") -> Coverage:
+    report = dataset.report if dataset else None
+    if report is None:
+        return Coverage(fallback=fallback)
+    return Coverage(labels_read=report.n_ok + report.n_bad, dropped=report.n_bad,
+                    dropped_reasons=list(report.problems), fallback=fallback)
+
+
+def _warn_self_matches(samples: Sequence[Sample], index: ReferenceIndex, exclude_same_author: bool) -> None:
+    """Queries that are also references: their own image is always excluded (``sample_context``),
+    but other photos of the same spot by the same photographer are not unless the strict rule is on."""
+    if exclude_same_author:
+        return
+    overlap = sum(index.row_of(s.image_id) is not None for s in samples)
+    if overlap:
+        log.warning(
+            "%d of %d query photos are also references in the index: each query's own image is excluded, "
+            "but its photographer's other photos are not; use --exclude-same-author for a leakage-free benchmark",
+            overlap,
+            len(samples),
+        )
 
 
 # ------------------------------------------------------------------------------------- oracle
@@ -735,6 +909,6 @@ def run_oracle(
         "index_path": str(index.root.resolve()),
         "dataset_report": dataset.report.model_dump() if dataset and dataset.report else None,
     }
-    return _Run(out_dir, identity, info, resume).execute(
+    return _Run(out_dir, identity, info, resume, coverage_of(dataset)).execute(
         chosen, evaluate, limit=None, workers=1, progress=False
     )
