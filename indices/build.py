@@ -99,7 +99,8 @@ def _work_key(config: BuildConfig, records: Sequence[ReferenceRecord]) -> str:
 
 
 def validate_build_config(config: BuildConfig) -> None:
-    """Raise ``ValueError`` for an unknown descriptor, option or submap scheme."""
+    """Raise ``ValueError`` for an unknown descriptor, option or submap scheme, and
+    ``WeightsNotFoundError`` (a ``FileNotFoundError``) when the descriptor's model is not on this machine."""
     parse_schemes(config.submaps)
     get_descriptor(config.descriptor, config.descriptor_conf)
 
