@@ -107,9 +107,69 @@ def test_neighbours():
         assert geo.neighbours(island) == [], island
     assert set(geo.neighbours("ZA")) == {"BW", "LS", "MZ", "NA", "SZ", "ZW"}
     assert geo.neighbours("") == [] and geo.neighbours("ZZ") == []
-    for code in geo.countries():  # symmetric
-        for nb in geo.neighbours(code):
-            assert code in geo.neighbours(nb)
+
+
+def test_neighbour_contacts_are_symmetric_between_parts():
+    """Every contact is recorded on both sides: if a part of A touches B, a part of B touches A.
+    (Countries' main parts need not agree: Brazil touches France, via French Guiana.)"""
+    table, regions = geo._neighbour_table(), geo._regions()
+    codes = list(geo.countries())
+    touched_by = {code: set() for code in codes}
+    for region, nbs in enumerate(table.region_neighbours):
+        for nb in nbs:
+            touched_by[nb].add(codes[regions.country[region]])
+    for region, nbs in enumerate(table.region_neighbours):
+        assert set(nbs) <= touched_by[codes[regions.country[region]]]
+    assert "FR" in geo.neighbours("BR") and "BR" not in geo.neighbours("FR")
+
+
+CAYENNE = (4.93, -52.33)
+
+
+def test_neighbours_are_those_of_the_part_holding_the_prior():
+    """Widening a country adds the land neighbours of the part the photo is in, never those of an
+    overseas part on another continent."""
+    europe = ["AD", "BE", "CH", "DE", "ES", "IT", "LU", "MC"]
+    assert geo.neighbours("FR", *PARIS) == europe and geo.neighbours("FR") == europe  # not BR, SR
+    assert geo.neighbours("FR", *CAYENNE) == ["BR", "SR"]
+    assert geo.neighbours("FR", 42.15, 9.10) == []  # Corsica, 170 km offshore: an island
+    assert geo.neighbours("US", 40.71, -74.01) == geo.neighbours("US") == ["CA", "MX"]  # New York
+    assert geo.neighbours("US", 61.22, -149.90) == ["CA"]  # Anchorage
+    assert geo.neighbours("US", 21.31, -157.86) == []  # Honolulu
+    assert geo.neighbours("NO", 59.91, 10.75) == geo.neighbours("NO") == ["FI", "RU", "SE"]  # Oslo
+    assert geo.neighbours("NO", 78.22, 15.65) == []  # Longyearbyen, Svalbard
+    assert geo.neighbours("NL", 52.37, 4.90) == geo.neighbours("NL") == ["BE", "DE"]  # Amsterdam
+    assert geo.neighbours("NL", 12.15, -68.27) == []  # Kralendijk, Bonaire
+    assert geo.country_at(64.18, -51.72) == "GL" and geo.neighbours("GL") == []  # Greenland is not DK
+    # Parts a short strait apart stay one: Zealand with Jutland, Great Britain with Northern Ireland.
+    assert geo.neighbours("DK", 55.68, 12.57) == ["DE"]  # Copenhagen
+    assert geo.neighbours("GB", 51.51, -0.13) == ["IE"]  # London
+    russia = geo.neighbours("RU", 55.75, 37.62)  # Moscow
+    assert "LT" not in russia and "PL" not in russia and {"FI", "UA", "CN"} <= set(russia)
+    assert geo.neighbours("RU", 54.71, 20.51) == ["LT", "PL"]  # Kaliningrad
+    # Without a point: the part where most people live (Malaysia's largest part is on Borneo).
+    assert geo.neighbours("MY") == geo.neighbours("MY", 3.14, 101.69) == ["SG", "TH"]  # Kuala Lumpur
+    assert geo.neighbours("MY", 1.55, 110.35) == ["BN", "ID"]  # Kuching
+    # A point outside the country picks its nearest part.
+    assert {"FR", "PT"} <= set(geo.neighbours("ES", *PARIS))
+    with pytest.raises(ValueError, match="both"):
+        geo.neighbours("FR", 48.0)
+    with pytest.raises(ValueError, match="latitude"):
+        geo.neighbours("FR", 100.0, 2.0)
+
+
+def test_neighbour_parts_link_holes_to_their_country():
+    """A hole (Lesotho inside South Africa) belongs to the part around it."""
+    regions = geo._regions()
+    rings, owner = geo._rings()
+    za = list(geo.countries()).index("ZA")
+    ls_hole = next(
+        i
+        for i, ring in enumerate(rings)
+        if owner[i] == za and 27.0 < ring[:, 0].mean() < 29.5 and -30.7 < ring[:, 1].mean() < -28.5
+    )
+    biggest = max((i for i in range(len(rings)) if owner[i] == za), key=lambda i: len(rings[i]))
+    assert regions.of_ring[ls_hole] == regions.of_ring[biggest]
 
 
 def test_continents():
