@@ -55,7 +55,8 @@ def index_build(
     col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
     col_lon: Annotated[str | None, typer.Option("--col-lon")] = None,
     col_author: Annotated[str | None, typer.Option("--col-author")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="images per resumable chunk")] = 256,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="images per resumable chunk")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another index (or a non-index folder's content) in --out")] = False,
 ) -> None:
     """Describe reference photos and write a searchable, submap-partitioned index."""
     from eval.datasets import load_dataset
@@ -78,18 +79,20 @@ def index_build(
     validate_build_config(config)  # fail on a typo before reading thousands of rows
     if labels is not None:
         columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
-        data = load_dataset("csv", labels=labels, images=images, **columns)
+        data = load_dataset("csv", labels=labels, images=images, require_images=True, **columns)
     else:
         data = load_dataset("exif", images=images)
     rep = data.report  # the loader has already logged skipped rows with the first reason
     samples = data.samples[:limit] if limit else data.samples
     source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
                         n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
-    manifest = build_index(samples, out, config, source, progress=sys.stderr.isatty())
+    manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite)
     typer.echo(
         f"indexed {manifest.n_references} references ({manifest.source.n_bad_rows} bad rows, "
         f"{manifest.source.n_failed_images} unreadable images skipped) -> {out}"
     )
+    for f in manifest.source.failed_images[:5]:
+        typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}", err=True)
 
 
 @index_app.command("info")
@@ -130,6 +133,11 @@ def index_info(
     typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d, {m.faiss_index}) conf={m.descriptor.conf}")
     typer.echo(f"source: {m.source.labels or m.source.images} — {m.source.n_bad_rows} bad rows, "
                f"{m.source.n_failed_images} unreadable images skipped")
+    for f in m.source.failed_images[:top]:
+        typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}")
+    if m.source.n_failed_images > top:
+        typer.echo(f"  … {m.source.n_failed_images - top} more unreadable (index info --json lists up to "
+                   f"{len(m.source.failed_images)})")
     for s in info["schemes"].values():
         typer.echo(f"scheme {s['spec']}: {s['n_submaps']} submaps{' (storage order)' if s['storage_order'] else ''}")
         for sm in s["largest"]:
@@ -382,7 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     usage_error, exit_request, abort = _click_exceptions()
     debug = bool(os.environ.get("GEOGUIDE_DEBUG"))
     try:
-        typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
+        code = typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
+        # Non-standalone typer returns an Exit's code instead of raising it; Ctrl-C arrives as Exit(130).
+        if isinstance(code, int) and code:
+            if code == INTERRUPTED:
+                typer.echo("geoguide: interrupted", err=True)
+            return code
     except usage_error as e:  # click's own message and usage line
         e.show()
         return e.exit_code

@@ -14,6 +14,14 @@ class Caps(BaseModel):
     max_tool_calls: int = Field(12, ge=1, description="tool calls of any kind")
     max_model_calls: int = Field(10, ge=1, description="VLM/LLM completions, repairs included")
     max_seconds: float = Field(180.0, gt=0, description="wall time per photo")
+    retrieval_reserve_s: float = Field(
+        10.0, ge=0, description="time kept back from model calls (at most a quarter of max_seconds) so that a "
+        "hanging model still leaves time to answer from retrieval within max_seconds",
+    )
+
+    def model_deadline(self, started_at: float) -> float:
+        """The ``time.time()`` instant after which no model call may run for this photo."""
+        return started_at + self.max_seconds - min(self.retrieval_reserve_s, 0.25 * self.max_seconds)
 
 
 class RerankConfig(BaseModel):

@@ -54,7 +54,7 @@ def build_graph(ctx: AgentContext, checkpointer=None):
         prompt = load_prompt(cfg.perceive_prompt)
         outcome = ctx.backend.perceive(ctx.image(state.image_path, state.image_sha256),
                                        prompt.render(**PERCEIVE_VARS), image_id=state.image_id,
-                                       deadline=state.started_at + cfg.caps.max_seconds)
+                                       deadline=cfg.caps.model_deadline(state.started_at))
         if outcome.failure in FATAL_FAILURES and cfg.fallback == "none":
             raise ModelServiceError(service_message(ctx.backend.spec, outcome.error))
         perception = outcome.perception

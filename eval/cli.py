@@ -8,7 +8,6 @@ same run and resume each other's work.
 from __future__ import annotations
 
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -359,7 +358,7 @@ def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:
     from eval.runner import EvalError
 
     try:
-        return execute(spec, out, restart=restart, progress=True if sys.stderr.isatty() else "lines")
+        return execute(spec, out, restart=restart, progress=True)
     except EvalError as exc:
         raise CLIError(str(exc)) from None
 

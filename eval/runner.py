@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
-from tqdm import tqdm
 
 from agent.backends.errors import ModelServiceError
 from agent.config import AgentConfig
@@ -55,6 +53,7 @@ from eval.metrics import Summary, distance_km, markdown_table, summarize
 from indices import atomic
 from indices.errors import GeoguideError
 from indices.geometry import haversine_km, latlon_to_unit
+from indices.progress import Progress
 from indices.store import ReferenceIndex
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ PREDICTIONS, SUMMARY_JSON, SUMMARY_MD, RUN_JSON, LOCK = (
 ABORT_AFTER = 10  # the first this-many photos of a session all failing = a setup problem, not bad photos
 MAX_PHOTO_ATTEMPTS = 3  # a photo failing this often (over resumes) is a final, recorded miss
 MAX_SERVICE_FAILURES = 3  # photos in a row whose model could not be used: stop the run
-PROGRESS_EVERY_S = 30.0  # progress line period when stderr is not a terminal
 PACKAGES = ("geoguide", "torch", "faiss-cpu", "numpy", "langgraph", "openai")
 
 
@@ -472,31 +470,6 @@ class ServiceFailure(BaseModel):
     message: str
 
 
-class _Progress:
-    """A tqdm bar on a terminal; otherwise a line on stderr every ``PROGRESS_EVERY_S`` (logs, CI)."""
-
-    def __init__(self, total: int, mode: bool | str) -> None:
-        self.total, self.done, self.failed = total, 0, 0
-        self.lines = mode == "lines"
-        self.bar = tqdm(total=total, disable=mode is not True, unit="photo", dynamic_ncols=True)
-        self.start = self.last = time.monotonic()
-
-    def update(self, failed: bool) -> None:
-        self.done += 1
-        self.failed += failed
-        self.bar.update(1)
-        now = time.monotonic()
-        if self.lines and (now - self.last >= PROGRESS_EVERY_S or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = (self.total - self.done) / rate if rate > 0 else float("nan")
-            print(f"geoguide: eval {self.done}/{self.total} photos ({self.failed} failed), "
-                  f"{rate:.2f} photo/s, ~{left / 60:.1f} min left", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class _Run:
     """Shared by agent runs and the oracle: identity check, resume, append, summary, provenance."""
 
@@ -610,7 +583,7 @@ class _Run:
         progress: bool | str,
         tries: dict[str, int],
     ) -> None:
-        bar = _Progress(len(todo), progress)
+        bar = Progress(len(todo), "eval", "photos", progress)
         seen = [0, 0, 0]  # finished, failed (this session), model failures in a row
 
         def finish(result: RunRecord | ServiceFailure) -> None:
@@ -625,7 +598,7 @@ class _Run:
             seen[2] = 0
             rec = result.model_copy(update={"attempts": tries.get(result.image_id, 1)})
             write(rec)
-            bar.update(rec.error is not None)
+            bar.update(1, failed=int(rec.error is not None))
             seen[0] += 1
             seen[1] += rec.error is not None
             if seen[0] == seen[1] == ABORT_AFTER:

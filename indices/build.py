@@ -36,13 +36,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
-from tqdm import tqdm
 
 from indices import atomic
 from indices.descriptors import Descriptor, get_descriptor
 from indices.errors import GeoguideError
 from indices.images import ImageLoadError, load_image
 from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
+from indices.progress import Progress
 from indices.submaps import SubmapScheme, parse_schemes
 from indices.writer import INDEX_MARKERS, index_files, previous_files, write_index
 
@@ -197,7 +197,7 @@ def build_index(
     out_dir: str | Path,
     config: BuildConfig | None = None,
     source: SourceInfo | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     after_chunk: Callable[[int], None] | None = None,
     *,
     overwrite: bool = False,
@@ -238,7 +238,7 @@ def _build(
     out: Path,
     config: BuildConfig,
     source: SourceInfo,
-    progress: bool,
+    progress: bool | str,
     after_chunk: Callable[[int], None] | None,
     descriptor: Descriptor,
     schemes: list[SubmapScheme],
@@ -272,7 +272,7 @@ def _build(
     chunk_dir = work / "chunks"
     chunk_dir.mkdir(exist_ok=True)
     starts = list(range(0, n, config.chunk_size))
-    bar = tqdm(total=n, desc=f"describing ({descriptor.name})", unit="img", disable=not progress)
+    bar = Progress(n, f"describing ({descriptor.name})", "img", progress)
     for ci, s in enumerate(starts):
         chunk_file = chunk_dir / f"{ci:06d}.npz"
         e = min(s + config.chunk_size, n)

@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from indices.errors import GeoguideError
+
 # 100 Mpx: larger than any camera photo a user would drop in, smaller than a decompression bomb.
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "GEOGUIDE_MAX_IMAGE_PIXELS"
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(GeoguideError, ValueError):
     """An input that is not a decodable image; the message names the file."""
 
 

@@ -40,7 +40,7 @@ class LLMPolicy(Policy):
     def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
         try:
             turn = ctx.backend.chat(state.messages, tools=openai_tools(),
-                                    deadline=state.started_at + ctx.config.caps.max_seconds)
+                                    deadline=ctx.config.caps.model_deadline(state.started_at))
         except NotSupportedError as e:
             return Decision(done=True, notes=[f"llm policy unavailable: {e}"])
         except CallFailed as e:
