@@ -219,6 +219,9 @@ def summarize(cands: list[Candidate], submap: Submap, args: SearchArgs) -> Searc
 
 class WidenArgs(BaseModel):
     submap_id: str
+    near_lat: float | None = Field(None, ge=-90, le=90, description="the prior's point, if any: a country's "
+                                   "neighbours are those of the part of the country that holds it")
+    near_lon: float | None = Field(None, ge=-180, le=180)
 
 
 class WidenResult(BaseModel):
@@ -235,13 +238,14 @@ def widen(index: ReferenceIndex, args: WidenArgs) -> WidenResult | ToolError:
     sid = args.submap_id.strip()
     try:
         index.resolve(sid)  # validates the id with the index's own error message
-        new_id, how = _wider_id(index, sid)
+        near = (args.near_lat, args.near_lon) if args.near_lat is not None and args.near_lon is not None else None
+        new_id, how = _wider_id(index, sid, near)
         return WidenResult(from_id=sid, submap_id=new_id, submap=index.describe_submap(new_id), how=how)
     except SubmapError as e:
         return ToolError(error=str(e))
 
 
-def _wider_id(index: ReferenceIndex, sid: str) -> tuple[str, str]:
+def _wider_id(index: ReferenceIndex, sid: str, near: tuple[float, float] | None = None) -> tuple[str, str]:
     if sid == "global":
         raise SubmapError("already searching the whole map ('global'); nothing is wider — switch hypothesis instead")
     prefix, _, label = sid.partition(":")
@@ -255,7 +259,7 @@ def _wider_id(index: ReferenceIndex, sid: str) -> tuple[str, str]:
     table = index.schemes[prefix]
     labels = [s.strip() for s in label.split(",") if s.strip()]
     if table.scheme.kind == "country":
-        return _wider_countries(index, table, labels)
+        return _wider_countries(index, table, labels, near)
     if table.scheme.kind == "kmeans":
         present = set(table.spans)
         if set(labels) >= present:
@@ -269,13 +273,19 @@ def _wider_id(index: ReferenceIndex, sid: str) -> tuple[str, str]:
     return "global", f"{prefix} -> the whole map"
 
 
-def _wider_countries(index: ReferenceIndex, table, labels: list[str]) -> tuple[str, str]:
+def _wider_countries(
+    index: ReferenceIndex, table, labels: list[str], near: tuple[float, float] | None = None
+) -> tuple[str, str]:
+    """Land neighbours of the part of each country that holds the prior (its main part without one),
+    and only neighbours whose own main part borders it back: France in Europe never grows into
+    Brazil through French Guiana, and Brazil never grows into all of France's (European) photos."""
     from indices.geography import continent_of, neighbours
 
     present = set(table.spans)
     grown = list(labels)
     for lab in labels:
-        grown += [nb for nb in neighbours(lab) if nb in present and nb not in grown]
+        around = neighbours(lab, *near) if near is not None else neighbours(lab)
+        grown += [nb for nb in around if nb in present and nb not in grown and lab in neighbours(nb)]
     if len(grown) > len(labels):
         return f"{table.scheme.prefix}:{','.join(grown)}", f"added land neighbours {', '.join(grown[len(labels):])}"
     conts = Counter(continent_of(lab) for lab in labels if continent_of(lab))

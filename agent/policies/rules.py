@@ -62,23 +62,25 @@ class RulesPolicy(Policy):
                     return Decision(calls=[_search(target, cfg.k, f"switch: strong matches in {other}, the VLM's "
                                                    "next hypothesis", n)])
                 if widens < cfg.max_widens:
-                    wider = self._widen(current, ctx, n, f"widen: strong matches in {other} outside the submap",
+                    wider = self._widen(state, current, ctx, n, f"widen: strong matches in {other} outside the submap",
                                         must_contain=other)
                     if wider is not None:
                         return wider
         if best < cfg.weak_similarity and widens < cfg.max_widens:
-            wider = self._widen(current, ctx, n, f"widen: best match {best:.2f} in {current.submap_id} is weak")
+            wider = self._widen(state, current, ctx, n, f"widen: best match {best:.2f} in {current.submap_id} is weak")
             if wider is not None:
                 return wider
         return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f})")])
 
-    def _widen(self, current: SearchStep, ctx: AgentContext, n: int, reason: str,
+    def _widen(self, state: AgentState, current: SearchStep, ctx: AgentContext, n: int, reason: str,
                must_contain: str | None = None) -> Decision | None:
         """A search of the next wider area, or None when there is none (or it misses ``must_contain``)."""
         from tools.base import ToolError
         from tools.retrieval import WidenArgs, widen
 
-        res = widen(ctx.index, WidenArgs(submap_id=current.submap_id))
+        p = state.perception
+        near = {"near_lat": p.lat, "near_lon": p.lon} if p is not None and p.has_point else {}
+        res = widen(ctx.index, WidenArgs(submap_id=current.submap_id, **near))
         if isinstance(res, ToolError):
             return None
         if must_contain and res.submap_id.startswith("country:") and must_contain not in res.submap_id[8:].split(","):

@@ -91,3 +91,24 @@ def test_run_tool_turns_every_problem_into_tool_error(index):
     ok = run_tool(ctx, "search_submap", {"submap_id": "country:IT", "k": 3}, path, "sha")
     assert ok.ok and len(ok.candidates) == 2  # 3 Rome references, one photographer excluded by the run
     assert all(c.author != "author_rome_1" for c in ok.candidates)
+
+
+def test_widening_a_country_never_jumps_continents_through_an_overseas_part():
+    """France (prior in Paris) grows into Spain, not Brazil via French Guiana; Brazil never grows
+    into all of France's (European) photos; a prior in Cayenne grows French Guiana's way."""
+    from types import SimpleNamespace
+
+    from tools.retrieval import _wider_countries
+
+    spans = {c: (i, i + 1) for i, c in enumerate(["FR", "ES", "BR", "SR", "GF", "DE"])}
+    table = SimpleNamespace(spans=spans, scheme=SimpleNamespace(prefix="country"))
+    index = SimpleNamespace(resolve=lambda sid: SimpleNamespace(size=10**6))
+    paris, cayenne = (48.85, 2.35), (4.92, -52.31)
+    fr, _ = _wider_countries(index, table, ["FR"], paris)
+    assert "ES" in fr and "DE" in fr and "BR" not in fr and "SR" not in fr
+    fr_plain, _ = _wider_countries(index, table, ["FR"])
+    assert "BR" not in fr_plain
+    br, _ = _wider_countries(index, table, ["BR"], (-15.8, -47.9))
+    assert "FR" not in br.split(":")[1].split(",")
+    gf, _ = _wider_countries(index, table, ["FR"], cayenne)
+    assert "BR" in gf and "ES" not in gf
