@@ -94,8 +94,10 @@ def test_perceive_runs_the_model_and_reports_nonsense(tiny_llava: Path, tmp_path
     assert outcome.raw is not None
     u = outcome.usage
     assert u.model_calls == 2 and u.prompt_tokens > 8 and 0 < u.completion_tokens <= 12 and u.cost_usd == 0
-    again = backend.perceive(photo, "where was this photo taken ?")  # generation is cached like API replies
-    assert again.usage.cached and again.raw == outcome.raw
+    # Nonsense is never cached (only validated replies are): asking again runs the model again.
+    again = backend.perceive(photo, "where was this photo taken ?")
+    assert not again.usage.cached and again.usage.model_calls == 2 and again.raw == outcome.raw
+    assert len(backend.cache) == 0
 
 
 def test_chat_without_tools_and_tools_refused(tiny_llava: Path) -> None:
