@@ -194,6 +194,7 @@ class AssistantTurn(BaseModel):
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    refusal: str | None = None  # the API's explicit refusal (structured outputs); not echoed by to_message
 
     def to_message(self) -> dict[str, Any]:
         """The reply as an OpenAI-format message, to append to the conversation history."""

@@ -2,13 +2,15 @@
 
 Specs: ``openai:MODEL``, ``openai-compatible:BASE_URL:MODEL``, ``llava:PATH_OR_ID``,
 ``replay:CSV``, ``none``. See ``base.Backend`` for the calls and ``base.ModelBackend`` for the
-shared options (cache, timeout, retries, sampling, image size, price).
+shared options (cache, timeout, retries, sampling, image size, price). Per-model options from the
+command line: ``parse_backend_options(["temperature=0.2", ...])`` -> kwargs for ``make_backend``.
 """
 
 from agent.backends.base import Backend, Completion, ModelBackend, parse_perception
 from agent.backends.cache import ResponseCache
 from agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
-from agent.backends.media import image_content_part, user_message
+from agent.backends.media import image_content_part, user_message, without_images
+from agent.backends.options import BackendOptions, option_help, parse_backend_options
 from agent.backends.registry import BACKENDS, available_backends, make_backend, parse_spec, register_backend
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "Backend",
     "BackendConfigError",
     "BackendError",
+    "BackendOptions",
     "CallFailed",
     "Completion",
     "ModelBackend",
@@ -24,8 +27,11 @@ __all__ = [
     "available_backends",
     "image_content_part",
     "make_backend",
+    "option_help",
+    "parse_backend_options",
     "parse_perception",
     "parse_spec",
     "register_backend",
     "user_message",
+    "without_images",
 ]

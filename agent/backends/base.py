@@ -103,6 +103,9 @@ class Backend(ABC):
 
     kind: ClassVar[str]
     supports_tools: ClassVar[bool] = False  # can ``chat`` take ``tools``?
+    # The per-model options (``agent.backends.options.BackendOptions``) this backend takes;
+    # ``make_backend`` refuses the others with a message instead of a TypeError.
+    model_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -149,6 +152,7 @@ class ModelBackend(Backend):
     """A backend that calls a real model; subclasses implement only ``_complete``."""
 
     price: Price = FREE
+    model_options: ClassVar[frozenset[str]] = frozenset({"temperature", "max_tokens", "seed"})
 
     def __init__(
         self,
@@ -349,6 +353,7 @@ class ModelBackend(Backend):
             content=completion.content,
             tool_calls=[ToolCall(**call) for call in completion.tool_calls],
             usage=usage,
+            refusal=completion.refusal,
         )
 
     def close(self) -> None:

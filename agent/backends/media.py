@@ -67,3 +67,29 @@ def decode_data_url(url: str) -> Image.Image:
         raise ValueError("only base64 data URLs are supported for local models")
     with Image.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1]))) as im:
         return im.convert("RGB")
+
+
+NO_VISION_TEXT = "[image omitted: this model has no vision]"
+
+
+def without_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for a text-only model: each ``image_url`` part becomes ``NO_VISION_TEXT``.
+
+    A content list left with only text is joined into one string, because text-only chat templates
+    (llama.cpp, Ollama, older vLLM models) may refuse list content; the input is not modified.
+    """
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            out.append(message)
+            continue
+        parts = [
+            {"type": "text", "text": NO_VISION_TEXT} if isinstance(p, dict) and p.get("type") == "image_url" else p
+            for p in content
+        ]
+        if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+            out.append({**message, "content": "\n".join(str(p.get("text", "")) for p in parts)})
+        else:
+            out.append({**message, "content": parts})
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.backends.errors import BackendConfigError
+from agent.backends.options import BackendOptions
 
 if TYPE_CHECKING:
     from agent.backends.base import Backend
@@ -58,4 +59,9 @@ def make_backend(spec: str, **options: Any) -> Backend:
     prefix, rest = parse_spec(spec)
     if prefix not in BACKENDS:
         raise BackendConfigError(f"unknown backend {prefix!r} in spec {spec!r}; available: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[prefix].from_spec(rest, **options)
+    cls = BACKENDS[prefix]
+    refused = sorted(k for k in options if k in BackendOptions.model_fields and k not in cls.model_options)
+    if refused:
+        takes = ", ".join(sorted(cls.model_options)) or "none"
+        raise BackendConfigError(f"backend {prefix!r} does not take model option(s) {', '.join(refused)}; it takes: {takes}")
+    return cls.from_spec(rest, **options)

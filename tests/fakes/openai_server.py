@@ -4,14 +4,28 @@ Tests exercise the real SDK, sockets, timeouts and status codes instead of mocki
 ``server.script(reply_json({...}), http_error(429, retry_after=0.2), ...)`` queues what the next
 requests get, and ``server.requests`` records what was sent (body and headers). An exhausted
 script answers HTTP 418, a non-retryable status, so an unexpected extra call fails loudly.
+
+``FakeOpenAIServer(emulate="openai")`` also checks each request against the real API's documented
+constraints before the script is consulted, and answers a violation with HTTP 400 in the real
+error shape (``{"error": {"message", "type", "param", "code"}}``, messages worded as the API words
+them), without using up a scripted reply: reasoning models (``o1``/``o3``/``o4``/``gpt-5``) refuse a
+non-default ``temperature``, ``max_tokens`` and the other sampling parameters; a strict
+``response_format`` json_schema and strict tools must obey strict mode (root an object, every
+object ``additionalProperties: false`` with every property required, no keywords outside the
+strict subset); ``tool_choice`` needs ``tools``; ``json_object`` needs the word "json" in the
+messages. ``emulate="no_tools"`` is a server without tool calling (Ollama with a model that has
+none, llama.cpp without ``--jinja``): any ``tools`` gets a 400. Both can be combined:
+``emulate=("openai", "no_tools")``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -87,6 +101,134 @@ def delayed(seconds: float, then: Scripted | None = None) -> Scripted:
     return Scripted(status=base.status, body=base.body, headers=base.headers, delay_s=seconds)
 
 
+# --- emulating the real API's request validation ----------------------------------------------
+
+EMULATIONS = ("openai", "no_tools")
+REASONING_MODEL = re.compile(r"^(?:o[134]|gpt-5)(?!.*-chat)")  # written independently of the backend's rule
+REASONING_REFUSED_PARAMS = ("max_tokens", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias")
+# Outside strict mode's documented subset. The API refuses such keywords with "'X' is not permitted";
+# this list may be stricter than the live API, never laxer, which is the safe side for a test double.
+STRICT_NOT_PERMITTED = (
+    "prefixItems", "minLength", "maxLength", "uniqueItems", "patternProperties", "unevaluatedProperties",
+    "unevaluatedItems", "propertyNames", "minProperties", "maxProperties", "contains", "oneOf", "not",
+    "if", "then", "else", "dependentRequired", "dependentSchemas",
+)
+
+
+def api_error(message: str, *, param: str | None = None, code: str | None = None, status: int = 400,
+              kind: str = "invalid_request_error") -> Scripted:
+    """An error in the API's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return Scripted(status=status, body={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def strict_schema_problem(schema: Any) -> str | None:
+    """Why strict mode refuses ``schema`` (worded as the API words it), or None if it accepts it."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        got = schema.get("type") if isinstance(schema, dict) else type(schema).__name__
+        return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{got}\"'."
+
+    def resolve(ref: str) -> Any:
+        node: Any = schema
+        for part in ref.removeprefix("#/").split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def walk(node: Any, context: tuple[str, ...]) -> str | None:
+        if not isinstance(node, dict):
+            return None
+        where = f"In context={context!r}"
+        for keyword in STRICT_NOT_PERMITTED:
+            if keyword in node:
+                return f"{where}, '{keyword}' is not permitted."
+        if isinstance(ref := node.get("$ref"), str) and resolve(ref) is None:
+            return f"{where}, reference to component '{ref}' which was not found in the schema."
+        if node.get("type") == "object" or "properties" in node:
+            if node.get("additionalProperties") is not False:
+                return f"{where}, 'additionalProperties' is required to be supplied and to be false."
+            properties = node.get("properties") or {}
+            required = node.get("required") or []
+            if missing := [k for k in properties if k not in required]:
+                return (f"{where}, 'required' is required to be supplied and to be an array including every "
+                        f"key in properties. Missing '{missing[0]}'.")
+            if extra := [k for k in required if k not in properties]:
+                return f"{where}, Extra required key '{extra[0]}' supplied."
+            for name, sub in properties.items():
+                if problem := walk(sub, (*context, "properties", name)):
+                    return problem
+        if problem := walk(node.get("items"), (*context, "items")):
+            return problem
+        for i, sub in enumerate(node.get("anyOf") or []):
+            if problem := walk(sub, (*context, "anyOf", str(i))):
+                return problem
+        for defs in ("$defs", "definitions"):
+            for name, sub in (node.get(defs) or {}).items():
+                if problem := walk(sub, (*context, defs, name)):
+                    return problem
+        return None
+
+    return walk(schema, ())
+
+
+def _message_texts(messages: Any) -> str:
+    texts = []
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+    return "\n".join(texts)
+
+
+def openai_violation(body: dict[str, Any]) -> Scripted | None:
+    """The 400 the real Chat Completions API gives this request body, or None if it would accept it."""
+    model = str(body.get("model", "")).rsplit("/", 1)[-1].lower()
+    if REASONING_MODEL.match(model):
+        if "temperature" in body and body["temperature"] != 1:
+            return api_error(f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. "
+                             "Only the default (1) value is supported.", param="temperature", code="unsupported_value")
+        for name in REASONING_REFUSED_PARAMS:
+            if name in body:
+                hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
+                return api_error(f"Unsupported parameter: '{name}' is not supported with this model.{hint}",
+                                 param=name, code="unsupported_parameter")
+        if body.get("reasoning_effort") == "minimal" and not model.startswith("gpt-5"):
+            return api_error("Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. "
+                             "Supported values are: 'low', 'medium', and 'high'.", param="reasoning_effort",
+                             code="unsupported_value")
+    elif "reasoning_effort" in body:
+        return api_error("Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                         param="reasoning_effort", code="unsupported_parameter")
+    if "tool_choice" in body and not body.get("tools"):
+        return api_error("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                         param="tool_choice")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object" and "json" not in _message_texts(body.get("messages")).lower():
+        return api_error("'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                         "'json_object'.", param="messages")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        if spec.get("strict") and (problem := strict_schema_problem(spec.get("schema"))):
+            return api_error(f"Invalid schema for response_format '{spec.get('name')}': {problem}", param="response_format")
+    for i, tool in enumerate(body.get("tools") or []):
+        function = tool.get("function") or {}
+        if function.get("strict") and (problem := strict_schema_problem(function.get("parameters"))):
+            return api_error(f"Invalid schema for function '{function.get('name')}': {problem}",
+                             param=f"tools[{i}].function.parameters", code="invalid_function_parameters")
+    return None
+
+
+def no_tools_violation(body: dict[str, Any]) -> Scripted | None:
+    """What Ollama answers when the model has no tool support (llama.cpp: "tools param requires --jinja flag")."""
+    if body.get("tools"):
+        return api_error(f"registry.ollama.ai/library/{body.get('model', 'model')}:latest does not support tools",
+                         kind="api_error")
+    return None
+
+
+VALIDATORS = {"openai": openai_violation, "no_tools": no_tools_violation}
+
+
 @dataclass
 class RecordedRequest:
     path: str
@@ -95,9 +237,17 @@ class RecordedRequest:
 
 
 class FakeOpenAIServer:
-    """``with FakeOpenAIServer() as server: ... server.base_url`` (ends in ``/v1``)."""
+    """``with FakeOpenAIServer() as server: ... server.base_url`` (ends in ``/v1``).
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``emulate``: ``"openai"``, ``"no_tools"`` or both (see the module docstring); a refused request
+    is recorded in ``requests`` like any other and leaves the script untouched.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, emulate: str | Iterable[str] | None = None) -> None:
+        modes = (emulate,) if isinstance(emulate, str) else tuple(emulate or ())
+        if unknown := [m for m in modes if m not in VALIDATORS]:
+            raise ValueError(f"unknown emulation {unknown}; choose from {EMULATIONS}")
+        self.emulate: tuple[str, ...] = modes
         self._queue: deque[Scripted] = deque()
         self._always: Scripted | None = None
         self._lock = threading.Lock()
@@ -134,6 +284,9 @@ class FakeOpenAIServer:
             self.requests.append(request)
             if request.path.rstrip("/") != "/v1/chat/completions":
                 return http_error(404, f"fake server has no {request.path}")
+            for mode in self.emulate:
+                if (refusal := VALIDATORS[mode](request.body)) is not None:
+                    return refusal
             if self._queue:
                 return self._queue.popleft()
             if self._always is not None:

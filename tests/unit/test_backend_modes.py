@@ -1,0 +1,412 @@
+"""Per-model options, strict structured outputs and tool modes, against a server that validates like the real API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytest
+from fakes.openai_server import (
+    FakeOpenAIServer,
+    http_error,
+    openai_violation,
+    reply_json,
+    reply_refusal,
+    reply_text,
+    reply_tool_calls,
+    strict_schema_problem,
+)
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from agent.backends import (
+    BackendConfigError,
+    CallFailed,
+    NotSupportedError,
+    make_backend,
+    parse_backend_options,
+    user_message,
+)
+from agent.backends.media import NO_VISION_TEXT
+from agent.backends.openai_backend import OpenAIBackend, is_reasoning_model
+from agent.backends.structured import (
+    action_schema,
+    parse_action_reply,
+    parse_tool_call_blocks,
+    strict_json_schema,
+    strict_tools,
+)
+from agent.schemas import Perception
+from agent.toolbox import openai_tools
+
+FAST = {"timeout": 2.0, "retry_initial_s": 0.01, "retry_max_s": 0.05, "max_attempts": 2}
+GOOD = {
+    "clues": [{"kind": "script", "text": "French on shop signs"}],
+    "countries": [{"iso2": "FR", "name": "France", "probability": 0.7}],
+    "lat": 48.85,
+    "lon": 2.35,
+    "uncertainty_km": 50,
+    "rationale": "Parisian boulevard.",
+}
+TOOLS = openai_tools()
+PLAN = [{"role": "system", "content": "You plan."}, {"role": "user", "content": "prior: FR"}]
+
+
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def emulated() -> Iterator[FakeOpenAIServer]:
+    """A server that validates requests as the OpenAI API does."""
+    with FakeOpenAIServer(emulate="openai") as server:
+        yield server
+
+
+@pytest.fixture
+def no_tools() -> Iterator[FakeOpenAIServer]:
+    """A local server without tool calling (and the API's strict-schema rules for what it does accept)."""
+    with FakeOpenAIServer(emulate=("openai", "no_tools")) as server:
+        yield server
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    return Image.new("RGB", (640, 480), (40, 120, 200))
+
+
+def openai_backend(server: FakeOpenAIServer, model: str, **options: Any) -> OpenAIBackend:
+    backend = make_backend(f"openai:{model}", base_url=server.base_url, **{**FAST, **options})
+    assert isinstance(backend, OpenAIBackend)
+    return backend
+
+
+def compat(server: FakeOpenAIServer, model: str = "qwen2.5-vl", **options: Any) -> OpenAIBackend:
+    backend = make_backend(f"openai-compatible:{server.base_url}:{model}", **{**FAST, **options})
+    assert isinstance(backend, OpenAIBackend)
+    return backend
+
+
+def action(name: str, arguments: dict[str, Any], thought: str = "checking") -> str:
+    return json.dumps({"thought": thought, "action": {"name": name, "arguments": arguments}})
+
+
+# --- reasoning models and per-family defaults -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning"),
+    [("o1", True), ("o3-mini", True), ("o4-mini-2025-04-16", True), ("gpt-5", True), ("gpt-5-mini", True),
+     ("openai/gpt-5.1", True), ("gpt-5-chat-latest", False), ("gpt-4o", False), ("gpt-4.1-mini", False),
+     ("omni-moderation-latest", False), ("llava:13b", False)],
+)
+def test_reasoning_model_names(model: str, reasoning: bool) -> None:
+    assert is_reasoning_model(model) is reasoning
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "gpt-5-mini"])
+def test_reasoning_model_gets_a_request_the_api_accepts(emulated: FakeOpenAIServer, photo: Image.Image, model: str) -> None:
+    emulated.script(reply_json(GOOD))
+    outcome = openai_backend(emulated, model).perceive(photo, "Where is this? Answer in JSON.")
+
+    assert outcome.error is None and outcome.perception is not None
+    body = emulated.requests[0].body
+    assert "temperature" not in body and "seed" not in body and "max_tokens" not in body
+    assert body["max_completion_tokens"] == 25_000  # room for hidden reasoning tokens
+    assert len(emulated.requests) == 1
+
+
+def test_the_old_request_is_what_the_emulator_refuses(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    """temperature=0 (the old default) and max_tokens on a reasoning model: HTTP 400, as from the API."""
+    assert openai_violation({"model": "o3", "temperature": 0.0}).body["error"]["code"] == "unsupported_value"
+    refusal = openai_violation({"model": "gpt-5", "max_tokens": 10}).body["error"]
+    assert refusal["param"] == "max_tokens" and "max_completion_tokens" in refusal["message"]
+    assert openai_violation({"model": "gpt-4o", "temperature": 0.0, "max_tokens": 10}) is None
+
+    emulated.script(reply_json(GOOD))
+    outcome = openai_backend(emulated, "o3", temperature=0.0).perceive(photo, "Where? JSON.")
+    assert outcome.failure == "misconfigured" and "temperature" in outcome.error
+    assert emulated.pending == 1  # refused before the script was consulted
+
+
+def test_user_options_reach_the_request(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    options = parse_backend_options(["reasoning_effort=low", "max_completion_tokens=4000", "seed=7", "temperature=1"])
+    emulated.script(reply_json(GOOD))
+    assert openai_backend(emulated, "o4-mini", **options).perceive(photo, "Where? JSON.").perception is not None
+    body = emulated.requests[0].body
+    assert (body["reasoning_effort"], body["max_completion_tokens"], body["seed"], body["temperature"]) == ("low", 4000, 7, 1.0)
+
+
+def test_non_reasoning_models_keep_temperature_zero(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    emulated.script(reply_json(GOOD))
+    assert openai_backend(emulated, "gpt-4o").perceive(photo, "Where? JSON.").perception is not None
+    body = emulated.requests[0].body
+    assert body["temperature"] == 0.0 and body["max_completion_tokens"] == 1024 and "reasoning_effort" not in body
+
+
+def test_compatible_server_max_tokens_spelling(fake_openai: FakeOpenAIServer, photo: Image.Image) -> None:
+    fake_openai.script(reply_json(GOOD), reply_json(GOOD), reply_json(GOOD))
+    compat(fake_openai, max_tokens=300).perceive(photo, "Where? JSON.")
+    compat(fake_openai, max_completion_tokens=300).perceive(photo, "Where? JSON.")
+    compat(fake_openai, "gpt-5-mini").perceive(photo, "Where? JSON.")  # a proxy to a reasoning model
+    first, second, third = (r.body for r in fake_openai.requests)
+    assert first["max_tokens"] == 300 and "max_completion_tokens" not in first
+    assert second["max_completion_tokens"] == 300 and "max_tokens" not in second
+    assert "max_tokens" not in third and "temperature" not in third
+    with pytest.raises(BackendConfigError, match="not both"):
+        compat(fake_openai, max_tokens=1, max_completion_tokens=1)
+
+
+def test_options_are_in_the_cache_key(fake_openai: FakeOpenAIServer, photo: Image.Image, tmp_path) -> None:
+    db = tmp_path / "c.sqlite"
+    fake_openai.script(reply_json(GOOD), reply_json(GOOD), reply_json(GOOD))
+    compat(fake_openai, "o3", cache=db).perceive(photo, "Where? JSON.")
+    compat(fake_openai, "o3", cache=db).perceive(photo, "Where? JSON.")  # hit
+    compat(fake_openai, "o3", cache=db, reasoning_effort="high").perceive(photo, "Where? JSON.")
+    compat(fake_openai, "o3", cache=db, temperature=1.0).perceive(photo, "Where? JSON.")
+    assert len(fake_openai.requests) == 3
+
+
+# --- structured outputs for perception ---------------------------------------------------------------
+
+
+def test_strict_perception_schema_is_accepted(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    emulated.script(reply_json(GOOD))
+    outcome = openai_backend(emulated, "gpt-4o").perceive(photo, "Where? JSON.")
+    assert outcome.perception is not None and len(emulated.requests) == 1
+    fmt = emulated.requests[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    schema = fmt["json_schema"]["schema"]
+    assert schema["additionalProperties"] is False and set(schema["required"]) == set(Perception.model_fields)
+    assert strict_schema_problem(Perception.model_json_schema()) is not None  # pydantic's own schema would be refused
+
+
+def test_refused_schema_steps_down(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    emulated.script(http_error(400, "Invalid schema for response_format 'perception': bad"), reply_json(GOOD))
+    backend = openai_backend(emulated, "gpt-4o")
+    assert backend.perceive(photo, "Where? JSON.").perception is not None
+    assert emulated.requests[1].body["response_format"] == {"type": "json_object"}
+
+
+def test_structured_refusal_is_final(emulated: FakeOpenAIServer, photo: Image.Image) -> None:
+    emulated.script(reply_refusal("I can't help with that."))
+    outcome = openai_backend(emulated, "gpt-4o").perceive(photo, "Where? JSON.")
+    assert outcome.failure == "refused" and len(emulated.requests) == 1
+
+
+class _Args(BaseModel):
+    """Shapes strict mode refuses as pydantic writes them: a tuple, defaults, a string length."""
+
+    near: tuple[float, float] | None = None
+    limit: int = Field(10, ge=1, le=500)
+    name: str = Field(min_length=1, max_length=200, description="a place")
+    mode: Literal["a", "b"] | None = None
+
+
+def test_strict_json_schema_transform() -> None:
+    params = _Args.model_json_schema()
+    before = json.dumps(params, sort_keys=True)
+    assert strict_schema_problem(params) is not None
+    strict = strict_json_schema(params)
+    assert json.dumps(params, sort_keys=True) == before  # the input is not modified
+    assert strict == strict_json_schema(_Args)
+    near = strict["properties"]["near"]["anyOf"][0]
+    assert "prefixItems" not in near and near["items"] == {"type": "number"} and near["maxItems"] == 2
+    assert strict["properties"]["limit"]["description"] == "default: 10"
+    assert strict["properties"]["limit"]["maximum"] == 500  # bounds that strict mode supports stay
+    assert strict["properties"]["name"]["description"] == "a place (length >= 1; length <= 200)"
+    assert strict["required"] == ["near", "limit", "name", "mode"]
+    assert strict_schema_problem(strict) is None
+    assert strict_schema_problem(strict_json_schema(Perception)) is None
+
+
+# --- native tools ------------------------------------------------------------------------------------
+
+
+def test_native_strict_tools_are_accepted(emulated: FakeOpenAIServer) -> None:
+    emulated.script(reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 5})))
+    turn = openai_backend(emulated, "gpt-4o").chat(PLAN, tools=TOOLS)
+    assert [(c.name, c.arguments()) for c in turn.tool_calls] == [("search_submap", {"submap_id": "country:FR", "k": 5})]
+    sent = emulated.requests[0].body["tools"]
+    assert all(t["function"]["strict"] is True for t in sent) and len(emulated.requests) == 1
+    unstrict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    refusal = openai_violation({"model": "gpt-4o", "tools": unstrict}).body["error"]
+    assert refusal["code"] == "invalid_function_parameters" and "additionalProperties" in refusal["message"]
+
+
+def test_tool_choice_without_tools_is_refused() -> None:
+    assert openai_violation({"model": "gpt-4o", "tool_choice": "auto"}).body["error"]["param"] == "tool_choice"
+
+
+# --- json tool mode ------------------------------------------------------------------------------------
+
+
+def test_json_tool_mode_against_a_server_without_tools(no_tools: FakeOpenAIServer) -> None:
+    no_tools.script(reply_text(action("search_submap", {"submap_id": "country:FR", "k": 5}, "The prior says France.")))
+    backend = compat(no_tools, tool_mode="json")
+    turn = backend.chat(PLAN, tools=TOOLS)
+
+    assert turn.content == "The prior says France."
+    [call] = turn.tool_calls
+    assert call.name == "search_submap" and call.arguments() == {"submap_id": "country:FR", "k": 5}
+    assert call.id.startswith("call_")
+    body = no_tools.requests[0].body
+    assert "tools" not in body and "tool_choice" not in body
+    fmt = body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    variants = fmt["json_schema"]["schema"]["properties"]["action"]["anyOf"]
+    assert [v["properties"]["name"]["enum"] for v in variants] == [[t["function"]["name"]] for t in TOOLS]
+    system = body["messages"][0]["content"]
+    assert system.startswith("You plan.") and "exactly one JSON object" in system and "- search_submap:" in system
+
+    # The next turn: the native-format history is rewritten into turns such a server accepts.
+    no_tools.script(reply_text(action("submit_location", {"lat": 48.85, "lon": 2.35, "confidence": 0.8, "evidence": "x"})))
+    history = [*PLAN, turn.to_message(), {"role": "tool", "tool_call_id": call.id, "content": '{"ok": true}'}]
+    second = backend.chat(history, tools=TOOLS)
+    assert second.tool_calls[0].name == "submit_location"
+    sent = no_tools.requests[1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert json.loads(sent[2]["content"])["action"]["name"] == "search_submap"
+    assert sent[3]["content"].startswith("Result of search_submap:") and all("tool_calls" not in m for m in sent)
+
+
+def test_json_tool_mode_steps_down_response_format(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.script(http_error(400, "response_format json_schema is not supported"),
+                       reply_text("```json\n" + action("geocode", {"name": "Paris", "country": None, "limit": 5}) + "\n```"))
+    turn = compat(fake_openai, tool_mode="json").chat(PLAN, tools=TOOLS)
+    assert turn.tool_calls[0].arguments() == {"name": "Paris", "country": None, "limit": 5}
+    assert fake_openai.requests[1].body["response_format"] == {"type": "json_object"}
+
+
+def test_auto_mode_steps_down_after_a_tools_rejection(no_tools: FakeOpenAIServer) -> None:
+    no_tools.script(reply_text(action("list_submaps", {"scheme": "country", "near": None, "country": "FR", "limit": 5})))
+    backend = compat(no_tools)  # openai-compatible defaults to tool_mode=auto
+    turn = backend.chat(PLAN, tools=TOOLS)
+    assert turn.tool_calls[0].name == "list_submaps" and turn.usage.retries == 0
+    first, second = (r.body for r in no_tools.requests)
+    assert "tools" in first and "tools" not in second and second["response_format"]["type"] == "json_schema"
+
+    no_tools.script(reply_text(action("widen", {"submap_id": "country:FR", "near_lat": None, "near_lon": None})))
+    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0].name == "widen"
+    assert len(no_tools.requests) == 3  # remembered: no second refused round-trip
+
+
+def test_native_mode_does_not_step_down(no_tools: FakeOpenAIServer) -> None:
+    with pytest.raises(CallFailed, match="does not support tools"):
+        compat(no_tools, tool_mode="native").chat(PLAN, tools=TOOLS)
+
+
+def test_auto_mode_ignores_unrelated_400s(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.script(http_error(400, "context length exceeded"))
+    with pytest.raises(CallFailed, match="context length"):
+        compat(fake_openai).chat(PLAN, tools=TOOLS)
+    assert len(fake_openai.requests) == 1
+
+
+# --- calls written into plain content --------------------------------------------------------------------
+
+
+def test_hermes_tool_call_blocks_in_content(fake_openai: FakeOpenAIServer) -> None:
+    content = (
+        "Let me search France first.\n"
+        '<tool_call>\n{"name": "search_submap", "arguments": {"submap_id": "country:FR", "k": 5}}\n</tool_call>\n'
+        '<tool_call>{"name": "geocode", "arguments": "{\\"name\\": \\"Lyon\\"}"}'  # unclosed, arguments as a string
+    )
+    fake_openai.script(reply_text(content))
+    turn = compat(fake_openai, tool_mode="native").chat(PLAN, tools=TOOLS)
+    assert turn.content == "Let me search France first."
+    assert [(c.name, c.arguments()) for c in turn.tool_calls] == [
+        ("search_submap", {"submap_id": "country:FR", "k": 5}),
+        ("geocode", {"name": "Lyon"}),
+    ]
+    assert len({c.id for c in turn.tool_calls}) == 2
+    assert turn.to_message()["tool_calls"][0]["function"]["name"] == "search_submap"
+
+
+def test_broken_json_still_comes_back_as_a_call(fake_openai: FakeOpenAIServer) -> None:
+    broken = '<tool_call>{"name": "search_submap", "arguments": {"submap_id": "country:FR", </tool_call>'
+    fake_openai.script(reply_text(broken), reply_text('{"thought": "x", "action": {"name": "widen", "arguments": {"submap_id": '))
+    turn = compat(fake_openai, tool_mode="native").chat(PLAN, tools=TOOLS)
+    [call] = turn.tool_calls
+    assert call.name == "search_submap" and "country:FR" in call.arguments_json
+    with pytest.raises(ValueError, match="not valid JSON"):
+        call.arguments()
+
+    json_turn = compat(fake_openai, tool_mode="json").chat(PLAN, tools=TOOLS)
+    assert json_turn.tool_calls[0].name == "widen"
+    with pytest.raises(ValueError, match="not valid JSON"):
+        json_turn.tool_calls[0].arguments()
+
+
+def test_prose_in_json_mode_stays_content() -> None:
+    assert parse_action_reply("I think this is Paris.") == ("I think this is Paris.", [])
+    assert parse_tool_call_blocks("no calls here") == ("no calls here", [])
+    thought, [call] = parse_action_reply('{"name": "geocode", "parameters": {"name": "Oslo"}}')  # Llama-style keys
+    assert thought is None and json.loads(call["arguments_json"]) == {"name": "Oslo"}
+
+
+def test_action_schema_is_strict() -> None:
+    schema = action_schema(TOOLS)
+    assert strict_schema_problem(schema) is None
+    assert schema["required"] == ["thought", "action"]
+    assert all(t["function"]["strict"] for t in strict_tools(TOOLS))
+
+
+# --- text-only planner ---------------------------------------------------------------------------------------
+
+
+def test_text_only_planner_gets_no_image(fake_openai: FakeOpenAIServer, photo: Image.Image) -> None:
+    fake_openai.script(reply_tool_calls(("search_submap", {"submap_id": "global", "k": 5})))
+    messages = [{"role": "system", "content": "You plan."}, user_message("prior: FR", photo)]
+    backend = compat(fake_openai, vision=False)
+    backend.chat(messages, tools=TOOLS)
+
+    sent = fake_openai.requests[0].body["messages"]
+    assert "image_url" not in json.dumps(sent)
+    assert sent[1]["content"] == f"prior: FR\n{NO_VISION_TEXT}"
+    assert messages[1]["content"][1]["type"] == "image_url"  # the caller's history is untouched
+    with pytest.raises(NotSupportedError, match="vision=false"):
+        backend.perceive(photo, "Where?")
+
+
+# --- option parsing -------------------------------------------------------------------------------------------
+
+
+def test_parse_backend_options_types_values() -> None:
+    assert parse_backend_options(
+        ["temperature=0.2", "reasoning_effort=low", "max_completion_tokens=2048", "seed=none",
+         "tool_mode=json", "response_format=none", "vision=false", "strict_tools=yes"]
+    ) == {"temperature": 0.2, "reasoning_effort": "low", "max_completion_tokens": 2048, "seed": None,
+          "tool_mode": "json", "response_format": "none", "vision": False, "strict_tools": True}
+    assert parse_backend_options([]) == {}
+    assert parse_backend_options(["temperature=none"]) == {"temperature": None}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        (["top_k=5"], "unknown model option 'top_k'; allowed: temperature, reasoning_effort"),
+        (["temperature"], "not KEY=VALUE"),
+        (["temperature=hot"], "temperature"),
+        (["temperature=3"], "less than or equal to 2"),
+        (["reasoning_effort=extreme"], "reasoning_effort"),
+        (["max_tokens=1.5"], "max_tokens"),
+        (["tool_mode=xml"], "native"),
+        (["seed=1", "seed=2"], "given twice"),
+    ],
+)
+def test_parse_backend_options_refuses(pairs: list[str], match: str) -> None:
+    with pytest.raises(BackendConfigError, match=match):
+        parse_backend_options(pairs)
+
+
+def test_backends_refuse_options_they_do_not_take(tmp_path) -> None:
+    with pytest.raises(BackendConfigError, match="does not take model option.*tool_mode"):
+        make_backend(f"llava:{tmp_path}", tool_mode="json")
+    with pytest.raises(BackendConfigError, match="does not take"):
+        make_backend("none", temperature=0.1)
+    with pytest.raises(BackendConfigError, match="tool_mode must be one of"):
+        make_backend("openai:gpt-4o", tool_mode="xml")
