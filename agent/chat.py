@@ -33,7 +33,8 @@ from pydantic import BaseModel, ValidationError
 from agent.backends import BackendError, NotSupportedError
 from agent.context import AgentContext
 from agent.graph import build_graph, locate
-from agent.rerank import choose_answer, rerank
+from agent.rerank import Evidence
+from agent.rerank import answer as answer_from
 from agent.schemas import Perception
 from agent.state import AgentState, Event, Prediction, SearchStep
 from indices.geometry import haversine_km
@@ -153,6 +154,10 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
 # ---- sessions --------------------------------------------------------------------------------
 
 
+_THREADS = """CREATE TABLE IF NOT EXISTS geoguide_sessions (
+    session_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, photos INTEGER NOT NULL)"""
+
+
 class ChatSession:
     def __init__(self, ctx: AgentContext, db_path: str | Path, session_id: str | None = None,
                  on_event: Callable[[Event], None] | None = None):
@@ -160,12 +165,29 @@ class ChatSession:
         self.session_id = session_id or uuid.uuid4().hex[:8]
         Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
-        self.graph = build_graph(ctx, checkpointer=SqliteSaver(self._conn, serde=SessionSerializer(db_path)))
+        self._conn.execute(_THREADS)
+        self.graph = build_graph(checkpointer=SqliteSaver(self._conn, serde=SessionSerializer(db_path)))
         self.on_event = on_event
 
     @property
+    def thread_id(self) -> str | None:
+        """The LangGraph thread of the session's current photo: one thread per photo, so a second
+        photo never inherits the first one's trail, candidates or answer."""
+        row = self._conn.execute("SELECT thread_id FROM geoguide_sessions WHERE session_id = ?",
+                                 (self.session_id,)).fetchone()
+        return row[0] if row else None
+
+    def _new_thread(self) -> str:
+        n = self._conn.execute("SELECT COALESCE(MAX(photos), 0) FROM geoguide_sessions WHERE session_id = ?",
+                               (self.session_id,)).fetchone()[0] + 1
+        thread = f"{self.session_id}/photo-{n}"
+        with self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO geoguide_sessions VALUES (?, ?, ?)", (self.session_id, thread, n))
+        return thread
+
+    @property
     def _config(self) -> dict:
-        return {"configurable": {"thread_id": self.session_id}}
+        return {"configurable": {"thread_id": self.thread_id or self.session_id}}
 
     def state(self) -> AgentState | None:
         """The session's state; SessionError when the file holds anything geoguide did not write."""
@@ -175,8 +197,9 @@ class ChatSession:
         v = snap.values
         return v if isinstance(v, AgentState) else AgentState.model_validate(v)
 
-    def _save(self, state: AgentState) -> None:
-        self.graph.update_state(self._config, state.model_dump(), as_node="finalize")
+    def _save(self, update: dict) -> None:
+        """Write a turn's changes; lists are appended by the state's reducers, so pass only what is new."""
+        self.graph.update_state(self._config, update, as_node="finalize")
 
     def close(self) -> None:
         self._conn.close()
@@ -185,20 +208,21 @@ class ChatSession:
     def attach(self, image_path: str | Path) -> Prediction:
         """Locate a new photo in this session (the transcript carries over)."""
         previous = self.state()
-        pred = locate(self.ctx, image_path, on_event=self.on_event, graph=self.graph, thread_id=self.session_id)
-        st = self.state()
+        thread = self._new_thread()
+        pred = locate(self.ctx, image_path, on_event=self.on_event, graph=self.graph, thread_id=thread)
         chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
-        self._save(st.model_copy(update={"chat": chat}))
+        self._save({"chat": chat})
         return pred
 
     def ask(self, text: str) -> str:
         st = self.state()
         if st is None or st.prediction is None:
             return "Attach a photo first: /image PATH"
-        reply, st = self._answer(st, text.strip())
-        st = st.model_copy(update={"chat": [*st.chat, {"role": "user", "text": text}, {"role": "assistant", "text": reply}]})
-        self._save(st)
+        reply, new = self._answer(st, text.strip())
+        self._save({"chat": [*st.chat, {"role": "user", "text": text}, {"role": "assistant", "text": reply}],
+                    "trail": new.trail[len(st.trail):], "candidates": new.candidates[len(st.candidates):],
+                    "prediction": new.prediction})
         return reply
 
     def _answer(self, st: AgentState, text: str) -> tuple[str, AgentState]:
@@ -239,7 +263,7 @@ class ChatSession:
         res = retrieval.search_submap(self.ctx.index, self.ctx.query_vector(st.image_path, st.image_sha256), args)
         if isinstance(res, ToolError):
             return f"Search near {where.name} failed: {res.error}", st
-        step = SearchStep(submap_id=sid, reason=f"user: look near {where.name}", summary=res.summary)
+        step = SearchStep(submap_id=sid, reason=f"user: look near {where.name}", summary=res.summary, purpose="user")
         if not res.candidates:
             return (f"There are no reference photos within {NEAR_RADIUS_KM:g} km of {where.name}, so I cannot "
                     f"check it; my answer stays {fmt_point(st.prediction)}."), st.model_copy(update={"trail": [*st.trail, step]})
@@ -247,8 +271,7 @@ class ChatSession:
         user_prior = Perception(lat=where.lat, lon=where.lon, rationale=f"the user suggested {where.name}")
         pool = [*st.candidates, *res.candidates]
         cfg = self.ctx.config
-        scored = rerank(pool, user_prior, where.country, cfg)
-        answer = choose_answer(scored, user_prior, where.country, cfg)
+        answer, scored = answer_from(Evidence(candidates=pool, perception=user_prior, prior_country=where.country), cfg)
         old = st.prediction
         s = res.summary
         suggestion_only = answer.source == "prior"  # the prior here is the user's place, unmoved by retrieval

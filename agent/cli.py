@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,9 +21,12 @@ from agent.cli_options import (
     FallbackOpt,
     IndexOpt,
     MaxSecondsOpt,
+    PlannerOpt,
+    PlannerOptOpt,
     PolicyOpt,
     TimeoutOpt,
     VlmOpt,
+    VlmOptOpt,
 )
 from indices.errors import GeoguideError
 
@@ -178,10 +183,22 @@ def search(
 
 # ---------------------------------------------------------------------------------------- agent
 
+def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int, opts: list[str] | None = None):
+    """One backend from its spec: model backends get the cache, the call budget and ``--*-opt`` options."""
+    from agent.backends import make_backend, parse_backend_options
+
+    options: dict = parse_backend_options(opts or [])
+    if not spec.startswith(("none", "replay:")):
+        options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
+        options.update(timeout=timeout, max_attempts=attempts)
+    return make_backend(spec, **options)
+
+
 def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S, attempts: int = DEFAULT_ATTEMPTS, **config):
-    """Open the index, the model backend and the config the same way for every command."""
-    from agent.backends import make_backend
+                 timeout: float = DEFAULT_TIMEOUT_S, attempts: int = DEFAULT_ATTEMPTS,
+                 vlm_opts: list[str] | None = None, planner: str | None = None,
+                 planner_opts: list[str] | None = None, **config):
+    """Open the index, the model backends and the config the same way for every command."""
     from agent.config import AgentConfig
     from agent.context import AgentContext
     from agent.policies import make_policy
@@ -190,11 +207,11 @@ def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = No
     cfg = AgentConfig(policy=policy, **config)
     make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
     index = ReferenceIndex(index_dir)
-    options: dict = {}
-    if not vlm.startswith(("none", "replay:")):
-        options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
-        options.update(timeout=timeout, max_attempts=attempts)
-    return AgentContext(index=index, backend=make_backend(vlm, **options), config=cfg)
+    backend = open_backend(vlm, cache, timeout=timeout, attempts=attempts, opts=vlm_opts)
+    planning = None
+    if planner is not None and (planner != vlm or planner_opts):
+        planning = open_backend(planner, cache, timeout=timeout, attempts=attempts, opts=planner_opts)
+    return AgentContext(index=index, backend=backend, config=cfg, planner=planning)
 
 
 def default_cache_path() -> Path:
@@ -259,16 +276,20 @@ def locate_cmd(
     attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
     max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     fallback: FallbackOpt = "none",
+    vlm_opt: VlmOptOpt = None,
+    planner: PlannerOpt = None,
+    planner_opt: PlannerOptOpt = None,
 ) -> None:
     """Where was this photo taken? Streams the agent's steps, then the answer and its evidence."""
     from agent.graph import locate
 
-    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, prior_level=prior_level,
+    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
+                       planner=planner, planner_opts=planner_opt, prior_level=prior_level,
                        exclude_authors=exclude_author or [], fallback=fallback, caps={"max_seconds": max_seconds})
     try:
         pred = locate(ctx, image, on_event=None if (quiet or as_json) else print_event)
     finally:
-        ctx.backend.close()
+        ctx.close()
     typer.echo(pred.model_dump_json(indent=2) if as_json else format_prediction(pred))
     check_service(pred)
 
@@ -300,13 +321,17 @@ def chat_cmd(
     attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
     max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     fallback: FallbackOpt = "none",
+    vlm_opt: VlmOptOpt = None,
+    planner: PlannerOpt = None,
+    planner_opt: PlannerOptOpt = None,
 ) -> None:
     """A terminal chat: attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
     from agent.backends import BackendError
     from agent.chat import ChatSession, summary
     from indices.images import ImageLoadError
 
-    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts,
+    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
+                       planner=planner, planner_opts=planner_opt,
                        exclude_authors=exclude_author or [], fallback=fallback, caps={"max_seconds": max_seconds})
     chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event)
     try:
@@ -368,6 +393,35 @@ def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exceptio
     return ClickException, typer.Exit, typer.Abort
 
 
+@contextlib.contextmanager
+def _second_ctrl_c_exits() -> Iterator[None]:
+    """First Ctrl-C: KeyboardInterrupt, so work in progress is wound up and summaries written. A
+    node running on LangGraph's worker thread (a streamed run) can keep the process until its model
+    call times out; a second Ctrl-C then exits at once (what was written is kept: every record is
+    fsynced as it is made)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def on_sigint(signum, frame):
+        if pressed:
+            os.write(2, b"geoguide: interrupted\n")
+            os._exit(INTERRUPTED)
+        pressed.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _first_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
@@ -390,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     usage_error, exit_request, abort = _click_exceptions()
     debug = bool(os.environ.get("GEOGUIDE_DEBUG"))
     try:
-        code = typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
+        with _second_ctrl_c_exits():
+            code = typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
         # Non-standalone typer returns an Exit's code instead of raising it; Ctrl-C arrives as Exit(130).
         if isinstance(code, int) and code:
             if code == INTERRUPTED:

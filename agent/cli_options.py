@@ -42,6 +42,9 @@ AttemptsOpt = Annotated[int, typer.Option("--attempts", min=1, help="tries per m
 MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", min=0.1, help="time budget per photo, model calls included")]
 Fallback = Literal["none", "retrieval"]
 FallbackOpt = Annotated[Fallback, typer.Option("--fallback", help="when the model cannot be used: 'none' stops with an error (exit 3); 'retrieval' answers from retrieval alone and says so")]
+VlmOptOpt = Annotated[list[str] | None, typer.Option("--vlm-opt", help="KEY=VALUE model option for the VLM, repeatable: temperature, reasoning_effort, max_completion_tokens, max_tokens, seed, tool_mode (native|json|auto), response_format, strict_tools, vision")]
+PlannerOpt = Annotated[str | None, typer.Option("--planner", callback=lambda v: v if v is None else _known_backend(v), help="the model that plans with --policy llm (default: the --vlm model), e.g. openai-compatible:http://127.0.0.1:8080/v1:smollm2")]
+PlannerOptOpt = Annotated[list[str] | None, typer.Option("--planner-opt", help="KEY=VALUE option for the planner (as --vlm-opt), e.g. tool_mode=json, vision=false")]
 DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS, DEFAULT_MAX_SECONDS = 60.0, 4, 180.0
 
 

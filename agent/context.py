@@ -24,10 +24,22 @@ class AgentContext:
     index: ReferenceIndex
     backend: Backend
     config: AgentConfig
+    # The model that plans (``--planner``); None = the VLM plans too. A text-only planner never sees the photo.
+    planner: Backend | None = None
     # Stand-in for the index's own descriptor (e.g. the runner's thread-safe wrapper); None = the index's.
     descriptor: Any = None
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
+
+    @property
+    def planner_backend(self) -> Backend:
+        return self.planner or self.backend
+
+    def close(self) -> None:
+        """Release the backends (caches, models)."""
+        self.backend.close()
+        if self.planner is not None and self.planner is not self.backend:
+            self.planner.close()
 
     def image(self, path: str, sha: str) -> Image.Image:
         if sha not in self._images:

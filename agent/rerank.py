@@ -9,6 +9,7 @@ or the prior's own point when retrieval's evidence is not strong enough to move 
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from agent.config import AgentConfig
 from agent.schemas import Perception
@@ -119,3 +120,22 @@ def _confidence(cluster: list[ScoredCandidate]) -> float:
     """Heuristic in [0, 1]: match strength times corroboration (3+ agreeing references = full)."""
     best = max(c.similarity for c in cluster)
     return round(float(np.clip(best, 0, 1) * min(1.0, len(cluster) / 3)), 3)
+
+
+class Evidence(BaseModel):
+    """Everything the answer depends on, typed: the pool, the prior, and what the policy learned."""
+
+    candidates: list[Candidate] = Field(default_factory=list)
+    perception: Perception | None = None
+    prior_country: str | None = None
+    contradicted: bool = Field(False, description="strong matches elsewhere contradicted the prior")
+    submitted: Answer | None = Field(None, description="a planner's own submitted answer, taken as is")
+
+
+def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list[ScoredCandidate]]:
+    """The one answer function (the graph's finalize and chat re-answers): the re-ranked pool and
+    the answer it supports."""
+    scored = rerank(evidence.candidates, evidence.perception, evidence.prior_country, config)
+    if evidence.submitted is not None:
+        return evidence.submitted, scored
+    return choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted), scored

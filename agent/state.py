@@ -1,14 +1,36 @@
 """The graph's state and the prediction it produces (pydantic, so checkpoints and run records
-serialise exactly)."""
+serialise exactly).
+
+Lists that grow during a run (the planner conversation, the search trail, the candidate pool,
+notes, counters) carry LangGraph reducers, so a node returns only what it adds and never copies
+whole lists. Progress events are not state: nodes and tools emit them on LangGraph's ``custom``
+stream (see ``agent.graph.emit``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Annotated, Any, Literal
 
+from langchain_core.messages import AnyMessage
+from langgraph.graph import add_messages
+from langgraph.managed import RemainingSteps
 from pydantic import BaseModel, Field
 
 from agent.schemas import Perception, PriorFailure, Usage
 from tools.retrieval import Candidate, SearchSummary
+
+# Why a search was made. The rules policy reads these; ``finalize`` pools every search's
+# candidates except a probe's, and treats ``contradiction`` searches as licence to move far.
+Purpose = Literal["hypothesis", "probe", "widen", "switch", "no_prior", "planner", "user"]
+
+
+class SearchIntent(BaseModel):
+    """What a search tool call is for, keyed by its tool-call id in ``AgentState.intents``."""
+
+    purpose: Purpose = "planner"
+    reason: str = ""
+    contradiction: bool = Field(False, description="made because strong matches elsewhere contradict the prior")
 
 
 class SearchStep(BaseModel):
@@ -17,30 +39,17 @@ class SearchStep(BaseModel):
     submap_id: str
     reason: str
     summary: SearchSummary
-
-
-class PendingCall(BaseModel):
-    """A tool call the policy decided on, to be run by the tools node."""
-
-    id: str
-    name: str
-    args: dict[str, Any]
-    reason: str = ""
+    purpose: Purpose = "planner"
+    contradiction: bool = False
 
 
 class Event(BaseModel):
-    """One streamed step: what a node did, shown live by the CLI."""
+    """One streamed step: what a node did, shown live by the CLI (sent on the ``custom`` stream)."""
 
     node: str
     text: str
     tool: str | None = None
     args: dict[str, Any] | None = None
-
-
-class Counters(BaseModel):
-    steps: int = 0
-    tool_calls: int = 0
-    usage: Usage = Field(default_factory=Usage)
 
 
 class ScoredCandidate(Candidate):
@@ -74,6 +83,7 @@ class Prediction(BaseModel):
     why: str = ""
     policy: str
     vlm: str
+    planner: str | None = Field(None, description="the planner's backend spec when it differs from the VLM's")
     prior: Perception | None = None
     prior_error: str | None = None
     prior_failure: PriorFailure | None = Field(None, description="why there is no prior, by kind")
@@ -91,27 +101,39 @@ class Prediction(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+def _merge(left: dict[str, SearchIntent], right: dict[str, SearchIntent]) -> dict[str, SearchIntent]:
+    return {**left, **right}
+
+
 class AgentState(BaseModel):
+    """One photo's run. Checkpoints hold the image's path and hash, never its pixels."""
+
     image_path: str
     image_id: str
     image_sha256: str
     user_text: str | None = None
-    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI-format planner conversation")
+    messages: Annotated[list[AnyMessage], add_messages] = Field(
+        default_factory=list, description="the planner conversation: the policy's tool calls and their results"
+    )
     perception: Perception | None = None
     prior_error: str | None = None
     prior_failure: PriorFailure | None = None
     service_failure: str | None = None
-    prior_country: str | None = None
+    prior_country: str | None = Field(None, description="derived once from the prior, in perceive")
     hypotheses: list[str] = Field(default_factory=list, description="submap ids to try, best first")
-    trail: list[SearchStep] = Field(default_factory=list)
-    candidates: list[Candidate] = Field(default_factory=list, description="pool over all searches")
-    pending: list[PendingCall] = Field(default_factory=list)
+    intents: Annotated[dict[str, SearchIntent], _merge] = Field(default_factory=dict)
+    trail: Annotated[list[SearchStep], operator.add] = Field(default_factory=list)
+    candidates: Annotated[list[Candidate], operator.add] = Field(
+        default_factory=list, description="pool over all searches but the probe"
+    )
     submitted: Answer | None = None
     done: bool = Field(False, description="the policy (or a cap) ended the plan/act loop")
-    counters: Counters = Field(default_factory=Counters)
-    events: list[Event] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
+    steps: Annotated[int, operator.add] = 0
+    tool_calls: Annotated[int, operator.add] = 0
+    usage: Annotated[Usage, operator.add] = Field(default_factory=Usage)
+    notes: Annotated[list[str], operator.add] = Field(default_factory=list)
     started_at: float = 0.0
     perceive_seconds: float = 0.0
     prediction: Prediction | None = None
     chat: list[dict[str, str]] = Field(default_factory=list, description="chat transcript: role, text")
+    remaining_steps: RemainingSteps = 25

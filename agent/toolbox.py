@@ -1,20 +1,30 @@
-"""The tools as the agent sees them: names, JSON schemas for the model, and one dispatcher.
+"""The tools as the agent sees them: LangChain tools built from the pydantic argument models, run
+by LangGraph's ``ToolNode`` for every policy.
 
-Every call is validated against its pydantic model; anything wrong (bad JSON, unknown submap,
-latitude 200, an unknown tool) comes back as a ``ToolError`` that is shown to the model, which
-can correct itself. The run's leakage rules (excluded photographers and ids) are imposed here,
-so no policy or model can search around them.
+Each tool reads the run's objects from the graph context (``ToolRuntime.context``: the index, the
+config) and the photo from the state, and returns a ``Command`` whose update goes through the
+state's reducers: a search appends its step to the trail and its candidates to the pool. Anything
+wrong (bad arguments, an unknown submap, latitude 200, a spent tool budget) comes back to the model
+as an error ``ToolMessage`` it can act on. The run's leakage rules (excluded photographers and ids)
+are imposed here, so no policy or model can search around them.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any, Literal
 
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool, StructuredTool
+from langgraph.prebuilt import ToolNode, ToolRuntime
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
+from agent.state import Answer, Event, SearchIntent, SearchStep
 from tools import gazetteer, retrieval
-from tools.base import ToolError, parse_args
+from tools.base import ToolError
 
 
 class SubmitLocationArgs(BaseModel):
@@ -30,7 +40,7 @@ class SubmitLocationResult(BaseModel):
     lon: float
 
 
-class _SearchToolArgs(BaseModel):
+class SearchToolArgs(BaseModel):
     """What the model may set for a search (the rest is filled in by the run)."""
 
     submap_id: str = Field(description="e.g. 'country:FR', 'kmeans-100:37', 'radius:45.76,4.84,50', 'continent:Europe', 'global'")
@@ -39,16 +49,17 @@ class _SearchToolArgs(BaseModel):
 
 TOOL_DOCS: dict[str, tuple[type[BaseModel], str]] = {
     "list_submaps": (retrieval.ListSubmapsArgs, "List submaps of a scheme ('country' or 'kmeans'), optionally near a point or containing a country."),
-    "search_submap": (_SearchToolArgs, "Visual place recognition of the photo inside one submap: best-matching geotagged references and a summary."),
+    "search_submap": (SearchToolArgs, "Visual place recognition of the photo inside one submap: best-matching geotagged references and a summary."),
     "widen": (retrieval.WidenArgs, "The next larger search area around a submap (neighbours, larger radius, continent, globe)."),
     "geocode": (gazetteer.GeocodeArgs, "Place name -> coordinates (offline gazetteer)."),
     "reverse_geocode": (gazetteer.ReverseGeocodeArgs, "Coordinates -> country and nearest city."),
     "submit_location": (SubmitLocationArgs, "Submit the final answer with its evidence. Call exactly once, last."),
 }
+MAX_RESULT_CHARS = 6000  # what the model reads of one result; long candidate lists are trimmed to 10
 
 
 def openai_tools() -> list[dict[str, Any]]:
-    """Tool definitions in the OpenAI function-calling format."""
+    """Tool definitions in the OpenAI function-calling format (what ``Backend.chat`` sends)."""
     out = []
     for name, (model, doc) in TOOL_DOCS.items():
         schema = model.model_json_schema()
@@ -57,31 +68,115 @@ def openai_tools() -> list[dict[str, Any]]:
     return out
 
 
-def run_tool(ctx: AgentContext, name: str, args: dict[str, Any], image_path: str, image_sha: str,
-             prior: dict[str, Any] | None = None, image_id: str | None = None):
-    """Run one tool call; returns its result model or a ``ToolError``. Never raises for bad input."""
-    if name not in TOOL_DOCS:
-        return ToolError(error=f"unknown tool {name!r}; available: {', '.join(TOOL_DOCS)}")
-    parsed = parse_args(TOOL_DOCS[name][0], args, name)
-    if isinstance(parsed, ToolError):
-        return parsed
+def result_text(result: BaseModel) -> str:
+    """A tool result as the model reads it: compact JSON, long candidate lists trimmed."""
+    data = result.model_dump(exclude_none=True)
+    if "candidates" in data:
+        data["candidates"] = data["candidates"][:10]
+    return json.dumps(data, ensure_ascii=False)[:MAX_RESULT_CHARS]
+
+
+def _reply(runtime: ToolRuntime, name: str, result: BaseModel, text: str, **update: Any) -> Command:
+    """The tool's message for the model, its event on the stream, and its state update."""
+    runtime.stream_writer(Event(node="tools", text=text, tool=name))
+    status = "error" if isinstance(result, ToolError) else "success"
+    msg = ToolMessage(content=result_text(result), tool_call_id=runtime.tool_call_id, name=name, status=status)
+    return Command(update={"messages": [msg], "tool_calls": 0 if isinstance(result, ToolError) else 1, **update})
+
+
+def _prior_args(state) -> dict[str, Any]:
+    p = state.perception
+    out: dict[str, Any] = {}
+    if p is not None and p.has_point:
+        out.update(prior_lat=p.lat, prior_lon=p.lon)
+    if state.prior_country:
+        out["prior_country"] = state.prior_country
+    return out
+
+
+def _budget_error(runtime: ToolRuntime) -> ToolError | None:
+    cap = runtime.context.config.caps.max_tool_calls
+    if runtime.state.tool_calls >= cap:
+        return ToolError(error=f"tool-call cap ({cap}) reached; submit your best answer now")
+    return None
+
+
+def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Command:
+    ctx: AgentContext = runtime.context
+    state = runtime.state
+    if (err := _budget_error(runtime)) is not None:
+        return _reply(runtime, "search_submap", err, f"error: {err.error}")
+    intent = state.intents.get(runtime.tool_call_id) or SearchIntent(reason="planner")
+    args = retrieval.SearchArgs(submap_id=submap_id, k=k, exclude_authors=ctx.config.exclude_authors,
+                                exclude_ids=ctx.config.exclude_ids, **_prior_args(state))
     try:
-        if name == "search_submap":
-            search = retrieval.SearchArgs(
-                submap_id=parsed.submap_id, k=parsed.k,
-                exclude_authors=ctx.config.exclude_authors, exclude_ids=ctx.config.exclude_ids, **(prior or {}),
-            )
-            return retrieval.search_submap(ctx.index, ctx.query_vector(image_path, image_sha, image_id), search)
-        if name == "submit_location":
-            return SubmitLocationResult(lat=parsed.lat, lon=parsed.lon)
-        return TOOL_FUNCTIONS[name](ctx, parsed)
+        res = retrieval.search_submap(ctx.index, ctx.query_vector(state.image_path, state.image_sha256, state.image_id),
+                                      args)
     except ValueError as e:
-        return ToolError(error=f"{name}: {e}")
+        res = ToolError(error=f"search_submap: {e}")
+    if isinstance(res, ToolError):
+        return _reply(runtime, "search_submap", res, f"error: {res.error}")
+    s = res.summary
+    step = SearchStep(submap_id=s.submap.id, reason=intent.reason or "planner", summary=s, purpose=intent.purpose,
+                      contradiction=intent.contradiction)
+    text = f"{s.submap.name}: {s.n_candidates} matches, best {s.best_similarity}, countries {dict(list(s.countries.items())[:4])}"
+    pooled = [] if intent.purpose == "probe" else res.candidates  # the probe tests the prior; it does not answer
+    return _reply(runtime, "search_submap", res, text, trail=[step], candidates=pooled)
 
 
-TOOL_FUNCTIONS = {
-    "list_submaps": lambda ctx, a: retrieval.list_submaps(ctx.index, a),
-    "widen": lambda ctx, a: retrieval.widen(ctx.index, a),
-    "geocode": lambda ctx, a: gazetteer.geocode(a),
-    "reverse_geocode": lambda ctx, a: gazetteer.reverse_geocode(a),
+def submit_location(lat: float, lon: float, confidence: float = 0.5, evidence: str = "", *,
+                    runtime: ToolRuntime) -> Command:
+    result = SubmitLocationResult(lat=lat, lon=lon)
+    answer = Answer(lat=lat, lon=lon, source="llm", confidence=confidence, why=evidence[:500])
+    return _reply(runtime, "submit_location", result, f"submitted ({lat:.4f}, {lon:.4f})", submitted=answer)
+
+
+def _simple(name: str, call: Callable[[AgentContext, Any], BaseModel]) -> Callable[..., Command]:
+    """A tool that only reads (list_submaps, widen, geocode, reverse_geocode): result -> message."""
+    model = TOOL_DOCS[name][0]
+
+    def run(*, runtime: ToolRuntime, **kwargs: Any) -> Command:
+        if (err := _budget_error(runtime)) is not None:
+            return _reply(runtime, name, err, f"error: {err.error}")
+        try:
+            result = call(runtime.context, model.model_validate(kwargs))
+        except ValueError as e:
+            result = ToolError(error=f"{name}: {e}")
+        text = f"error: {result.error}" if isinstance(result, ToolError) else result.model_dump_json(exclude_none=True)[:160]
+        return _reply(runtime, name, result, text)
+
+    run.__name__ = name
+    return run
+
+
+IMPLEMENTATIONS: dict[str, Callable[..., Command]] = {
+    "list_submaps": _simple("list_submaps", lambda ctx, a: retrieval.list_submaps(ctx.index, a)),
+    "search_submap": search_submap,
+    "widen": _simple("widen", lambda ctx, a: retrieval.widen(ctx.index, a)),
+    "geocode": _simple("geocode", lambda ctx, a: gazetteer.geocode(a)),
+    "reverse_geocode": _simple("reverse_geocode", lambda ctx, a: gazetteer.reverse_geocode(a)),
+    "submit_location": submit_location,
 }
+
+
+def tool_error_text(exc: Exception) -> str:
+    """What the model reads when its arguments do not validate: the fields and the problem."""
+    from pydantic import ValidationError
+
+    cause = exc.__cause__ if isinstance(exc.__cause__, ValidationError) else exc
+    if isinstance(cause, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in cause.errors())
+        return json.dumps({"ok": False, "error": f"invalid arguments: {problems}"})
+    return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def langchain_tools() -> list[BaseTool]:
+    return [
+        StructuredTool.from_function(IMPLEMENTATIONS[name], name=name, description=doc, args_schema=model)
+        for name, (model, doc) in TOOL_DOCS.items()
+    ]
+
+
+def tool_node() -> ToolNode:
+    """LangGraph's own tool runner over every tool; argument errors go back to the model."""
+    return ToolNode(langchain_tools(), handle_tool_errors=tool_error_text)

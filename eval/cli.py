@@ -19,9 +19,12 @@ from agent.cli_options import (
     DEFAULT_ATTEMPTS,
     DEFAULT_TIMEOUT_S,
     AttemptsOpt,
+    PlannerOpt,
+    PlannerOptOpt,
     PolicyOpt,
     TimeoutOpt,
     VlmOpt,
+    VlmOptOpt,
 )
 from agent.config import AgentConfig
 
@@ -55,6 +58,9 @@ class RunSpec(BaseModel):
     exclude_same_author: bool = False
     limit: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)
+    vlm_opts: list[str] = Field(default_factory=list, description="KEY=VALUE options of the VLM backend")
+    planner: str | None = Field(None, description="the planning model's spec (default: the VLM)")
+    planner_opts: list[str] = Field(default_factory=list, description="KEY=VALUE options of the planner")
     timeout: float = Field(60.0, gt=0, description="seconds per model call (capped by the photo's budget)")
     attempts: int = Field(4, ge=1, description="tries per model call, the first included")
     corrupt_prior: float = Field(0.0, ge=0.0, le=1.0)
@@ -206,7 +212,8 @@ def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool |
     corruption = spec.corruption()
     try:
         ctx = make_context(spec.index, spec.vlm, spec.policy, spec.cache, timeout=spec.timeout,
-                           attempts=spec.attempts, **nest(spec.config))
+                           attempts=spec.attempts, vlm_opts=spec.vlm_opts, planner=spec.planner,
+                           planner_opts=spec.planner_opts, **nest(spec.config))
     except ValidationError as exc:
         raise ValueError(
             f"invalid agent config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
@@ -226,7 +233,7 @@ def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool |
             progress=progress,
         )
     finally:
-        ctx.backend.close()
+        ctx.close()
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -271,6 +278,9 @@ def eval_cmd(
         int,
         typer.Option("--workers", min=1, help="photos in flight (for remote models; retrieval is CPU-bound)"),
     ] = 1,
+    vlm_opt: VlmOptOpt = None,
+    planner: PlannerOpt = None,
+    planner_opt: PlannerOptOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
     max_seconds: Annotated[
@@ -340,6 +350,9 @@ def eval_cmd(
             "workers": workers,
             "timeout": timeout,
             "attempts": attempts,
+            "vlm_opts": vlm_opt or [],
+            "planner": planner,
+            "planner_opts": planner_opt or [],
             "corrupt_prior": corrupt_prior,
             "corrupt_mode": corrupt_mode,
             "corrupt_noise_km": corrupt_noise_km,

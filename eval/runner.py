@@ -674,6 +674,7 @@ def sample_context(
         index=base.index,
         backend=backend or base.backend,
         config=cfg,
+        planner=base.planner,
         descriptor=descriptor or base.descriptor,
     )
 
@@ -706,6 +707,7 @@ def run_eval(
         "kind": "agent",
         "agent": ctx.config.model_dump(mode="json"),
         "vlm": ctx.backend.spec,
+        **({"planner": ctx.planner.spec} if ctx.planner is not None else {}),
         "index": index_info(ctx.index),
         "dataset": dataset.model_dump(exclude={"report"}) if dataset else None,
         "exclude_same_author": exclude_same_author,

@@ -56,12 +56,21 @@ def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status_code", None)
 
 
+# Server faults that are really a request the model can never serve: llama.cpp answers HTTP 500
+# "image input is not supported" to a photo sent to a text-only model (measured with xllamacpp).
+_NO_VISION = ("image input is not supported", "mmproj", "does not support image", "image_url is not supported")
+
+
+def lacks_vision(exc: BaseException) -> bool:
+    return any(w in str(exc).lower() for w in _NO_VISION)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: no answer at all (timeout, connection), rate limit, or a server fault."""
     if isinstance(exc, (openai.APIConnectionError, TimeoutError, ConnectionError)):
         return True
     status = _status(exc)
-    return status is not None and (status == 429 or status >= 500)
+    return status is not None and (status == 429 or status >= 500) and not lacks_vision(exc)
 
 
 def retry_after_s(exc: BaseException) -> float | None:
@@ -117,6 +126,8 @@ def classify(exc: BaseException) -> tuple[FailureKind, str]:
             return "unreachable", "the host name does not resolve: check the URL in --vlm"
         return "unreachable", "nothing answers at that address: start the model server or fix the URL in --vlm"
     status = _status(exc)
+    if status is not None and lacks_vision(exc):
+        return "misconfigured", "this model cannot see images: use a vision model, or pass vision=false for a text-only planner (--planner-opt vision=false)"
     if status in (401, 403):
         return "misconfigured", "the server refused the API key: set $OPENAI_API_KEY to a valid key"
     if status == 404:

@@ -5,26 +5,41 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from langchain_core.messages import AIMessage, AnyMessage
 from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
 from agent.schemas import Usage
-from agent.state import AgentState, Answer, Event, PendingCall
+from agent.state import AgentState, Event, SearchIntent
 
 POLICIES: dict[str, type[Policy]] = {}
 
 
 class Decision(BaseModel):
-    """What a policy returns for one plan step."""
+    """What a policy returns for one plan step. Both policies speak in ordinary tool calls: an
+    ``AIMessage`` whose ``tool_calls`` LangGraph's ``ToolNode`` runs, so one path serves both."""
 
-    calls: list[PendingCall] = Field(default_factory=list)
+    message: AIMessage | None = Field(None, description="the policy's turn; its tool_calls are run next")
+    intents: dict[str, SearchIntent] = Field(default_factory=dict, description="tool-call id -> why it searches")
+    extra_messages: list[AnyMessage] = Field(default_factory=list, description="appended after the turn")
     done: bool = False
-    submitted: Answer | None = None
     events: list[Event] = Field(default_factory=list)
-    messages: list[dict[str, Any]] = Field(default_factory=list, description="appended to the conversation")
     usage: Usage = Field(default_factory=Usage)
     notes: list[str] = Field(default_factory=list)
     service_failure: str | None = Field(None, description="the planner's model call failed: its kind")
+
+    @classmethod
+    def searches(cls, calls: list[tuple[str, int, SearchIntent]], first_id: int) -> Decision:
+        """Searches as tool calls (the rules policy's way): ``(submap_id, k, intent)`` each."""
+        tool_calls, intents = [], {}
+        for i, (submap_id, k, intent) in enumerate(calls, start=first_id):
+            call_id = f"search-{i}"
+            tool_calls.append({"name": "search_submap", "args": {"submap_id": submap_id, "k": k}, "id": call_id,
+                               "type": "tool_call"})
+            intents[call_id] = intent
+        return cls(message=AIMessage(content="", tool_calls=tool_calls), intents=intents,
+                   events=[Event(node="plan", text=i.reason, tool="search_submap", args={"submap_id": sid})
+                           for sid, _, i in calls])
 
 
 class Policy(ABC):

@@ -1,31 +1,88 @@
 """``llm``: the model plans with tool calls (list_submaps, search_submap, widen, geocode,
-reverse_geocode, submit_location). Its arguments are validated by the toolbox; an invalid call
-comes back to it as an error message, so it can correct itself; a failed call ends the run with
-what is known."""
+reverse_geocode, submit_location), run by the graph's ``ToolNode`` like the rules policy's.
+
+The conversation lives in the state as LangChain messages without pixels: the photo is attached
+to the first user message only when the planner is called (and only for a planner that can see),
+so a checkpoint holds the image's path and hash, never its bytes. A call whose arguments are not
+JSON comes back to the model as an error it can correct; a failed planner call ends the run with
+what is known (or, for an unusable server, raises unless a retrieval fallback was asked for).
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 
 from agent.backends import CallFailed, NotSupportedError, user_message
 from agent.context import AgentContext
 from agent.policies.base import Decision, Policy, register_policy
-from agent.state import AgentState, Event, PendingCall
+from agent.state import AgentState, Event
 from agent.toolbox import openai_tools
 from prompts.loader import load_prompt
 
 NUDGE = "Please continue by calling a tool; when you are done, call submit_location with your answer and evidence."
 
 
-def prior_text(state: AgentState) -> str:
-    """The prior as the planner sees it (compact JSON), plus any words from the user."""
+MAX_SUBMAP_HINTS = 8
+
+
+def submap_hint(state: AgentState, ctx: AgentContext) -> str:
+    """Submap ids that exist in this index around the prior, so a planner starts from valid ids
+    (SmolLM2 invented 'country:FV' and '1234567890' without them; see tests/integration)."""
+    ids: list[str] = []
+    table = ctx.index.scheme_of("country")
+    if table is not None and state.prior_country:
+        from indices.geography import neighbours
+
+        for iso in [state.prior_country, *neighbours(state.prior_country)]:
+            if iso in table.spans and len(ids) < MAX_SUBMAP_HINTS:
+                ids.append(f"country:{iso}")
+    ids.append("global")
+    return "Submap ids you can search: " + ", ".join(ids) + " (list_submaps gives more)."
+
+
+def prior_text(state: AgentState, ctx: AgentContext) -> str:
+    """The prior as the planner sees it (compact JSON), valid submap ids, and any words from the user."""
     if state.perception is None:
         body = f"No usable prior ({state.prior_error or 'no vision model configured'}). Start from the whole map."
     else:
         body = "Prior from the vision model: " + state.perception.model_dump_json(exclude_none=True)
+    body += "\n" + submap_hint(state, ctx)
     if state.user_text:
         body += f"\nThe user says: {state.user_text}"
     return body
+
+
+def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, Any]]:
+    """The stored conversation in the Chat Completions format; ``image`` joins the first user turn.
+
+    Written out rather than delegated because a call with broken JSON arguments (an
+    ``invalid_tool_call``) must go back to the server exactly as the model wrote it, next to the
+    error the model is meant to read.
+    """
+    out: list[dict[str, Any]] = []
+    image_pending = image is not None
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": m.text})
+        elif isinstance(m, HumanMessage):
+            if image_pending:
+                out.append(user_message(m.text, image))
+                image_pending = False
+            else:
+                out.append({"role": "user", "content": m.text})
+        elif isinstance(m, AIMessage):
+            calls = [{"id": c["id"], "type": "function",
+                      "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)}}
+                     for c in m.tool_calls]
+            calls += [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
+                      for c in m.invalid_tool_calls]
+            out.append({"role": "assistant", "content": m.text or None, **({"tool_calls": calls} if calls else {})})
+        elif isinstance(m, ToolMessage):
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text})
+    return out
 
 
 @register_policy
@@ -34,38 +91,39 @@ class LLMPolicy(Policy):
 
     def start(self, state: AgentState, ctx: AgentContext) -> dict:
         system = load_prompt(ctx.config.plan_prompt).render(max_steps=ctx.config.caps.max_tool_calls)
-        image = ctx.image(state.image_path, state.image_sha256)
-        return {"messages": [{"role": "system", "content": system}, user_message(prior_text(state), image)]}
+        return {"messages": [SystemMessage(system), HumanMessage(prior_text(state, ctx))]}
 
     def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
+        planner = ctx.planner_backend
+        image = ctx.image(state.image_path, state.image_sha256) if getattr(planner, "vision", True) else None
         try:
-            turn = ctx.backend.chat(state.messages, tools=openai_tools(),
-                                    deadline=ctx.config.caps.model_deadline(state.started_at))
+            turn = planner.chat(to_openai(state.messages, image), tools=openai_tools(),
+                                deadline=ctx.config.caps.model_deadline(state.started_at))
         except NotSupportedError as e:
             return Decision(done=True, notes=[f"llm policy unavailable: {e}"])
         except CallFailed as e:
+            if e.kind == "exhausted" and any(isinstance(m, AIMessage) for m in state.messages):
+                # The planner has answered this photo before: a slow model used up the photo's
+                # budget, which is a cap reached, not a server that cannot be used.
+                return Decision(done=True, notes=[f"time budget spent while the planner worked ({e}): "
+                                                  "answering with what is known"])
             return Decision(done=True, notes=[f"planner call failed: {e.one_line()}"], service_failure=e.kind)
-        messages = [turn.to_message()]
         events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
-        if turn.tool_calls:
-            calls = []
-            for tc in turn.tool_calls:
-                try:
-                    args = tc.arguments()
-                except ValueError as e:
-                    args = {"__invalid__": str(e)}
-                calls.append(PendingCall(id=tc.id, name=tc.name, args=args))
-            return Decision(calls=calls, messages=messages, events=events, usage=turn.usage)
-        nudged = any(m.get("role") == "user" and m.get("content") == NUDGE for m in state.messages)
+        valid, invalid, errors = [], [], []
+        for tc in turn.tool_calls:
+            try:
+                valid.append({"name": tc.name, "args": tc.arguments(), "id": tc.id, "type": "tool_call"})
+                events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=valid[-1]["args"]))
+            except ValueError as e:
+                invalid.append({"name": tc.name, "args": tc.arguments_json, "id": tc.id, "error": str(e),
+                                "type": "invalid_tool_call"})
+                errors.append(ToolMessage(content=json.dumps({"ok": False, "error": str(e)}), tool_call_id=tc.id,
+                                          name=tc.name, status="error"))
+        message = AIMessage(content=turn.content or "", tool_calls=valid, invalid_tool_calls=invalid)
+        if valid or invalid:
+            return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage)
+        nudged = any(isinstance(m, HumanMessage) and m.text == NUDGE for m in state.messages)
         if nudged:
-            return Decision(done=True, messages=messages, events=events, usage=turn.usage,
+            return Decision(done=True, message=message, events=events, usage=turn.usage,
                             notes=["the planner stopped without submitting a location"])
-        return Decision(messages=[*messages, {"role": "user", "content": NUDGE}], events=events, usage=turn.usage)
-
-
-def tool_message(call_id: str, result) -> dict:
-    """A tool result as the model reads it: compact JSON, long candidate lists trimmed."""
-    data = result.model_dump(exclude_none=True)
-    if "candidates" in data:
-        data["candidates"] = data["candidates"][:10]
-    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(data, ensure_ascii=False)[:6000]}
+        return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=turn.usage)

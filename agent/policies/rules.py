@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from agent.context import AgentContext
 from agent.policies.base import Decision, Policy, register_policy
-from agent.state import AgentState, Event, PendingCall, SearchStep
+from agent.state import AgentState, Event, SearchIntent, SearchStep
 
-# Trail reasons that mean "strong matches elsewhere contradict the prior" (finalize reads them).
-CONTRADICTION_REASONS = ("switch:", "widen: strong matches")
 # The whole-map probe tests the prior; its candidates do not enter the answer's pool.
 PROBE_REASON = "whole-map probe to test the prior"
 
 
-def _search(submap_id: str, k: int, reason: str, n: int) -> PendingCall:
-    return PendingCall(id=f"rules-{n}", name="search_submap", args={"submap_id": submap_id, "k": k}, reason=reason)
+def _one(submap_id: str, k: int, intent: SearchIntent, n: int) -> Decision:
+    return Decision.searches([(submap_id, k, intent)], n)
 
 
 @register_policy
@@ -38,20 +36,20 @@ class RulesPolicy(Policy):
 
     def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
         cfg = ctx.config
-        n = state.counters.tool_calls
+        n = len(state.intents)
         if not state.trail:
             if not state.hypotheses:
-                return Decision(calls=[_search("global", cfg.k, "no usable prior: search the whole map", n)])
-            calls = [_search(state.hypotheses[0], cfg.k, "the prior's first hypothesis", n)]
+                return _one("global", cfg.k, SearchIntent(purpose="no_prior", reason="no usable prior: search the whole map"), n)
+            calls = [(state.hypotheses[0], cfg.k, SearchIntent(purpose="hypothesis", reason="the prior's first hypothesis"))]
             if cfg.global_probe and state.hypotheses[0] != "global":
-                calls.append(_search("global", cfg.k, PROBE_REASON, n + 1))
-            return Decision(calls=calls)
+                calls.append(("global", cfg.k, SearchIntent(purpose="probe", reason=PROBE_REASON)))
+            return Decision.searches(calls, n)
         if not state.hypotheses:
             return Decision(done=True)
         current = _area_steps(state)[-1]
-        probe = next((s for s in state.trail if s.reason == PROBE_REASON), None)
-        switches = sum(1 for s in state.trail if s.reason.startswith("switch"))
-        widens = sum(1 for s in state.trail if s.reason.startswith("widen"))
+        probe = next((s for s in state.trail if s.purpose == "probe"), None)
+        switches = sum(1 for s in state.trail if s.purpose == "switch")
+        widens = sum(1 for s in state.trail if s.purpose == "widen")
         best = current.summary.best_similarity or 0.0
         if probe is not None and switches < cfg.max_switches:
             other = _contradiction(probe, current, cfg.strong_similarity)
@@ -59,11 +57,11 @@ class RulesPolicy(Policy):
                 searched = {s.submap_id for s in state.trail}
                 target = next((h for h in state.hypotheses if h == f"country:{other}" and h not in searched), None)
                 if target is not None:
-                    return Decision(calls=[_search(target, cfg.k, f"switch: strong matches in {other}, the VLM's "
-                                                   "next hypothesis", n)])
+                    why = f"switch: strong matches in {other}, the VLM's next hypothesis"
+                    return _one(target, cfg.k, SearchIntent(purpose="switch", reason=why, contradiction=True), n)
                 if widens < cfg.max_widens:
                     wider = self._widen(state, current, ctx, n, f"widen: strong matches in {other} outside the submap",
-                                        must_contain=other)
+                                        must_contain=other, contradiction=True)
                     if wider is not None:
                         return wider
         if best < cfg.weak_similarity and widens < cfg.max_widens:
@@ -73,7 +71,7 @@ class RulesPolicy(Policy):
         return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f})")])
 
     def _widen(self, state: AgentState, current: SearchStep, ctx: AgentContext, n: int, reason: str,
-               must_contain: str | None = None) -> Decision | None:
+               must_contain: str | None = None, contradiction: bool = False) -> Decision | None:
         """A search of the next wider area, or None when there is none (or it misses ``must_contain``)."""
         from tools.base import ToolError
         from tools.retrieval import WidenArgs, widen
@@ -85,12 +83,13 @@ class RulesPolicy(Policy):
             return None
         if must_contain and res.submap_id.startswith("country:") and must_contain not in res.submap_id[8:].split(","):
             return None  # the strong matches are not in a neighbouring country: keep the prior's area
-        return Decision(calls=[_search(res.submap_id, ctx.config.k, f"{reason} -> {res.how}", n)])
+        intent = SearchIntent(purpose="widen", reason=f"{reason} -> {res.how}", contradiction=contradiction)
+        return _one(res.submap_id, ctx.config.k, intent, n)
 
 
 def _area_steps(state: AgentState) -> list[SearchStep]:
     """The searches of hypothesis areas (the probe excluded)."""
-    steps = [s for s in state.trail if s.reason != PROBE_REASON]
+    steps = [s for s in state.trail if s.purpose != "probe"]
     return steps or state.trail
 
 

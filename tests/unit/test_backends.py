@@ -473,3 +473,13 @@ def test_deadline_caps_each_call(fake_openai: FakeOpenAIServer, photo: Image.Ima
     outcome = backend.perceive(photo, "Where?", deadline=time.time() + 1.0)
     assert time.perf_counter() - start < 2.0
     assert outcome.failure == "exhausted" and outcome.perception is None
+
+
+def test_a_text_only_server_refusing_images_is_misconfigured_not_retried(
+    fake_openai: FakeOpenAIServer, photo: Image.Image
+) -> None:
+    """llama.cpp without a vision projector answers HTTP 500 to an image: retrying cannot help."""
+    fake_openai.always(http_error(500, "image input is not supported - hint: you may need to provide the mmproj"))
+    outcome = compat(fake_openai, max_attempts=4).perceive(photo, "Where?")
+    assert outcome.failure == "misconfigured" and "vision=false" in outcome.error
+    assert len(fake_openai.requests) == 1

@@ -52,8 +52,21 @@ def session(ctx, tmp_path):
 # ---------------------------------------------------------------------------------------------- session files
 
 
-def _keep_ext(code: int, data: bytes) -> ormsgpack.Ext:
-    return ormsgpack.Ext(code, data)
+class _Kept:
+    """An ext value kept opaque while a checkpoint is edited (ormsgpack.Ext hides its bytes)."""
+
+    def __init__(self, code: int, data: bytes) -> None:
+        self.code, self.data = code, data
+
+
+def _keep_ext(code: int, data: bytes) -> _Kept:
+    return _Kept(code, data)
+
+
+def _repack(obj: Any) -> ormsgpack.Ext:
+    if isinstance(obj, _Kept):
+        return ormsgpack.Ext(obj.code, obj.data)
+    raise TypeError(type(obj))
 
 
 def _ext(code: int, payload: tuple) -> ormsgpack.Ext:
@@ -66,14 +79,14 @@ def _doctor_latest_checkpoint(db: Path, edit: Callable[[dict[str, Any]], None]) 
     let ``edit`` change the channel values, encode it back."""
     con = sqlite3.connect(db)
     cid, blob = con.execute(
-        "SELECT checkpoint_id, checkpoint FROM checkpoints WHERE thread_id = 't1' "
+        "SELECT checkpoint_id, checkpoint FROM checkpoints WHERE thread_id LIKE 't1/%' "
         "ORDER BY checkpoint_id DESC LIMIT 1"
     ).fetchone()
     cp = ormsgpack.unpackb(blob, ext_hook=_keep_ext, option=OPT)
     edit(cp["channel_values"])
     con.execute(
         "UPDATE checkpoints SET checkpoint = ? WHERE checkpoint_id = ?",
-        (ormsgpack.packb(cp, option=OPT), cid),
+        (ormsgpack.packb(cp, default=_repack, option=OPT), cid),
     )
     con.commit()
     con.close()
@@ -91,7 +104,7 @@ def _evil_cases(marker: Path) -> dict[str, Callable[[dict[str, Any]], None]]:
 
     def nested(values: dict[str, Any]) -> None:  # inside an allowed type: the prediction's `why`
         pred = values["prediction"]  # a plain dict after ChatSession's update_state, else a model ext
-        if isinstance(pred, ormsgpack.Ext):
+        if isinstance(pred, _Kept):
             pred = ormsgpack.unpackb(pred.data, ext_hook=_keep_ext, option=OPT)[2]
         pred["why"] = _ext(jsonplus.EXT_CONSTRUCTOR_POS_ARGS, ("os", "system", [cmd]))
         values["prediction"] = _ext(
@@ -156,7 +169,7 @@ def test_session_row_in_another_serialization_format_is_refused(ctx, session, tm
 
     con = sqlite3.connect(db)
     con.execute(
-        "UPDATE checkpoints SET type = 'pickle', checkpoint = ? WHERE thread_id = 't1'",
+        "UPDATE checkpoints SET type = 'pickle', checkpoint = ? WHERE thread_id LIKE 't1/%'",
         (pickle.dumps(Evil()),),
     )
     con.commit()

@@ -7,9 +7,8 @@ import pytest
 from agent.backends import make_backend
 from agent.config import AgentConfig
 from agent.context import AgentContext
-from agent.toolbox import run_tool
 from tests.synthetic import place_image
-from tools.base import ToolError
+from tools.base import ToolError  # noqa: F401
 from tools.retrieval import (
     ListSubmapsArgs,
     SearchArgs,
@@ -71,7 +70,30 @@ def test_widen_kmeans_and_radius(index):
     assert r.submap_id == "radius:48.8500,2.3500,400"
 
 
-def test_run_tool_turns_every_problem_into_tool_error(index):
+def _run_tools(ctx, path, calls):
+    """The agent's own ToolNode over a one-message state, in a one-node graph with the run's context."""
+    import json
+
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, StateGraph
+
+    from agent.graph import initial_state
+    from agent.state import AgentState
+    from agent.toolbox import tool_node
+
+    g = StateGraph(AgentState, context_schema=AgentContext)
+    g.add_node("tools", tool_node())
+    g.add_edge(START, "tools")
+    g.add_edge("tools", END)
+    msg = AIMessage(content="", tool_calls=[{"name": n, "args": a, "id": f"c{i}"} for i, (n, a) in enumerate(calls)])
+    state = initial_state(path).model_copy(update={"messages": [msg]})
+    out = g.compile().invoke(state, context=ctx)
+    results = {m.tool_call_id: m for m in out["messages"][1:]}
+    return [(results[f"c{i}"].status, json.loads(results[f"c{i}"].content) if results[f"c{i}"].content.startswith("{")
+             else {"ok": False, "error": results[f"c{i}"].content}) for i in range(len(calls))], out
+
+
+def test_tools_turn_every_problem_into_an_error_the_model_reads(index):
     ctx = AgentContext(index=index, backend=make_backend("none"), config=AgentConfig(exclude_authors=["author_rome_1"]))
     path = index.row(0)["path"]
     cases = [
@@ -84,13 +106,12 @@ def test_run_tool_turns_every_problem_into_tool_error(index):
         ("submit_location", {"lat": 1}),
         ("teleport", {}),
     ]
-    for name, args in cases:
-        out = run_tool(ctx, name, args, path, "sha")
-        assert isinstance(out, ToolError), (name, args, out)
-        assert out.error
-    ok = run_tool(ctx, "search_submap", {"submap_id": "country:IT", "k": 3}, path, "sha")
-    assert ok.ok and len(ok.candidates) == 2  # 3 Rome references, one photographer excluded by the run
-    assert all(c.author != "author_rome_1" for c in ok.candidates)
+    results, _ = _run_tools(ctx, path, cases)
+    for (name, args), (status, body) in zip(cases, results, strict=True):
+        assert status == "error" and body["ok"] is False and body["error"], (name, args, body)
+    (status, body), = _run_tools(ctx, path, [("search_submap", {"submap_id": "country:IT", "k": 3})])[0]
+    assert status == "success" and len(body["candidates"]) == 2  # 3 Rome references, one photographer excluded
+    assert all(c["author"] != "author_rome_1" for c in body["candidates"])
 
 
 def test_widening_a_country_never_jumps_continents_through_an_overseas_part():
