@@ -17,6 +17,7 @@ models come out of it, so a doctored file fails with ``SessionError`` instead of
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import uuid
@@ -154,18 +155,43 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
 # ---- sessions --------------------------------------------------------------------------------
 
 
-_THREADS = """CREATE TABLE IF NOT EXISTS geoguide_sessions (
-    session_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, photos INTEGER NOT NULL)"""
+_SESSIONS = """CREATE TABLE IF NOT EXISTS geoguide_sessions (
+    session_id TEXT PRIMARY KEY, thread_id TEXT, photos INTEGER NOT NULL, origin TEXT NOT NULL)"""
+
+
+def session_origin(ctx: AgentContext) -> dict:
+    """What a session's answers depend on besides its photos: checked when it is resumed."""
+    m = ctx.index.manifest
+    return {"index": str(ctx.index.root.resolve()), "index_build": m.build_key or f"{m.n_references} refs",
+            "descriptor": m.descriptor.name, "vlm": ctx.backend.spec,
+            "planner": ctx.planner.spec if ctx.planner is not None else None, "policy": ctx.config.policy,
+            "exclude_authors": list(ctx.config.exclude_authors)}
 
 
 class ChatSession:
     def __init__(self, ctx: AgentContext, db_path: str | Path, session_id: str | None = None,
-                 on_event: Callable[[Event], None] | None = None):
+                 on_event: Callable[[Event], None] | None = None, *, must_exist: bool = False):
+        """``must_exist``: resuming ``session_id`` (an unknown id is an error, not a new empty session)."""
         self.ctx = ctx
+        self.db_path = Path(db_path)
         self.session_id = session_id or uuid.uuid4().hex[:8]
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
-        self._conn.execute(_THREADS)
+        self._conn.execute(_SESSIONS)
+        row = self._conn.execute("SELECT origin FROM geoguide_sessions WHERE session_id = ?",
+                                 (self.session_id,)).fetchone()
+        if row is None and must_exist:
+            known = [r[0] for r in self._conn.execute("SELECT session_id FROM geoguide_sessions ORDER BY rowid DESC "
+                                                      "LIMIT 5")]
+            self._conn.close()
+            raise SessionError(f"no chat session {self.session_id!r} in {self.db_path}"
+                               + (f" (recent: {', '.join(known)})" if known else " (it holds no sessions)")
+                               + "; start a new one without --session")
+        self.origin: dict = json.loads(row[0]) if row else session_origin(ctx)
+        if row is None:
+            with self._conn:
+                self._conn.execute("INSERT INTO geoguide_sessions VALUES (?, NULL, 0, ?)",
+                                   (self.session_id, json.dumps(self.origin)))
         self.graph = build_graph(checkpointer=SqliteSaver(self._conn, serde=SessionSerializer(db_path)))
         self.on_event = on_event
 
@@ -182,8 +208,24 @@ class ChatSession:
                                (self.session_id,)).fetchone()[0] + 1
         thread = f"{self.session_id}/photo-{n}"
         with self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO geoguide_sessions VALUES (?, ?, ?)", (self.session_id, thread, n))
+            self._conn.execute("UPDATE geoguide_sessions SET thread_id = ?, photos = ? WHERE session_id = ?",
+                               (thread, n, self.session_id))
         return thread
+
+    def differences(self) -> list[str]:
+        """How this process differs from the one that made the session (index, models, policy...)."""
+        now = session_origin(self.ctx)
+        return [f"{k}: {self.origin.get(k)!r} then, {now[k]!r} now" for k in now if self.origin.get(k) != now[k]]
+
+    def resume_command(self) -> str:
+        """Every option needed to resume exactly this session."""
+        o = self.origin
+        parts = ["geoguide chat", f"--index {o['index']}", f"--vlm {o['vlm']}", f"--policy {o['policy']}"]
+        if o.get("planner"):
+            parts.append(f"--planner {o['planner']}")
+        parts += [f"--exclude-author {a}" for a in o.get("exclude_authors", [])]
+        parts += [f"--db {self.db_path}", f"--session {self.session_id}"]
+        return " ".join(parts)
 
     @property
     def _config(self) -> dict:

@@ -333,7 +333,10 @@ def chat_cmd(
     ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
                        planner=planner, planner_opts=planner_opt,
                        exclude_authors=exclude_author or [], fallback=fallback, caps={"max_seconds": max_seconds})
-    chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event)
+    chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event,
+                       must_exist=session is not None)
+    for diff in chat.differences() if session else []:
+        typer.echo(f"geoguide: warning: session {session} was made with another setup — {diff}", err=True)
     try:
         st = chat.state()
         if session and st is not None and st.prediction is not None:
@@ -341,6 +344,8 @@ def chat_cmd(
             typer.echo(summary(st.prediction))
         else:
             typer.echo(f"session {chat.session_id} (resume later with --session {chat.session_id}). /help for commands.")
+            if session:
+                typer.echo("(no photo in it yet: /image PATH)")
         if image is not None:
             show_in_chat(chat.attach(image))
         interactive = sys.stdin.isatty()
@@ -370,7 +375,7 @@ def chat_cmd(
                 typer.echo(f"geoguide> {chat.ask(line)}")
     finally:
         chat.close()
-    typer.echo(f"bye — resume with: geoguide chat --index {index_dir} --session {chat.session_id}")
+    typer.echo(f"bye — resume with: {chat.resume_command()}")
 
 
 from eval.cli import ablate_cmd, eval_cmd  # noqa: E402  (commands live with their package)
