@@ -4,6 +4,7 @@ perceive   the VLM describes clues and states the prior (or none); the prior's c
 plan       the policy's next tool calls (an ``AIMessage``), or the end; caps are enforced here
 tools      LangGraph's ``ToolNode`` runs the calls; searches extend the trail and the pool via reducers
 finalize   the one answer function (``agent.rerank.answer``), with the evidence behind it
+follow_up  a chat question on a located photo's thread ("why not Portugal?", "look near Lyon")
 
 The run's objects (index, backends, config) are the graph's context (``context_schema``), so one
 compiled graph serves every photo, the CLI, the chat and the eval runner. Progress goes out on
@@ -121,6 +122,24 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     return {"prediction": pred}
 
 
+def follow_up(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """A question about the photo already located on this thread: answered from the trail, the
+    candidates and the prior (searching again near a place the user names), for every policy."""
+    from agent.followup import answer_follow_up
+
+    text = (state.question or "").strip()
+    reply, new = answer_follow_up(runtime.context, state, text)
+    emit(Event(node="follow_up", text=reply[:160]))
+    return {"question": None, "reply": reply, "prediction": new.prediction,
+            "trail": new.trail[len(state.trail):], "candidates": new.candidates[len(state.candidates):],
+            "chat": [*state.chat, {"role": "user", "text": text}, {"role": "assistant", "text": reply}]}
+
+
+def entry(state: AgentState) -> str:
+    """A new photo is perceived; a question on a located photo's thread goes to ``follow_up``."""
+    return "follow_up" if state.question and state.prediction is not None else "perceive"
+
+
 def after_plan(state: AgentState) -> str:
     last = state.messages[-1] if state.messages else None
     if isinstance(last, AIMessage) and last.tool_calls and not state.done:
@@ -139,7 +158,9 @@ def build_graph(checkpointer=None):
     g.add_node("plan", plan)
     g.add_node("tools", tool_node())
     g.add_node("finalize", finalize)
-    g.add_edge(START, "perceive")
+    g.add_node("follow_up", follow_up)
+    g.add_conditional_edges(START, entry, {"perceive": "perceive", "follow_up": "follow_up"})
+    g.add_edge("follow_up", END)
     g.add_edge("perceive", "plan")
     g.add_conditional_edges("plan", after_plan, {"tools": "tools", "plan": "plan", "finalize": "finalize"})
     g.add_conditional_edges("tools", after_tools, {"plan": "plan", "finalize": "finalize"})

@@ -136,4 +136,6 @@ class AgentState(BaseModel):
     perceive_seconds: float = 0.0
     prediction: Prediction | None = None
     chat: list[dict[str, str]] = Field(default_factory=list, description="chat transcript: role, text")
+    question: str | None = Field(None, description="a follow-up question for the follow_up node")
+    reply: str | None = Field(None, description="the follow_up node's answer to it")
     remaining_steps: RemainingSteps = 25

@@ -46,7 +46,7 @@ def test_one_compiled_graph_serves_every_context(synthetic_index, tmp_path):
         pred = locate(ctx, photos["paris"], graph=g)
         assert pred.policy == policy
     mermaid = g.get_graph().draw_mermaid()
-    assert all(n in mermaid for n in ("perceive", "plan", "tools", "finalize"))
+    assert all(n in mermaid for n in ("perceive", "plan", "tools", "finalize", "follow_up"))
 
 
 def test_two_photos_in_one_chat_session_get_their_own_answers(synthetic_index, fake_openai, tmp_path):
@@ -74,9 +74,16 @@ def test_two_photos_in_one_chat_session_get_their_own_answers(synthetic_index, f
     assert not any("country:FR" in str(m.get("content")) for m in tokyo_plan)
     chat.close()
     # A restart resumes the session at its latest photo, with the transcript of both.
-    resumed = ChatSession(_llm_ctx(synthetic_index, fake_openai), db, "s1")
+    resumed = ChatSession(_llm_ctx(synthetic_index, fake_openai), db, "s1", must_exist=True)
     st = resumed.state()
     assert st.prediction.country == "JP" and len(st.chat) == 4
+    # Follow-ups run through the graph's follow_up node on the photo's own thread, for this policy too.
+    n_requests = len(fake_openai.requests)
+    assert "Why not Portugal" in resumed.ask("why not Portugal?")
+    reply = resumed.ask("look near Osaka instead")
+    assert "Osaka" in reply and len(fake_openai.requests) == n_requests  # answered from the evidence, no model
+    st = resumed.state()
+    assert st.trail[-1].purpose == "user" and len(st.chat) == 8 and st.question is None
     resumed.close()
     # Checkpoints hold the image's path and hash, never its pixels.
     with sqlite3.connect(db) as conn:
