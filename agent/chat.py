@@ -1,8 +1,9 @@
 """Chat sessions: attach a photo, watch the agent work, ask follow-ups; sessions survive restarts.
 
-A session is a LangGraph thread in a SQLite checkpoint database: locating a photo runs the graph
-on that thread, and each follow-up is written back into the thread's state, so
-``geoguide chat --session ID`` picks up exactly where it stopped.
+A session is a row in ``geoguide_sessions`` pointing at LangGraph threads in a SQLite checkpoint
+database, one thread per photo: locating a photo runs the graph on a new thread, and each
+follow-up runs it again on that thread, so ``geoguide chat --session ID`` picks up exactly where
+it stopped and a second photo never inherits the first one's evidence.
 
 A follow-up question is a run of the same graph on the photo's thread: its ``follow_up`` node
 answers (see ``agent.followup``), the same way for every policy and backend.
@@ -157,6 +158,12 @@ class ChatSession:
         self._conn.execute(_SESSIONS)
         row = self._conn.execute("SELECT origin FROM geoguide_sessions WHERE session_id = ?",
                                  (self.session_id,)).fetchone()
+        if row is None and must_exist and self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE name = 'checkpoints'").fetchone() and self._conn.execute(
+                "SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1", (self.session_id,)).fetchone():
+            self._conn.close()
+            raise SessionError(f"chat session {self.session_id!r} in {self.db_path} was written by an older geoguide "
+                               "(one thread for all photos) and cannot be resumed; start a new one without --session")
         if row is None and must_exist:
             known = [r[0] for r in self._conn.execute("SELECT session_id FROM geoguide_sessions ORDER BY rowid DESC "
                                                       "LIMIT 5")]
@@ -180,14 +187,15 @@ class ChatSession:
                                  (self.session_id,)).fetchone()
         return row[0] if row else None
 
-    def _new_thread(self) -> str:
+    def _next_thread(self) -> tuple[str, int]:
         n = self._conn.execute("SELECT COALESCE(MAX(photos), 0) FROM geoguide_sessions WHERE session_id = ?",
                                (self.session_id,)).fetchone()[0] + 1
-        thread = f"{self.session_id}/photo-{n}"
+        return f"{self.session_id}/photo-{n}", n
+
+    def _point_to(self, thread: str, n: int) -> None:
         with self._conn:
             self._conn.execute("UPDATE geoguide_sessions SET thread_id = ?, photos = ? WHERE session_id = ?",
                                (thread, n, self.session_id))
-        return thread
 
     def differences(self) -> list[str]:
         """How this process differs from the one that made the session (index, models, policy...)."""
@@ -217,7 +225,9 @@ class ChatSession:
         return v if isinstance(v, AgentState) else AgentState.model_validate(v)
 
     def _save(self, update: dict) -> None:
-        """Write a turn's changes; lists are appended by the state's reducers, so pass only what is new."""
+        """Write changes to the current photo's state. Fields with reducers (trail, candidates,
+        messages, notes) append what they are given, so pass only new items; ``chat`` has none and
+        takes the whole transcript."""
         self.graph.update_state(self._config, update, as_node="finalize")
 
     def close(self) -> None:
@@ -227,8 +237,9 @@ class ChatSession:
     def attach(self, image_path: str | Path) -> Prediction:
         """Locate a new photo in this session (the transcript carries over)."""
         previous = self.state()
-        thread = self._new_thread()
+        thread, n = self._next_thread()
         pred = locate(self.ctx, image_path, on_event=self.on_event, graph=self.graph, thread_id=thread)
+        self._point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
         chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
         self._save({"chat": chat})

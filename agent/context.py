@@ -6,6 +6,7 @@ from the same command-line options.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ class AgentContext:
     descriptor: Any = None
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
+    # ToolNode runs a turn's tool calls on threads (the rules policy's hypothesis search and probe):
+    # the photo's image and descriptor are computed once, under this lock, and shared.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def planner_backend(self) -> Backend:
@@ -42,6 +46,10 @@ class AgentContext:
             self.planner.close()
 
     def image(self, path: str, sha: str) -> Image.Image:
+        with self._lock:
+            return self._image(path, sha)
+
+    def _image(self, path: str, sha: str) -> Image.Image:
         if sha not in self._images:
             self._images.clear()  # one photo at a time is enough; keeps a long eval's memory flat
             self._images[sha] = load_image(path)
@@ -49,6 +57,10 @@ class AgentContext:
 
     def query_vector(self, path: str, sha: str, image_id: str | None = None) -> np.ndarray:
         """The photo's descriptor, computed once per photo however many searches use it."""
+        with self._lock:
+            return self._query_vector(path, sha, image_id)
+
+    def _query_vector(self, path: str, sha: str, image_id: str | None = None) -> np.ndarray:
         if sha not in self._vectors and self.config.reuse_index_descriptors and image_id:
             row = self.index.row_of(image_id)
             if row is not None and Path(self.index.row(row)["path"]).resolve() == Path(path).resolve():
@@ -57,5 +69,5 @@ class AgentContext:
         if sha not in self._vectors:
             self._vectors.clear()
             desc = self.descriptor or self.index.descriptor()
-            self._vectors[sha] = desc.extract([self.image(path, sha)])[0]
+            self._vectors[sha] = desc.extract([self._image(path, sha)])[0]
         return self._vectors[sha]

@@ -101,14 +101,24 @@ def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     if cap:
         emit(Event(node="plan", text=cap))
         return {"done": True, "notes": [cap]}
-    d = make_policy(ctx.config.policy).decide(state, ctx)
+    d = make_policy("rules" if state.planner_down else ctx.config.policy).decide(state, ctx)
     if d.service_failure in FATAL_FAILURES and ctx.config.fallback == "none":
         raise ModelServiceError(service_message(ctx.planner_backend.spec, "; ".join(d.notes)))
+    update: dict[str, Any] = {}
+    if d.planner_failed:
+        # Retrieval answers without the planner: the rules pipeline from the prior, said in the notes.
+        from agent.policies.rules import hypotheses
+
+        hyps = state.hypotheses or hypotheses(state, ctx)
+        takeover = make_policy("rules").decide(state.model_copy(update={"hypotheses": hyps}), ctx)
+        d = takeover.model_copy(update={"notes": [*d.notes, "retrieval (the rules pipeline) finishes the photo"],
+                                        "service_failure": d.service_failure, "usage": d.usage + takeover.usage})
+        update = {"planner_down": True, "hypotheses": hyps}
     for ev in d.events:
         emit(ev)
     messages = ([d.message] if d.message is not None else []) + d.extra_messages
     return {"messages": messages, "intents": d.intents, "done": d.done, "steps": 1, "usage": d.usage,
-            "notes": d.notes, "service_failure": state.service_failure or d.service_failure}
+            "notes": d.notes, "service_failure": state.service_failure or d.service_failure, **update}
 
 
 def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -141,7 +151,8 @@ def entry(state: AgentState) -> str:
 
 
 def after_plan(state: AgentState) -> str:
-    last = state.messages[-1] if state.messages else None
+    # The policy's turn is the latest AIMessage; error messages for its refused calls may follow it.
+    last = next((m for m in reversed(state.messages) if isinstance(m, AIMessage)), None)
     if isinstance(last, AIMessage) and last.tool_calls and not state.done:
         return "tools"
     return "finalize" if state.done else "plan"  # e.g. the model was nudged, or its calls were all invalid

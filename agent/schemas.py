@@ -147,7 +147,7 @@ class Usage(BaseModel):
         )
 
 
-PriorFailure = Literal["refused", "invalid", "no_answer", "unreachable", "misconfigured", "exhausted"]
+PriorFailure = Literal["refused", "invalid", "no_answer", "rejected", "unreachable", "misconfigured", "exhausted"]
 
 
 class PerceptionOutcome(BaseModel):

@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 from agent.schemas import Perception, PriorFailure, Usage
 from tools.retrieval import Candidate, SearchSummary
 
-# Why a search was made. The rules policy reads these; ``finalize`` pools every search's
-# candidates except a probe's, and treats ``contradiction`` searches as licence to move far.
+# Why a search was made. The rules policy reads these; the search tool pools every search's
+# candidates except a probe's, and ``finalize`` treats ``contradiction`` searches as licence to move far.
 Purpose = Literal["hypothesis", "probe", "widen", "switch", "no_prior", "planner", "user"]
 
 
@@ -127,6 +127,7 @@ class AgentState(BaseModel):
         default_factory=list, description="pool over all searches but the probe"
     )
     submitted: Answer | None = None
+    planner_down: bool = Field(False, description="the planner failed: the rules pipeline finishes the photo")
     done: bool = Field(False, description="the policy (or a cap) ended the plan/act loop")
     steps: Annotated[int, operator.add] = 0
     tool_calls: Annotated[int, operator.add] = 0

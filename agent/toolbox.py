@@ -18,6 +18,7 @@ from typing import Any, Literal
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.prebuilt import ToolNode, ToolRuntime
+from langgraph.prebuilt.tool_node import ToolInvocationError
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
@@ -76,12 +77,14 @@ def result_text(result: BaseModel) -> str:
     return json.dumps(data, ensure_ascii=False)[:MAX_RESULT_CHARS]
 
 
-def _reply(runtime: ToolRuntime, name: str, result: BaseModel, text: str, **update: Any) -> Command:
-    """The tool's message for the model, its event on the stream, and its state update."""
+def _reply(runtime: ToolRuntime, name: str, result: BaseModel, text: str, *, ran: bool = True,
+           **update: Any) -> Command:
+    """The tool's message for the model, its event on the stream, and its state update; ``ran``
+    False for a call refused by the budget (it does not count as a call)."""
     runtime.stream_writer(Event(node="tools", text=text, tool=name))
     status = "error" if isinstance(result, ToolError) else "success"
     msg = ToolMessage(content=result_text(result), tool_call_id=runtime.tool_call_id, name=name, status=status)
-    return Command(update={"messages": [msg], "tool_calls": 0 if isinstance(result, ToolError) else 1, **update})
+    return Command(update={"messages": [msg], "tool_calls": int(ran), **update})
 
 
 def _prior_args(state) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Comma
     ctx: AgentContext = runtime.context
     state = runtime.state
     if (err := _budget_error(runtime)) is not None:
-        return _reply(runtime, "search_submap", err, f"error: {err.error}")
+        return _reply(runtime, "search_submap", err, f"error: {err.error}", ran=False)
     intent = state.intents.get(runtime.tool_call_id) or SearchIntent(reason="planner")
     args = retrieval.SearchArgs(submap_id=submap_id, k=k, exclude_authors=ctx.config.exclude_authors,
                                 exclude_ids=ctx.config.exclude_ids, **_prior_args(state))
@@ -137,7 +140,7 @@ def _simple(name: str, call: Callable[[AgentContext, Any], BaseModel]) -> Callab
 
     def run(*, runtime: ToolRuntime, **kwargs: Any) -> Command:
         if (err := _budget_error(runtime)) is not None:
-            return _reply(runtime, name, err, f"error: {err.error}")
+            return _reply(runtime, name, err, f"error: {err.error}", ran=False)
         try:
             result = call(runtime.context, model.model_validate(kwargs))
         except ValueError as e:
@@ -159,8 +162,13 @@ IMPLEMENTATIONS: dict[str, Callable[..., Command]] = {
 }
 
 
-def tool_error_text(exc: Exception) -> str:
-    """What the model reads when its arguments do not validate: the fields and the problem."""
+def tool_error_text(exc: ToolInvocationError) -> str:
+    """What the model reads when its arguments do not validate: the fields and the problem.
+
+    Annotated ``ToolInvocationError`` on purpose: ``ToolNode`` catches the types this handler
+    names, so anything else raised inside a tool (a missing model, a broken index, a bug) ends
+    the run loudly instead of becoming a message to the model.
+    """
     from pydantic import ValidationError
 
     cause = exc.__cause__ if isinstance(exc.__cause__, ValidationError) else exc

@@ -38,9 +38,9 @@ def _random_country(iso2: str | None, rng: np.random.Generator) -> str:
 def _neighbour_country(iso2: str | None, rng: np.random.Generator) -> str:
     """A land neighbour on the same continent (France -> Spain, not French Guiana's Brazil);
     any neighbour if none shares the continent; a random country for islands and unknowns."""
-    from indices.geography import continent_of, neighbours
+    from indices.geography import all_neighbours, continent_of
 
-    near = neighbours(iso2)
+    near = all_neighbours(iso2)
     same = [c for c in near if continent_of(c) == continent_of(iso2)]
     pool = same or near
     return pool[int(rng.integers(len(pool)))] if pool else _random_country(iso2, rng)

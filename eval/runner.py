@@ -125,7 +125,8 @@ class RunRecord(BaseModel):
     prompts: dict[str, str] = Field(default_factory=dict, description="prompt id -> sha256")
     notes: list[str] = Field(default_factory=list)
     error: str | None = Field(None, description="why the photo failed (it counts as a miss)")
-    attempts: int = Field(1, description="sessions that tried this photo (a failure is final after MAX_PHOTO_ATTEMPTS)")
+    attempts: int = Field(1, description="runs that recorded this photo (a failure is final after MAX_PHOTO_ATTEMPTS; "
+                                         "a photo whose model could not be used is not recorded, so not counted)")
     finished_utc: str = ""
 
 
@@ -584,11 +585,14 @@ class _Run:
         tries: dict[str, int],
     ) -> None:
         bar = Progress(len(todo), "eval", "photos", progress)
-        seen = [0, 0, 0]  # finished, failed (this session), model failures in a row
+        seen = [0, 0, 0, 0]  # finished, failed (this session), model failures in a row, model failures
+        last_failure: list[str] = []
 
         def finish(result: RunRecord | ServiceFailure) -> None:
             if isinstance(result, ServiceFailure):
                 seen[2] += 1
+                seen[3] += 1
+                last_failure[:] = [result.message]
                 log.warning("%s: the model could not be used: %s", result.image_id, result.message)
                 if seen[2] >= MAX_SERVICE_FAILURES:
                     raise ModelServiceError(
@@ -613,21 +617,37 @@ class _Run:
             # parallel first calls would otherwise each build at once.
             for s in _take(it, 1 if workers > 1 else len(todo)):
                 finish(evaluate(s))
-            if workers <= 1:
-                return
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
-                running = {pool.submit(evaluate, s) for s in _take(it, 2 * workers)}
-                try:
-                    while running:
-                        finished, running = wait(running, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            finish(f.result())
-                        running |= {pool.submit(evaluate, s) for s in _take(it, len(finished))}
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            if workers > 1:
+                _run_pool(it, evaluate, finish, workers)
+            if seen[3]:
+                raise ModelServiceError(
+                    f"{seen[3]} photo(s) could not use the model and were not evaluated (last: {last_failure[0]}); "
+                    "re-run the same command to retry them, or pass --fallback retrieval"
+                )
         finally:
             bar.close()
+
+
+def _run_pool(it: Iterator[Sample], evaluate: Callable, finish: Callable, workers: int) -> None:
+    """Photos in flight on ``workers`` threads, each result finished (written) as it completes;
+    on an interruption the photos already done are still written before it propagates."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
+        running = {pool.submit(evaluate, s) for s in _take(it, 2 * workers)}
+        try:
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    finish(f.result())
+                running |= {pool.submit(evaluate, s) for s in _take(it, len(finished))}
+        except BaseException:
+            for f in running:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for f in running:
+                if f.done() and not f.cancelled() and f.exception() is None:
+                    with contextlib.suppress(BaseException):
+                        finish(f.result())
+            raise
 
 
 def _wants_run(rec: RunRecord | None) -> bool:
@@ -707,7 +727,9 @@ def run_eval(
         "kind": "agent",
         "agent": ctx.config.model_dump(mode="json"),
         "vlm": ctx.backend.spec,
+        **_backend_params("vlm_params", ctx.backend),
         **({"planner": ctx.planner.spec} if ctx.planner is not None else {}),
+        **(_backend_params("planner_params", ctx.planner) if ctx.planner is not None else {}),
         "index": index_info(ctx.index),
         "dataset": dataset.model_dump(exclude={"report"}) if dataset else None,
         "exclude_same_author": exclude_same_author,
@@ -746,9 +768,17 @@ def run_eval(
     )
 
 
+def _backend_params(key: str, backend: Any) -> dict[str, Any]:
+    """A model backend's reply-changing options (temperature, reasoning effort, tool mode...), part
+    of the run's identity so a resume with other options is refused; absent for replay/none."""
+    params = getattr(backend, "params", None)
+    return {key: params(True)} if callable(params) else {}
+
+
 def coverage_of(dataset: DatasetRef | None, fallback: str = "none") -> Coverage:
+    """A labels file's dropped rows are misses; photos without EXIF GPS have no truth to miss."""
     report = dataset.report if dataset else None
-    if report is None:
+    if report is None or dataset.name == "exif":
         return Coverage(fallback=fallback)
     return Coverage(labels_read=report.n_ok + report.n_bad, dropped=report.n_bad,
                     dropped_reasons=list(report.problems), fallback=fallback)

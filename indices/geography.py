@@ -715,6 +715,19 @@ def _main_regions(reg: _Regions, trees: list[cKDTree], point_region: list[np.nda
     return main
 
 
+def all_neighbours(iso2: str | None) -> list[str]:
+    """Land neighbours of any part of the country (the union over its regions): the country-level
+    relation, which prior corruption draws from so that its figures do not depend on which part
+    is the main one."""
+    c = _country(iso2)
+    if c is None:
+        return []
+    table = _neighbour_table()
+    reg = _regions()
+    mine = np.flatnonzero(reg.country == table.index[c.iso2])
+    return sorted({nb for r in mine for nb in table.region_neighbours[int(r)]})
+
+
 def neighbours(iso2: str | None, lat: float | None = None, lon: float | None = None) -> list[str]:
     """Land neighbours of the part of the country a photo is in: the countries whose polygons come
     within NEIGHBOUR_TOL_KM of the country's region nearest to (lat, lon) (the one containing it,

@@ -21,6 +21,7 @@ memory-mapped descriptors and searched by brute force over those rows alone. A u
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -81,6 +82,7 @@ class ReferenceIndex:
 
     def __init__(self, root: str | Path, verify: bool | None = None):
         self.root = Path(root)
+        self._descriptor_lock = threading.Lock()
         self._descriptor: Descriptor | None = None
         mpath = self.root / MANIFEST_NAME
         if not mpath.exists():
@@ -120,8 +122,9 @@ class ReferenceIndex:
     def descriptor(self) -> Descriptor:
         """The descriptor exactly as the references were described (config + learned state);
         built once per opened index and shared by every query."""
-        if self._descriptor is None:
-            self._descriptor = self._load_descriptor()
+        with self._descriptor_lock:  # ToolNode runs a turn's searches on threads: load the model once
+            if self._descriptor is None:
+                self._descriptor = self._load_descriptor()
         return self._descriptor
 
     def _load_descriptor(self) -> Descriptor:

@@ -6,11 +6,15 @@ A failed call says which of three things went wrong, because they call for diffe
 - ``misconfigured``: the server answers but refuses the request (401/403 key, 404 model or URL,
   400 parameters, a 200 whose body is not JSON, e.g. HTML from a base URL without ``/v1``);
 - ``exhausted``: the server is there but did not answer usefully in time (timeouts, 429, 5xx
-  after every retry, or the photo's time budget ran out).
+  after every retry, or the photo's time budget ran out);
+- ``rejected``: the server refused this one request, not the setup (a context window
+  overflowed, a content-policy block, an image it cannot read): a per-photo failure, not fatal.
 
 The first two are configuration errors: retrying or evaluating on without the model would only
 produce a retrieval-only number labelled as the agent, so the graph raises ``ModelServiceError``
-unless the user asked for a retrieval fallback. The third still gets an answer from retrieval.
+unless the user asked for a retrieval fallback. An exhausted model still leaves an answer from
+retrieval (``locate`` prints it and exits 3; ``eval`` does not record the photo unless the
+fallback was asked for, and retries it on the next run).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 
 from indices.errors import GeoguideError
 
-FailureKind = Literal["unreachable", "misconfigured", "exhausted"]
+FailureKind = Literal["unreachable", "misconfigured", "exhausted", "rejected"]
 SERVICE_FAILURES: frozenset[str] = frozenset({"unreachable", "misconfigured", "exhausted"})
 FATAL_FAILURES: frozenset[str] = frozenset({"unreachable", "misconfigured"})
 

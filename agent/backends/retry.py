@@ -61,6 +61,11 @@ def _status(exc: BaseException) -> int | None:
 _NO_VISION = ("image input is not supported", "mmproj", "does not support image", "image_url is not supported")
 
 
+# A 400 about this request, not the setup (OpenAI error codes and llama.cpp's message).
+_REJECTED = ("context_length_exceeded", "maximum context length", "exceeds the available context size",
+             "content_policy_violation", "content management policy", "invalid_image", "image could not be")
+
+
 def lacks_vision(exc: BaseException) -> bool:
     return any(w in str(exc).lower() for w in _NO_VISION)
 
@@ -128,6 +133,8 @@ def classify(exc: BaseException) -> tuple[FailureKind, str]:
     status = _status(exc)
     if status is not None and lacks_vision(exc):
         return "misconfigured", "this model cannot see images: use a vision model, or pass vision=false for a text-only planner (--planner-opt vision=false)"
+    if status is not None and 400 <= status < 500 and any(w in str(exc).lower() for w in _REJECTED):
+        return "rejected", "the server refused this request (context length, content policy or the image)"
     if status in (401, 403):
         return "misconfigured", "the server refused the API key: set $OPENAI_API_KEY to a valid key"
     if status == 404:

@@ -27,6 +27,7 @@ class Decision(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     notes: list[str] = Field(default_factory=list)
     service_failure: str | None = Field(None, description="the planner's model call failed: its kind")
+    planner_failed: bool = Field(False, description="the planner could not plan this photo: retrieval takes over")
 
     @classmethod
     def searches(cls, calls: list[tuple[str, int, SearchIntent]], first_id: int) -> Decision:

@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 
 from agent.backends import CallFailed, NotSupportedError, user_message
+from agent.backends.errors import SERVICE_FAILURES
 from agent.context import AgentContext
 from agent.policies.base import Decision, Policy, register_policy
 from agent.state import AgentState, Event
@@ -102,23 +103,35 @@ class LLMPolicy(Policy):
         except NotSupportedError as e:
             return Decision(done=True, notes=[f"llm policy unavailable: {e}"])
         except CallFailed as e:
-            if e.kind == "exhausted" and any(isinstance(m, AIMessage) for m in state.messages):
+            if e.kind in ("exhausted", "rejected") and any(isinstance(m, AIMessage) for m in state.messages):
                 # The planner has answered this photo before: a slow model used up the photo's
-                # budget, which is a cap reached, not a server that cannot be used.
-                return Decision(done=True, notes=[f"time budget spent while the planner worked ({e}): "
-                                                  "answering with what is known"])
-            return Decision(done=True, notes=[f"planner call failed: {e.one_line()}"], service_failure=e.kind)
+                # budget (or its context filled up), a cap reached, not a server that cannot be used.
+                return Decision(done=True, notes=[f"the planner stopped ({e}): answering with what is known"])
+            return Decision(done=True, notes=[f"planner call failed: {e.one_line()}"], planner_failed=True,
+                            service_failure=e.kind if e.kind in SERVICE_FAILURES else None)
         events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
         valid, invalid, errors = [], [], []
+        budget = ctx.config.caps.max_tool_calls - state.tool_calls
+        submitted = False
         for tc in turn.tool_calls:
+            # Refused up front, with a reason the model reads: broken JSON, a second submit_location
+            # in one turn (the answer is written once), calls beyond the tool budget.
             try:
-                valid.append({"name": tc.name, "args": tc.arguments(), "id": tc.id, "type": "tool_call"})
-                events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=valid[-1]["args"]))
+                args = tc.arguments()
+                if tc.name == "submit_location" and submitted:
+                    raise ValueError("submit_location was already called in this turn; only the first counts")
+                if len(valid) >= budget:
+                    raise ValueError(f"tool-call cap ({ctx.config.caps.max_tool_calls}) reached; "
+                                     "submit your best answer now")
             except ValueError as e:
                 invalid.append({"name": tc.name, "args": tc.arguments_json, "id": tc.id, "error": str(e),
                                 "type": "invalid_tool_call"})
                 errors.append(ToolMessage(content=json.dumps({"ok": False, "error": str(e)}), tool_call_id=tc.id,
                                           name=tc.name, status="error"))
+                continue
+            submitted = submitted or tc.name == "submit_location"
+            valid.append({"name": tc.name, "args": args, "id": tc.id, "type": "tool_call"})
+            events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=args))
         message = AIMessage(content=turn.content or "", tool_calls=valid, invalid_tool_calls=invalid)
         if valid or invalid:
             return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage)

@@ -109,3 +109,47 @@ def test_separate_text_only_planner_never_sees_the_photo(synthetic_index, fake_o
     for req in fake_openai.requests:
         assert req.body["model"] == "text-planner"
         assert "image_url" not in str(req.body["messages"])
+
+
+def test_a_failure_inside_a_tool_is_not_swallowed(synthetic_index, tmp_path, monkeypatch):
+    """Only argument errors go back to the model; a broken descriptor or index ends the run loudly."""
+    import pytest
+
+    photos = _photos(tmp_path)
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("descriptor weights vanished")
+
+    monkeypatch.setattr(ctx, "query_vector", broken)
+    with pytest.raises(RuntimeError, match="weights vanished"):
+        locate(ctx, photos["paris"])
+
+
+def test_two_submissions_in_one_turn_keep_the_first(synthetic_index, fake_openai, tmp_path):
+    photos = _photos(tmp_path)
+    fake_openai.script(
+        reply_json(_prior(PARIS)),
+        reply_tool_calls(("submit_location", {"lat": PARIS[1], "lon": PARIS[2]}),
+                         ("submit_location", {"lat": 0.0, "lon": 0.0})),
+    )
+    pred = locate(_llm_ctx(synthetic_index, fake_openai), photos["paris"])
+    assert (pred.lat, pred.lon) == (PARIS[1], PARIS[2]) and pred.source == "llm"
+
+
+def test_a_failed_image_keeps_the_session_on_its_photo(synthetic_index, tmp_path):
+    import pytest
+
+    from indices.images import ImageLoadError
+
+    photos = _photos(tmp_path)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo")
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    chat = ChatSession(ctx, tmp_path / "s.sqlite", "s2")
+    first = chat.attach(photos["paris"])
+    with pytest.raises(ImageLoadError):
+        chat.attach(bad)
+    assert chat.state().prediction.lat == first.lat  # still the Paris photo
+    assert "Why not Spain" in chat.ask("why not Spain?")
+    chat.close()

@@ -351,3 +351,11 @@ def test_labels_without_images_is_a_precise_error(tmp_path, capsys):
     rc = main(["index", "build", "--labels", str(labels), "--out", str(tmp_path / "idx"), "--descriptor", "thumbnail"])
     err = capsys.readouterr().err
     assert rc == 2 and "--images" in err and err.count("\n") == 1, err
+
+
+def test_eval_that_left_photos_to_a_dead_model_does_not_exit_0(world, tmp_path):
+    """Two photos, both failing: fewer than the three-in-a-row stop, still not a finished run."""
+    r = run_eval(world, f"openai-compatible:http://127.0.0.1:{dead_port()}/v1:m", tmp_path / "run", "--limit", "2")
+    assert r.returncode == 3 and "2 photo(s) could not use the model" in one_error_line(r)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["not_run"] == 2 and summary["evaluated"] == 0
