@@ -56,6 +56,18 @@ def prior_text(state: AgentState, ctx: AgentContext) -> str:
     return body
 
 
+def call_key(name: str, args: dict[str, Any]) -> str:
+    return name + json.dumps(args, sort_keys=True, ensure_ascii=False)
+
+
+def failed_calls(state: AgentState) -> dict[str, str]:
+    """Calls that already came back as errors in this conversation, with their error: a small
+    model at temperature 0 repeats a failing call until the cap otherwise (SmolLM2 did, 9 times)."""
+    errors = {m.tool_call_id: m.text for m in state.messages if isinstance(m, ToolMessage) and m.status == "error"}
+    return {call_key(c["name"], c["args"]): errors[c["id"]] for m in state.messages if isinstance(m, AIMessage)
+            for c in m.tool_calls if c["id"] in errors}
+
+
 def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, Any]]:
     """The stored conversation in the Chat Completions format; ``image`` joins the first user turn.
 
@@ -111,6 +123,7 @@ class LLMPolicy(Policy):
                             service_failure=e.kind if e.kind in SERVICE_FAILURES else None)
         events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
         valid, invalid, errors = [], [], []
+        failed = failed_calls(state)
         budget = ctx.config.caps.max_tool_calls - state.tool_calls
         submitted = False
         for tc in turn.tool_calls:
@@ -120,6 +133,10 @@ class LLMPolicy(Policy):
                 args = tc.arguments()
                 if tc.name == "submit_location" and submitted:
                     raise ValueError("submit_location was already called in this turn; only the first counts")
+                key = call_key(tc.name, args)
+                if key in failed:
+                    raise ValueError(f"this exact call already failed ({failed[key][:200]}); do not repeat it: "
+                                     f"{submap_hint(state, ctx)} Or call submit_location with your answer.")
                 if len(valid) >= budget:
                     raise ValueError(f"tool-call cap ({ctx.config.caps.max_tool_calls}) reached; "
                                      "submit your best answer now")
@@ -128,6 +145,7 @@ class LLMPolicy(Policy):
                                 "type": "invalid_tool_call"})
                 errors.append(ToolMessage(content=json.dumps({"ok": False, "error": str(e)}), tool_call_id=tc.id,
                                           name=tc.name, status="error"))
+                events.append(Event(node="plan", text=f"refused {tc.name}: {str(e)[:140]}", tool=tc.name))
                 continue
             submitted = submitted or tc.name == "submit_location"
             valid.append({"name": tc.name, "args": args, "id": tc.id, "type": "tool_call"})

@@ -153,3 +153,18 @@ def test_a_failed_image_keeps_the_session_on_its_photo(synthetic_index, tmp_path
     assert chat.state().prediction.lat == first.lat  # still the Paris photo
     assert "Why not Spain" in chat.ask("why not Spain?")
     chat.close()
+
+
+def test_a_call_that_already_failed_is_refused_not_rerun(synthetic_index, fake_openai, tmp_path):
+    """A small model repeats a failing call until the cap; the repeat is refused with valid ids."""
+    photos = _photos(tmp_path)
+    bad = ("search_submap", {"submap_id": "country:ZZ", "k": 5})
+    fake_openai.script(reply_json(_prior(PARIS)), reply_tool_calls(bad), reply_tool_calls(bad),
+                       reply_tool_calls(("submit_location", {"lat": PARIS[1], "lon": PARIS[2]})))
+    events = []
+    pred = locate(_llm_ctx(synthetic_index, fake_openai), photos["paris"], on_event=events.append)
+    assert pred.tool_calls == 2  # the failed search and the submission; the repeat never ran
+    refused = [e for e in events if e.text.startswith("refused search_submap")]
+    assert len(refused) == 1 and "already failed" in refused[0].text
+    last_tool = [m for m in fake_openai.requests[-1].body["messages"] if m.get("role") == "tool"][-1]
+    assert "country:FR" in last_tool["content"]  # the refusal lists ids that exist
