@@ -378,6 +378,39 @@ def chat_cmd(
     typer.echo(f"bye — resume with: {chat.resume_command()}")
 
 
+@app.command("serve")
+def serve_cmd(
+    index_dir: IndexOpt,
+    vlm: VlmOpt = "none",
+    policy: PolicyOpt = "rules",
+    host: Annotated[str, typer.Option("--host", help="address to bind; beyond 127.0.0.1 needs --token or --insecure")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    token: Annotated[str | None, typer.Option("--token", envvar="GEOGUIDE_TOKEN", help="bearer token required on every API call")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="allow a non-local binding without a token")] = False,
+    cache: CacheOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    attempts: AttemptsOpt = DEFAULT_ATTEMPTS,
+    max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    fallback: FallbackOpt = "none",
+    vlm_opt: VlmOptOpt = None,
+    planner: PlannerOpt = None,
+    planner_opt: PlannerOptOpt = None,
+) -> None:
+    """The HTTP API (OpenAPI at /docs): POST /api/locate, GET /api/health, reference thumbnails."""
+    import uvicorn
+
+    from agent.server import check_binding, create_app, serve_kwargs
+
+    for warning in check_binding(host, token, insecure):
+        typer.echo(f"geoguide: warning: {warning}", err=True)
+    ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
+                       planner=planner, planner_opts=planner_opt, fallback=fallback, caps={"max_seconds": max_seconds})
+    try:
+        uvicorn.run(create_app(ctx, token=token), **serve_kwargs(host, port))
+    finally:
+        ctx.close()
+
+
 from eval.cli import ablate_cmd, eval_cmd  # noqa: E402  (commands live with their package)
 
 app.command("eval")(eval_cmd)

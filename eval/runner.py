@@ -659,7 +659,7 @@ def _take(it: Iterator[Sample], n: int) -> list[Sample]:
     return list(itertools.islice(it, n))
 
 
-class _SerialDescriptor:
+class SerialDescriptor:
     """One descriptor shared by every photo's context, loaded on first use (a prior-only run never
     needs it) and extracting one batch at a time: loading it once matters (a CNN), and OpenCV/torch
     objects are not promised to be thread-safe."""
@@ -722,7 +722,7 @@ def run_eval(
     backend = (
         ctx.backend if prior_corruption is None else CorruptedPriorBackend(ctx.backend, prior_corruption)
     )
-    descriptor = _SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
+    descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     identity = {
         "kind": "agent",
         "agent": ctx.config.model_dump(mode="json"),
