@@ -399,13 +399,14 @@ def serve_cmd(
     """The HTTP API (OpenAPI at /docs): POST /api/locate, GET /api/health, reference thumbnails."""
     import uvicorn
 
-    from agent.server import check_binding, create_app, serve_kwargs
+    from agent.server import check_binding, create_app, serve_kwargs, warm_up
 
     for warning in check_binding(host, token, insecure):
         typer.echo(f"geoguide: warning: {warning}", err=True)
     ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
                        planner=planner, planner_opts=planner_opt, fallback=fallback, caps={"max_seconds": max_seconds})
     try:
+        warm_up(ctx)
         uvicorn.run(create_app(ctx, token=token), **serve_kwargs(host, port))
     finally:
         ctx.close()

@@ -84,3 +84,11 @@ def test_open_binding_needs_a_token_or_insecure():
     with pytest.raises(GeoguideError, match="--token"):
         check_binding("0.0.0.0", None, False)
     assert "without a token" in check_binding("0.0.0.0", None, True)[0]
+
+
+def test_warm_up_loads_what_the_first_request_needs(synthetic_index):
+    from agent.server import warm_up
+
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    warm_up(ctx)
+    assert synthetic_index._descriptor is not None
