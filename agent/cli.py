@@ -399,7 +399,7 @@ def serve_cmd(
     """The HTTP API (OpenAPI at /docs): POST /api/locate, GET /api/health, reference thumbnails."""
     import uvicorn
 
-    from agent.server import check_binding, create_app, serve_kwargs, warm_up
+    from agent.server import check_binding, create_app, warm_up
 
     for warning in check_binding(host, token, insecure):
         typer.echo(f"geoguide: warning: {warning}", err=True)
@@ -407,7 +407,7 @@ def serve_cmd(
                        planner=planner, planner_opts=planner_opt, fallback=fallback, caps={"max_seconds": max_seconds})
     try:
         warm_up(ctx)
-        uvicorn.run(create_app(ctx, token=token), **serve_kwargs(host, port))
+        uvicorn.run(create_app(ctx, token=token), host=host, port=port, log_level="warning")
     finally:
         ctx.close()
 

@@ -17,7 +17,7 @@ import io
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import Response
@@ -77,15 +77,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         path = uploads / f"{secrets.token_hex(16)}.img"
         path.write_bytes(data)
         try:
-            try:
-                load_image(path)
-            except ImageLoadError as e:
-                raise HTTPException(422, str(e).replace(str(path), image.filename or "upload")) from None
-            run = ctx if not exclude_author else ctx.__class__(
-                index=ctx.index, backend=ctx.backend, planner=ctx.planner,
-                config=ctx.config.model_copy(update={"exclude_authors": [*ctx.config.exclude_authors, exclude_author]}))
-            one = sample_context(run, _Upload(image.filename), False, descriptor)
+            one = sample_context(ctx, _Upload(image.filename, exclude_author), True, descriptor)
             pred = locate(one, path, image_id=Path(image.filename or path.name).name, user_text=text)
+        except ImageLoadError as e:  # locate validates the photo before any model is called
+            raise HTTPException(422, str(e).replace(str(path), image.filename or "upload")) from None
         finally:
             path.unlink(missing_ok=True)
         return pred.model_copy(update={"image": image.filename or "upload"})
@@ -109,10 +104,11 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
 
 
 class _Upload:
-    """What ``sample_context`` reads of a sample: no photographer to exclude, an id for the self-match guard."""
+    """What ``sample_context`` reads of a sample: the photographer to exclude (if any) and an id
+    for the self-match guard."""
 
-    def __init__(self, filename: str | None) -> None:
-        self.author = None
+    def __init__(self, filename: str | None, author: str | None = None) -> None:
+        self.author = author
         self.image_id = Path(filename or "upload").name
 
 
@@ -139,7 +135,3 @@ def check_binding(host: str, token: str | None, insecure: bool) -> list[str]:
         raise GeoguideError(f"binding {host} exposes the API beyond this machine: pass --token TOKEN "
                             "(checked on every call) or --insecure to accept the risk")
     return [f"serving on {host} without a token: anyone who can reach it can use the models and the index"]
-
-
-def serve_kwargs(host: str, port: int) -> dict[str, Any]:
-    return {"host": host, "port": port, "log_level": "warning"}
