@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -12,12 +11,14 @@ from typing import Annotated, Literal
 
 import typer
 
+from agent.cli_index import index_app
 from agent.cli_options import (
     DEFAULT_ATTEMPTS,
     DEFAULT_MAX_SECONDS,
     DEFAULT_TIMEOUT_S,
     AttemptsOpt,
     CacheOpt,
+    CLIError,
     FallbackOpt,
     IndexOpt,
     MaxSecondsOpt,
@@ -27,126 +28,12 @@ from agent.cli_options import (
     TimeoutOpt,
     VlmOpt,
     VlmOptOpt,
+    echo_json,
 )
 from indices.errors import GeoguideError
 
 app = typer.Typer(add_completion=False, help="Where was this photo taken?")
-index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
 app.add_typer(index_app, name="index")
-
-
-class CLIError(GeoguideError):
-    """A user-facing failure: printed as one line, exit code 2."""
-
-
-def _echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
-# ---------------------------------------------------------------------------------------- index
-
-
-@index_app.command("build")
-def index_build(
-    out: Annotated[Path, typer.Option("--out", help="index directory to write (resumes an interrupted build)")],
-    images: Annotated[Path | None, typer.Option("--images", help="folder of reference photos")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON; omit to read EXIF GPS from --images")] = None,
-    descriptor: Annotated[str, typer.Option("--descriptor", help="effnet-gem | densevlad | clip")] = "effnet-gem",
-    descriptor_opt: Annotated[list[str] | None, typer.Option("--descriptor-opt", help="KEY=VALUE (JSON value) descriptor option; repeatable")] = None,
-    submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
-    faiss_index: Annotated[str, typer.Option("--faiss-index", help="fp16 | flat")] = "fp16",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="index only the first N rows")] = None,
-    col_id: Annotated[str | None, typer.Option("--col-id", help="id column name in --labels")] = None,
-    col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
-    col_lon: Annotated[str | None, typer.Option("--col-lon")] = None,
-    col_author: Annotated[str | None, typer.Option("--col-author")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="images per resumable chunk")] = 256,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another index (or a non-index folder's content) in --out")] = False,
-) -> None:
-    """Describe reference photos and write a searchable, submap-partitioned index."""
-    from eval.datasets import load_dataset
-    from indices.build import BuildConfig, build_index, validate_build_config
-    from indices.manifest import SourceInfo
-
-    if images is None and labels is None:
-        raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
-    conf = {}
-    for kv in descriptor_opt or []:
-        key, sep, val = kv.partition("=")
-        if not sep:
-            raise CLIError(f"--descriptor-opt needs KEY=VALUE, got {kv!r}")
-        try:
-            conf[key] = json.loads(val)
-        except json.JSONDecodeError:
-            conf[key] = val
-    config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, faiss_index=faiss_index,
-                         chunk_size=chunk_size)
-    validate_build_config(config)  # fail on a typo before reading thousands of rows
-    if labels is not None:
-        columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
-        data = load_dataset("csv", labels=labels, images=images, require_images=True, **columns)
-    else:
-        data = load_dataset("exif", images=images)
-    rep = data.report  # the loader has already logged skipped rows with the first reason
-    samples = data.samples[:limit] if limit else data.samples
-    source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
-                        n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
-    manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite)
-    typer.echo(
-        f"indexed {manifest.n_references} references ({manifest.source.n_bad_rows} bad rows, "
-        f"{manifest.source.n_failed_images} unreadable images skipped) -> {out}"
-    )
-    for f in manifest.source.failed_images[:5]:
-        typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}", err=True)
-
-
-@index_app.command("info")
-def index_info(
-    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    top: Annotated[int, typer.Option("--top", help="largest submaps shown per scheme")] = 5,
-) -> None:
-    """Counts per scheme, largest submaps, descriptor and size on disk."""
-    from indices.store import ReferenceIndex
-
-    index = ReferenceIndex(index_dir)
-    m = index.manifest
-    size = sum(p.stat().st_size for p in Path(index_dir).rglob("*") if p.is_file())
-    info = {
-        "path": str(index_dir),
-        "n_references": m.n_references,
-        "descriptor": m.descriptor.model_dump(),
-        "faiss_index": m.faiss_index,
-        "size_bytes": size,
-        "source": m.source.model_dump(),
-        "schemes": {
-            s.prefix: {
-                "spec": s.spec,
-                "n_submaps": s.n_submaps,
-                "storage_order": s.contiguous,
-                "largest": [sm.model_dump() for sm in index.list_submaps(s.prefix)[:top]],
-            }
-            for s in m.schemes
-        },
-        "created_utc": m.created_utc,
-        "geoguide_version": m.geoguide_version,
-    }
-    if as_json:
-        _echo_json(info)
-        return
-    typer.echo(f"{index_dir}: {m.n_references} references, {size / 1e6:.1f} MB on disk")
-    typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d, {m.faiss_index}) conf={m.descriptor.conf}")
-    typer.echo(f"source: {m.source.labels or m.source.images} — {m.source.n_bad_rows} bad rows, "
-               f"{m.source.n_failed_images} unreadable images skipped")
-    for f in m.source.failed_images[:top]:
-        typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}")
-    if m.source.n_failed_images > top:
-        typer.echo(f"  … {m.source.n_failed_images - top} more unreadable (index info --json lists up to "
-                   f"{len(m.source.failed_images)})")
-    for s in info["schemes"].values():
-        typer.echo(f"scheme {s['spec']}: {s['n_submaps']} submaps{' (storage order)' if s['storage_order'] else ''}")
-        for sm in s["largest"]:
-            typer.echo(f"  {sm['id']:<22} {sm['size']:>7}  {sm['name']}")
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -173,7 +60,7 @@ def search(
     if isinstance(res, ToolError):
         raise CLIError(res.error)
     if as_json:
-        _echo_json(res.model_dump())
+        echo_json(res.model_dump())
         return
     s = res.summary
     typer.echo(f"{s.submap.name} ({s.submap.size} refs): best similarity {s.best_similarity}, spread {s.spread_km} km")

@@ -7,10 +7,13 @@ when the module is imported, so ``--help`` stays instant.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+
+from indices.errors import GeoguideError
 
 
 def _known_policy(value: str) -> str:
@@ -48,3 +51,9 @@ PlannerOptOpt = Annotated[list[str] | None, typer.Option("--planner-opt", help="
 DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS, DEFAULT_MAX_SECONDS = 60.0, 4, 180.0
 
 
+class CLIError(GeoguideError):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
