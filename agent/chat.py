@@ -234,13 +234,15 @@ class ChatSession:
         self._conn.close()
 
     # ---- turns ---------------------------------------------------------------------------------
-    def attach(self, image_path: str | Path) -> Prediction:
-        """Locate a new photo in this session (the transcript carries over)."""
+    def attach(self, image_path: str | Path, image_id: str | None = None, user_text: str | None = None) -> Prediction:
+        """Locate a new photo in this session (the transcript carries over). ``image_id`` names the
+        photo in the transcript (the server's uploads live under a private path)."""
         previous = self.state()
         thread, n = self._next_thread()
-        pred = locate(self.ctx, image_path, on_event=self.on_event, graph=self.graph, thread_id=thread)
+        pred = locate(self.ctx, image_path, image_id=image_id, user_text=user_text, on_event=self.on_event,
+                      graph=self.graph, thread_id=thread)
         self._point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
-        chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_path}"},
+        chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_id or image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
         self._save({"chat": chat})
         return pred

@@ -282,19 +282,32 @@ def serve_cmd(
     vlm_opt: VlmOptOpt = None,
     planner: PlannerOpt = None,
     planner_opt: PlannerOptOpt = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="sessions and their photos (default ~/.cache/geoguide/serve); they survive a restart")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="labels CSV of an eval set: its photos get their true location on the map and their photographer excluded")] = None,
+    rate_limit: Annotated[int, typer.Option("--rate-limit", min=1, help="POST requests per minute per client")] = 60,
 ) -> None:
-    """The HTTP API (OpenAPI at /docs): POST /api/locate, GET /api/health, reference thumbnails."""
+    """The web page (http://HOST:PORT/) and the HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
     from agent.server import check_binding, create_app, warm_up
+    from agent.web_sessions import Truth
 
     for warning in check_binding(host, token, insecure):
         typer.echo(f"geoguide: warning: {warning}", err=True)
+    truth = None
+    if labels is not None:
+        from eval.datasets import load_dataset
+
+        truth = {s.image_id: Truth(lat=s.lat, lon=s.lon, author=s.author)
+                 for s in load_dataset("csv", labels=labels).samples}
     ctx = make_context(index_dir, vlm, policy, cache, timeout=timeout, attempts=attempts, vlm_opts=vlm_opt,
                        planner=planner, planner_opts=planner_opt, fallback=fallback, caps={"max_seconds": max_seconds})
     try:
         warm_up(ctx)
-        uvicorn.run(create_app(ctx, token=token), host=host, port=port, log_level="warning")
+        app = create_app(ctx, token=token, state_dir=state_dir or default_cache_path().with_name("serve"),
+                         truth=truth, rate_per_minute=rate_limit)
+        typer.echo(f"geoguide: serving {index_dir} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         ctx.close()
 

@@ -7,6 +7,7 @@ from the same command-line options.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,22 @@ class AgentContext:
     @property
     def planner_backend(self) -> Backend:
         return self.planner or self.backend
+
+    def for_photo(self, image_id: str, author: str | None = None, descriptor: Any = None,
+                  backend: Backend | None = None) -> AgentContext:
+        """A fresh context for one photo on a copy of the config: concurrent photos (the eval
+        runner's threads, the server's requests) never share mutable state.
+
+        The photo's own id is always excluded (the self-match guard: a query that is also a
+        reference would otherwise find itself at similarity 1); ``author`` also excludes every
+        photo by that photographer (the leakage-free rule).
+        """
+        cfg = self.config
+        update: dict[str, Any] = {"exclude_ids": [*cfg.exclude_ids, image_id]}
+        if author:
+            update["exclude_authors"] = [*cfg.exclude_authors, author]
+        return AgentContext(index=self.index, backend=backend or self.backend, config=cfg.model_copy(update=update),
+                            planner=self.planner, descriptor=descriptor or self.descriptor)
 
     def close(self) -> None:
         """Release the backends (caches, models)."""
@@ -71,3 +88,20 @@ class AgentContext:
             desc = self.descriptor or self.index.descriptor()
             self._vectors[sha] = desc.extract([self._image(path, sha)])[0]
         return self._vectors[sha]
+
+
+class SerialDescriptor:
+    """One descriptor shared by every photo's context, loaded on first use (a prior-only run never
+    needs it) and extracting one batch at a time: loading it once matters (a CNN), and OpenCV/torch
+    objects are not promised to be thread-safe."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._inner: Any = None
+        self._lock = threading.Lock()
+
+    def extract(self, images: list[Any]) -> np.ndarray:
+        with self._lock:
+            if self._inner is None:
+                self._inner = self._load()
+            return self._inner.extract(images)

@@ -1,36 +1,49 @@
-"""``geoguide serve``: the HTTP API over the one compiled graph, with the index and models loaded once.
+"""``geoguide serve``: a web page and an HTTP API over the one compiled graph, with the index and
+models loaded once.
 
-A thin shell like the CLI: every request runs ``agent.graph.locate`` with a per-request context
-that shares the index, the backends and one serialised descriptor (the eval runner's pattern), so
-concurrent requests never share mutable state. Uploads are checked before anything else runs:
-bytes first (413), then the same image validation as the CLI (422). Nothing from a request reaches
-the file system except through index lookups: a thumbnail is found by reference id in the index
-table, never by a path. Binding beyond 127.0.0.1 needs a bearer token (or an explicit --insecure).
+A thin shell like the CLI: every photo runs ``agent.graph.locate`` (through the chat session
+that keeps it for follow-ups) with a per-photo context that shares the index, the backends and
+one serialised descriptor (the eval runner's pattern), so concurrent requests never share
+mutable state. Uploads are checked before anything else runs: bytes first (413), then the same
+image validation as the CLI (422). Nothing from a request reaches the file system except through
+index lookups (a thumbnail is found by reference id in the index table) and session ids (128-bit
+random hex, checked against a pattern). Binding beyond 127.0.0.1 needs a bearer token (or an
+explicit --insecure); every POST is rate-limited per client.
 
-This is the API slice of the web issue; the page, streaming and chat sessions come next.
+Routes: ``GET /`` (the page, ``agent/web/``), ``POST /api/locate`` (the prediction JSON of
+``geoguide locate --json``; the session id in ``X-Geoguide-Session``), ``POST
+/api/locate/stream`` (the agent's steps as Server-Sent Events, then the session), ``GET
+/api/sessions/{id}``, ``POST /api/sessions/{id}/messages``, ``GET /api/sessions/{id}/photo``,
+``GET /api/health``, ``GET /api/references/{ref_id}/thumbnail``, ``GET /api/countries.geojson``.
 """
 
 from __future__ import annotations
 
 import hmac
 import io
-import secrets
-import tempfile
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from agent.context import AgentContext
-from agent.graph import locate
-from agent.state import Prediction
+from agent.context import AgentContext, SerialDescriptor
+from agent.state import Event, Prediction
+from agent.web_sessions import SessionStore, SessionView, Truth, UnknownSession
 from indices.images import ImageLoadError, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
 THUMBNAIL_SIDE = 256
+WEB_DIR = Path(__file__).with_name("web")
 
 
 class Health(BaseModel):
@@ -40,15 +53,47 @@ class Health(BaseModel):
     vlm: str
     planner: str | None
     policy: str
+    labelled_photos: int = Field(0, description="photos whose true location is known (serve --labels)")
 
 
-def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+class Question(BaseModel):
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class RateLimiter:
+    """A token bucket per client address: ``per_minute`` requests, bursts up to that many. The
+    default (60 a minute) is far above a person's pace and below what a loop can send."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> float:
+        """0 when the request may go on, else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               state_dir: Path | None = None, truth: dict[str, Truth] | None = None,
+               rate_per_minute: int = 60) -> FastAPI:
     """The FastAPI app around one opened context (index, backends, config)."""
-    from eval.runner import SerialDescriptor, sample_context
+    import tempfile
 
     app = FastAPI(title="geoguide", summary="Where was this photo taken?")
+    app.add_middleware(GZipMiddleware, minimum_size=2048)
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
-    uploads = Path(tempfile.mkdtemp(prefix="geoguide-uploads-"))
+    store = SessionStore(ctx, Path(state_dir or tempfile.mkdtemp(prefix="geoguide-serve-")), descriptor, truth)
+    limiter = RateLimiter(rate_per_minute)
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -58,32 +103,87 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
             raise HTTPException(401, "a bearer token is required: Authorization: Bearer TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    def limited(request: Request) -> None:
+        wait = limiter.take(request.client.host if request.client else "unknown")
+        if wait:
+            raise HTTPException(429, f"too many requests from this client: retry in {wait:.0f} s",
+                                headers={"Retry-After": str(max(1, round(wait)))})
+
     guarded = [Depends(authorised)]
+    costly = [Depends(authorised), Depends(limited)]
 
-    @app.get("/api/health", response_model=Health, dependencies=guarded)
-    def health() -> Health:
-        m = ctx.index.manifest
-        return Health(n_references=m.n_references, descriptor=m.descriptor.name, vlm=ctx.backend.spec,
-                      planner=ctx.planner.spec if ctx.planner is not None else None, policy=ctx.config.policy)
-
-    @app.post("/api/locate", response_model=Prediction, dependencies=guarded)
-    def locate_photo(image: Annotated[UploadFile, File()], exclude_author: Annotated[str | None, Form()] = None,
-                     text: Annotated[str | None, Form()] = None) -> Prediction:
+    def read_upload(image: UploadFile) -> tuple[bytes, str]:
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the photo is larger than {max_upload_bytes // (1024 * 1024)} MB")
         if not data:
             raise HTTPException(422, "the upload is empty")
-        path = uploads / f"{secrets.token_hex(16)}.img"
-        path.write_bytes(data)
+        return data, Path(image.filename or "upload").name or "upload"
+
+    def not_a_photo(e: ImageLoadError, name: str) -> HTTPException:
+        text = str(e)
+        cut = text.find(": ")  # the private upload path comes first in load_image's messages
+        return HTTPException(422, f"{name}: {text[cut + 2:] if cut >= 0 else text}")
+
+    @app.get("/api/health", response_model=Health, dependencies=guarded)
+    def health() -> Health:
+        m = ctx.index.manifest
+        return Health(n_references=m.n_references, descriptor=m.descriptor.name, vlm=ctx.backend.spec,
+                      planner=ctx.planner.spec if ctx.planner is not None else None, policy=ctx.config.policy,
+                      labelled_photos=len(store.truth))
+
+    @app.post("/api/locate", response_model=Prediction, dependencies=costly)
+    def locate_photo(response: Response, image: Annotated[UploadFile, File()],
+                     exclude_author: Annotated[str | None, Form()] = None,
+                     text: Annotated[str | None, Form()] = None) -> Prediction:
+        data, name = read_upload(image)
         try:
-            one = sample_context(ctx, _Upload(image.filename, exclude_author), True, descriptor)
-            pred = locate(one, path, image_id=Path(image.filename or path.name).name, user_text=text)
+            view = store.locate(data, name, exclude_author=exclude_author, text=text)
         except ImageLoadError as e:  # locate validates the photo before any model is called
-            raise HTTPException(422, str(e).replace(str(path), image.filename or "upload")) from None
-        finally:
-            path.unlink(missing_ok=True)
-        return pred.model_copy(update={"image": image.filename or "upload"})
+            raise not_a_photo(e, name) from None
+        response.headers["X-Geoguide-Session"] = view.session_id
+        return view.prediction
+
+    @app.post("/api/locate/stream", dependencies=costly,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "events `step` (the agent's steps), then `session` or `error`"}})
+    def locate_stream(image: Annotated[UploadFile, File()], exclude_author: Annotated[str | None, Form()] = None,
+                      text: Annotated[str | None, Form()] = None) -> StreamingResponse:
+        data, name = read_upload(image)
+        try:
+            load_image_bytes(data)  # a bad upload is a 422, not an event in a 200 stream
+        except ImageLoadError as e:
+            raise not_a_photo(e, name) from None
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                view = store.locate(data, name, exclude_author=exclude_author, text=text, on_event=events.put)
+                events.put(("session", view.model_dump_json()))
+            except Exception as e:  # the stream has started: the failure is its last event
+                events.put(("error", json.dumps({"detail": str(e) or type(e).__name__})))
+
+        threading.Thread(target=work, name="geoguide-locate", daemon=True).start()
+        return StreamingResponse(_sse(events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def session_or_404(fn, *args):
+        try:
+            return fn(*args)
+        except UnknownSession as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.get("/api/sessions/{session_id}", response_model=SessionView, dependencies=guarded)
+    def get_session(session_id: str) -> SessionView:
+        return session_or_404(store.view, session_id)
+
+    @app.post("/api/sessions/{session_id}/messages", response_model=SessionView, dependencies=costly)
+    def ask(session_id: str, question: Question) -> SessionView:
+        return session_or_404(store.ask, session_id, question.text)
+
+    @app.get("/api/sessions/{session_id}/photo", dependencies=guarded)
+    def session_photo(session_id: str) -> Response:
+        return jpeg(session_or_404(store.photo, session_id), 1024, f"the photo of session {session_id!r}")
 
     @app.get("/api/references/{ref_id}/thumbnail", dependencies=guarded,
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -91,37 +191,74 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         row = ctx.index.row_of(ref_id)  # the index table is the only way to a file
         if row is None:
             raise HTTPException(404, f"no reference {ref_id!r} in the index")
-        try:
-            img = load_image(ctx.index.row(row)["path"])
-        except (ImageLoadError, OSError):
-            raise HTTPException(404, f"the photo of reference {ref_id!r} cannot be read") from None
-        img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        out = io.BytesIO()
-        img.save(out, format="JPEG", quality=85)
-        return Response(out.getvalue(), media_type="image/jpeg")
+        return jpeg(Path(ctx.index.row(row)["path"]), THUMBNAIL_SIDE, f"the photo of reference {ref_id!r}")
 
+    @app.get("/api/countries.geojson", dependencies=guarded)
+    def countries() -> JSONResponse:
+        from indices.outlines import countries_geojson
+
+        return JSONResponse(countries_geojson(), media_type="application/geo+json",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
 
 
-class _Upload:
-    """What ``sample_context`` reads of a sample: the photographer to exclude (if any) and an id
-    for the self-match guard."""
+def jpeg(path: Path, side: int, what: str) -> Response:
+    try:
+        img = load_image(path)
+    except (ImageLoadError, OSError):
+        raise HTTPException(404, f"{what} cannot be read") from None
+    img.thumbnail((side, side))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=85)
+    return Response(out.getvalue(), media_type="image/jpeg")
 
-    def __init__(self, filename: str | None, author: str | None = None) -> None:
-        self.author = author
-        self.image_id = Path(filename or "upload").name
+
+def load_image_bytes(data: bytes) -> Image.Image:
+    """The CLI's validation (``load_image``) on bytes held in memory."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".img") as f:
+        f.write(data)
+        f.flush()
+        return load_image(f.name)
+
+
+def _sse(events: queue.Queue) -> Iterator[bytes]:
+    """Server-Sent Events from the worker's queue: ``step`` per agent event, a comment every 10 s
+    so proxies keep the connection, and one closing ``session`` or ``error``."""
+    while True:
+        try:
+            item = events.get(timeout=10)
+        except queue.Empty:
+            yield b": working\n\n"
+            continue
+        if isinstance(item, Event):
+            yield f"event: step\ndata: {item.model_dump_json()}\n\n".encode()
+            continue
+        kind, payload = item
+        yield f"event: {kind}\ndata: {payload}\n\n".encode()
+        return
 
 
 def warm_up(ctx: AgentContext) -> None:
     """Load what the first request would otherwise pay for (the descriptor model, the country
-    polygons and neighbours, the gazetteer): measured 7.9 s on the shared split's effnet index."""
+    polygons and neighbours, the gazetteer, the map outlines): measured 7.9 s on the shared
+    split's effnet index."""
     from indices.geography import country_at, neighbours
+    from indices.outlines import countries_geojson
     from tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     ctx.index.descriptor().extract([Image.new("RGB", (64, 64))])
     country_at(48.85, 2.35)
     neighbours("FR")
     reverse_geocode(ReverseGeocodeArgs(lat=48.85, lon=2.35))
+    countries_geojson()
 
 
 def check_binding(host: str, token: str | None, insecure: bool) -> list[str]:

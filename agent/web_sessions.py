@@ -1,0 +1,176 @@
+"""The server's chat sessions: ``geoguide chat``'s ``ChatSession`` behind HTTP.
+
+One SQLite file (LangGraph's checkpointer plus the session table) and one folder of uploaded
+photos under ``--state-dir``, so sessions survive a server restart and a follow-up can search
+the photo again. Session ids are 128-bit random hex; a request names a session only by that id,
+checked against a strict pattern before it reaches SQLite, and the photo of a session is found
+through the session's own state, never through a path from a request. One lock per session
+serialises its turns (two tabs asking at once); different sessions run concurrently.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent.chat import ChatSession, SessionError
+from agent.context import AgentContext, SerialDescriptor
+from agent.state import Event, Prediction
+from indices.geometry import haversine_km
+
+SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Truth(BaseModel):
+    """Where a photo of an eval set was really taken (from ``serve --labels``)."""
+
+    lat: float
+    lon: float
+    author: str | None = None
+
+
+class TruthView(BaseModel):
+    lat: float
+    lon: float
+    error_km: float | None = Field(None, description="great-circle distance from the answer")
+
+
+class ChatTurn(BaseModel):
+    role: Literal["user", "assistant"]
+    text: str
+
+
+class SessionView(BaseModel):
+    """What the page and scripts see of a session: its current photo's answer and the transcript."""
+
+    session_id: str
+    photo: str | None = Field(None, description="the current photo's file name as uploaded")
+    prediction: Prediction | None = None
+    truth: TruthView | None = Field(None, description="known only for photos listed in serve --labels")
+    excluded_author: str | None = Field(None, description="photographer whose references were not searched")
+    chat: list[ChatTurn] = Field(default_factory=list)
+
+
+class UnknownSession(LookupError):
+    """No session with that id (or an id that cannot be one)."""
+
+
+class SessionStore:
+    def __init__(self, ctx: AgentContext, state_dir: Path, descriptor: SerialDescriptor,
+                 truth: dict[str, Truth] | None = None) -> None:
+        self.ctx = ctx
+        self.db = state_dir / "sessions.sqlite"
+        self.uploads = state_dir / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(self.db) as conn:  # readers never wait for a writer (concurrent requests)
+            conn.execute("PRAGMA journal_mode=WAL")
+        self.descriptor = descriptor
+        self.truth = truth or {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, session_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(session_id, threading.Lock())
+
+    def _context(self, image_id: str, author: str | None) -> AgentContext:
+        return self.ctx.for_photo(image_id, author, self.descriptor)
+
+    def _author_for(self, name: str, exclude_author: str | None) -> str | None:
+        """The photographer to exclude: the one asked for, else the labelled author of an eval photo
+        (as ``eval --exclude-same-author``), so a benchmark photo never finds its own series."""
+        if exclude_author:
+            return exclude_author
+        known = self.truth.get(name)
+        return known.author if known else None
+
+    def locate(self, data: bytes, filename: str, *, exclude_author: str | None = None, text: str | None = None,
+               on_event: Callable[[Event], None] | None = None) -> SessionView:
+        """A new session on one uploaded photo (validated by ``locate`` before any model runs)."""
+        session_id = secrets.token_hex(16)
+        folder = self.uploads / session_id
+        folder.mkdir()
+        path = folder / "photo-1"
+        path.write_bytes(data)
+        author = self._author_for(filename, exclude_author)
+        chat = ChatSession(self._context(filename, author), self.db, session_id, on_event=on_event)
+        try:
+            with self._lock(session_id):
+                chat.attach(path, image_id=filename, user_text=text)
+            return self._view(chat)
+        except BaseException:
+            _remove(folder)
+            raise
+        finally:
+            chat.close()
+
+    def _open(self, session_id: str) -> ChatSession:
+        if not SESSION_ID.match(session_id):
+            raise UnknownSession(f"no session {session_id!r}")
+        try:
+            chat = ChatSession(self.ctx, self.db, session_id, must_exist=True)
+        except SessionError:
+            raise UnknownSession(f"no session {session_id!r}") from None
+        st = chat.state()
+        if st is None:
+            chat.close()
+            raise UnknownSession(f"session {session_id!r} has no photo")
+        chat.ctx = self._context(st.image_id, self._excluded(chat))
+        return chat
+
+    def _excluded(self, chat: ChatSession) -> str | None:
+        base = set(self.ctx.config.exclude_authors)
+        extra = [a for a in chat.origin.get("exclude_authors", []) if a not in base]
+        return extra[0] if extra else None
+
+    def view(self, session_id: str) -> SessionView:
+        chat = self._open(session_id)
+        try:
+            return self._view(chat)
+        finally:
+            chat.close()
+
+    def ask(self, session_id: str, text: str) -> SessionView:
+        """A follow-up question on the session's current photo, with ``geoguide chat``'s semantics."""
+        chat = self._open(session_id)
+        try:
+            with self._lock(session_id):
+                chat.ask(text)
+            return self._view(chat)
+        finally:
+            chat.close()
+
+    def photo(self, session_id: str) -> Path:
+        chat = self._open(session_id)
+        try:
+            st = chat.state()
+            return Path(st.image_path)
+        finally:
+            chat.close()
+
+    def _view(self, chat: ChatSession) -> SessionView:
+        st = chat.state()
+        if st is None or st.prediction is None:
+            return SessionView(session_id=chat.session_id)
+        pred = st.prediction.model_copy(update={"image": st.image_id})
+        known = self.truth.get(st.image_id)
+        truth = None
+        if known is not None:
+            err = None if pred.lat is None else float(haversine_km(known.lat, known.lon, pred.lat, pred.lon))
+            truth = TruthView(lat=known.lat, lon=known.lon, error_km=err)
+        turns = [ChatTurn(role=m["role"], text=m["text"]) for m in st.chat if m.get("role") in ("user", "assistant")]
+        return SessionView(session_id=chat.session_id, photo=st.image_id, prediction=pred, truth=truth,
+                           excluded_author=self._excluded(chat), chat=turns)
+
+
+def _remove(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.unlink(missing_ok=True)
+    folder.rmdir()
