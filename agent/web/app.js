@@ -56,17 +56,21 @@ function drawPrediction(view) {
   const focus = [];
   for (const step of pred.trail) {
     const sm = step.summary.submap;
-    if (sm.scheme === "country" && map.shadeCountry(sm.id.split(":")[1], "searched")) continue;
+    if (sm.scheme === "global") continue;
+    if (sm.scheme === "country") {  // one country or a union ("country:UA,BY,PL")
+      for (const iso2 of sm.id.split(":")[1].split(",")) map.shadeCountry(iso2, "searched");
+      continue;
+    }
     if (sm.radius_km) {
-      const e = map.circle("submaps", sm, sm.radius_km);
+      const e = map.circle("submaps", sm, sm.radius_km, "submap-area");
       e.dataset.submap = sm.id;
     }
   }
   $("map").dataset.submaps = String(pred.trail.length);
   const prior = pred.prior;
   if (prior && prior.lat !== null && prior.lat !== undefined) {
-    if (prior.uncertainty_km) map.circle("prior-layer", prior, prior.uncertainty_km);
-    map.dot("prior-layer", prior, 6, "prior-point", `prior: ${fmt(prior.lat, prior.lon)}`);
+    if (prior.uncertainty_km) map.circle("prior-layer", prior, prior.uncertainty_km, "uncertainty");
+    map.dot("prior-layer", prior, 10, "prior-point", `prior: ${fmt(prior.lat, prior.lon)}`);
     focus.push(prior);
   }
   const best = Math.max(...pred.top_candidates.map((c) => c.score), 1e-9);
@@ -108,6 +112,7 @@ function render(view) {
   sessionId = view.session_id;
   history.replaceState(null, "", `#s=${sessionId}`);
   const pred = view.prediction;
+  if (view.photo && !$("preview").src) showSessionPhoto(view);
   $("answer").hidden = !pred;
   $("chat-box").hidden = !pred;
   if (!pred) return;
@@ -142,6 +147,14 @@ function render(view) {
     li($("chat"), turn.text, turn.role);
   }
   drawPrediction(view);
+}
+
+async function showSessionPhoto(view) {  // a session reopened from the URL: its photo from the server
+  const resp = await fetch(`/api/sessions/${view.session_id}/photo`, { headers: headers() });
+  if (!resp.ok) return;
+  $("preview").src = URL.createObjectURL(await resp.blob());
+  $("preview").hidden = false;
+  $("drop-text").textContent = view.photo;
 }
 
 function step(event) {
@@ -247,7 +260,7 @@ $("ask").addEventListener("submit", (e) => {
 $("map").addEventListener("click", () => { $("popup").hidden = true; });
 $("zoom-in").addEventListener("click", () => map.zoom(1.6));
 $("zoom-out").addEventListener("click", () => map.zoom(1 / 1.6));
-$("zoom-fit").addEventListener("click", () => map.fit([...document.querySelectorAll("#marks circle, #prior-layer circle")]
+$("zoom-fit").addEventListener("click", () => map.fit([...document.querySelectorAll("#marks ellipse, .prior-point, .candidate")]
   .map((c) => ({ lon: +c.getAttribute("cx"), lat: -c.getAttribute("cy") }))));
 $("token-button").addEventListener("click", () => {
   const token = prompt("API token (serve --token):");
@@ -259,7 +272,8 @@ async function start() {
   try {
     await map.load(fetchJSON);
     const h = await fetchJSON("/api/health");
-    $("health").textContent = `${h.n_references.toLocaleString()} references · ${h.descriptor} · ${h.vlm} · ${h.policy}`;
+    const vlm = h.vlm.replace(/^([\w-]+):.*\/([^/]+)$/, "$1:$2");  // replay:/long/path/prior.csv -> replay:prior.csv
+    $("health").textContent = `${h.n_references.toLocaleString()} references · ${h.descriptor} · ${vlm} · ${h.policy}`;
     const m = location.hash.match(/^#s=([0-9a-f]{32})$/);
     if (m) render(await fetchJSON(`/api/sessions/${m[1]}`));
     document.body.dataset.state = document.body.dataset.state || "ready";

@@ -1,6 +1,7 @@
 // A world map in plain SVG, drawn from the country outlines the server ships
 // (/api/countries.geojson): no tiles, no scripts from the internet. Equirectangular
-// projection (x = lon, y = -lat, one unit per degree), zoomed by moving the viewBox.
+// projection (x = lon, y = -lat, one unit per degree), zoomed by moving the viewBox; a fitted
+// view squeezes x by cos(latitude of its centre), so France at 47°N is not 1.5 times too wide.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -18,7 +19,8 @@ class WorldMap {
     this.layers = {};
     for (const g of svg.querySelectorAll("g[id]")) this.layers[g.id] = g;
     this.view = { x: -180, y: -90, w: 360, h: 180 };
-    this.sized = []; // [element, attribute, pixels]: sizes kept constant on screen
+    this.k = 1; // x scale of the projection: cos(standard parallel)
+    this.sized = []; // [ellipse, pixels]: marks keep their size on screen whatever the zoom
     this.countries = new Map();
     this.apply();
     this.enablePanZoom();
@@ -50,7 +52,10 @@ class WorldMap {
     const v = this.view;
     this.svg.setAttribute("viewBox", `${v.x} ${v.y} ${v.w} ${v.h}`);
     const unit = 1 / this.pxPerUnit();
-    for (const [el, attr, px] of this.sized) el.setAttribute(attr, px * unit);
+    for (const [el, px] of this.sized) {
+      el.setAttribute("rx", (px * unit) / this.k);
+      el.setAttribute("ry", px * unit);
+    }
   }
 
   zoom(factor, cx, cy) {
@@ -63,13 +68,20 @@ class WorldMap {
     this.apply();
   }
 
-  fit(points, minSpanDeg = 4) {
+  setProjection(k) {
+    this.k = k;
+    this.layers.world.setAttribute("transform", `scale(${k},1)`);
+  }
+
+  fit(points, minSpanDeg = 10) {
     if (!points.length) return;
-    const xs = points.map((p) => p.lon), ys = points.map((p) => -p.lat);
+    const lats = points.map((p) => p.lat);
+    this.setProjection(Math.max(0.35, Math.cos(((Math.min(...lats) + Math.max(...lats)) / 2) * Math.PI / 180)));
+    const xs = points.map((p) => p.lon * this.k), ys = points.map((p) => -p.lat);
     let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
     const r = this.svg.getBoundingClientRect();
     const aspect = r.width && r.height ? r.width / r.height : 2;
-    let w = Math.max(x1 - x0, minSpanDeg) * 1.3, h = Math.max(y1 - y0, minSpanDeg / 2) * 1.3;
+    let w = Math.max(x1 - x0, minSpanDeg) * 1.5, h = Math.max(y1 - y0, minSpanDeg / 2) * 1.5;
     if (w / h < aspect) w = h * aspect; else h = w / aspect;
     w = Math.min(w, 360 * Math.max(1, aspect / 2));
     h = w / aspect;
@@ -116,16 +128,17 @@ class WorldMap {
   }
 
   dot(layer, p, px, cls, title) {
-    const c = svgEl("circle", { cx: p.lon, cy: -p.lat, class: cls }, this.layers[layer]);
-    this.sized.push([c, "r", px]);
+    const c = svgEl("ellipse", { cx: p.lon, cy: -p.lat, class: cls }, this.layers[layer]);
+    this.sized.push([c, px]);
+    this.apply();
     if (title) svgEl("title", {}, c).textContent = title;
     return c;
   }
 
   // An uncertainty circle of radius km, drawn as an ellipse in degrees (wider towards the poles).
-  circle(layer, p, km) {
+  circle(layer, p, km, cls) {
     const ry = km / 111.2, rx = ry / Math.max(0.05, Math.cos((p.lat * Math.PI) / 180));
-    return svgEl("ellipse", { cx: p.lon, cy: -p.lat, rx, ry }, this.layers[layer]);
+    return svgEl("ellipse", { cx: p.lon, cy: -p.lat, rx, ry, class: cls }, this.layers[layer]);
   }
 
   shadeCountry(iso2, cls) {

@@ -1,0 +1,152 @@
+"""The page of ``geoguide serve`` in a real headless Chromium (Debian's ``chromium``, driven by
+Playwright with ``executable_path``: Playwright's own browser download does not work here).
+
+A real uvicorn server on 127.0.0.1 serves the real app over the synthetic index with a replayed
+prior; the browser uploads a photo, waits for the streamed answer, checks the map draws the
+prior, the searched country, the candidates, the answer and the truth, opens a reference
+thumbnail, asks a follow-up, reloads the session from the URL, and shrinks to a phone's width.
+Screenshots go to ``build/test-artifacts/browser`` (``$GEOGUIDE_ARTIFACTS`` to move them).
+``make test`` installs Chromium (apt) and Playwright (pip); without them these tests skip and
+say which is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.backends import make_backend
+from agent.config import AgentConfig
+from agent.context import AgentContext
+from agent.server import create_app
+from agent.web_sessions import Truth
+from tests.synthetic import place_image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("GEOGUIDE_ARTIFACTS", Path(__file__).resolve().parents[2] / "build" / "test-artifacts"))
+PARIS = (48.8566, 2.3522)
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup installs it)")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: `apt-get install chromium` (make test does it as root)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(synthetic_index, tmp_path_factory):
+    import uvicorn
+
+    tmp = tmp_path_factory.mktemp("browser")
+    prior = tmp / "prior.csv"
+    prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
+                     f"q_paris.jpg,{PARIS[0]},{PARIS[1]},Paris,True,gemini\n")
+    ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig())
+    app = create_app(ctx, state_dir=tmp / "state", truth={"q_paris.jpg": Truth(lat=48.87, lon=2.33)})
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    photo = tmp / "q_paris.jpg"
+    place_image(0, variant=7).save(photo, quality=92)
+    yield f"http://127.0.0.1:{port}/", photo
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _wait_state(page, *states: str, timeout_ms: int = 60_000) -> str:
+    cond = " || ".join(f"document.body.dataset.state === '{s}'" for s in (*states, "failed"))
+    page.wait_for_function(cond, timeout=timeout_ms)
+    state = page.evaluate("document.body.dataset.state")
+    assert state != "failed", page.inner_text("#error")
+    return state
+
+
+def test_locate_a_photo_see_the_evidence_and_ask_a_follow_up(server, browser):
+    url, photo = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else problems.append(r.url))
+
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.state === 'ready'")
+    assert page.locator("#land path").count() >= 230  # the offline outlines
+    page.set_input_files("#file", str(photo))
+    _wait_state(page, "located")
+    page.screenshot(path=str(ARTIFACTS / "browser-desktop.png"))
+
+    assert page.locator("#steps li").count() >= 3
+    assert "perceive" in page.inner_text("#steps")
+    assert page.locator("#prior-layer .prior-point").count() == 1
+    assert page.locator("#land path.searched[data-iso2='FR']").count() == 1
+    assert page.locator("#candidates .candidate").count() >= 3
+    assert page.locator("#marks .answer-mark").count() == 1
+    assert page.locator("#marks .truth-mark").count() == 1 and page.locator("#truth-line line").count() == 1
+    assert "France" in page.inner_text("#answer-place") and "km off" in page.inner_text("#answer-truth")
+
+    page.locator("#candidates .candidate").first.dispatch_event("click")
+    page.wait_for_function("document.querySelector('#popup img').naturalWidth > 0")
+    assert page.is_visible("#popup") and "similarity" in page.inner_text("#popup figcaption")
+    page.screenshot(path=str(ARTIFACTS / "browser-candidate.png"))
+
+    turns = page.locator("#chat li").count()
+    page.fill("#question", "Why do you think so?")
+    page.click("#ask button")
+    _wait_state(page, "answered")
+    assert page.locator("#chat li").count() == turns + 2
+    assert page.locator("#chat li.assistant").last.inner_text().strip()
+    page.screenshot(path=str(ARTIFACTS / "browser-follow-up.png"))
+
+    session_url = page.url
+    assert "#s=" in session_url
+    page.goto("about:blank")
+    page.goto(session_url)  # a reload (or a restarted server) finds the session from the URL
+    page.wait_for_function("document.body.dataset.state === 'ready'")
+    assert page.locator("#chat li").count() == turns + 2 and page.locator("#marks .answer-mark").count() == 1
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    box = page.locator("#map").bounding_box()
+    assert box and box["width"] >= 350 and box["height"] >= 250
+    page.screenshot(path=str(ARTIFACTS / "browser-phone.png"))
+    assert not problems, problems  # no script errors, and nothing fetched beyond the server
+
+
+def test_a_photo_that_is_not_one_shows_the_servers_reason(server, browser, tmp_path):
+    url, _ = server
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.state === 'ready'")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_function("document.body.dataset.state === 'failed'")
+    assert "notes.jpg" in page.inner_text("#error") and page.is_hidden("#answer")
