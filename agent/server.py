@@ -137,11 +137,13 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
                      exclude_author: Annotated[str | None, Form()] = None,
                      text: Annotated[str | None, Form()] = None) -> Prediction:
         data, name = read_upload(image)
+        started = time.perf_counter()
         try:
             view = store.locate(data, name, exclude_author=exclude_author, text=text)
         except ImageLoadError as e:  # locate validates the photo before any model is called
             raise not_a_photo(e, name) from None
         response.headers["X-Geoguide-Session"] = view.session_id
+        response.headers["Server-Timing"] = f"locate;dur={1000 * (time.perf_counter() - started):.1f}"
         return view.prediction
 
     @app.post("/api/locate/stream", dependencies=costly,
