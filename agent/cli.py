@@ -141,11 +141,10 @@ def check_service(pred) -> None:
     accepted a retrieval fallback: the answer is printed, then this makes the exit non-zero."""
     from agent.backends.errors import ModelServiceError
 
-    if pred.service_failure and pred.fallback == "none":
-        raise ModelServiceError(
-            f"the model failed ({pred.service_failure}): {pred.prior_error or '; '.join(pred.notes)}; "
-            "the answer above rests on retrieval alone (pass --fallback retrieval to accept that)"
-        )
+    failure = pred.model_failure()
+    if failure:
+        raise ModelServiceError(f"{failure}; the answer above rests on retrieval alone "
+                                "(pass --fallback retrieval to accept that)")
 
 
 @app.command("locate")

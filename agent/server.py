@@ -36,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from agent.backends.errors import ModelServiceError
 from agent.context import AgentContext, SerialDescriptor
 from agent.state import Event, Prediction
 from agent.web_sessions import SessionStore, SessionView, Truth, UnknownSession
@@ -109,6 +110,11 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
             raise HTTPException(429, f"too many requests from this client: retry in {wait:.0f} s",
                                 headers={"Retry-After": str(max(1, round(wait)))})
 
+    @app.exception_handler(ModelServiceError)
+    def model_unusable(request: Request, e: ModelServiceError) -> JSONResponse:
+        """The CLI's exit 3: the model server is down, refuses the key, or is misconfigured."""
+        return JSONResponse({"detail": str(e)}, status_code=503)
+
     guarded = [Depends(authorised)]
     costly = [Depends(authorised), Depends(limited)]
 
@@ -144,6 +150,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
             raise not_a_photo(e, name) from None
         response.headers["X-Geoguide-Session"] = view.session_id
         response.headers["Server-Timing"] = f"locate;dur={1000 * (time.perf_counter() - started):.1f}"
+        refused_model(view)
         return view.prediction
 
     @app.post("/api/locate/stream", dependencies=costly,
@@ -161,7 +168,12 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         def work() -> None:
             try:
                 view = store.locate(data, name, exclude_author=exclude_author, text=text, on_event=events.put)
+                refused_model(view)
                 events.put(("session", view.model_dump_json()))
+            except HTTPException as e:
+                events.put(("error", json.dumps({"status": e.status_code, "detail": e.detail})))
+            except ModelServiceError as e:
+                events.put(("error", json.dumps({"status": 503, "detail": str(e)})))
             except Exception as e:  # the stream has started: the failure is its last event
                 events.put(("error", json.dumps({"detail": str(e) or type(e).__name__})))
 
@@ -208,6 +220,16 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def refused_model(view: SessionView) -> None:
+    """503 when the model could not be used and the server was not started with ``--fallback
+    retrieval``: the CLI's exit 3. The session (and its retrieval-only answer) is kept."""
+    failure = view.prediction.model_failure() if view.prediction else None
+    if failure:
+        raise HTTPException(503, f"{failure}; start the server with --fallback retrieval to accept answers from "
+                                 f"retrieval alone (session {view.session_id})",
+                            headers={"X-Geoguide-Session": view.session_id})
 
 
 def jpeg(path: Path, side: int, what: str) -> Response:

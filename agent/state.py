@@ -100,6 +100,13 @@ class Prediction(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
+    def model_failure(self) -> str | None:
+        """Why this answer is not what was asked for: the model could not be used and the user did
+        not accept a retrieval-only answer (``--fallback retrieval``); None when it is."""
+        if self.service_failure and self.fallback == "none":
+            return f"the model failed ({self.service_failure}): {self.prior_error or '; '.join(self.notes)}"
+        return None
+
 
 def _merge(left: dict[str, SearchIntent], right: dict[str, SearchIntent]) -> dict[str, SearchIntent]:
     return {**left, **right}

@@ -201,3 +201,44 @@ def test_the_page_and_its_offline_map(served):
     features = geo.json()["features"]
     assert len(features) >= 230 and {"FR", "JP", "SG", "VA"} <= {f["id"] for f in features}
     assert client.get("/static/../server.py").status_code == 404
+
+
+def test_a_dead_model_server_is_a_503_unless_retrieval_fallback_was_accepted(synthetic_index, tmp_path):
+    """The CLI's exit 3 over HTTP: an answer from retrieval alone is not what was asked for."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"openai-compatible:http://127.0.0.1:{s.getsockname()[1]}/v1:some-model"
+    for fallback, status in (("none", 503), ("retrieval", 200)):
+        ctx = AgentContext(index=synthetic_index, backend=make_backend(dead, timeout=2.0, max_attempts=1),
+                           config=AgentConfig(fallback=fallback))
+        client = TestClient(create_app(ctx, state_dir=tmp_path / fallback))
+        r = client.post("/api/locate", files={"image": ("q.jpg", _jpeg(0), "image/jpeg")})
+        assert r.status_code == status, r.text
+        if status == 503:
+            assert "nothing answers at that address" in r.json()["detail"]
+            assert "--fallback retrieval" in r.json()["detail"]
+            with client.stream("POST", "/api/locate/stream", files={"image": ("q.jpg", _jpeg(0), "image/jpeg")}) as s:
+                events = _events(s.read().decode())
+            assert events[-1][0] == "error" and events[-1][1]["status"] == 503
+        else:
+            assert r.json()["fallback"] == "retrieval" and r.json()["lat"] is not None
+
+
+def test_concurrent_requests_get_the_answers_serial_ones_get(synthetic_index, tmp_path):
+    """One index and one descriptor shared by several users at once: same answers as one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    app = create_app(ctx, state_dir=tmp_path)
+
+    def one(seed: int) -> tuple[float, float, str]:
+        with TestClient(app) as c:
+            p = c.post("/api/locate", files={"image": (f"q{seed}.jpg", _jpeg(seed), "image/jpeg")}).json()
+            return p["lat"], p["lon"], p["country"]
+
+    seeds = [0, 1, 2, 3, 4, 5, 6, 7] * 2
+    serial = [one(s) for s in seeds]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, seeds)) == serial
