@@ -90,7 +90,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     """The FastAPI app around one opened context (index, backends, config)."""
     import tempfile
 
-    app = FastAPI(title="geoguide", summary="Where was this photo taken?")
+    from fastapi_offline import FastAPIOffline
+
+    # /docs and /redoc with their scripts from the package: FastAPI's own pages load them from a CDN.
+    app = FastAPIOffline(title="geoguide", summary="Where was this photo taken?")
     app.add_middleware(GZipMiddleware, minimum_size=2048)
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     store = SessionStore(ctx, Path(state_dir or tempfile.mkdtemp(prefix="geoguide-serve-")), descriptor, truth)

@@ -150,3 +150,14 @@ def test_a_photo_that_is_not_one_shows_the_servers_reason(server, browser, tmp_p
     page.set_input_files("#file", str(bad))
     page.wait_for_function("document.body.dataset.state === 'failed'")
     assert "notes.jpg" in page.inner_text("#error") and page.is_hidden("#answer")
+
+
+def test_the_api_docs_render_offline(server, browser):
+    url, _ = server
+    page = browser.new_page()
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
+    page.goto(url + "docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    assert "/api/locate/stream" in page.inner_text(".swagger-ui")
+    assert not outside, outside

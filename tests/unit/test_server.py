@@ -201,6 +201,10 @@ def test_the_page_and_its_offline_map(served):
     features = geo.json()["features"]
     assert len(features) >= 230 and {"FR", "JP", "SG", "VA"} <= {f["id"] for f in features}
     assert client.get("/static/../server.py").status_code == 404
+    docs = client.get("/docs").text  # the API's docs load nothing from a CDN either
+    assert "/static-offline-docs/swagger-ui-bundle.js" in docs and "cdn" not in docs
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    assert "/api/locate/stream" in client.get("/openapi.json").json()["paths"]
 
 
 def test_a_dead_model_server_is_a_503_unless_retrieval_fallback_was_accepted(synthetic_index, tmp_path):
