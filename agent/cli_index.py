@@ -30,10 +30,20 @@ def index_build(
     col_author: Annotated[str | None, typer.Option("--col-author")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="images per resumable chunk")] = 256,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another index (or a non-index folder's content) in --out")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="describe on a local Ray runtime (one actor per CPU)")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="describe on this Ray cluster (HOST:PORT or auto)")] = None,
+    ray_workers: Annotated[int | None, typer.Option("--ray-workers", min=1, help="describing actors (default: cluster CPUs)")] = None,
+    ray_cpus: Annotated[float, typer.Option("--ray-cpus-per-worker", min=0.01, help="CPUs per actor")] = 1.0,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="drop exact and near-duplicate photos (dHash)")] = False,
+    dedupe_bits: Annotated[int, typer.Option("--dedupe-bits", min=0, max=32, help="near-duplicate threshold, bits of 128")] = 5,
+    exclude_near: Annotated[Path | None, typer.Option("--exclude-near", help="benchmark labels CSV: drop references near its queries")] = None,
+    km: Annotated[float, typer.Option("--km", help="with --exclude-near: the separation in km (OSV-5M: 1)")] = 1.0,
 ) -> None:
     """Describe reference photos and write a searchable, submap-partitioned index."""
     from eval.datasets import load_dataset
     from indices.build import BuildConfig, build_index, validate_build_config
+    from indices.distributed import RayOptions
+    from indices.filtering import REMOVED_NAME, read_removed, rule_counts
     from indices.manifest import SourceInfo
 
     if images is None and labels is None:
@@ -48,7 +58,9 @@ def index_build(
         except json.JSONDecodeError:
             conf[key] = val
     config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, faiss_index=faiss_index,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, filters=_filter_config(dedupe, dedupe_bits, exclude_near, km))
+    ray_options = RayOptions(address=ray_address, workers=ray_workers, cpus_per_worker=ray_cpus) \
+        if ray or ray_address else None
     validate_build_config(config)  # fail on a typo before reading thousands of rows
     if labels is not None:
         columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
@@ -59,13 +71,53 @@ def index_build(
     samples = data.samples[:limit] if limit else data.samples
     source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
                         n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
-    manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite)
+    manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite, ray=ray_options)
     typer.echo(
         f"indexed {manifest.n_references} references ({manifest.source.n_bad_rows} bad rows, "
         f"{manifest.source.n_failed_images} unreadable images skipped) -> {out}"
     )
+    if config.filters.active:
+        removed = read_removed(out)
+        counts = ", ".join(f"{rule} {n}" for rule, n in sorted(rule_counts(removed).items())) or "none"
+        typer.echo(f"filters removed {len(removed)} references ({counts}); listed in {out / REMOVED_NAME}")
     for f in manifest.source.failed_images[:5]:
         typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}", err=True)
+
+
+def _filter_config(dedupe: bool, dedupe_bits: int, exclude_near: Path | None, km: float):
+    """The filter options as a ``FilterConfig`` (the query file is read here, so a bad one fails first)."""
+    from indices.filtering import FilterConfig, load_query_points
+
+    spec = load_query_points(exclude_near, km).spec if exclude_near is not None else None
+    return FilterConfig(dedupe=dedupe, max_hamming=dedupe_bits, exclude_near=spec)
+
+
+@index_app.command("filter")
+def index_filter(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="remove exact and near-duplicate photos (dHash)")] = False,
+    dedupe_bits: Annotated[int, typer.Option("--dedupe-bits", min=0, max=32, help="near-duplicate threshold, bits of 128")] = 5,
+    exclude_near: Annotated[Path | None, typer.Option("--exclude-near", help="benchmark labels CSV: remove references near its queries")] = None,
+    km: Annotated[float, typer.Option("--km", help="with --exclude-near: the separation in km (OSV-5M: 1)")] = 1.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be removed; change nothing")] = False,
+    ids_out: Annotated[Path | None, typer.Option("--out", help="also write the ids to remove, one a line (for index remove --ids)")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="threads reading photos for --dedupe")] = 2,
+) -> None:
+    """Remove near-duplicate references and references near a benchmark's queries from a built index."""
+    from indices.filtering import filter_index, write_removed_ids
+
+    if not dedupe and exclude_near is None:
+        raise CLIError("give --dedupe and/or --exclude-near CSV [--km R]")
+    plan = filter_index(index_dir, _filter_config(dedupe, dedupe_bits, exclude_near, km), workers=workers)
+    for line in plan.summary_lines():
+        typer.echo(line)
+    if ids_out is not None:
+        write_removed_ids(ids_out, plan.removals)
+        typer.echo(f"wrote {len(plan.removals)} ids to {ids_out}")
+    if dry_run or not plan.removals:
+        return
+    plan.apply()
+    typer.echo(f"removed {len(plan.removals)} references from {index_dir}; listed in {index_dir / 'removed.csv'}")
 
 
 @index_app.command("info")

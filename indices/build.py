@@ -39,8 +39,19 @@ from pydantic import BaseModel, Field
 
 from indices import atomic
 from indices.descriptors import Descriptor, get_descriptor
+from indices.distributed import RayOptions
 from indices.errors import GeoguideError
-from indices.images import ImageLoadError, load_image
+from indices.filtering import (
+    REMOVED_NAME,
+    FilterConfig,
+    dhash128,
+    duplicate_removals,
+    exclude_near_records,
+    hash_arrays,
+    is_removed_record,
+    record_removals,
+)
+from indices.images import ImageLoadError, file_sha256, load_image
 from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
 from indices.progress import Progress
 from indices.submaps import SubmapScheme, parse_schemes
@@ -70,6 +81,7 @@ class BuildConfig(BaseModel):
     fit_sample: int = Field(1000, ge=1, description="images used to fit PCA / vocabularies")
     seed: int = 0
     load_workers: int = Field(2, ge=1, description="threads decoding images while the model runs")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="dedupe / exclude-near rules")
 
 
 class BuildError(GeoguideError, RuntimeError):
@@ -92,7 +104,8 @@ def _load_many(paths: Sequence[Path], workers: int):
 
 
 def _work_key(config: BuildConfig, records: Sequence[ReferenceRecord]) -> str:
-    h = hashlib.sha256(config.model_dump_json().encode())
+    # Filters enter the key only when set, so indices built before they existed keep their key.
+    h = hashlib.sha256(config.model_dump_json(exclude=None if config.filters.active else {"filters"}).encode())
     for r in records:
         h.update(f"{r.image_id}\t{r.image_path}\t{r.lat:.7f}\t{r.lon:.7f}\t{r.author}\n".encode())
     return h.hexdigest()
@@ -165,6 +178,8 @@ def _clear_index(out: Path) -> None:
     for folder in (out / "refs", out / "submaps"):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+    if is_removed_record(out / REMOVED_NAME):
+        (out / REMOVED_NAME).unlink()
     if _read_key(out / "work") is not None:  # our scratch space (another build's); never a user's "work"
         shutil.rmtree(out / "work")
 
@@ -201,11 +216,14 @@ def build_index(
     after_chunk: Callable[[int], None] | None = None,
     *,
     overwrite: bool = False,
+    ray: RayOptions | None = None,
 ) -> Manifest:
     """Describe ``records`` and write an index to ``out_dir``; resumes an interrupted build.
 
     ``overwrite``: replace another index (or unfinished build) in ``out_dir``, or write into a
     non-empty folder that is no index; without it those raise ``IndexExistsError``.
+    ``ray``: describe the chunks on Ray (a local runtime or a cluster) instead of in this process;
+    the index is the same (same chunks, same fitted state), and either way resumes the other's chunks.
     """
     config = config or BuildConfig()
     source = source or SourceInfo()
@@ -227,7 +245,7 @@ def build_index(
         _clear_index(out)
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
-        return _build(records, out, config, source, progress, after_chunk, descriptor, schemes, key)
+        return _build(records, out, config, source, progress, after_chunk, descriptor, schemes, key, ray)
     except BaseException:
         _clean_up_after_failure(work, created)
         raise
@@ -243,58 +261,26 @@ def _build(
     descriptor: Descriptor,
     schemes: list[SubmapScheme],
     key: str,
+    ray: RayOptions | None,
 ) -> Manifest:
-    """Fit, describe and write; ``build_index`` has already decided that ``out`` may be written."""
+    """Filter, fit, describe and write; ``build_index`` has already decided that ``out`` may be written."""
     work = out / "work"
-    key_file = work / "build_key.txt"
     work.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(key_file, key + "\n")
+    atomic.write_text(work / "build_key.txt", key + "\n")
+    records, removals = exclude_near_records(records, config.filters.exclude_near)
     paths = [Path(r.image_path) if r.image_path is not None else Path("") for r in records]
+    _fit(descriptor, paths, work, config)
+    chunks = _describe(descriptor, paths, work / "chunks", config, progress, after_chunk, ray)
 
-    # 1. Fit what the descriptor learns from references (PCA, vocabulary), once.
-    state_file = work / "descriptor_state.npz"
-    if state_file.exists():
-        with np.load(state_file) as z:
-            descriptor.load_state({k: z[k] for k in z.files})
-    elif descriptor.trainable and not descriptor.is_fitted:
-        rng = np.random.default_rng(config.seed)
-        pick = np.sort(rng.choice(len(records), size=min(config.fit_sample, len(records)), replace=False))
-        loaded = _load_many([paths[i] for i in pick], config.load_workers)
-        images = [img for img, _ in loaded if img is not None]
-        if not images:
-            raise BuildError("none of the images sampled to fit the descriptor could be read")
-        log.info("fitting %s on %d images", descriptor.name, len(images))
-        descriptor.fit(images)
-        atomic.save_npz(state_file, descriptor.state())
-
-    # 2. Describe in fixed chunks; each finished chunk is a file, so a restart skips it.
-    n = len(records)
-    chunk_dir = work / "chunks"
-    chunk_dir.mkdir(exist_ok=True)
-    starts = list(range(0, n, config.chunk_size))
-    bar = Progress(n, f"describing ({descriptor.name})", "img", progress)
-    for ci, s in enumerate(starts):
-        chunk_file = chunk_dir / f"{ci:06d}.npz"
-        e = min(s + config.chunk_size, n)
-        if not chunk_file.exists():
-            loaded = _load_many(paths[s:e], config.load_workers)
-            ok = np.array([img is not None for img, _ in loaded], dtype=bool)
-            images = [img for img, _ in loaded if img is not None]
-            vecs = descriptor.extract(images) if images else np.zeros((0, descriptor.dim), np.float32)
-            errors = np.array([err or "" for _, err in loaded], dtype=object).astype(str)
-            atomic.save_npz(chunk_file, {"desc": vecs.astype(np.float16), "ok": ok, "errors": errors})
-            if after_chunk is not None:
-                after_chunk(ci)
-        bar.update(e - s)
-    bar.close()
-
-    # 3. Assemble and write the index.
-    descs, oks, problems = [], [], list(source.problems)
+    # Assemble and write the index.
+    descs, oks, hashes, problems = [], [], [], list(source.problems)
     failed: list[FailedImage] = []
-    for ci, s in enumerate(starts):
-        with np.load(chunk_dir / f"{ci:06d}.npz") as z:
+    for ci, s, _ in chunks:
+        with np.load(work / "chunks" / f"{ci:06d}.npz") as z:
             descs.append(z["desc"])
             oks.append(z["ok"])
+            if config.filters.dedupe:
+                hashes.append((z["sha256"], z["dhash"]))
             for i, err in enumerate(z["errors"], start=s):
                 if err:
                     problems.append(str(err))
@@ -302,8 +288,9 @@ def _build(
                         failed.append(FailedImage(id=records[i].image_id, path=str(paths[i]),
                                                   reason=_reason(str(err), paths[i])))
     ok = np.concatenate(oks)
-    vecs = np.concatenate(descs)
+    vecs = np.concatenate(descs)  # rows of the readable images only
     keep = np.flatnonzero(ok)
+    n = len(records)
     if len(keep) == 0:
         # The chunks record only failures: resuming from them could only fail again.
         shutil.rmtree(work, ignore_errors=True)
@@ -311,6 +298,14 @@ def _build(
     n_failed = int(n - len(keep))
     if n_failed:
         log.warning("%d of %d images could not be read and were skipped", n_failed, n)
+    if config.filters.dedupe:
+        sha = np.concatenate([h[0] for h in hashes])[keep]
+        dhash = np.concatenate([h[1] for h in hashes])[keep]
+        unique, dropped = duplicate_removals([records[i].image_id for i in keep], [str(paths[i]) for i in keep],
+                                             np.array([records[i].lat for i in keep]),
+                                             np.array([records[i].lon for i in keep]),
+                                             sha, dhash, config.filters.max_hamming)
+        keep, vecs, removals = keep[unique], vecs[unique], removals + dropped
     from indices.geography import countries_at
 
     lat = np.array([records[i].lat for i in keep], dtype=np.float64)
@@ -333,5 +328,77 @@ def _build(
         source=src,
         build_key=key,
     )
+    record_removals(out, removals, config.filters)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _fit(descriptor: Descriptor, paths: list[Path], work: Path, config: BuildConfig) -> None:
+    """Fit what the descriptor learns from references (PCA, vocabulary) once, on this process;
+    a distributed build ships the fitted state to its workers, so both paths describe alike."""
+    state_file = work / "descriptor_state.npz"
+    if state_file.exists():
+        with np.load(state_file) as z:
+            descriptor.load_state({k: z[k] for k in z.files})
+    elif descriptor.trainable and not descriptor.is_fitted:
+        rng = np.random.default_rng(config.seed)
+        pick = np.sort(rng.choice(len(paths), size=min(config.fit_sample, len(paths)), replace=False))
+        loaded = _load_many([paths[i] for i in pick], config.load_workers)
+        images = [img for img, _ in loaded if img is not None]
+        if not images:
+            raise BuildError("none of the images sampled to fit the descriptor could be read")
+        log.info("fitting %s on %d images", descriptor.name, len(images))
+        descriptor.fit(images)
+        atomic.save_npz(state_file, descriptor.state())
+
+
+def describe_chunk(descriptor: Descriptor, paths: Sequence[Path], load_workers: int, hashes: bool) -> dict[str, np.ndarray]:
+    """One resumable unit of work, the same on this process and on a Ray worker: the readable images'
+    descriptors (fp16), which were readable and why not; with ``hashes``, each file's SHA-256 and dHash."""
+    loaded = _load_many(paths, load_workers)
+    ok = np.array([img is not None for img, _ in loaded], dtype=bool)
+    images = [img for img, _ in loaded if img is not None]
+    vecs = descriptor.extract(images) if images else np.zeros((0, descriptor.dim), np.float32)
+    errors = np.array([err or "" for _, err in loaded], dtype=object).astype(str)
+    arrays = {"desc": vecs.astype(np.float16), "ok": ok, "errors": errors}
+    if hashes:
+        arrays |= hash_arrays(len(paths))
+        for i in np.flatnonzero(ok):
+            arrays["sha256"][i] = file_sha256(paths[i])
+            arrays["dhash"][i] = dhash128(loaded[i][0])
+    return arrays
+
+
+def _describe(descriptor: Descriptor, paths: list[Path], chunk_dir: Path, config: BuildConfig,
+              progress: bool | str, after_chunk: Callable[[int], None] | None,
+              ray: RayOptions | None) -> list[tuple[int, int, int]]:
+    """Describe in fixed chunks ``(index, start, end)``; each finished chunk is a file, so a restart
+    (on either path) skips it. Returns every chunk."""
+    n = len(paths)
+    chunk_dir.mkdir(exist_ok=True)
+    chunks = [(ci, s, min(s + config.chunk_size, n)) for ci, s in enumerate(range(0, n, config.chunk_size))]
+    todo = [c for c in chunks if not (chunk_dir / f"{c[0]:06d}.npz").exists()]
+    if len(todo) < len(chunks):
+        log.warning("resuming the build in %s: %d of %d chunks already described",
+                    chunk_dir.parent, len(chunks) - len(todo), len(chunks))
+    bar = Progress(n, f"describing ({descriptor.name})", "img", progress)
+    bar.update(sum(e - s for ci, s, e in chunks) - sum(e - s for ci, s, e in todo))
+    sizes = {ci: e - s for ci, s, e in todo}
+
+    def finished(ci: int) -> None:
+        if after_chunk is not None:
+            after_chunk(ci)
+        bar.update(sizes[ci])
+
+    if ray is not None:
+        from indices.distributed import describe_on_ray
+
+        describe_on_ray([(ci, [str(p) for p in paths[s:e]]) for ci, s, e in todo], descriptor, chunk_dir,
+                        config.load_workers, config.filters.dedupe, ray, finished)
+    else:
+        for ci, s, e in todo:
+            atomic.save_npz(chunk_dir / f"{ci:06d}.npz",
+                            describe_chunk(descriptor, paths[s:e], config.load_workers, config.filters.dedupe))
+            finished(ci)
+    bar.close()
+    return chunks
