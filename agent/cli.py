@@ -95,6 +95,8 @@ def make_context(index_dir: Path, vlm: str, policy: str, cache: Path | None = No
     make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
     index = ReferenceIndex(index_dir)
     backend = open_backend(vlm, cache, timeout=timeout, attempts=attempts, opts=vlm_opts)
+    if hasattr(backend, "restrict_countries") and index.scheme_of("country") is not None:
+        backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
     planning = None
     if planner is not None and (planner != vlm or planner_opts):
         planning = open_backend(planner, cache, timeout=timeout, attempts=attempts, opts=planner_opts)

@@ -24,7 +24,9 @@ BACKENDS: dict[str, type[Backend]] = {}  # prefix -> class; ``cls.from_spec(rest
 
 # Modules whose import registers the built-in backends; heavy dependencies (torch,
 # transformers) are imported inside them only when a model is actually loaded.
-_BUILTIN_MODULES = ("agent.backends.openai_backend", "agent.backends.llava", "agent.backends.offline")
+_BUILTIN_MODULES = (
+    "agent.backends.openai_backend", "agent.backends.llava", "agent.backends.offline", "agent.backends.local_priors",
+)
 
 
 def register_backend(prefix: str) -> Callable[[type[BackendT]], type[BackendT]]:
