@@ -313,6 +313,26 @@ def serve_cmd(
         ctx.close()
 
 
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Every descriptor and prior backend: can it run here, where it looks for weights, how to get them."""
+    from agent.models_catalog import catalog
+
+    cat = catalog()
+    if as_json:
+        echo_json(cat.model_dump())
+        return
+    mark = {True: "yes", False: "no", None: "depends"}
+    for m in cat.models:
+        typer.echo(f"{m.kind:<10} {m.name:<18} {mark[m.runs_here]:<8} {m.detail}")
+        if m.runs_here is False and m.looks_in:
+            typer.echo(f"{'':<38}looks in: {'; '.join(m.looks_in)}")
+        if m.runs_here is False and m.how_to_get:
+            typer.echo(f"{'':<38}get them: {m.how_to_get}")
+
+
 from eval.cli import ablate_cmd, eval_cmd  # noqa: E402  (commands live with their package)
 
 app.command("eval")(eval_cmd)

@@ -27,6 +27,7 @@ from agent.backends.media import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, ImageIn
 from agent.backends.pricing import FREE, Price, cost_usd
 from agent.backends.retry import RetryPolicy, call_with_retries
 from agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
+from indices.availability import NO_WEIGHTS, Availability
 from prompts.loader import PromptTemplate, load_prompt
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,11 @@ class Backend(ABC):
     def from_spec(cls, rest: str, **options: Any) -> Backend:
         """Build from the part of the spec after ``PREFIX:``; by default that is the model."""
         return cls(rest, **options)
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Whether this backend can run here and where it looks for weights (``geoguide models``)."""
+        return NO_WEIGHTS
 
     @property
     def spec(self) -> str:

@@ -20,12 +20,14 @@ Design choices:
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.backends.base import Completion, ModelBackend
 from agent.backends.errors import BackendConfigError, NotSupportedError
 from agent.backends.media import decode_data_url
 from agent.backends.registry import register_backend
+from indices.availability import Availability, hf_cached, local_weights
 
 
 def to_llava_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -60,6 +62,16 @@ def to_llava_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str
 @register_backend("llava")
 class LlavaBackend(ModelBackend):
     kind: ClassVar[str] = "llava"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        def check(where: str) -> None:
+            if not ((Path(where) / "config.json").is_file() or hf_cached(where)):
+                raise FileNotFoundError("not a local folder, not in the Hugging Face cache")
+
+        return local_weights(option="llava:FOLDER_OR_HUB_ID", env_var=None, hub_id="llava-hf/llava-1.5-7b-hf",
+                             check=check, how_to_get="on a connected machine: huggingface-cli download "
+                             "llava-hf/llava-1.5-7b-hf, then copy the cache or the folder here")
     supports_tools: ClassVar[bool] = False
 
     def __init__(

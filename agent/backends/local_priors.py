@@ -19,6 +19,7 @@ it and never downloads) and turn what they see into an ordinary ``Perception``, 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,11 +29,11 @@ import numpy as np
 
 from agent.backends.base import Backend
 from agent.backends.cache import ResponseCache, make_key, open_cache
-from agent.backends.errors import BackendConfigError
 from agent.backends.media import ImageInput
 from agent.backends.media import load_image as load_input
 from agent.backends.registry import register_backend
 from agent.schemas import Clue, CountryGuess, Perception, PerceptionOutcome, Usage
+from indices.availability import Availability, local_weights
 
 GEOCLIP_TOP_K = 100  # gallery points kept per photo: ~97% of the softmax mass on IM2GPS3k-like photos
 MAX_COUNTRIES = 5
@@ -40,14 +41,18 @@ MAX_COUNTRIES = 5
 
 class LocalPriorBackend(Backend):
     """A prior computed here by a local network: cached per photo (the image's hash and the
-    model's identity), timed, and never a "service failure": broken weights fail at construction."""
+    model's identity), timed, and never a "service failure": broken weights fail at construction.
+    The CLIP folder is the spec's argument, else ``$env_var``, else ``hub_id`` in the local
+    Hugging Face cache."""
+
+    env_var: ClassVar[str]
+    hub_id: ClassVar[str]
 
     def __init__(self, model: str, *, cache: ResponseCache | str | None = None, timeout: float | None = None,
                  max_attempts: int | None = None, device: str | None = None) -> None:
         del timeout, max_attempts  # a local forward pass has no server to wait for
+        model = model or os.environ.get(self.env_var, "") or self.hub_id
         super().__init__(model)
-        if not model:
-            raise BackendConfigError(f"{self.kind}: give the CLIP folder, e.g. {self.kind}:/models/clip-vit-large-patch14")
         from indices.descriptors.clip import resolve_clip_weights
 
         self.folder = resolve_clip_weights(model)  # WeightsNotFoundError (exit 2) names where to put them
@@ -55,6 +60,14 @@ class LocalPriorBackend(Backend):
         self.cache = open_cache(cache)
         self._owns_cache = cache is not None and not isinstance(cache, ResponseCache)
         self._lock = threading.Lock()
+
+    @classmethod
+    def availability(cls) -> Availability:
+        from indices.descriptors.clip import resolve_clip_weights
+
+        return local_weights(option=f"{cls.kind}:FOLDER", env_var=cls.env_var, hub_id=cls.hub_id,
+                             check=resolve_clip_weights, how_to_get=f"on a connected machine: huggingface-cli "
+                             f"download {cls.hub_id} (or save_pretrained it), then copy the folder here")
 
     def identity(self) -> dict[str, Any]:
         """What the prior depends on: part of the cache key."""
@@ -106,6 +119,19 @@ def country_ranking(lats: np.ndarray, lons: np.ndarray, probs: np.ndarray) -> li
 @register_backend("geoclip")
 class GeoCLIPBackend(LocalPriorBackend):
     kind: ClassVar[str] = "geoclip"
+    env_var: ClassVar[str] = "GEOGUIDE_CLIP_DIR"
+    hub_id: ClassVar[str] = "openai/clip-vit-large-patch14"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            from agent.backends.geoclip_model import package_weights_digest
+
+            package_weights_digest()
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            return Availability(runs_here=False, detail=str(e).splitlines()[0],
+                                how_to_get="pip install --no-deps geoclip (make setup does)")
+        return super().availability()
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
@@ -145,6 +171,8 @@ class GeoCLIPBackend(LocalPriorBackend):
 @register_backend("clip-zeroshot")
 class ClipZeroShotBackend(LocalPriorBackend):
     kind: ClassVar[str] = "clip-zeroshot"
+    env_var: ClassVar[str] = "GEOGUIDE_STREETCLIP_DIR"
+    hub_id: ClassVar[str] = "geolocal/StreetCLIP"
     TEMPLATE: ClassVar[str] = "a photo taken in {country}."
 
     def __init__(self, model: str, **options: Any) -> None:

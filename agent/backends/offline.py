@@ -19,6 +19,7 @@ from agent.backends.errors import BackendConfigError
 from agent.backends.media import ImageInput
 from agent.backends.registry import register_backend
 from agent.schemas import CountryGuess, Perception, PerceptionOutcome, Usage
+from indices.availability import Availability
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ class ReplayBackend(Backend):
     """
 
     kind: ClassVar[str] = "replay"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(runs_here=None, detail="needs a CSV of recorded answers: replay:prior.csv",
+                            how_to_get="e.g. the shared split's prior_gemini-2.0-flash.csv")
 
     def __init__(self, path: str | Path, *, country_probability: float = 1.0, countries: bool = True) -> None:
         super().__init__(str(path))
@@ -136,6 +142,10 @@ class NoneBackend(Backend):
     """No VLM: every outcome is "no prior, no error", which the graph reads as retrieval only."""
 
     kind: ClassVar[str] = "none"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(runs_here=True, detail="no prior: retrieval only")
 
     def __init__(self, model: str = "") -> None:
         if model:

@@ -68,6 +68,7 @@ from agent.backends.structured import (
     strict_tools,
 )
 from agent.schemas import AssistantTurn, Perception, PerceptionOutcome
+from indices.availability import Availability
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,13 @@ def _rejects_tools(exc: openai.APIStatusError) -> bool:
 @register_backend("openai")
 class OpenAIBackend(ModelBackend):
     kind: ClassVar[str] = "openai"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        key = bool(os.environ.get("OPENAI_API_KEY"))
+        return Availability(runs_here=key, detail=("$OPENAI_API_KEY is set; the API must be reachable" if key else
+                                                   "$OPENAI_API_KEY is not set"),
+                            how_to_get="an API key from platform.openai.com, and network access to the API")
     supports_tools: ClassVar[bool] = True
     model_options: ClassVar[frozenset[str]] = frozenset(BackendOptions.model_fields)
     max_tokens_param: ClassVar[str] = "max_completion_tokens"  # the API's current name; o-series reject max_tokens
@@ -352,6 +360,11 @@ class OpenAIBackend(ModelBackend):
 @register_backend("openai-compatible")
 class OpenAICompatibleBackend(OpenAIBackend):
     kind: ClassVar[str] = "openai-compatible"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(runs_here=None, detail="needs a server you run: openai-compatible:http://127.0.0.1:8080/v1:MODEL",
+                            how_to_get="llama.cpp's llama-server, vLLM or Ollama serving a vision model")
     max_tokens_param: ClassVar[str] = "max_tokens"  # what vLLM, Ollama and llama.cpp all accept
     default_response_format: ClassVar[str] = "json_object"  # servers vary; json_schema is opt-in
     default_tool_mode: ClassVar[str] = "auto"  # many local servers have no (or a switched-off) tool parser

