@@ -269,8 +269,10 @@ $("token-button").addEventListener("click", () => {
 });
 
 async function start() {
+  showError(null);
   try {
     await map.load(fetchJSON);
+    $("token-button").hidden = !localStorage.getItem("geoguide-token");
     const h = await fetchJSON("/api/health");
     const vlm = h.vlm.replace(/^([\w-]+):.*\/([^/]+)$/, "$1:$2");  // replay:/long/path/prior.csv -> replay:prior.csv
     $("health").textContent = `${h.n_references.toLocaleString()} references · ${h.descriptor} · ${vlm} · ${h.policy}`;

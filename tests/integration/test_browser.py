@@ -12,11 +12,13 @@ say which is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,16 +47,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(synthetic_index, tmp_path_factory):
+@contextlib.contextmanager
+def _serving(app) -> Iterator[str]:
+    """A real uvicorn on a free 127.0.0.1 port, in a thread, stopped on exit."""
     import uvicorn
 
-    tmp = tmp_path_factory.mktemp("browser")
-    prior = tmp / "prior.csv"
-    prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
-                     f"q_paris.jpg,{PARIS[0]},{PARIS[1]},Paris,True,gemini\n")
-    ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig())
-    app = create_app(ctx, state_dir=tmp / "state", truth={"q_paris.jpg": Truth(lat=48.87, lon=2.33)})
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -63,11 +60,30 @@ def server(synthetic_index, tmp_path_factory):
     while not srv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def context(synthetic_index, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    prior = tmp / "prior.csv"
+    prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
+                     f"q_paris.jpg,{PARIS[0]},{PARIS[1]},Paris,True,gemini\n")
+    return AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig()), tmp
+
+
+@pytest.fixture(scope="module")
+def server(context):
+    ctx, tmp = context
+    app = create_app(ctx, state_dir=tmp / "state", truth={"q_paris.jpg": Truth(lat=48.87, lon=2.33)})
     photo = tmp / "q_paris.jpg"
     place_image(0, variant=7).save(photo, quality=92)
-    yield f"http://127.0.0.1:{port}/", photo
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with _serving(app) as url:
+        yield url, photo
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +177,16 @@ def test_the_api_docs_render_offline(server, browser):
     page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
     assert "/api/locate/stream" in page.inner_text(".swagger-ui")
     assert not outside, outside
+
+
+def test_a_token_protected_server_asks_for_the_token(context, browser):
+    ctx, tmp = context
+    with _serving(create_app(ctx, token="s3cret", state_dir=tmp / "token-state")) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#token-button:not([hidden])")
+        assert "bearer token" in page.inner_text("#error")
+        page.on("dialog", lambda d: d.accept("s3cret"))
+        page.click("#token-button")
+        page.wait_for_function("document.body.dataset.state === 'ready'")
+        assert page.locator("#land path").count() >= 230 and page.is_hidden("#error")
