@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from indices import atomic
 from indices.descriptors import Descriptor, get_descriptor
-from indices.distributed import RayOptions
+from indices.distributed import RayOptions, check_ray
 from indices.errors import GeoguideError
 from indices.filtering import (
     REMOVED_NAME,
@@ -54,6 +54,7 @@ from indices.filtering import (
 from indices.images import ImageLoadError, file_sha256, load_image
 from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
 from indices.progress import Progress
+from indices.stores import parse_store
 from indices.submaps import SubmapScheme, parse_schemes
 from indices.writer import INDEX_MARKERS, index_files, previous_files, write_index
 
@@ -76,7 +77,8 @@ class BuildConfig(BaseModel):
     descriptor: str = Field("effnet-gem", description="registered descriptor name")
     descriptor_conf: dict[str, Any] = Field(default_factory=dict, description="overrides of its default_conf")
     submaps: str = Field("country,kmeans:100", description="schemes to store; the first is the storage order")
-    faiss_index: Literal["flat", "fp16"] = Field("fp16", description="fp16 halves memory at no measurable cost")
+    store: str = Field("fp16", description="vector store (indices.stores): fp16 (exact) | sq8 | pq:M | opq:M")
+    faiss_index: Literal["flat", "fp16"] | None = Field(None, description="deprecated; both values mean store fp16")
     chunk_size: int = Field(256, ge=1, description="images per resumable unit of work")
     fit_sample: int = Field(1000, ge=1, description="images used to fit PCA / vocabularies")
     seed: int = 0
@@ -115,7 +117,8 @@ def validate_build_config(config: BuildConfig) -> None:
     """Raise ``ValueError`` for an unknown descriptor, option or submap scheme, and
     ``WeightsNotFoundError`` (a ``FileNotFoundError``) when the descriptor's model is not on this machine."""
     parse_schemes(config.submaps)
-    get_descriptor(config.descriptor, config.descriptor_conf)
+    desc = get_descriptor(config.descriptor, config.descriptor_conf)
+    parse_store(config.store).factory(desc.dim)  # e.g. pq:M with M not dividing the dimension
 
 
 def _records_without_images(records: Sequence[ReferenceRecord]) -> None:
@@ -234,6 +237,8 @@ def build_index(
     work = out / "work"
     schemes = parse_schemes(config.submaps)
     descriptor = get_descriptor(config.descriptor, config.descriptor_conf)  # a missing model stops here
+    if ray is not None:
+        check_ray(ray)  # an unreachable cluster stops here too, not after the fit
     key = _work_key(config, records)
     in_the_way = _what_is_there(out, key)
     if in_the_way is not None:
@@ -324,7 +329,7 @@ def _build(
         descriptors=vecs,
         descriptor=descriptor,
         schemes=schemes,
-        faiss_index=config.faiss_index,
+        store=config.store,
         source=src,
         build_key=key,
     )

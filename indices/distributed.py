@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,22 @@ def _ray():
             "(make setup does), or build without --ray"
         ) from None
     return ray
+
+
+def check_ray(options: RayOptions, timeout_s: float = 5.0) -> None:
+    """Fail at once, before any work, when Ray is missing or a HOST:PORT cluster does not answer
+    (``ray.init`` itself retries an unreachable address for minutes)."""
+    _ray()
+    host, sep, port = (options.address or "").rpartition(":")
+    if not sep or "://" in options.address or not port.isdigit():
+        return  # a local runtime, "auto" or a ray:// client address: ray.init reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayUnavailableError(
+            f"no Ray cluster answers at {options.address} ({e.strerror or e}); start one with "
+            f"`ray start --head --port={port}` there, or check the address"
+        ) from None
 
 
 def _connect(ray, options: RayOptions) -> bool:

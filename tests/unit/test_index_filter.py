@@ -39,7 +39,7 @@ def _reencode(img: Image.Image, quality: int) -> Image.Image:
 
 def test_dhash_keeps_reencodes_close_and_other_photos_far():
     # Synthetic block textures are harsher than photos (sharp edges on the hash grid): on the shared
-    # split a half-size copy stays within 5 bits for 99% (benchmarks/dedupe.py); here the median does.
+    # split a half-size copy stays within 5 bits for 99% (benchmarks/filtering.py); here the median does.
     seeds = range(12)
     codes = [dhash128(place_image(s, size=(320, 240))) for s in seeds]
     halves = []

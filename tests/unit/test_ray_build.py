@@ -119,3 +119,11 @@ def test_a_killed_distributed_build_resumes_from_its_shards(refs, single, cluste
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{written} of 12 chunks already described" in again.stderr
     assert_same_index(single, out)
+
+
+def test_an_unreachable_cluster_is_a_clear_error_before_any_work(refs, capsys):
+    root, labels = refs
+    out = root / "nowhere"
+    assert main([*_build_args(root, labels, out), "--ray-address", "127.0.0.1:1"]) == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err
+    assert not out.exists()

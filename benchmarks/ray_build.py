@@ -1,0 +1,107 @@
+"""Throughput of the describing step of ``index build`` on Ray, with 1 and 2 actors (and in-process).
+
+Builds ``--n`` photos of the shared split (default 200, ``effnet-gem``) three ways into fresh folders:
+in this process (today's path), then on one local Ray runtime (``--cpus`` CPUs, started once) with
+1 and 2 describing actors of one CPU each (one torch thread per describer, in-process too). For each:
+images/s of the describing step (build start to the last shard written: actor start and model load
+included) and of the whole build. Each way runs ``--repeats`` times in alternating order and the best
+run counts (other jobs on a shared machine only ever slow a run down). Prints them and the 2-actor /
+1-actor ratio; ``--json PATH`` writes them. Every build is checked to give the in-process reference table.
+
+On a 2-core machine the ratio is bounded by the cores the actors share with the driver (which writes
+the shards) and with anything else running; on a cluster it grows with the nodes.
+
+    nice -n 10 .venv/bin/python benchmarks/ray_build.py --n 200 --json benchmarks/out/ray_build.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_build(samples, out: Path, config, ray_options) -> dict:
+    from indices.build import build_index
+
+    shards: list[float] = []
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    manifest = build_index(samples, out, config, progress=False, ray=ray_options,
+                           after_chunk=lambda ci: shards.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    describe = shards[-1] - t0
+    return {"describe_s": round(describe, 2), "images_per_s": round(len(samples) / describe, 2),
+            "build_s": round(total, 2), "build_images_per_s": round(len(samples) / total, 2),
+            "n_references": manifest.n_references}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "im2gps3k")
+    ap.add_argument("--n", type=int, default=200, help="photos to describe")
+    ap.add_argument("--descriptor", default="effnet-gem")
+    ap.add_argument("--chunk-size", type=int, default=16, help="images per shard (one Ray task each)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray runtime")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each way; the best counts")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    if not (args.data / "labels.csv").exists():
+        raise SystemExit(f"no labels.csv in {args.data}; give --data (the shared split: ../shared/data/im2gps3k)")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from eval.datasets import load_dataset
+    from indices.build import BuildConfig
+    from indices.distributed import RayOptions
+
+    samples = load_dataset("csv", labels=args.data / "labels.csv", images=args.data / "images").samples[: args.n]
+    # One torch thread per describer, in-process too, so the runs compare workers, not thread pools.
+    config = BuildConfig(descriptor=args.descriptor, descriptor_conf={"num_threads": 1}, submaps="country",
+                         chunk_size=args.chunk_size, load_workers=1)
+    ways = {"in_process": None, "ray_1": RayOptions(workers=1), "ray_2": RayOptions(workers=2)}
+    tries: dict[str, list[dict]] = {name: [] for name in ways}
+    tmp = Path(tempfile.mkdtemp(prefix="ray_build_bench_"))
+    try:
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
+        try:
+            for r in range(args.repeats):
+                for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+                    tries[name].append(timed_build(samples, tmp / name, config, ways[name]))
+                    print(f"  {name}: {tries[name][-1]}", flush=True)
+        finally:
+            ray.shutdown()
+        runs = {name: {**min(t, key=lambda x: x["describe_s"]), "tries": t} for name, t in tries.items()}
+        reference = np.load(tmp / "in_process" / "refs" / "id.npy")
+        for name in ("ray_1", "ray_2"):
+            runs[name]["same_reference_table"] = bool(np.array_equal(reference, np.load(tmp / name / "refs" / "id.npy")))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "n": len(samples), "descriptor": args.descriptor, "chunk_size": args.chunk_size, "ray_cpus": args.cpus,
+        "machine_cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "python": platform.python_version(),
+        "ray": ray.__version__, "runs": runs,
+        "ratio_2_to_1_workers": round(runs["ray_2"]["images_per_s"] / runs["ray_1"]["images_per_s"], 2),
+    }
+    print(f"{len(samples)} photos, {args.descriptor}, chunks of {args.chunk_size}, {os.cpu_count()} CPUs "
+          f"(load average {result['load_average'][0]:.1f})")
+    for name, r in runs.items():
+        print(f"  {name:<11} describe {r['describe_s']:>6.1f} s = {r['images_per_s']:>6.2f} img/s   "
+              f"whole build {r['build_s']:>6.1f} s = {r['build_images_per_s']:>6.2f} img/s")
+    print(f"  2 actors / 1 actor: {result['ratio_2_to_1_workers']}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
