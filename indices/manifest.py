@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from indices.errors import GeoguideError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stores (``store``), generations (``data_dir``); version 1 still opens
 MANIFEST_NAME = "manifest.json"
 
 
@@ -40,6 +40,7 @@ class SchemeInfo(BaseModel):
     prefix: str = Field(description="submap id prefix, e.g. 'kmeans-100'")
     n_submaps: int
     contiguous: bool = Field(description="True when references are stored in this scheme's order")
+    codes: str | None = Field(None, description="a non-primary scheme's own copy of the codes, in its order")
 
 
 class FailedImage(BaseModel):
@@ -62,13 +63,37 @@ class SourceInfo(BaseModel):
     problems: list[str] = Field(default_factory=list, description="first few skipped rows/images and why")
 
 
+class StoreInfo(BaseModel):
+    """How the vectors are kept and scanned (``indices.stores``)."""
+
+    spec: str = Field(description="as given to --store, e.g. 'fp16' or 'opq:64'")
+    params: dict[str, Any] = Field(default_factory=dict, description="FAISS factory string, code size, rerank")
+    codes: str = Field(description="the (N, code_size) uint8 codes in storage order (fp16: the descriptors)")
+    trained_on: int = Field(0, description="vectors the quantizer learned from; 0 for a store that learns nothing")
+
+
+class Removal(BaseModel):
+    """One ``index remove`` (or filter) run: how many references went and why (ids in removed.csv)."""
+
+    utc: str
+    reason: str
+    n: int
+
+
 class Manifest(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     geoguide_version: str
     created_utc: str
     descriptor: DescriptorInfo
     n_references: int
-    faiss_index: Literal["flat", "fp16"]
+    faiss_index: str = Field(description="the store's spec; kept under its old name for older readers")
+    store: StoreInfo | None = Field(None, description="None in version-1 indices: fp16, codes = descriptors")
+    generation: int = Field(0, description="0 when built; +1 per add or remove")
+    data_dir: str = Field("", description="folder of this generation's data files ('' = the index folder)")
+    frozen: list[str] = Field(
+        default_factory=list, description="learned parts kept from the build when references were added"
+    )
+    removals: list[Removal] = Field(default_factory=list)
     schemes: list[SchemeInfo]
     source: SourceInfo
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -79,6 +104,10 @@ class Manifest(BaseModel):
     @property
     def primary(self) -> SchemeInfo:
         return next(s for s in self.schemes if s.contiguous)
+
+    def data(self, rel: str) -> str:
+        """The path, relative to the index folder, of this generation's file ``rel``."""
+        return f"{self.data_dir}/{rel}" if self.data_dir else rel
 
 
 def sha256_file(path: Path) -> str:
@@ -93,16 +122,27 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
-def verify_files(root: Path, manifest: Manifest, full: bool) -> None:
-    """Sizes always (catches truncation); sha256 too when ``full`` (catches alteration)."""
+def verify_files(root: Path, manifest: Manifest, full: bool) -> int:
+    """Sizes always (catches truncation); sha256 too when ``full`` (catches alteration).
+
+    Opening an index checks sizes only (a stat per file, so opening stays under a second at any
+    size); ``geoguide index verify`` hashes everything. Every bad file is named, not just the
+    first. Returns the bytes checked.
+    """
+    problems: list[str] = []
+    total = 0
     for rel, entry in manifest.files.items():
         p = root / rel
         if not p.exists():
-            raise IndexFormatError(f"{root}: missing {rel}; the index is incomplete — rebuild it")
+            problems.append(f"missing {rel}; the index is incomplete")
+            continue
         size = p.stat().st_size
+        total += size
         if size != entry.bytes:
-            raise IndexFormatError(
-                f"{root}: {rel} is {size} bytes, manifest says {entry.bytes}; the index is truncated or altered — rebuild it"
-            )
-        if full and sha256_file(p) != entry.sha256:
-            raise IndexFormatError(f"{root}: checksum mismatch for {rel}; the index is corrupt — rebuild it")
+            problems.append(f"{rel} is {size} bytes, manifest says {entry.bytes}; the index is truncated or altered")
+        elif full and sha256_file(p) != entry.sha256:
+            problems.append(f"checksum mismatch for {rel}; the index is corrupt")
+    if problems:
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
+        raise IndexFormatError(f"{root}: {problems[0]}{more} — rebuild it")
+    return total

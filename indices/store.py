@@ -2,26 +2,42 @@
 
 Layout of an index directory (every file written atomically, ``manifest.json`` last)::
 
-    manifest.json            schema version, descriptor config, counts, schemes, file checksums
-    refs/{id,author,country,path}.npy   fixed-width UTF-8 byte strings, memory-mapped
-    refs/{lat,lon}.npy       float64 degrees
-    descriptors.f16.npy      (N, D) float16, memory-mapped
-    descriptor_state.npz     what the descriptor learned (PCA, vocabulary)
-    faiss.index              all N vectors, in storage order
-    submaps/<prefix>.json    a scheme's submaps, label -> [start, end) in its order
-    submaps/<prefix>.order.npy   row order of a non-primary scheme
+    manifest.json            schema version, descriptor config, store, counts, schemes, file checksums
+    descriptor_state.npz     what the descriptor learned (PCA, vocabulary); frozen after the build
+    store.faiss              the store's trained quantizer (compressed stores only); frozen too
+    [gen-NNNNNN/]            the data files below: at the top for a build, in a generation
+                             folder after each ``index add`` / ``index remove`` (``manifest.data_dir``)
+      refs/{id,author,country,path}.npy   fixed-width UTF-8 byte strings, memory-mapped
+      refs/{lat,lon}.npy     float64 degrees
+      descriptors.f16.npy    (N, D) float16, memory-mapped; the codes of the fp16 store
+      codes.npy              (N, code_size) uint8 codes of a compressed store, storage order
+      submaps/<prefix>.json  a scheme's submaps, label -> [start, end) in its order
+      submaps/<prefix>.order.npy / .codes.npy   a non-primary scheme's row order and its own copy
+                             of the codes in that order
 
-References are stored sorted by the *primary* scheme (the first one built), so one of its
-submaps is a contiguous row range, searched with FAISS ``IDSelectorRange`` (FAISS scans only the
-range). Other schemes keep a row order of their own; their submaps are gathered from the
-memory-mapped descriptors and searched by brute force over those rows alone. A union of submaps
-(what widening produces) is searched range by range and merged.
+References are stored sorted by the *primary* scheme (the first one built), so each of its
+submaps is a contiguous slice of the codes; every other stored scheme keeps its own copy of the
+codes in its own order, so its submaps are slices too. A submap search hands exactly that slice
+to the store's scanner (``indices.stores``): it reads only the submap's own codes, in one
+sequential pass. Radius submaps are rows found at query time, gathered chunk by chunk. A union
+(what widening produces) is searched slice by slice and merged.
+
+Measured with ``benchmarks/scale.py`` at 1M x 256-d fp16, one thread (see the README table):
+before, a country went through FAISS ``IDSelectorRange`` over one flat index, which still visits
+every one of the 1M ids (2.58 ms for BE's 7.6k refs, 9.6x faster than the whole map); a slice
+scan takes 0.2-0.3 ms for the same rows.
+
+Opening reads the manifest, checks file sizes (a stat each) and memory-maps the arrays: it is
+well under a second at any size, and a query process's memory holds only what its searches
+touch. Full checksums are ``geoguide index verify`` (``verify=True``). A reader keeps the files it
+mapped even when an update replaces them, so an opened index never sees half an update.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,11 +50,13 @@ from indices.descriptors import Descriptor, get_descriptor
 from indices.errors import GeoguideError
 from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
 from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, verify_files
+from indices.stores import Store, StoreSpecError, parse_store
+from indices.stores.base import STORE_FILE
 from indices.submaps import Submap, SubmapScheme, parse_scheme
 from indices.submaps.radius import parse_radius_label
 
 REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
-FULL_VERIFY_MAX_BYTES = 1 << 30  # hash everything on open below 1 GiB; above it, sizes only
+GATHER_CHUNK = 262_144  # rows of a radius submap gathered at a time (bounds the copy)
 
 
 class SubmapError(GeoguideError, ValueError):
@@ -47,14 +65,16 @@ class SubmapError(GeoguideError, ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """A set of reference rows: contiguous ranges of storage order, or explicit rows."""
+    """A set of reference rows: slices of storage order, slices of another scheme's order, or rows."""
 
     ranges: tuple[tuple[int, int], ...] = ()
     rows: np.ndarray | None = None
+    permuted: tuple[tuple[str, int, int], ...] = ()  # (scheme prefix, start, end) in that scheme's order
 
     @property
     def size(self) -> int:
-        return sum(b - a for a, b in self.ranges) + (0 if self.rows is None else len(self.rows))
+        n = sum(b - a for a, b in self.ranges) + sum(b - a for _, a, b in self.permuted)
+        return n + (0 if self.rows is None else len(self.rows))
 
 
 @dataclass
@@ -65,11 +85,14 @@ class SchemeTable:
     submaps: dict[str, Submap]  # by label
     spans: dict[str, tuple[int, int]]
     order: np.ndarray | None
+    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
 
     def selection(self, labels: list[str]) -> Selection:
         spans = sorted(self.spans[lab] for lab in labels)
         if self.order is None:
             return Selection(ranges=tuple(spans))
+        if self.codes is not None:
+            return Selection(permuted=tuple((self.scheme.prefix, a, b) for a, b in spans))
         return Selection(rows=np.sort(np.concatenate([self.order[a:b] for a, b in spans])))
 
 
@@ -77,43 +100,80 @@ def _decode(b: bytes) -> str:
     return b.decode("utf-8")
 
 
-class ReferenceIndex:
-    """An opened index directory: reference table, descriptors, FAISS index and submaps."""
+def read_manifest(root: Path) -> Manifest:
+    mpath = root / MANIFEST_NAME
+    if not mpath.exists():
+        hint = " (an interrupted build? run the same build command again to resume)" if (root / "work").exists() else ""
+        raise IndexFormatError(f"{root}: not a geoguide index (no {MANIFEST_NAME}){hint}")
+    try:
+        return Manifest.model_validate_json(mpath.read_text())
+    except ValueError as e:
+        raise IndexFormatError(f"{mpath}: unreadable or unsupported manifest ({str(e).splitlines()[0]})") from None
 
-    def __init__(self, root: str | Path, verify: bool | None = None):
+
+class ReferenceIndex:
+    """An opened index directory: reference table, descriptors, store codes and submaps."""
+
+    def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
         self._descriptor_lock = threading.Lock()
         self._descriptor: Descriptor | None = None
-        mpath = self.root / MANIFEST_NAME
-        if not mpath.exists():
-            hint = " (an interrupted build? run the same build command again to resume)" if (self.root / "work").exists() else ""
-            raise IndexFormatError(f"{self.root}: not a geoguide index (no {MANIFEST_NAME}){hint}")
+        manifest = read_manifest(self.root)
         try:
-            self.manifest = Manifest.model_validate_json(mpath.read_text())
-        except ValueError as e:
-            raise IndexFormatError(f"{mpath}: unreadable or unsupported manifest ({str(e).splitlines()[0]})") from None
-        total = sum(f.bytes for f in self.manifest.files.values())
-        verify_files(self.root, self.manifest, full=total <= FULL_VERIFY_MAX_BYTES if verify is None else verify)
-        n = self.manifest.n_references
-        self.refs: dict[str, np.ndarray] = {c: np.load(self.root / "refs" / f"{c}.npy", mmap_mode="r") for c in REF_COLUMNS}
-        self.descriptors = np.load(self.root / "descriptors.f16.npy", mmap_mode="r")
-        if self.descriptors.shape != (n, self.manifest.descriptor.dim) or any(len(v) != n for v in self.refs.values()):
+            self._open(manifest, verify)
+        except IndexFormatError:
+            # An update may have swapped generations between reading the manifest and opening
+            # its files; the new manifest then names files that are all there.
+            again = read_manifest(self.root)
+            if again.generation == manifest.generation:
+                raise
+            self._open(again, verify)
+
+    def _open(self, m: Manifest, verify: bool) -> None:
+        self.manifest = m
+        verify_files(self.root, m, full=verify)
+        n, dim = m.n_references, m.descriptor.dim
+        self.refs: dict[str, np.ndarray] = {
+            c: np.load(self.root / m.data(f"refs/{c}.npy"), mmap_mode="r") for c in REF_COLUMNS
+        }
+        self.descriptors = np.load(self.root / m.data("descriptors.f16.npy"), mmap_mode="r")
+        if self.descriptors.shape != (n, dim) or any(len(v) != n for v in self.refs.values()):
             raise IndexFormatError(f"{self.root}: array shapes disagree with the manifest ({n} references); rebuild it")
-        self.faiss_index = faiss.read_index(str(self.root / "faiss.index"))
-        if self.faiss_index.ntotal != n or self.faiss_index.d != self.manifest.descriptor.dim:
-            raise IndexFormatError(f"{self.root}: faiss.index does not match the manifest; rebuild it")
+        self.store, self.codes = self._open_store(m)
         self.schemes: dict[str, SchemeTable] = {}
-        for info in self.manifest.schemes:
-            meta = json.loads((self.root / "submaps" / f"{info.prefix}.json").read_text())
+        for info in m.schemes:
+            meta = json.loads((self.root / m.data(f"submaps/{info.prefix}.json")).read_text())
             scheme = parse_scheme(info.spec)
             scheme.load_state(meta.get("state", {}))
-            order = None if info.contiguous else np.load(self.root / "submaps" / f"{info.prefix}.order.npy", mmap_mode="r")
+            order = None if info.contiguous else np.load(self.root / m.data(f"submaps/{info.prefix}.order.npy"), mmap_mode="r")
+            codes = np.load(self.root / info.codes, mmap_mode="r") if info.codes else None
+            if codes is not None and codes.shape != self.codes.shape:
+                raise IndexFormatError(f"{self.root}: {info.codes} does not match the store's codes; rebuild it")
             self.schemes[info.prefix] = SchemeTable(
                 scheme=scheme,
                 submaps={s["label"]: Submap.model_validate(s["submap"]) for s in meta["submaps"]},
                 spans={s["label"]: tuple(s["span"]) for s in meta["submaps"]},
                 order=order,
+                codes=codes,
             )
+
+    def _open_store(self, m: Manifest) -> tuple[Store, np.ndarray]:
+        """The store (version-1 indices: fp16, whatever their old faiss.index) and its codes, mapped."""
+        try:
+            store = parse_store(m.store.spec if m.store else "fp16")
+        except StoreSpecError as e:
+            raise IndexFormatError(f"{self.root}: {e} (made by a newer geoguide?)") from None
+        path = self.root / STORE_FILE if store.trainable else None
+        if path is not None and not path.exists():
+            raise IndexFormatError(f"{self.root}: missing {STORE_FILE}; the index is incomplete — rebuild it")
+        store.load(path, m.descriptor.dim)
+        if store.codes_are_descriptors:
+            codes = self.descriptors.view(np.uint8)
+        else:
+            codes = np.load(self.root / m.store.codes, mmap_mode="r")
+        if codes.shape != (m.n_references, store.code_size):
+            raise IndexFormatError(f"{self.root}: the store's codes do not match the manifest; rebuild it")
+        return store, codes
 
     def __len__(self) -> int:
         return self.manifest.n_references
@@ -251,6 +311,7 @@ class ReferenceIndex:
 
     def selection_rows(self, sel: Selection) -> np.ndarray:
         parts = [np.arange(a, b) for a, b in sel.ranges]
+        parts += [np.asarray(self.schemes[p].order[a:b]) for p, a, b in sel.permuted]
         if sel.rows is not None:
             parts.append(np.asarray(sel.rows))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -266,23 +327,40 @@ class ReferenceIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows of ``sel`` by inner product with ``query`` (D,), excluded ones dropped.
 
-        Returns (rows, scores), best first. Exclusion is exact: candidates are over-fetched and
-        the fetch doubles until ``k`` admissible rows are found or the selection is exhausted.
+        Returns (rows, scores), best first; scores are exact inner products for every store.
+        Exclusion is exact: candidates are over-fetched and the fetch grows until ``k``
+        admissible rows are found or the selection is exhausted.
         """
-        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(-1))
         bad_authors = {a.encode("utf-8") for a in exclude_authors}
         bad_ids = {i.encode("utf-8") for i in exclude_ids}
-        results: list[tuple[np.ndarray, np.ndarray]] = []
-        for a, b in sel.ranges:
-            results.append(self._search_range(q, a, b, k, bad_authors, bad_ids))
-        if sel.rows is not None and len(sel.rows):
-            results.append(self._search_rows(q, np.asarray(sel.rows), k, bad_authors, bad_ids))
+        results = [self._search_block(q, codes, rows_of, k, bad_authors, bad_ids)
+                   for codes, rows_of in self._blocks(sel, bad_authors, bad_ids)]
         if not results:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         rows = np.concatenate([r for r, _ in results])
         scores = np.concatenate([s for _, s in results])
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top]
+
+    def _blocks(self, sel: Selection, bad_authors, bad_ids) -> Iterator[tuple[np.ndarray, int | np.ndarray]]:
+        """(codes, rows) pieces of a selection: slices of mapped codes, or gathered ones for rows.
+
+        ``rows`` is the first row of a storage-order slice, or an array mapping positions to rows.
+        """
+        for a, b in sel.ranges:
+            if b > a:
+                yield self.codes[a:b], a
+        for prefix, a, b in sel.permuted:
+            table = self.schemes[prefix]
+            if b > a:
+                yield table.codes[a:b], np.asarray(table.order[a:b])
+        if sel.rows is not None and len(sel.rows):
+            rows = np.asarray(sel.rows)
+            rows = rows[self._admissible(rows, bad_authors, bad_ids)]
+            for s in range(0, len(rows), GATHER_CHUNK):
+                part = rows[s : s + GATHER_CHUNK]
+                yield self.codes[part], part
 
     def _admissible(self, rows: np.ndarray, bad_authors: set[bytes], bad_ids: set[bytes]) -> np.ndarray:
         keep = np.ones(len(rows), dtype=bool)
@@ -292,31 +370,19 @@ class ReferenceIndex:
             keep &= ~np.isin(self.refs["id"][rows], list(bad_ids))
         return keep
 
-    def _search_range(self, q, a: int, b: int, k: int, bad_authors, bad_ids) -> tuple[np.ndarray, np.ndarray]:
-        n = b - a
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        params = None if (a, b) == (0, len(self)) else faiss.SearchParameters(sel=faiss.IDSelectorRange(a, b))
+    def _search_block(self, q, codes: np.ndarray, rows_of, k: int, bad_authors, bad_ids) -> tuple[np.ndarray, np.ndarray]:
+        n = len(codes)
         fetch = min(n, k if not (bad_authors or bad_ids) else 4 * k + 16)
+        exact = self.store.exact
         while True:
-            scores, rows = self.faiss_index.search(q, fetch, params=params)
-            rows, scores = rows[0], scores[0]
-            valid = rows >= 0
-            rows, scores = rows[valid], scores[valid]
+            shortlist = fetch if exact else fetch * self.store.rerank
+            scores, pos = self.store.scan(q, codes, shortlist)
+            rows = rows_of + pos if isinstance(rows_of, int) else rows_of[pos]
+            if not exact:  # re-score the shortlist from the fp16 descriptors: exact scores, true order
+                scores = np.asarray(self.descriptors[rows], dtype=np.float32) @ q
+                order = np.argsort(-scores, kind="stable")
+                rows, scores = rows[order], scores[order]
             keep = self._admissible(rows, bad_authors, bad_ids)
-            if keep.sum() >= k or fetch >= n:
+            if keep.sum() >= k or shortlist >= n:
                 return rows[keep][:k], scores[keep][:k]
             fetch = min(n, fetch * 4)
-
-    def _search_rows(self, q, rows: np.ndarray, k: int, bad_authors, bad_ids) -> tuple[np.ndarray, np.ndarray]:
-        rows = rows[self._admissible(rows, bad_authors, bad_ids)]
-        best_rows, best_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        chunk = 262_144  # bound the float32 copy of a huge gather
-        for s in range(0, len(rows), chunk):
-            part = rows[s : s + chunk]
-            x = np.asarray(self.descriptors[part], dtype=np.float32)
-            scores, idx = faiss.knn(q, x, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
-            best_rows = np.concatenate([best_rows, part[idx[0]]])
-            best_scores = np.concatenate([best_scores, scores[0]])
-        top = np.argsort(-best_scores, kind="stable")[:k]
-        return best_rows[top], best_scores[top]

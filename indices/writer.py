@@ -1,40 +1,64 @@
-"""Write a complete index directory from described references (the last step of a build).
+"""Write an index directory from described references: a build's last step, or an update's.
+
+A *generation* is one complete set of data files (reference table, fp16 descriptors, store
+codes, submap tables) under ``manifest.data_dir`` ('' for the build, ``gen-000001`` ... for each
+``index add`` / ``index remove``); the manifest is written last and names every file, so a
+reader sees the old generation or the new one, never a mix. What is learned once (the
+descriptor's state, the store's quantizer) lives in the index folder itself and is shared by
+every generation.
 
 Files a previous index in the same folder listed but this one does not write (another scheme's
 submaps, say) are removed before the new manifest appears: an index folder holds one index.
+Large arrays are written in chunks through a memory map, so a build of N references holds one
+chunk of them twice at most, not all of them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
 
-import faiss
 import numpy as np
 
 from indices import atomic
 from indices.descriptors import Descriptor
 from indices.geometry import haversine_km, latlon_to_unit, unit_to_latlon
-from indices.manifest import MANIFEST_NAME, DescriptorInfo, Manifest, SchemeInfo, SourceInfo, file_entry
+from indices.manifest import (
+    MANIFEST_NAME,
+    DescriptorInfo,
+    Manifest,
+    SchemeInfo,
+    SourceInfo,
+    StoreInfo,
+    file_entry,
+)
+from indices.stores import DEPRECATED_FAISS_INDEX, Store, parse_store
+from indices.stores.base import STORE_FILE
 from indices.submaps import Submap, SubmapScheme
 
-ADD_CHUNK = 65_536
+COPY_CHUNK = 65_536
 NO_COUNTRY = "XX"
+DESCRIPTORS_FILE = "descriptors.f16.npy"
+CODES_FILE = "codes.npy"
+STATE_FILE = "descriptor_state.npz"
 # Files only a geoguide index has: one of them in a folder makes it (part of) an index.
-INDEX_MARKERS = (MANIFEST_NAME, "faiss.index", "descriptors.f16.npy", "descriptor_state.npz")
+INDEX_MARKERS = (MANIFEST_NAME, "faiss.index", DESCRIPTORS_FILE, STATE_FILE, STORE_FILE, CODES_FILE)
+TEXT_COLUMNS = ("id", "author", "path", "country")
 
 
 def index_files(out: Path) -> list[Path]:
     """Every file an index (whole or half-written) may have in ``out``, found by name, not by manifest.
 
-    What ``overwrite`` deletes: the markers, ``refs/*.npy``, ``submaps/*.json`` and ``*.npy``, and
-    the temporary files of interrupted atomic writes (``.<name>.*.tmp``) beside them. The build's
-    ``work/`` folder is handled by the builder (it is only removed when its key file proves it ours).
+    What ``overwrite`` deletes: the markers, ``refs/*.npy``, ``submaps/*.json`` and ``*.npy``, every
+    file of an update's generation folders (``gen-*/``), and the temporary files of interrupted
+    atomic writes (``.<name>.*.tmp``) beside them. The build's ``work/`` folder is handled by the
+    builder (it is only removed when its key file proves it ours).
     """
     found = [out / name for name in INDEX_MARKERS]
     found += [*out.glob("refs/*.npy"), *out.glob("submaps/*.json"), *out.glob("submaps/*.npy")]
+    found += [p for p in out.glob("gen-*/**/*")]
     for folder in (out, out / "refs", out / "submaps"):
         found += folder.glob(".*.tmp")
     return [p for p in found if p.is_file() or p.is_symlink()]
@@ -48,17 +72,44 @@ def previous_files(out: Path) -> set[str]:
         return set()
 
 
-def _geoguide_version() -> str:
+def geoguide_version() -> str:
     try:
         return version("geoguide")
     except PackageNotFoundError:
         return "0+unknown"
 
 
-def _bytes_column(values: list[str]) -> np.ndarray:
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _bytes_column(values: Sequence[str] | np.ndarray) -> np.ndarray:
     encoded = [v.encode("utf-8") for v in values]
     width = max([len(e) for e in encoded] + [1])
     return np.array(encoded, dtype=f"S{width}")
+
+
+def take(parts: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of the row-wise concatenation of ``parts`` (memory-mapped ones read in place)."""
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    which = np.searchsorted(offsets, idx, side="right") - 1
+    out = np.empty((len(idx), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for j, part in enumerate(parts):
+        mask = which == j
+        if mask.any():
+            out[mask] = part[idx[mask] - offsets[j]]
+    return out
+
+
+def save_rows(target: Path, n_rows: int, row_shape: tuple[int, ...], dtype, fill) -> None:
+    """Write an ``(n_rows, *row_shape)`` .npy atomically, chunk by chunk: ``fill(start, end)`` gives rows."""
+    with atomic.atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
+        for s in range(0, n_rows, COPY_CHUNK):
+            e = min(s + COPY_CHUNK, n_rows)
+            arr[s:e] = fill(s, e)
+        arr.flush()
+        del arr
 
 
 def _submaps_of(scheme: SubmapScheme, labels: np.ndarray, lat: np.ndarray, lon: np.ndarray, order: np.ndarray):
@@ -86,6 +137,110 @@ def _submaps_of(scheme: SubmapScheme, labels: np.ndarray, lat: np.ndarray, lon: 
     return entries
 
 
+def write_generation(
+    out: Path,
+    data_dir: str,
+    *,
+    refs: dict[str, np.ndarray],
+    vectors: Sequence[np.ndarray],
+    perm: np.ndarray,
+    labels: dict[str, np.ndarray],
+    schemes: list[SubmapScheme],
+    store: Store,
+    codes: Sequence[np.ndarray] | None = None,
+) -> tuple[list[str], list[SchemeInfo], str]:
+    """Write one generation's data files; rows come from ``refs`` / ``vectors`` in the order ``perm``.
+
+    ``vectors`` (fp16) and ``codes`` are lists of parts whose row-wise concatenation is the source
+    (an update passes the old generation's memory maps plus the new rows; nothing is concatenated
+    in memory). Without ``codes`` the store encodes the vectors. Returns (files written, scheme
+    infos, the codes file), paths relative to ``out``.
+    """
+    prefix = f"{data_dir}/" if data_dir else ""
+    files: list[str] = []
+    n, dim = len(perm), vectors[0].shape[1]
+
+    def save(rel: str, arr: np.ndarray) -> None:
+        atomic.save_npy(out / prefix / rel, arr)
+        files.append(prefix + rel)
+
+    for col in TEXT_COLUMNS:
+        save(f"refs/{col}.npy", _bytes_column(np.asarray(refs[col])[perm].tolist()))
+    lat, lon = np.asarray(refs["lat"], dtype=np.float64)[perm], np.asarray(refs["lon"], dtype=np.float64)[perm]
+    save("refs/lat.npy", lat)
+    save("refs/lon.npy", lon)
+
+    desc_path = out / prefix / DESCRIPTORS_FILE
+    save_rows(desc_path, n, (dim,), np.float16, lambda s, e: take(vectors, perm[s:e]))
+    files.append(prefix + DESCRIPTORS_FILE)
+    desc = np.load(desc_path, mmap_mode="r")
+    if store.codes_are_descriptors:
+        codes_rel, primary_codes = prefix + DESCRIPTORS_FILE, desc.view(np.uint8)
+    else:
+        codes_rel = prefix + CODES_FILE
+        if codes is not None:
+            fill = lambda s, e: take(codes, perm[s:e])  # noqa: E731
+        else:
+            fill = lambda s, e: store.encode(np.asarray(desc[s:e], dtype=np.float32))  # noqa: E731
+        save_rows(out / codes_rel, n, (store.code_size,), np.uint8, fill)
+        files.append(codes_rel)
+        primary_codes = np.load(out / codes_rel, mmap_mode="r")
+
+    infos = []
+    for i, s in enumerate(schemes):
+        contiguous = i == 0
+        lab = np.asarray(labels[s.prefix])[perm]
+        order = np.arange(n) if contiguous else np.argsort(lab, kind="stable")
+        entries = _submaps_of(s, lab, lat, lon, order)
+        copy_rel = None
+        if not contiguous:
+            save(f"submaps/{s.prefix}.order.npy", order.astype(np.int64))
+            # Its own contiguous copy of the codes: a cluster is a slice, not a gather of rows.
+            copy_rel = f"submaps/{s.prefix}.codes.npy"
+            save_rows(out / prefix / copy_rel, n, (primary_codes.shape[1],), np.uint8,
+                      lambda a, b, order=order: primary_codes[order[a:b]])
+            files.append(prefix + copy_rel)
+        atomic.write_json(out / prefix / "submaps" / f"{s.prefix}.json", {"scheme": s.spec, "state": s.state(), "submaps": entries})
+        files.append(f"{prefix}submaps/{s.prefix}.json")
+        infos.append(SchemeInfo(spec=s.spec, prefix=s.prefix, n_submaps=len(entries), contiguous=contiguous,
+                                codes=prefix + copy_rel if copy_rel else None))
+    return files, infos, codes_rel
+
+
+def write_manifest(out: Path, manifest: Manifest, files: Sequence[str], reuse: dict | None = None) -> Manifest:
+    """Checksum ``files`` (entries in ``reuse`` are kept for files not rewritten) and write the manifest last."""
+    reuse = reuse or {}
+    entries = {rel: reuse[rel] if rel in reuse else file_entry(out / rel) for rel in files}
+    manifest = manifest.model_copy(update={"files": entries})
+    atomic.write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def remove_stale(out: Path, old_files: set[str], keep: set[str]) -> None:
+    """Delete files an earlier index listed that the current one does not, and empty generation folders."""
+    for rel in sorted(old_files - keep):
+        stale = out / rel
+        if stale.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
+            stale.unlink(missing_ok=True)
+    for folder in sorted(out.glob("gen-*"), reverse=True):
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+            if not any(sub.iterdir()):
+                sub.rmdir()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def train_store(store: Store, descriptors: np.ndarray, seed: int = 0) -> int:
+    """Fit the store's quantizer on a fixed random sample of the vectors; returns the sample size."""
+    n = len(descriptors)
+    if not store.trainable:
+        store.train(np.zeros((0, descriptors.shape[1]), dtype=np.float32))
+        return 0
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=min(store.train_sample, n), replace=False))
+    store.train(np.asarray(descriptors[pick], dtype=np.float32))
+    return len(pick)
+
+
 def write_index(
     out_dir: str | Path,
     *,
@@ -98,13 +253,18 @@ def write_index(
     descriptors: np.ndarray,
     descriptor: Descriptor,
     schemes: list[SubmapScheme],
-    faiss_index: Literal["flat", "fp16"],
     source: SourceInfo,
+    store: str | None = None,
+    faiss_index: str | None = None,
     build_key: str | None = None,
 ) -> Manifest:
-    """Sort references by the primary scheme, then write every file and the manifest last."""
+    """Sort references by the primary scheme, train the store, write every file and the manifest last.
+
+    ``faiss_index`` is the old name of ``store`` (``fp16`` and ``flat`` both mean ``--store fp16``).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    st = parse_store(store or DEPRECATED_FAISS_INDEX.get(faiss_index or "fp16", faiss_index or "fp16"))
     old_files = previous_files(out)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # a half-replaced index must not look whole
     stored = [s for s in schemes if s.stored]
@@ -119,64 +279,30 @@ def write_index(
         labels[s.prefix] = s.assign(lat, lon, country)
     # Storage order: grouped by the primary scheme's label, stable within a group.
     perm = np.argsort(labels[stored[0].prefix], kind="stable")
-    lat, lon, country = lat[perm], lon[perm], country[perm]
-    labels = {k: v[perm] for k, v in labels.items()}
-    n = len(perm)
-
-    files: list[str] = []
-
-    def save(rel: str, arr: np.ndarray) -> None:
-        atomic.save_npy(out / rel, arr)
-        files.append(rel)
-
-    save("refs/id.npy", _bytes_column([ids[i] for i in perm]))
-    save("refs/author.npy", _bytes_column([authors[i] for i in perm]))
-    save("refs/path.npy", _bytes_column([paths[i] for i in perm]))
-    save("refs/country.npy", _bytes_column(country.tolist()))
-    save("refs/lat.npy", lat)
-    save("refs/lon.npy", lon)
-    desc16 = np.asarray(descriptors, dtype=np.float16)[perm]
-    save("descriptors.f16.npy", desc16)
-    atomic.save_npz(out / "descriptor_state.npz", descriptor.state())
-    files.append("descriptor_state.npz")
-
+    desc16 = np.asarray(descriptors, dtype=np.float16)
     dim = desc16.shape[1]
-    if faiss_index == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    for s in range(0, n, ADD_CHUNK):
-        index.add(np.ascontiguousarray(desc16[s : s + ADD_CHUNK], dtype=np.float32))
-    with atomic.atomic_path(out / "faiss.index") as tmp:
-        faiss.write_index(index, str(tmp))
-    files.append("faiss.index")
-
-    infos = []
-    for i, s in enumerate(stored):
-        contiguous = i == 0
-        order = np.arange(n) if contiguous else np.argsort(labels[s.prefix], kind="stable")
-        entries = _submaps_of(s, labels[s.prefix], lat, lon, order)
-        if not contiguous:
-            save(f"submaps/{s.prefix}.order.npy", order.astype(np.int64))
-        atomic.write_json(out / "submaps" / f"{s.prefix}.json", {"scheme": s.spec, "state": s.state(), "submaps": entries})
-        files.append(f"submaps/{s.prefix}.json")
-        infos.append(SchemeInfo(spec=s.spec, prefix=s.prefix, n_submaps=len(entries), contiguous=contiguous))
-
-    for rel in sorted(old_files - set(files)):
-        stale = out / rel
-        if stale.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
-            stale.unlink(missing_ok=True)
-
+    trained_on = train_store(st, desc16)
+    files = [STATE_FILE]
+    atomic.save_npz(out / STATE_FILE, descriptor.state())
+    if st.trainable:
+        with atomic.atomic_path(out / STORE_FILE) as tmp:
+            st.save(tmp)
+        files.append(STORE_FILE)
+    refs = {"id": np.asarray(ids, dtype=object), "author": np.asarray(authors, dtype=object),
+            "path": np.asarray(paths, dtype=object), "country": country, "lat": lat, "lon": lon}
+    written, infos, codes_rel = write_generation(out, "", refs=refs, vectors=[desc16], perm=perm, labels=labels,
+                                                 schemes=stored, store=st)
+    files += written
+    remove_stale(out, old_files, set(files))
     manifest = Manifest(
         build_key=build_key,
-        geoguide_version=_geoguide_version(),
-        created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        geoguide_version=geoguide_version(),
+        created_utc=utc_now(),
         descriptor=DescriptorInfo(name=descriptor.name, conf=descriptor.conf, dim=dim, fingerprint=descriptor.fingerprint()),
-        n_references=n,
-        faiss_index=faiss_index,
+        n_references=len(perm),
+        faiss_index=st.spec,
+        store=StoreInfo(spec=st.spec, params=st.params(dim), codes=codes_rel, trained_on=trained_on),
         schemes=infos,
         source=source,
-        files={rel: file_entry(out / rel) for rel in files},
     )
-    atomic.write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
-    return manifest
+    return write_manifest(out, manifest, files)

@@ -1,0 +1,13 @@
+"""Vector stores: how an index keeps its descriptors and scans a submap of them (see base.py)."""
+
+from indices.stores import flat, quantized  # noqa: F401  (registration)
+from indices.stores.base import Store
+from indices.stores.registry import (
+    DEPRECATED_FAISS_INDEX,
+    STORES,
+    StoreSpecError,
+    parse_store,
+    register_store,
+)
+
+__all__ = ["DEPRECATED_FAISS_INDEX", "STORES", "Store", "StoreSpecError", "parse_store", "register_store"]

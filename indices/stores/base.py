@@ -1,0 +1,145 @@
+"""A store: the codes of every reference vector, kept in storage order, and the scan of a slice.
+
+Every store is one FAISS family built with ``faiss.index_factory`` as a one-list IVF without
+residuals (``IVF1,SQfp16``, ``IVF1,SQ8``, ``IVF1,PQ64``, ``OPQ64,IVF1,PQ64``): FAISS trains the
+quantizer and encodes, and its inverted-list scanner (``InvertedListScanner.scan_codes``, the
+SIMD loop FAISS runs inside an IVF list) scores *any* contiguous block of codes we hand it. The
+codes live in a plain ``(N, code_size)`` uint8 ``.npy`` file in storage order, memory-mapped, so a
+submap that is a row range is scanned from a slice of that file with no copy and no walk over
+the rest of the map. Measured at 1M x 256-d fp16, one thread: a 7.6k-row slice scans in 0.2-0.3
+ms, the whole map in 58 ms (FAISS ``IndexScalarQuantizer`` over the same codes: 72 ms; the same
+index with ``IDSelectorRange`` over the 7.6k rows: 2.7 ms, because the selector visits all 1M).
+
+A store that is not exact (``exact = False``) returns a shortlist ``rerank`` times longer than
+asked; the index re-scores it exactly from the fp16 descriptors (memory-mapped: only the
+shortlisted rows are read), so scores are always exact inner products and recall depends only on
+whether the true neighbours reach the shortlist.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+STORE_FILE = "store.faiss"  # the trained, empty quantizer (absent for stores that learn nothing)
+
+
+class Store(ABC):
+    kind: ClassVar[str]
+    usage: ClassVar[str]
+    exact: ClassVar[bool] = False
+    trainable: ClassVar[bool] = True
+    codes_are_descriptors: ClassVar[bool] = False  # fp16: the codes file is descriptors.f16.npy
+    rerank: ClassVar[int] = 1  # shortlist length = rerank * k for inexact stores
+    train_sample: ClassVar[int] = 65_536  # 256 points per centroid of an 8-bit PQ (FAISS's own cap)
+
+    takes_param: ClassVar[bool] = False
+
+    def __init__(self, param: str | None = None):
+        if param is not None and not self.takes_param:
+            raise ValueError(f"{self.kind} takes no parameter")
+        self.param = param
+        self._index: faiss.Index | None = None
+
+    @property
+    def spec(self) -> str:
+        return self.kind if self.param is None else f"{self.kind}:{self.param}"
+
+    @abstractmethod
+    def factory(self, dim: int) -> str:
+        """The ``index_factory`` string, e.g. ``"OPQ64,IVF1,PQ64"``; raises ``ValueError`` for a bad dim."""
+
+    def params(self, dim: int) -> dict[str, Any]:
+        """What the manifest records about this store."""
+        return {"factory": self.factory(dim), "exact": self.exact, "rerank": self.rerank, "code_size": self.code_size}
+
+    # ---- the FAISS object --------------------------------------------------------------------
+    def create(self, dim: int) -> None:
+        index = faiss.index_factory(dim, self.factory(dim), faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.by_residual = False  # codes encode the vector itself: any block of codes scans alone
+        ivf.quantizer.add(np.zeros((1, dim), dtype=np.float32))  # the one list; nothing to learn
+        for pq in (getattr(ivf, "pq", None), *(getattr(t, "pq", None) for t in self._transforms(index))):
+            if pq is not None:
+                pq.cp.min_points_per_centroid = 1  # small maps train fine; keep FAISS quiet
+        if not self.trainable:
+            ivf.is_trained = True
+            if isinstance(index, faiss.IndexPreTransform):
+                index.is_trained = True
+        self._index = index
+
+    def train(self, sample: np.ndarray) -> None:
+        """Learn the quantizer from a sample of float32 vectors (a no-op for untrained stores)."""
+        self.create(sample.shape[1])
+        if self.trainable:
+            self._require().train(np.ascontiguousarray(sample, dtype=np.float32))
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self._require(), str(path))
+
+    def load(self, path: Path | None, dim: int) -> None:
+        if path is None:
+            self.create(dim)
+        else:
+            self._index = faiss.read_index(str(path))
+
+    def _require(self) -> faiss.Index:
+        if self._index is None:
+            raise RuntimeError(f"store {self.spec} used before train/load")
+        return self._index
+
+    @staticmethod
+    def _transforms(index: faiss.Index) -> list:
+        if not isinstance(index, faiss.IndexPreTransform):
+            return []
+        return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+
+    @property
+    def _ivf(self) -> faiss.IndexIVF:
+        return faiss.downcast_index(faiss.extract_index_ivf(self._require()))
+
+    @property
+    def code_size(self) -> int:
+        return int(self._ivf.code_size)
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        for t in self._transforms(self._require()):
+            x = np.ascontiguousarray(t.apply(x), dtype=np.float32)
+        return x
+
+    # ---- encode and scan ---------------------------------------------------------------------
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """(n, D) float vectors -> (n, code_size) uint8 codes."""
+        xt = self._transform(x)
+        codes = np.empty((len(xt), self.code_size), dtype=np.uint8)
+        if len(xt):
+            lists = np.zeros(len(xt), dtype=np.int64)
+            self._ivf.encode_vectors(len(xt), faiss.swig_ptr(xt), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
+        return codes
+
+    def scan(self, query: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of a C-contiguous block of codes by (approximate) inner product with ``query``.
+
+        Returns (scores, positions in the block), best first. Thread-safe: a scanner per call.
+        """
+        n = len(codes)
+        k = min(k, n)
+        if k <= 0:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        codes = np.ascontiguousarray(codes)  # a row slice of a memory-mapped file already is: no copy
+        q = self._transform(query.reshape(1, -1))
+        scanner = self._ivf.get_InvertedListScanner(True, None, None)  # store_pairs: label = position
+        scanner.set_query(faiss.swig_ptr(q[0]))
+        scanner.set_list(0, 0.0)
+        scores = np.full(k, -np.inf, dtype=np.float32)  # a min-heap of the k best, as FAISS keeps it
+        pos = np.full(k, -1, dtype=np.int64)
+        scanner.scan_codes(n, faiss.swig_ptr(codes), None, faiss.swig_ptr(scores), faiss.swig_ptr(pos), k)
+        order = np.argsort(-scores, kind="stable")
+        scores, pos = scores[order], pos[order]
+        valid = pos >= 0
+        return scores[valid], pos[valid]
