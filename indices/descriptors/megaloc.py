@@ -15,8 +15,10 @@ Any other missing, unexpected or mis-shaped key is an error that names the keys 
 
 Preprocessing is upstream's evaluation (gmberton/VPR-methods-evaluation): RGB in [0, 1],
 ImageNet mean/std, sides rounded to multiples of 14. Upstream evaluates at the photo's full
-resolution; here the short side defaults to 322 px (SALAD's training size, 529 patches) so one
-photo costs a bounded ~45 GFLOPs on a CPU; ``image_size``/``resize`` change that.
+resolution; here the short side defaults to 322 px (SALAD's training size; a 640 x 480 photo
+becomes 434 x 322, 713 patches) so a photo's cost is bounded: 3.5 s per photo on 2 busy CPU
+threads, 2 s to load the 872 MB file (``benchmarks/local_weights.py``). ``image_size``/``resize``
+change that.
 """
 
 from __future__ import annotations
