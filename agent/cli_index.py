@@ -22,7 +22,8 @@ def index_build(
     descriptor: Annotated[str, typer.Option("--descriptor", help="effnet-gem | densevlad | clip")] = "effnet-gem",
     descriptor_opt: Annotated[list[str] | None, typer.Option("--descriptor-opt", help="KEY=VALUE (JSON value) descriptor option; repeatable")] = None,
     submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
-    faiss_index: Annotated[str, typer.Option("--faiss-index", help="fp16 | flat")] = "fp16",
+    store: Annotated[str, typer.Option("--store", help="fp16 (exact) | sq8 | pq:M | opq:M (compressed, re-scored exactly)")] = "fp16",
+    faiss_index: Annotated[str | None, typer.Option("--faiss-index", hidden=True, help="deprecated: use --store fp16")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="index only the first N rows")] = None,
     col_id: Annotated[str | None, typer.Option("--col-id", help="id column name in --labels")] = None,
     col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
@@ -57,7 +58,12 @@ def index_build(
             conf[key] = json.loads(val)
         except json.JSONDecodeError:
             conf[key] = val
-    config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, faiss_index=faiss_index,
+    if faiss_index is not None:
+        if faiss_index not in ("fp16", "flat"):
+            raise CLIError(f"--faiss-index must be fp16 or flat, got {faiss_index!r} (deprecated: use --store)")
+        typer.echo("geoguide: warning: --faiss-index is deprecated and will be removed; both values mean "
+                   "--store fp16 (exact; a float32 copy of fp16 descriptors scores the same)", err=True)
+    config = BuildConfig(descriptor=descriptor, descriptor_conf=conf, submaps=submaps, store=store,
                          chunk_size=chunk_size, filters=_filter_config(dedupe, dedupe_bits, exclude_near, km))
     ray_options = RayOptions(address=ray_address, workers=ray_workers, cpus_per_worker=ray_cpus) \
         if ray or ray_address else None
@@ -167,3 +173,68 @@ def index_info(
         typer.echo(f"scheme {s['spec']}: {s['n_submaps']} submaps{' (storage order)' if s['storage_order'] else ''}")
         for sm in s["largest"]:
             typer.echo(f"  {sm['id']:<22} {sm['size']:>7}  {sm['name']}")
+
+
+@index_app.command("add")
+def index_add(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
+    images: Annotated[Path, typer.Option("--images", help="folder of the new reference photos")],
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON; omit to read EXIF GPS")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="images per resumable chunk")] = 256,
+) -> None:
+    """Add photos to an index without rebuilding it (learned parts stay frozen; resumable)."""
+    from eval.datasets import load_dataset
+    from indices.manifest import SourceInfo
+    from indices.update import add_references
+
+    if labels is not None:
+        data = load_dataset("csv", labels=labels, images=images, require_images=True)
+    else:
+        data = load_dataset("exif", images=images)
+    source = SourceInfo(labels=str(labels) if labels else None, images=str(images), problems=data.report.problems)
+    rep = add_references(index_dir, data.samples, source=source, chunk_size=chunk_size, progress=True)
+    typer.echo(f"added {rep.n_added} references ({rep.n_skipped} already in the index, {rep.n_failed_images} "
+               f"unreadable images skipped) -> {index_dir}: {rep.n_references} references, generation {rep.generation}")
+
+
+@index_app.command("remove")
+def index_remove(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
+    ids: Annotated[Path | None, typer.Option("--ids", help="file of reference ids, one per line (or a CSV's first column)")] = None,
+    author: Annotated[str | None, typer.Option("--author", help="remove every reference of this photographer")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="recorded in removals.csv and the manifest")] = "removed by hand",
+) -> None:
+    """Remove references by id or by author (atomic; recorded in removals.csv)."""
+    from indices.update import ids_of_author, remove_references
+
+    if (ids is None) == (author is None):
+        raise CLIError("give exactly one of --ids FILE or --author ID")
+    if ids is not None:
+        try:
+            lines = ids.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise CLIError(f"--ids: cannot read {ids}: {e.strerror}") from None
+        wanted = [line.split(",")[0].strip() for line in lines if line.strip()]
+        wanted = [w for w in wanted if w.upper() not in ("IMG_ID", "ID")]
+    else:
+        wanted = ids_of_author(index_dir, author)
+        if not wanted:
+            raise CLIError(f"no reference of author {author!r} in {index_dir}")
+    rep = remove_references(index_dir, wanted, reason=reason)
+    typer.echo(f"removed {rep.n_removed} references ({rep.n_skipped} ids not in the index) -> {index_dir}: "
+               f"{rep.n_references} references, generation {rep.generation}")
+
+
+@index_app.command("verify")
+def index_verify(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")]) -> None:
+    """Check every file of an index against the manifest's SHA-256 (opening checks sizes only)."""
+    import time
+
+    from indices.store import ReferenceIndex
+
+    t = time.perf_counter()
+    index = ReferenceIndex(index_dir, verify=True)
+    m = index.manifest
+    size = sum(f.bytes for f in m.files.values())
+    typer.echo(f"{index_dir}: {len(m.files)} files, {size / 1e6:.1f} MB, checksums match "
+               f"({m.n_references} references, generation {m.generation}, {time.perf_counter() - t:.1f} s)")

@@ -84,6 +84,9 @@ def utc_now() -> str:
 
 
 def _bytes_column(values: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Fixed-width UTF-8 bytes, as wide as the longest value (byte strings are taken as they are)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        return values.astype(f"S{max(int(np.char.str_len(values).max()), 1) if len(values) else 1}")
     encoded = [v.encode("utf-8") for v in values]
     width = max([len(e) for e in encoded] + [1])
     return np.array(encoded, dtype=f"S{width}")
@@ -165,7 +168,8 @@ def write_generation(
         files.append(prefix + rel)
 
     for col in TEXT_COLUMNS:
-        save(f"refs/{col}.npy", _bytes_column(np.asarray(refs[col])[perm].tolist()))
+        column = np.asarray(refs[col])[perm]
+        save(f"refs/{col}.npy", _bytes_column(column if column.dtype.kind == "S" else column.tolist()))
     lat, lon = np.asarray(refs["lat"], dtype=np.float64)[perm], np.asarray(refs["lon"], dtype=np.float64)[perm]
     save("refs/lat.npy", lat)
     save("refs/lon.npy", lon)
@@ -222,6 +226,9 @@ def remove_stale(out: Path, old_files: set[str], keep: set[str]) -> None:
         stale = out / rel
         if stale.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
             stale.unlink(missing_ok=True)
+    for folder in (out / "refs", out / "submaps"):  # the build's, once a generation replaced it
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     for folder in sorted(out.glob("gen-*"), reverse=True):
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(sub.iterdir()):
