@@ -182,8 +182,9 @@ def load_state_dict_strict(
         if tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or mis_shaped:
+        # At most 8 names per kind: a file of another network would otherwise list hundreds.
         parts = [
-            f"{label} ({len(keys)}): {', '.join(keys)}"
+            f"{label} ({len(keys)}): {', '.join(keys[:8])}" + (f", ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
             for label, keys in (
                 ("missing", missing),
                 ("unexpected", unexpected),

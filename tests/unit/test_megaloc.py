@@ -173,9 +173,10 @@ def test_checkpoint_that_does_not_fit_names_the_key_and_file(tmp_path, edit, nee
     assert isinstance(err.value, GeoguideError) and err.value.exit_code == 2
 
 
-def test_official_variant_refuses_tiny_weights(weights: Path):
-    with pytest.raises(WeightsLoadError, match=r"backbone.blocks.11.*shape mismatch.*backbone.cls_token"):
+def test_official_variant_refuses_tiny_weights_in_a_readable_line(weights: Path):
+    with pytest.raises(WeightsLoadError, match=r"missing \(140\): backbone.blocks.10.*shape mismatch \(48\)") as err:
         MegaLocDescriptor({"weights": str(weights)})
+    assert "(+132 more)" in str(err.value) and len(str(err.value)) < 2000
 
 
 def test_unreadable_files_are_clear_errors(tmp_path: Path):
