@@ -13,10 +13,14 @@ official checkpoint loads into them unchanged. Three decisions live here:
 - How it is loaded: the network is built on the ``meta`` device (no random initialisation of
   ~140M parameters that the checkpoint overwrites anyway), given uninitialised storage, and filled
   by ``load_state_dict_strict``, which names every missing, unexpected and mis-shaped key.
+
+``file_identity`` (size + hash of the first and last MiB) stands for the file in a descriptor's
+fingerprint, so an index and its queries must use the same checkpoint wherever it lies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections.abc import Callable
@@ -47,6 +51,17 @@ def resolve_weights_file(descriptor: str, option: str | None, env_var: str, how_
     if not path.is_file():
         raise WeightsNotFoundError(f"{descriptor}: {origin}{value}: no such file; {where}")
     return path
+
+
+def file_identity(path: Path, window: int = 1 << 20) -> str:
+    """Size + SHA-256 of the first and last MiB: tells checkpoints apart without reading 900 MB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(window))
+        f.seek(max(0, size - window))
+        h.update(f.read(window))
+    return f"{size}:{h.hexdigest()[:16]}"
 
 
 def _numpy_scalar_globals() -> list:

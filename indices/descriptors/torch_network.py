@@ -13,6 +13,8 @@ antialiased bilinear on 8-bit RGB: a photo is resampled once, before normalisati
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from indices.descriptors.base import Descriptor
-from indices.descriptors.local_weights import resolve_weights_file
+from indices.descriptors.local_weights import file_identity, resolve_weights_file
 
 RESIZE_MODES = ("short", "long", "square")
 
@@ -126,8 +128,19 @@ class LocalNetworkDescriptor(Descriptor):
         if int(c["image_size"]) < self.multiple or int(c["batch_size"]) < 1:
             raise ValueError(f"{self.name}: image_size must be >= {self.multiple} and batch_size >= 1")
         path = resolve_weights_file(self.name, c["weights"], self.env_var, self.how_to_get)
+        self._weights_id = file_identity(path)
         self._device = c["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
         self._net, self._pixels = self._load(str(path.resolve()), self._device)
+
+    def fingerprint(self) -> str:
+        """Options that change the vectors and the weights file's content, not its path.
+
+        The file may come from an environment variable, which the options do not show, or move;
+        what must match between an index and its queries is the checkpoint itself.
+        """
+        conf = {k: v for k, v in self.conf.items() if k not in self.runtime_options and k != "weights"}
+        blob = json.dumps({"name": self.name, "conf": conf, "weights": self._weights_id}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @abstractmethod
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:

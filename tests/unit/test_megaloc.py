@@ -210,3 +210,15 @@ def test_index_build_search_locate_eval(weights: Path, tmp_path: Path, capsys):
     make_reference_set(root)
     info = run_descriptor_commands(root, tmp_path, "megaloc", {**TINY, "weights": str(weights)}, capsys)
     assert info["descriptor"]["name"] == "megaloc" and info["descriptor"]["dim"] == 24
+
+
+def test_fingerprint_follows_the_checkpoint_content_not_its_path(weights: Path, tmp_path, monkeypatch):
+    base = MegaLocDescriptor({**TINY, "weights": str(weights)}).fingerprint()
+    copy = tmp_path / "moved.safetensors"
+    copy.write_bytes(weights.read_bytes())
+    assert MegaLocDescriptor({**TINY, "weights": str(copy), "batch_size": 1, "device": "cpu"}).fingerprint() == base
+    monkeypatch.setenv(ENV_VAR, str(copy))
+    assert MegaLocDescriptor(TINY).fingerprint() == base
+    save_file(random_state(tiny_shapes(), 1), str(tmp_path / "other.safetensors"))
+    assert MegaLocDescriptor({**TINY, "weights": str(tmp_path / "other.safetensors")}).fingerprint() != base
+    assert MegaLocDescriptor({**TINY, "weights": str(weights), "image_size": 70}).fingerprint() != base
