@@ -23,6 +23,7 @@ change that.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,6 +72,12 @@ class MegaLocDescriptor(LocalNetworkDescriptor):
     env_var = ENV_VAR
     how_to_get = HOW_TO_GET
     variants = tuple(VARIANTS)
+
+    @property
+    def min_units(self) -> int:  # type: ignore[override]
+        """Patches per side so that an extreme panorama still has more patches than clusters
+        (SALAD's dustbin takes the surplus mass n - m): 9 x 9 = 81 > 64 for the official model."""
+        return math.isqrt(VARIANTS[self.conf["variant"]].num_clusters) + 1
 
     @property
     def dim(self) -> int:

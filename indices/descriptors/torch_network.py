@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from indices.availability import Availability, local_weights
 from indices.descriptors.base import Descriptor
 from indices.descriptors.local_weights import file_identity, resolve_weights_file
 
@@ -44,8 +45,10 @@ class PixelNorm:
 IMAGENET = PixelNorm(1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def input_size(width: int, height: int, image_size: int, resize: str, multiple: int) -> tuple[int, int]:
-    """(width, height) fed to the network: sides are multiples of ``multiple``, at least one.
+def input_size(
+    width: int, height: int, image_size: int, resize: str, multiple: int, min_units: int = 1
+) -> tuple[int, int]:
+    """(width, height) fed to the network: sides are multiples of ``multiple``, at least ``min_units`` of them.
 
     ``short``: the short side becomes ``image_size`` with the long side capped at twice that (so a
     panorama does not explode the token count); ``long``: the long side becomes ``image_size``;
@@ -59,7 +62,7 @@ def input_size(width: int, height: int, image_size: int, resize: str, multiple: 
         if resize == "short":
             scale = min(scale, 2 * image_size / long_side)
         sides = (width * scale, height * scale)
-    w, h = (max(multiple, round(s / multiple) * multiple) for s in sides)
+    w, h = (max(min_units, round(s / multiple)) * multiple for s in sides)
     return w, h
 
 
@@ -103,6 +106,7 @@ class LocalNetworkDescriptor(Descriptor):
     env_var: ClassVar[str]  # where the weights file is looked up when the option is not set
     how_to_get: ClassVar[str]  # the sentence that says where the official file is published
     variants: ClassVar[tuple[str, ...]] = ("official", "tiny")
+    min_units: int = 1  # fewest ``multiple``s per input side (an instance may raise it)
     common_conf: ClassVar[dict[str, Any]] = {
         "weights": None,
         # "short" (aspect kept, short side = image_size, long side <= 2x), "long" or "square".
@@ -117,6 +121,15 @@ class LocalNetworkDescriptor(Descriptor):
         "device": None,
     }
     runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_threads", "device"})
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """``geoguide models``: the weights file from ``$env_var`` (the option is per build)."""
+        from indices.descriptors.local_weights import resolve_weights_file
+
+        return local_weights(option="--descriptor-opt weights=FILE", env_var=cls.env_var, hub_id=None,
+                             check=lambda where: resolve_weights_file(cls.name, where, cls.env_var, cls.how_to_get),
+                             how_to_get=cls.how_to_get)
 
     def __init__(self, conf: dict[str, Any] | None = None):
         super().__init__(conf)
@@ -149,7 +162,8 @@ class LocalNetworkDescriptor(Descriptor):
     def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         c = self.conf
-        sizes = [input_size(*img.size, int(c["image_size"]), c["resize"], self.multiple) for img in images]
+        sizes = [input_size(*img.size, int(c["image_size"]), c["resize"], self.multiple, self.min_units)
+                 for img in images]
         with intra_op_threads(c["num_threads"]), torch.inference_mode():
             for idx, size in batches_by_size(images, sizes, int(c["batch_size"])):
                 x = to_tensor([images[i] for i in idx], size, self._pixels)

@@ -18,8 +18,9 @@ from indices.descriptors.base import ModelLoadError
 from indices.descriptors.efficientnet_lite import WeightsLoadError
 from indices.descriptors.local_weights import shapes
 from indices.descriptors.megaloc import ENV_VAR, MegaLocDescriptor
-from indices.descriptors.megaloc_model import MEGALOC_OFFICIAL, MEGALOC_TINY, MegaLoc
+from indices.descriptors.megaloc_model import MEGALOC_OFFICIAL, MEGALOC_TINY, PATCH, MegaLoc, log_sinkhorn
 from indices.descriptors.registry import DESCRIPTORS, get_descriptor
+from indices.descriptors.torch_network import input_size
 from indices.errors import GeoguideError
 from tests.synthetic import make_reference_set, place_image
 from tests.weights_checks import assert_no_weights_says_where, run_descriptor_commands
@@ -199,10 +200,13 @@ def test_conf_errors(weights: Path):
         MegaLocDescriptor({"resize": "crop", "weights": str(weights)})
 
 
-def test_too_few_patches_for_the_clusters_is_an_error(weights: Path):
+def test_tiny_inputs_and_panoramas_keep_more_patches_than_clusters(weights: Path):
     d = MegaLocDescriptor({**TINY, "weights": str(weights), "image_size": 14, "resize": "square"})
+    assert d.extract(photos()[:1]).shape == (1, 24)  # 3 x 3 patches, not 1 x 1
+    assert MegaLocDescriptor({"weights": str(weights), "variant": "tiny"}).min_units == 3
+    assert input_size(4000, 300, 322, "long", PATCH, 9) == (322, 126)
     with pytest.raises(ValueError, match="1 patches for 4 clusters"):
-        d.extract(photos()[:1])
+        log_sinkhorn(torch.zeros(1, 4, 1), torch.tensor(1.0))
 
 
 def test_index_build_search_locate_eval(weights: Path, tmp_path: Path, capsys):
