@@ -7,6 +7,7 @@ full-size key set is checked on the meta device; the rest runs the ``tiny`` vari
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,24 @@ def write_matconvnet_struct(path: Path, seed: int = 0, n_layers: int = 35) -> No
     scipy.io.savemat(path, {"net": {"layers": layers, "meta": {"normalization": {"averageImage": average}}}})
 
 
+def save_as_numpy1_pickle(obj: dict, path: Path) -> None:
+    """``torch.save`` as pytorch-NetVlad's 2019 checkpoints are: NumPy scalars under NumPy 1's module
+    path (``numpy.core.multiarray.scalar``), which a plain ``weights_only`` load refuses."""
+    torch.save(obj, path.with_suffix(".tmp"))
+    with zipfile.ZipFile(path.with_suffix(".tmp")) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(item, data)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("netvlad")
-    torch.save({"epoch": 30, "state_dict": tiny_state(), "recalls": {1: np.float64(0.85), 5: np.float64(0.95)},
-                "best_score": np.float64(0.95), "parallel": False}, root / "checkpoint.pth.tar")
+    save_as_numpy1_pickle({"epoch": 30, "state_dict": tiny_state(), "recalls": {1: np.float64(0.85), 5: np.float64(0.95)},
+                           "best_score": np.float64(0.95), "parallel": False}, root / "checkpoint.pth.tar")
     write_matconvnet_struct(root / "Pitts30K_struct.mat")
     return {"torch": root / "checkpoint.pth.tar", "mat": root / "Pitts30K_struct.mat"}
 
