@@ -11,7 +11,7 @@ official checkpoint loads into them unchanged. Three decisions live here:
   NumPy-scalar metrics (pytorch-NetVlad's ``checkpoint.pth.tar``) are unwrapped, with only NumPy's
   scalar and dtype constructors allowed through the unpickler.
 - How it is loaded: the network is built on the ``meta`` device (no random initialisation of
-  ~140M parameters that the checkpoint overwrites anyway), given uninitialised storage, and filled
+  the 229M MegaLoc parameters that the checkpoint overwrites anyway), given uninitialised storage, and filled
   by ``load_state_dict_strict``, which names every missing, unexpected and mis-shaped key.
 
 ``file_identity`` (size + hash of the first and last MiB) stands for the file in a descriptor's
