@@ -19,7 +19,7 @@ def index_build(
     out: Annotated[Path, typer.Option("--out", help="index directory to write (resumes an interrupted build)")],
     images: Annotated[Path | None, typer.Option("--images", help="folder of reference photos")] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON; omit to read EXIF GPS from --images")] = None,
-    descriptor: Annotated[str, typer.Option("--descriptor", help="effnet-gem | densevlad | clip")] = "effnet-gem",
+    descriptor: Annotated[str, typer.Option("--descriptor", help="effnet-gem | densevlad | clip | megaloc | netvlad | thumbnail (geoguide models: which run here)")] = "effnet-gem",
     descriptor_opt: Annotated[list[str] | None, typer.Option("--descriptor-opt", help="KEY=VALUE (JSON value) descriptor option; repeatable")] = None,
     submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
     store: Annotated[str, typer.Option("--store", help="fp16 (exact) | sq8 | pq:M | opq:M (compressed, re-scored exactly)")] = "fp16",
@@ -143,6 +143,10 @@ def index_info(
         "n_references": m.n_references,
         "descriptor": m.descriptor.model_dump(),
         "faiss_index": m.faiss_index,
+        "store": m.store.model_dump() if m.store else {"spec": "fp16"},
+        "generation": m.generation,
+        "frozen": m.frozen,
+        "removals": [r.model_dump() for r in m.removals],
         "size_bytes": size,
         "source": m.source.model_dump(),
         "schemes": {
@@ -161,7 +165,13 @@ def index_info(
         echo_json(info)
         return
     typer.echo(f"{index_dir}: {m.n_references} references, {size / 1e6:.1f} MB on disk")
-    typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d, {m.faiss_index}) conf={m.descriptor.conf}")
+    typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d) conf={m.descriptor.conf}")
+    params = m.store.params if m.store else {}
+    typer.echo(f"store: {m.faiss_index} {params.get('factory', '')} (code {params.get('code_size', 2 * m.descriptor.dim)} "
+               f"bytes{', re-scored x' + str(params['rerank']) if not params.get('exact', True) else ''})"
+               f"; generation {m.generation}, {sum(r.n for r in m.removals)} removed")
+    if m.frozen:
+        typer.echo(f"frozen since the build: {', '.join(m.frozen)}")
     typer.echo(f"source: {m.source.labels or m.source.images} — {m.source.n_bad_rows} bad rows, "
                f"{m.source.n_failed_images} unreadable images skipped")
     for f in m.source.failed_images[:top]:

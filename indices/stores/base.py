@@ -35,7 +35,7 @@ class Store(ABC):
     trainable: ClassVar[bool] = True
     codes_are_descriptors: ClassVar[bool] = False  # fp16: the codes file is descriptors.f16.npy
     rerank: ClassVar[int] = 1  # shortlist length = rerank * k for inexact stores
-    train_sample: ClassVar[int] = 65_536  # 256 points per centroid of an 8-bit PQ (FAISS's own cap)
+    train_sample: ClassVar[int] = 32_768  # 128 points per centroid of an 8-bit PQ (FAISS caps at 256)
 
     takes_param: ClassVar[bool] = False
 

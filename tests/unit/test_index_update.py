@@ -122,6 +122,9 @@ def test_index_commands_add_remove_verify(idx, tmp_path, capsys, synthetic_refs)
     assert main(["index", "remove", str(out)]) == 2  # neither --ids nor --author
     assert main(["index", "verify", str(out)]) == 0
     assert "checksums match" in capsys.readouterr().out
+    assert main(["index", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "generation 3, 4 removed" in info and "kmeans-3 centroids" in info
     m = ReferenceIndex(out).manifest
     path = out / m.data("descriptors.f16.npy")
     data = bytearray(path.read_bytes())

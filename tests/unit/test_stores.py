@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from indices.descriptors.base import Descriptor
+from benchmarks.scale import SyntheticDescriptor
 from indices.manifest import SourceInfo
 from indices.store import ReferenceIndex
 from indices.stores import StoreSpecError, parse_store
@@ -30,20 +30,6 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
-class Synthetic(Descriptor):
-    """Stands in for a real descriptor: vectors are made by the test, not extracted."""
-
-    name = "synthetic"
-    default_conf = {"dim": DIM}
-
-    @property
-    def dim(self) -> int:
-        return int(self.conf["dim"])
-
-    def extract(self, images):
-        raise NotImplementedError
-
-
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
     """Unit vectors from a 40-component Gaussian mixture: structure a quantizer can learn."""
     rng = np.random.default_rng(seed)
@@ -60,7 +46,7 @@ def write_synthetic(out, store: str, n: int = N, seed: int = 0) -> np.ndarray:
     vecs = clustered(n, DIM, seed)
     ids = [f"r{i:05d}" for i in range(n)]
     write_index(out, ids=ids, authors=[f"a{i % 7}" for i in range(n)], paths=ids, lat=lat, lon=lon,
-                country=np.array([PLACES[p][3] for p in place]), descriptors=vecs, descriptor=Synthetic(),
+                country=np.array([PLACES[p][3] for p in place]), descriptors=vecs, descriptor=SyntheticDescriptor({"dim": DIM}),
                 schemes=parse_schemes("country,kmeans:5"), source=SourceInfo(labels="synthetic"), store=store)
     return vecs
 
