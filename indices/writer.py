@@ -52,13 +52,13 @@ def index_files(out: Path) -> list[Path]:
     """Every file an index (whole or half-written) may have in ``out``, found by name, not by manifest.
 
     What ``overwrite`` deletes: the markers, ``refs/*.npy``, ``submaps/*.json`` and ``*.npy``, every
-    file of an update's generation folders (``gen-*/``), and the temporary files of interrupted
+    file of an update's generation folders (``gen-*/``), lock and scratch space, and the temporary files of interrupted
     atomic writes (``.<name>.*.tmp``) beside them. The build's ``work/`` folder is handled by the
     builder (it is only removed when its key file proves it ours).
     """
     found = [out / name for name in INDEX_MARKERS]
     found += [*out.glob("refs/*.npy"), *out.glob("submaps/*.json"), *out.glob("submaps/*.npy")]
-    found += [p for p in out.glob("gen-*/**/*")]
+    found += [*out.glob("gen-*/**/*"), *out.glob("update-work/**/*"), out / ".update.lock"]  # indices.update's
     for folder in (out, out / "refs", out / "submaps"):
         found += folder.glob(".*.tmp")
     return [p for p in found if p.is_file() or p.is_symlink()]

@@ -136,3 +136,11 @@ def test_index_commands_add_remove_verify(idx, tmp_path, capsys, synthetic_refs)
     assert err[-1].startswith("geoguide: error:") and "checksum mismatch for gen-000003/descriptors.f16.npy" in err[-1]
     with pytest.raises(IndexFormatError):
         ReferenceIndex(out, verify=True)
+
+
+def test_a_build_over_an_updated_index_leaves_none_of_its_generations(idx):
+    out, samples = idx
+    add_references(out, samples[18:])
+    m = build_index(samples, out, CONFIG.model_copy(update={"submaps": "kmeans:2"}), progress=False, overwrite=True)
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert left == set(m.files) | {"manifest.json"}
