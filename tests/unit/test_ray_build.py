@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("ray.data", reason="ray[data] is not installed (make setup installs it); distributed builds untested")
 pytestmark = pytest.mark.slow
@@ -22,9 +24,10 @@ from agent.cli import main  # noqa: E402
 from tests.synthetic import make_reference_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-# effnet-gem with a PCA: a learned part fitted on the driver that every actor must load alike.
+# effnet-gem with a PCA: a learned part fitted on the driver that every actor must load alike;
+# --dedupe: the photos' hashes are computed by the actors too.
 DESCRIBE = ["--descriptor", "effnet-gem", "--descriptor-opt", "pca_dim=8", "--submaps", "country,kmeans:3",
-            "--chunk-size", "2"]
+            "--chunk-size", "2", "--dedupe"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,15 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
+    """24 photos of 8 places, plus a byte copy and a re-encoded copy for --dedupe to find."""
     root = tmp_path_factory.mktemp("ray_refs")
-    return root, make_reference_set(root, per_place=3)
+    labels = make_reference_set(root, per_place=3)
+    images = root / "images"
+    shutil.copy(images / "paris_0.jpg", images / "paris_copy.jpg")
+    Image.open(images / "rome_0.jpg").save(images / "rome_again.jpg", quality=60)
+    with open(labels, "a") as f:
+        f.write("paris_copy.jpg,someone,48.86,2.35\nrome_again.jpg,someone,41.9,12.49\n")
+    return root, labels
 
 
 def _build_args(root: Path, labels: Path, out: Path) -> list[str]:
@@ -78,6 +88,9 @@ def assert_same_index(a: Path, b: Path) -> None:
             np.testing.assert_allclose(da, db, atol=2e-3, err_msg=rel)  # fp16 steps are 1e-3 near 1
         else:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    removed = (a / "removed.csv").read_text()
+    assert removed == (b / "removed.csv").read_text()
+    assert "paris_copy.jpg" in removed and "rome_again.jpg" in removed
 
 
 def test_a_build_on_the_cluster_equals_the_single_process_build(refs, single, cluster, capsys):
@@ -113,11 +126,11 @@ def test_a_killed_distributed_build_resumes_from_its_shards(refs, single, cluste
             proc.wait()
     written = len(list(chunks.glob("*.npz")))
     assert not (out / "manifest.json").exists(), "the build finished before the kill; make the set larger"
-    assert 2 <= written < 12
+    assert 2 <= written < 13
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"{written} of 12 chunks already described" in again.stderr
+    assert f"{written} of 13 chunks already described" in again.stderr
     assert_same_index(single, out)
 
 
