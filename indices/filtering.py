@@ -305,15 +305,13 @@ class FilterPlan(BaseModel):
         return lines
 
     def apply(self) -> None:
-        """Remove the references (``indices.update.remove_references``) and add them to ``removed.csv``."""
-        try:
-            from indices.update import remove_references
-        except ImportError:
-            raise FilterError("this geoguide cannot remove references from a built index yet; use --dry-run "
-                              "--out ids.txt and rebuild with the same filters (index build --dedupe/--exclude-near)") from None
+        """Remove the references (``indices.update.remove_references``: a new generation, safe for readers,
+        logged in its ``removals.csv``) and add them, with the evidence, to ``removed.csv``."""
+        from indices.update import remove_references
+
         ids = [r.id for r in self.removals]
-        reasons = sorted({r.rule for r in self.removals})
-        remove_references(self.index_dir, ids, f"index filter: {', '.join(reasons)}")
+        rules = ", ".join(sorted({r.rule for r in self.removals}))
+        remove_references(self.index_dir, ids, f"index filter: {rules} (evidence in {REMOVED_NAME})")
         write_removed(self.index_dir, [*read_removed(self.index_dir), *self.removals])
 
 
