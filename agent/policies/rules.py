@@ -2,7 +2,9 @@
 
 prior -> submap (the prior's country, or the K-means clusters nearest its point) -> search
 (and a whole-map probe) -> agreement test -> widen or switch to the next country hypothesis, a
-bounded number of times -> finalize (re-rank, answer). With no prior: one whole-map search.
+bounded number of times -> finalize (re-rank, answer). With no prior: read the photo's text
+(``read_text``); when its language is clear, search the countries that write it, else the whole
+map; the answer is then a vote over the candidates' spread (``agent.rerank.vote``).
 
 Agreement test, after searching submap S:
   * weak: the best match inside S is below ``weak_similarity`` -> nothing there looks like the
@@ -15,9 +17,13 @@ Agreement test, after searching submap S:
 
 from __future__ import annotations
 
+from langchain_core.messages import AIMessage, ToolMessage
+from pydantic import ValidationError
+
 from agent.context import AgentContext
 from agent.policies.base import Decision, Policy, register_policy
 from agent.state import AgentState, Event, SearchIntent, SearchStep
+from tools.read_text import ReadTextResult
 
 # The whole-map probe tests the prior; its candidates do not enter the answer's pool.
 PROBE_REASON = "whole-map probe to test the prior"
@@ -39,7 +45,7 @@ class RulesPolicy(Policy):
         n = len(state.intents)
         if not state.trail:
             if not state.hypotheses:
-                return _one("global", cfg.k, SearchIntent(purpose="no_prior", reason="no usable prior: search the whole map"), n)
+                return _no_prior(state, ctx, n)
             calls = [(state.hypotheses[0], cfg.k, SearchIntent(purpose="hypothesis", reason="the prior's first hypothesis"))]
             if cfg.global_probe and state.hypotheses[0] != "global":
                 calls.append(("global", cfg.k, SearchIntent(purpose="probe", reason=PROBE_REASON)))
@@ -85,6 +91,62 @@ class RulesPolicy(Policy):
             return None  # the strong matches are not in a neighbouring country: keep the prior's area
         intent = SearchIntent(purpose="widen", reason=f"{reason} -> {res.how}", contradiction=contradiction)
         return _one(res.submap_id, ctx.config.k, intent, n)
+
+
+def _no_prior(state: AgentState, ctx: AgentContext, n: int) -> Decision:
+    """Without a prior: read the photo's text first (once), then search where its language is
+    written, or the whole map when it names none."""
+    cfg = ctx.config.no_prior
+    k = cfg.k if cfg.vote else ctx.config.k
+    if not cfg.read_text:
+        return _one("global", k, SearchIntent(purpose="no_prior", reason="no usable prior: search the whole map"), n)
+    read = text_result(state)
+    if read is None:
+        call = {"name": "read_text", "args": {}, "id": f"read-text-{len(state.messages)}", "type": "tool_call"}
+        return Decision(message=AIMessage(content="", tool_calls=[call]),
+                        events=[Event(node="plan", text="no usable prior: read the photo's text", tool="read_text")])
+    submap, why = text_submap(read, ctx)
+    if submap is None:
+        return _one("global", k, SearchIntent(purpose="no_prior", reason=f"no usable prior, {why}: search the whole map"), n)
+    return _one(submap, k, SearchIntent(purpose="no_prior", reason=f"no usable prior; {why}"), n)
+
+
+def text_result(state: AgentState) -> ReadTextResult | None:
+    """The latest ``read_text`` reply in the conversation (a legible=False stand-in for an error
+    reply); None when the tool has not been called."""
+    for m in reversed(state.messages):
+        if isinstance(m, ToolMessage) and m.name == "read_text":
+            if m.status == "error":
+                return ReadTextResult(legible=False, note=m.text[:200])
+            try:
+                return ReadTextResult.model_validate_json(m.text)
+            except ValidationError:
+                return ReadTextResult(legible=False, note="the read_text reply could not be read")
+    return None
+
+
+def text_submap(read: ReadTextResult, ctx: AgentContext) -> tuple[str | None, str]:
+    """The union of the countries that write the photo's language (the most likely ones up to
+    ``text_coverage`` of its probability, those with references), with the reason; None when the
+    text is illegible, its language unclear, or none of its countries is in the index."""
+    cfg = ctx.config.no_prior
+    if not read.legible or not read.languages:
+        return None, "no legible text"
+    lang = read.languages[0]
+    if lang.probability < cfg.min_language_probability:
+        return None, f"the text's language is unclear ({lang.name} {lang.probability:.2f})"
+    table = ctx.index.scheme_of("country")
+    chosen, mass = [], 0.0
+    total = sum(c.probability for c in read.countries)  # of the listed countries (the tool lists the top ones)
+    for c in read.countries:
+        if mass >= cfg.text_coverage * total or len(chosen) >= cfg.max_text_countries:
+            break
+        mass += c.probability
+        if table is not None and c.iso2 in table.spans:
+            chosen.append(c.iso2)
+    if not chosen:
+        return None, f"no references where {lang.name} is written"
+    return f"country:{','.join(chosen)}", f"the text {read.text[:40]!r} is {lang.name} ({lang.probability:.2f})"
 
 
 def _area_steps(state: AgentState) -> list[SearchStep]:

@@ -85,7 +85,7 @@ def test_no_prior_falls_back_to_global_retrieval(synthetic_index, queries):
     pred, _ = _run(synthetic_index, replay, paths["q_noprior.jpg"])
     assert pred.prior is None and "no recorded answer" in pred.prior_error
     assert [s.submap_id for s in pred.trail] == ["global"]
-    assert pred.source == "retrieval" and pred.country == "DE"
+    assert pred.source == "retrieval-vote" and pred.country == "DE"
 
 
 def test_country_level_prior_and_rerank_off(synthetic_index, queries):

@@ -17,6 +17,7 @@ PUBLISHED = {
     "chat/v1": "2b7882fea7e9bfef6e09c9ad95e942f347549eee535c4cbe3665032d00b1ac33",
     "perceive/v1": "6b8dd3d6785c558362ec5ae170be6444091cf214eca5f7a4edd3f04e6438bbb6",
     "plan/v1": "c9079d3992223810e769b842b3379f2e8c24e85555f79a529684e27a0bd350c6",
+    "plan/v2": "a4991de9a9f747182686ee5322d69a0f3832d483e241a93c055132f2eecbea52",
     "repair/v1": "4c767c11965ee9fbe777958d17b0f5fa3040c570704f366b620bce62b1ff7455",
 }
 
@@ -57,10 +58,15 @@ def test_perceive_prompt_matches_the_schema() -> None:
 
 
 def test_plan_prompt_names_every_tool() -> None:
+    from agent.config import AgentConfig
+    from agent.toolbox import TOOL_DOCS
+
     text = load_prompt("plan/v1").render(max_steps=8)
     for tool in ("list_submaps", "search_submap", "widen", "geocode", "reverse_geocode", "submit_location"):
         assert tool in text
     assert "at most 8 tool calls" in text
+    default = load_prompt(AgentConfig().plan_prompt).render(max_steps=8)
+    assert all(tool in default for tool in TOOL_DOCS), "the default planner prompt must describe every tool"
     assert "PRED" in load_prompt("chat/v1").render(prediction="PRED")
 
 
