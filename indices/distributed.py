@@ -165,6 +165,14 @@ def describe_on_ray(
             for ci, shard in zip(batch["chunk"], batch["shard"], strict=True):
                 atomic.write_bytes(chunk_dir / f"{int(ci):06d}.npz", bytes(shard))
                 finished(int(ci))
+    except ray.exceptions.RayError as e:
+        if isinstance(e, (ray.exceptions.RayTaskError, ray.exceptions.UserCodeException)):
+            raise  # geoguide's own code failed on a worker: the same failure as in one process
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RayUnavailableError(
+            f"the Ray cluster failed during the build ({type(e).__name__}: {first}); the shards written so far "
+            "are kept: run the same command again to resume"
+        ) from None
     finally:
         if started:
             ray.shutdown()
