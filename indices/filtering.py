@@ -8,7 +8,7 @@ benchmark is dropped, the OSV-5M separation rule (train and test images at least
 built from a crawl cannot hold the test photo's twin. The queries go into a k-d tree over unit vectors
 (the chord for R km is the Euclidean bound) and each reference asks for its nearest query: O(n log q).
 Measured (``benchmarks/filtering.py``): 5M references against 210k query points (OSV-5M's test set
-size), 1 km, in 11.7 s on one core of a shared machine.
+size), 1 km, in 7.5-11.7 s on one core of a shared machine (two runs).
 
 **Duplicates (``--dedupe``).** Exact duplicates are files with the same SHA-256. Near-duplicates are
 photos whose 128-bit difference hash (dHash: the greyscale image box-averaged to 9x9, one bit per
@@ -19,7 +19,7 @@ photos (a 1% crop for 72%), while the closest pair of *different* photos is 7 bi
 1.33M pairs within 5). A 64-bit horizontal-only dHash was not enough: 13 pairs of unrelated photos
 within 4 bits. The search is exact: FAISS ``IndexBinaryMultiHash`` with ``max_hamming + 1`` tables on
 disjoint bit blocks (pigeonhole: a code within t bits agrees with its twin on one whole block); 1M
-codes with 10k planted near copies: all found in 16.9 s on one thread.
+codes with 10k planted near copies (5 bits off): all found, in 16-17 s on one thread.
 Which copy stays: the first in the reference order (input order for a build, stored order for
 ``index filter``); a photo is dropped only when it is within the threshold of a photo that was *kept*.
 """
