@@ -51,7 +51,7 @@ from indices.errors import GeoguideError
 from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
 from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, verify_files
 from indices.stores import Store, StoreSpecError, parse_store
-from indices.stores.base import STORE_FILE
+from indices.stores.base import STORE_FILE, RowReader
 from indices.submaps import Submap, SubmapScheme, parse_scheme
 from indices.submaps.radius import parse_radius_label
 
@@ -140,6 +140,7 @@ class ReferenceIndex:
         if self.descriptors.shape != (n, dim) or any(len(v) != n for v in self.refs.values()):
             raise IndexFormatError(f"{self.root}: array shapes disagree with the manifest ({n} references); rebuild it")
         self.store, self.codes = self._open_store(m)
+        self._rows = RowReader(self.descriptors)
         self.schemes: dict[str, SchemeTable] = {}
         for info in m.schemes:
             meta = json.loads((self.root / m.data(f"submaps/{info.prefix}.json")).read_text())
@@ -167,6 +168,8 @@ class ReferenceIndex:
         if path is not None and not path.exists():
             raise IndexFormatError(f"{self.root}: missing {STORE_FILE}; the index is incomplete — rebuild it")
         store.load(path, m.descriptor.dim)
+        if m.store is not None:
+            store.rerank = int(m.store.params.get("rerank", store.rerank))  # as built, whatever the default now
         if store.codes_are_descriptors:
             codes = self.descriptors.view(np.uint8)
         else:
@@ -379,7 +382,7 @@ class ReferenceIndex:
             scores, pos = self.store.scan(q, codes, shortlist)
             rows = rows_of + pos if isinstance(rows_of, int) else rows_of[pos]
             if not exact:  # re-score the shortlist from the fp16 descriptors: exact scores, true order
-                scores = np.asarray(self.descriptors[rows], dtype=np.float32) @ q
+                scores = self._rows.read(rows) @ q
                 order = np.argsort(-scores, kind="stable")
                 rows, scores = rows[order], scores[order]
             keep = self._admissible(rows, bad_authors, bad_ids)

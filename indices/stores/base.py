@@ -18,12 +18,16 @@ whether the true neighbours reach the shortlist.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import faiss
 import numpy as np
+
+from indices.manifest import IndexFormatError
 
 STORE_FILE = "store.faiss"  # the trained, empty quantizer (absent for stores that learn nothing)
 
@@ -143,3 +147,30 @@ class Store(ABC):
         scores, pos = scores[order], pos[order]
         valid = pos >= 0
         return scores[valid], pos[valid]
+
+
+class RowReader:
+    """Rows of a memory-mapped .npy read with ``pread``, for scattered reads such as a re-ranking.
+
+    Through the memory map, the kernel maps ~64 KB around every touched row into the process
+    (fault-around): 50 whole-map queries on a 1M x 256-d PQ index grew its RSS by 0.55 GB, the
+    whole fp16 file. ``pread`` copies just the rows (1 us a row, as fast as the map) and maps
+    nothing. The descriptor stays open, so a reader keeps its generation's file after an update.
+    """
+
+    def __init__(self, arr: np.memmap):
+        self._path = arr.filename
+        self._fd = os.open(arr.filename, os.O_RDONLY)
+        self._offset, self._dtype, self._shape = arr.offset, arr.dtype, arr.shape[1:]
+        self._row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rb, off = self._row_bytes, self._offset
+        buf = b"".join(os.pread(self._fd, rb, off + int(r) * rb) for r in rows)
+        if len(buf) != rb * len(rows):
+            raise IndexFormatError(f"{self._path}: shorter than its header says; run geoguide index verify")
+        return np.frombuffer(buf, dtype=self._dtype).reshape(len(rows), *self._shape).astype(np.float32)
+
+    def __del__(self):
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self._fd)

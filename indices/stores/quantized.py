@@ -38,7 +38,7 @@ class SQ8Store(Store):
 class PQStore(Store):
     kind = "pq"
     usage = "pq:M[xBITS] (M bytes/vector at 8 bits, M divides the dimension)"
-    rerank = 10
+    rerank = 20  # 1M x 256-d pq:64, mixture data: recall@10 0.946 at 10, 1.0 at 20 (and at 40)
     default_m = 64
     takes_param = True
 
