@@ -17,8 +17,10 @@ the K-means centroids stay as built, and the manifest's ``frozen`` field says so
 join their submaps (country by position, K-means cluster by nearest frozen centroid). Adding an
 id that is already there skips it, so an add repeated after it finished changes nothing.
 
-An update rewrites the generation's arrays (O(N) copying, no describing or training of the old
-references): measured in the README's table.
+An update rewrites the generation's arrays (O(N) copying and checksumming, no describing or
+training of the old references). Measured at 1M x 256-d fp16 on the shared 2-core machine:
+removing 1,000 references takes 16.5 s, adding 1,000 (after describing them) 10.9 s; a
+segmented store that appends instead of rewriting is the next step for maps of 20M.
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def _read_removed(root: Path, m: Manifest) -> list[list[str]]:
 
 def _frozen_parts(index: ReferenceIndex) -> list[str]:
     parts = []
-    if index.descriptor().trainable:
+    with np.load(index.root / STATE_FILE) as state:  # what the descriptor learned (no model is loaded)
+        learned = bool(state.files)
+    if learned:
         parts.append(f"descriptor {index.manifest.descriptor.name} state ({STATE_FILE})")
     if index.store.trainable:
         parts.append(f"store {index.store.spec} quantizer ({STORE_FILE})")
