@@ -118,6 +118,7 @@ class ReferenceIndex:
         self.root = Path(root)
         self._descriptor_lock = threading.Lock()
         self._descriptor: Descriptor | None = None
+        self._id_order: np.ndarray | None = None
         manifest = read_manifest(self.root)
         try:
             self._open(manifest, verify)
@@ -222,7 +223,22 @@ class ReferenceIndex:
         return {_decode(b): i for i, b in enumerate(self.refs["id"])}
 
     def row_of(self, ref_id: str) -> int | None:
-        return self._row_of_id.get(ref_id)
+        """The row of a reference id: a binary search through ``refs/id_order.npy`` (memory-mapped,
+        ~25 reads at 20M rows); indices written before it build an id -> row dict once."""
+        rel = self.manifest.data("refs/id_order.npy")
+        if rel not in self.manifest.files:
+            return self._row_of_id.get(ref_id)
+        if self._id_order is None:
+            self._id_order = np.load(self.root / rel, mmap_mode="r")
+        ids, order, key = self.refs["id"], self._id_order, ref_id.encode("utf-8")
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ids[order[mid]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return int(order[lo]) if lo < len(order) and ids[order[lo]] == key else None
 
     @cached_property
     def _coord_index(self) -> faiss.IndexFlatL2:

@@ -172,6 +172,8 @@ def write_generation(
         save(f"refs/{col}.npy", _bytes_column(column if column.dtype.kind == "S" else column.tolist()))
     lat, lon = np.asarray(refs["lat"], dtype=np.float64)[perm], np.asarray(refs["lon"], dtype=np.float64)[perm]
     save("refs/lat.npy", lat)
+    ids = np.load(out / prefix / "refs/id.npy", mmap_mode="r")
+    save("refs/id_order.npy", np.argsort(ids, kind="stable").astype(np.int64))  # row_of by binary search
     save("refs/lon.npy", lon)
 
     desc_path = out / prefix / DESCRIPTORS_FILE

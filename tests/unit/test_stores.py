@@ -132,3 +132,11 @@ def test_a_version_1_index_still_opens_and_searches(tmp_path):
     q = queries(vecs)[0]
     got, _ = index.search(q, sel, k=5)
     assert set(got.tolist()) == exact_top(index, q, index.selection_rows(sel), 5)
+
+
+def test_row_of_finds_every_id_by_binary_search(built):
+    _, index, _ = built
+    assert "refs/id_order.npy" in index.manifest.files
+    for row in (0, 1, len(index) // 2, len(index) - 1):
+        assert index.row_of(index.row(row)["ref_id"]) == row
+    assert index.row_of("r") is None and index.row_of("zzz") is None and index.row_of("") is None
