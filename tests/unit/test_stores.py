@@ -140,3 +140,19 @@ def test_row_of_finds_every_id_by_binary_search(built):
     for row in (0, 1, len(index) // 2, len(index) - 1):
         assert index.row_of(index.row(row)["ref_id"]) == row
     assert index.row_of("r") is None and index.row_of("zzz") is None and index.row_of("") is None
+
+
+def test_index_build_store_flags(synthetic_refs, tmp_path, capsys):
+    from agent.cli import main
+
+    root, _ = synthetic_refs
+    args = ["index", "build", "--images", str(root / "images"), "--labels", str(root / "labels.csv"),
+            "--descriptor", "thumbnail", "--submaps", "country,kmeans:3"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--store", "pq:7"]) == 2
+    assert "M=7 must divide the descriptor dimension 768" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--faiss-index", "flat"]) == 0
+    assert "--faiss-index is deprecated" in capsys.readouterr().err
+    assert ReferenceIndex(tmp_path / "b").manifest.store.spec == "fp16"
+    assert main([*args, "--out", str(tmp_path / "c"), "--store", "sq8"]) == 0
+    assert ReferenceIndex(tmp_path / "c").store.spec == "sq8"
