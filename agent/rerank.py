@@ -128,9 +128,9 @@ def vote(cands: list[Candidate], cfg: NoPriorConfig) -> Answer:
     best match among those left. Weights are exp((similarity - best) / T), so near-ties count
     alike and clear losers barely count.
 
-    Tuned on the shared split's 1,491 photos *with* a prior (retrieval only, top-50 of the whole
-    map, leave-one-photographer-out), then applied to the 139 without: within 750 / 2500 km
-    10.7 / 34.2% vs the best match's 8.7 / 29.4% on all 1,630 photos.
+    Chosen on the shared split's 1,491 photos *with* a prior, answered from retrieval alone (top-50
+    of the whole map, leave-one-photographer-out): within 750 / 2500 km 10.5 / 33.4% vs the best
+    match's 8.0 / 28.4%; then applied to the 139 without a prior (eval/RESULTS.md).
     """
     sims = np.array([c.similarity for c in cands])
     w = np.exp((sims - sims.max()) / cfg.vote_temperature) if cfg.vote_temperature > 0 else np.ones(len(cands))

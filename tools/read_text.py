@@ -14,8 +14,9 @@ Three offline steps, each from a package that ships its own model or data:
      times a prior over countries: the reference map's photos per country when the agent has an
      index (English then points to the US and Britain, not India), else the population.
 
-On the shared split (IM2GPS3k dev, 1,630 photos) it reads legible text on few photos and its top
-country is right on fewer; the measured figures are in eval/RESULTS.md. OCR results are cached per
+On the shared split (IM2GPS3k dev, 1,630 photos, countries ranked by the map's photos) OCR finds
+text on 21% of the photos, a language is named for 10.1%, and the top country is right for 30% of
+those (the true country is in the top three for 50%); eval/RESULTS.md has the details. OCR results are cached per
 image (SQLite keyed by the image's SHA-256 and the engine's identity), so a re-run of a benchmark
 costs nothing; the language and country steps are cheap and run each time.
 """
