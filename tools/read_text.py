@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -107,13 +106,12 @@ class OcrCache:
     """OCR lines per (engine, image SHA-256), in one SQLite file shared by threads and processes."""
 
     def __init__(self, path: str | Path) -> None:
+        from indices.sqlite import open_shared
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS ocr (engine TEXT, image_sha256 TEXT, lines TEXT, "
-                         "PRIMARY KEY (engine, image_sha256))")
+        self._db = open_shared(self.path, "CREATE TABLE IF NOT EXISTS ocr (engine TEXT, image_sha256 TEXT, "
+                               "lines TEXT, PRIMARY KEY (engine, image_sha256))")
 
     def get(self, sha: str) -> list[TextLine] | None:
         with self._lock:

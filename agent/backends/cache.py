@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from indices.sqlite import open_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
@@ -93,11 +94,8 @@ class ResponseCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = open_shared(self.path, _SCHEMA)
 
     def get(self, key: CacheKey) -> dict[str, Any] | None:
         with self._lock:
