@@ -167,7 +167,7 @@ def index_info(
     typer.echo(f"{index_dir}: {m.n_references} references, {size / 1e6:.1f} MB on disk")
     typer.echo(f"descriptor: {m.descriptor.name} ({m.descriptor.dim}-d) conf={m.descriptor.conf}")
     params = m.store.params if m.store else {}
-    typer.echo(f"store: {m.faiss_index} {params.get('factory', '')} (code {params.get('code_size', 2 * m.descriptor.dim)} "
+    typer.echo(f"store: {m.faiss_index} {params.get('factory', 'IVF1,SQfp16')} (code {params.get('code_size', 2 * m.descriptor.dim)} "
                f"bytes{', re-scored x' + str(params['rerank']) if not params.get('exact', True) else ''})"
                f"; generation {m.generation}, {sum(r.n for r in m.removals)} removed")
     if m.frozen:
