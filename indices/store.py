@@ -118,7 +118,6 @@ class ReferenceIndex:
         self.root = Path(root)
         self._descriptor_lock = threading.Lock()
         self._descriptor: Descriptor | None = None
-        self._id_order: np.ndarray | None = None
         manifest = read_manifest(self.root)
         try:
             self._open(manifest, verify)
@@ -142,6 +141,9 @@ class ReferenceIndex:
             raise IndexFormatError(f"{self.root}: array shapes disagree with the manifest ({n} references); rebuild it")
         self.store, self.codes = self._open_store(m)
         self._rows = RowReader(self.descriptors)
+        # Mapped now, not on first use: after an update deletes this generation, it is too late.
+        order_rel = m.data("refs/id_order.npy")
+        self._id_order = np.load(self.root / order_rel, mmap_mode="r") if order_rel in m.files else None
         self.schemes: dict[str, SchemeTable] = {}
         for info in m.schemes:
             meta = json.loads((self.root / m.data(f"submaps/{info.prefix}.json")).read_text())
@@ -225,11 +227,8 @@ class ReferenceIndex:
     def row_of(self, ref_id: str) -> int | None:
         """The row of a reference id: a binary search through ``refs/id_order.npy`` (memory-mapped,
         ~25 reads at 20M rows); indices written before it build an id -> row dict once."""
-        rel = self.manifest.data("refs/id_order.npy")
-        if rel not in self.manifest.files:
-            return self._row_of_id.get(ref_id)
         if self._id_order is None:
-            self._id_order = np.load(self.root / rel, mmap_mode="r")
+            return self._row_of_id.get(ref_id)
         ids, order, key = self.refs["id"], self._id_order, ref_id.encode("utf-8")
         lo, hi = 0, len(order)
         while lo < hi:

@@ -47,6 +47,8 @@ def test_add_then_search_finds_the_new_photos(idx):
     assert sum(s.size for s in index.list_submaps("kmeans-3")) == 24
     # the index opened before the add still answers, from the old generation it mapped
     assert len(before) == 18 and not _search(before, 7)[0].startswith("tokyo")
+    assert before.row_of("paris_0.jpg") == before.row_of("paris_0.jpg") is not None  # its files are gone; its maps stay
+    assert before.row_of("tokyo_0.jpg") is None and index.row_of("tokyo_0.jpg") is not None
     assert not (out / "refs").exists() and not (out / "descriptors.f16.npy").exists()  # generation 0 is gone
     again = add_references(out, samples[18:])  # the same add again: nothing to do
     assert again.n_added == 0 and again.n_skipped == 6 and again.generation == 1
