@@ -172,7 +172,9 @@ class ReferenceIndex:
             raise IndexFormatError(f"{self.root}: missing {STORE_FILE}; the index is incomplete — rebuild it")
         store.load(path, m.descriptor.dim)
         if m.store is not None:
-            store.rerank = int(m.store.params.get("rerank", store.rerank))  # as built, whatever the default now
+            # The shortlist as built, whatever the defaults are now.
+            store.rerank = int(m.store.params.get("rerank", store.rerank))
+            store.shortlist_fraction = float(m.store.params.get("shortlist_fraction", store.shortlist_fraction))
         if store.codes_are_descriptors:
             codes = self.descriptors.view(np.uint8)
         else:
@@ -393,7 +395,7 @@ class ReferenceIndex:
         fetch = min(n, k if not (bad_authors or bad_ids) else 4 * k + 16)
         exact = self.store.exact
         while True:
-            shortlist = fetch if exact else fetch * self.store.rerank
+            shortlist = self.store.shortlist(fetch, n)
             scores, pos = self.store.scan(q, codes, shortlist)
             rows = rows_of + pos if isinstance(rows_of, int) else rows_of[pos]
             if not exact:  # re-score the shortlist from the fp16 descriptors: exact scores, true order

@@ -11,7 +11,7 @@ ms, the whole map in 58 ms (FAISS ``IndexScalarQuantizer`` over the same codes: 
 index with ``IDSelectorRange`` over the 7.6k rows: 2.7 ms, because the selector visits all 1M).
 
 A store that is not exact (``exact = False``) returns a shortlist ``rerank`` times longer than
-asked; the index re-scores it exactly from the fp16 descriptors (memory-mapped: only the
+asked, or ``shortlist_fraction`` of the slice when that is longer (denser maps need more); the index re-scores it exactly from the fp16 descriptors (memory-mapped: only the
 shortlisted rows are read), so scores are always exact inner products and recall depends only on
 whether the true neighbours reach the shortlist.
 """
@@ -38,7 +38,8 @@ class Store(ABC):
     exact: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
     codes_are_descriptors: ClassVar[bool] = False  # fp16: the codes file is descriptors.f16.npy
-    rerank: ClassVar[int] = 1  # shortlist length = rerank * k for inexact stores
+    rerank: ClassVar[int] = 1  # inexact stores: the shortlist is at least rerank * k long ...
+    shortlist_fraction: ClassVar[float] = 0.0  # ... and at least this fraction of the slice scanned
     train_sample: ClassVar[int] = 32_768  # 128 points per centroid of an 8-bit PQ (FAISS caps at 256)
 
     takes_param: ClassVar[bool] = False
@@ -59,7 +60,14 @@ class Store(ABC):
 
     def params(self, dim: int) -> dict[str, Any]:
         """What the manifest records about this store."""
-        return {"factory": self.factory(dim), "exact": self.exact, "rerank": self.rerank, "code_size": self.code_size}
+        return {"factory": self.factory(dim), "exact": self.exact, "rerank": self.rerank,
+                "shortlist_fraction": self.shortlist_fraction, "code_size": self.code_size}
+
+    def shortlist(self, k: int, n: int) -> int:
+        """How many candidates to re-score for the top ``k`` of ``n`` codes (``k`` when exact)."""
+        if self.exact:
+            return k
+        return min(n, max(k * self.rerank, int(np.ceil(self.shortlist_fraction * n))))
 
     # ---- the FAISS object --------------------------------------------------------------------
     def create(self, dim: int) -> None:

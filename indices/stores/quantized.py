@@ -29,6 +29,7 @@ class SQ8Store(Store):
     kind = "sq8"
     usage = "sq8 (1 byte/dim)"
     rerank = 4
+    shortlist_fraction = 0.0001
 
     def factory(self, dim: int) -> str:
         return "IVF1,SQ8"
@@ -38,9 +39,12 @@ class SQ8Store(Store):
 class PQStore(Store):
     kind = "pq"
     usage = "pq:M[xBITS] (M bytes/vector at 8 bits, M divides the dimension)"
-    # recall@10 on the mixture data grows with the shortlist and falls with density: 1M x 256-d pq:64
-    # 0.946 at 10x, 1.0 at 20x; 5M x 256-d pq:64 0.882 at 20x, 0.974 at 40x, 1.0 at 80x
-    rerank = 40
+    # Recall@10 on the mixture data falls as the map grows denser (more near-ties inside the PQ
+    # error), so the shortlist grows with the slice: 1M x 256-d pq:64 0.946 at 100 candidates,
+    # 1.0 at 200; 5M x 256-d pq:64 0.882 at 200, 0.974 at 400, 1.0 at 800; 5M x 768-d pq:96
+    # 0.834 at 400, 0.96 at 800, 1.0 at 1600. 20 x k, or 0.03% of the slice when more.
+    rerank = 20
+    shortlist_fraction = 0.0003
     default_m = 64
     takes_param = True
 
