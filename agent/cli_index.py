@@ -90,12 +90,29 @@ def index_build(
         typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}", err=True)
 
 
+def load_query_points(labels: Path, km: float):
+    """A benchmark's query locations (any labels layout ``eval.datasets`` reads) for the leakage rule."""
+    import logging
+
+    from eval.datasets import load_dataset
+    from indices.filtering import query_points
+
+    data = load_dataset("csv", labels=labels)
+    if data.report.n_bad:
+        first = data.report.dropped[0] if data.report.dropped else None
+        logging.getLogger(__name__).warning("%s: %d query rows without a usable location are ignored (first: %s)",
+                                            labels, data.report.n_bad, first.reason if first else "?")
+    s = data.samples
+    return query_points(labels, km, [x.image_id for x in s], [x.lat for x in s], [x.lon for x in s])
+
+
 def _filter_config(dedupe: bool, dedupe_bits: int, exclude_near: Path | None, km: float):
     """The filter options as a ``FilterConfig`` (the query file is read here, so a bad one fails first)."""
-    from indices.filtering import FilterConfig, load_query_points
+    from indices.filtering import FilterConfig
 
-    spec = load_query_points(exclude_near, km).spec if exclude_near is not None else None
-    return FilterConfig(dedupe=dedupe, max_hamming=dedupe_bits, exclude_near=spec)
+    points = load_query_points(exclude_near, km) if exclude_near is not None else None
+    return FilterConfig(dedupe=dedupe, max_hamming=dedupe_bits, exclude_near=points.spec if points else None,
+                        points=points)
 
 
 @index_app.command("filter")

@@ -272,7 +272,7 @@ def _build(
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(work / "build_key.txt", key + "\n")
-    records, removals = exclude_near_records(records, config.filters.exclude_near)
+    records, removals = exclude_near_records(records, config.filters)
     paths = [Path(r.image_path) if r.image_path is not None else Path("") for r in records]
     _fit(descriptor, paths, work, config)
     chunks = _describe(descriptor, paths, work / "chunks", config, progress, after_chunk, ray)

@@ -63,21 +63,24 @@ class ExcludeNear(BaseModel):
     digest: str = Field(description="sha256 of the query coordinates: a changed file is another index")
 
 
-class FilterConfig(BaseModel):
-    dedupe: bool = Field(False, description="drop exact and perceptual-hash near-duplicate images")
-    max_hamming: int = Field(DEFAULT_MAX_HAMMING, ge=0, le=32, description="near-duplicate threshold, bits of 128")
-    exclude_near: ExcludeNear | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.dedupe or self.exclude_near is not None
-
-
 class QueryPoints(BaseModel):
     spec: ExcludeNear
     ids: list[str]
     lat: list[float]
     lon: list[float]
+
+
+class FilterConfig(BaseModel):
+    dedupe: bool = Field(False, description="drop exact and perceptual-hash near-duplicate images")
+    max_hamming: int = Field(DEFAULT_MAX_HAMMING, ge=0, le=32, description="near-duplicate threshold, bits of 128")
+    exclude_near: ExcludeNear | None = None
+    # The query locations themselves, read by the caller (a labels file is the eval layer's
+    # business); left out of dumps, so the build key holds only ``exclude_near``'s digest.
+    points: QueryPoints | None = Field(None, exclude=True, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.dedupe or self.exclude_near is not None
 
 
 class Removal(BaseModel):
@@ -109,24 +112,22 @@ def hash_arrays(n: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------- leakage
 
 
-def load_query_points(labels: str | Path, km: float) -> QueryPoints:
-    """The query locations of a benchmark labels file (any layout ``eval.datasets`` reads)."""
-    from eval.datasets import load_dataset
-
+def query_points(labels: str | Path, km: float, ids: Sequence[str], lat: Sequence[float],
+                 lon: Sequence[float]) -> QueryPoints:
+    """A benchmark's query locations (read from ``labels`` by the caller) under the leakage rule."""
     if not km > 0:
         raise FilterError(f"--km must be a positive distance in km, got {km}")
-    data = load_dataset("csv", labels=labels)
-    if not data.samples:
-        raise FilterError(f"{labels}: no usable query locations ({data.report.n_bad} rows dropped)")
-    if data.report.n_bad:
-        first = data.report.dropped[0] if data.report.dropped else None
-        log.warning("%s: %d query rows without a usable location are ignored (first: %s)", labels,
-                    data.report.n_bad, first.reason if first else "?")
-    lat = [s.lat for s in data.samples]
-    lon = [s.lon for s in data.samples]
-    digest = hashlib.sha256(np.round(np.array([lat, lon]), 7).tobytes()).hexdigest()
+    if not len(lat):
+        raise FilterError(f"{labels}: no usable query locations")
+    digest = hashlib.sha256(np.round(np.array([lat, lon], dtype=np.float64), 7).tobytes()).hexdigest()
     spec = ExcludeNear(labels=str(labels), km=km, n_points=len(lat), digest=digest)
-    return QueryPoints(spec=spec, ids=[s.image_id for s in data.samples], lat=lat, lon=lon)
+    return QueryPoints(spec=spec, ids=list(ids), lat=list(lat), lon=list(lon))
+
+
+def _points(filters: FilterConfig) -> QueryPoints:
+    if filters.points is None or filters.exclude_near is None or filters.points.spec != filters.exclude_near:
+        raise FilterError("exclude-near is set but its query locations were not given with it")
+    return filters.points
 
 
 def near_queries(lat: np.ndarray, lon: np.ndarray, points: QueryPoints) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,16 +155,13 @@ def exclusion_removals(ids: Sequence[str], paths: Sequence[str], lat: np.ndarray
     return ~within, removed
 
 
-def exclude_near_records(records: Sequence, spec: ExcludeNear | None) -> tuple[list, list[Removal]]:
+def exclude_near_records(records: Sequence, filters: FilterConfig) -> tuple[list, list[Removal]]:
     """A build's records without those near the benchmark's queries (dropped before being described).
-
-    The file is read again and must still hold the locations the build's key was made from."""
-    if spec is None:
+    A changed query file changes the digest in the build key, so a resumed build cannot mix them."""
+    if filters.exclude_near is None:
         return list(records), []
-    points = load_query_points(spec.labels, spec.km)
-    if points.spec.digest != spec.digest:
-        raise FilterError(f"{spec.labels} changed since the build started (other query locations); "
-                          "re-run the command to build with the new file")
+    points = _points(filters)
+    spec = points.spec
     keep, removals = exclusion_removals([r.image_id for r in records], [str(r.image_path) for r in records],
                                         np.array([r.lat for r in records]), np.array([r.lon for r in records]),
                                         points)
@@ -348,8 +346,7 @@ def filter_index(index_dir: str | Path, config: FilterConfig, workers: int = 2) 
     keep = np.ones(len(ids), dtype=bool)
     removals: list[Removal] = []
     if config.exclude_near is not None:
-        points = load_query_points(config.exclude_near.labels, config.exclude_near.km)
-        keep, removals = exclusion_removals(ids, paths, lat, lon, points)
+        keep, removals = exclusion_removals(ids, paths, lat, lon, _points(config))
     unreadable: list[str] = []
     if config.dedupe:
         rows = np.flatnonzero(keep)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from agent.cli import main
+from agent.cli_index import load_query_points
 from indices.filtering import (
     HASH_BYTES,
     FilterConfig,
@@ -19,7 +20,6 @@ from indices.filtering import (
     dhash128,
     duplicate_removals,
     filter_index,
-    load_query_points,
     near_queries,
     read_removed,
 )
@@ -173,7 +173,8 @@ def test_index_filter_removes_through_the_index_update(photo_set, tmp_path, caps
     assert len(index) == 25 and index.row_of("lisbon_0.jpg") is None
     assert [r.id for r in read_removed(out)] == ["lisbon_0.jpg"]  # with the evidence; the update logs it too:
     assert index.manifest.removals[-1].reason.startswith("index filter: near-query")
-    assert filter_index(out, FilterConfig(exclude_near=load_query_points(queries, 1).spec)).removals == []
+    points = load_query_points(queries, 1)
+    assert filter_index(out, FilterConfig(exclude_near=points.spec, points=points)).removals == []
 
 
 def test_bad_filter_inputs_are_clear_errors(photo_set, tmp_path, capsys):
