@@ -40,7 +40,7 @@ from agent.backends.errors import ModelServiceError
 from agent.context import AgentContext, SerialDescriptor
 from agent.state import Event, Prediction
 from agent.web_sessions import SessionStore, SessionView, Truth, UnknownSession
-from indices.images import ImageLoadError, load_image
+from indices.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
 THUMBNAIL_SIDE = 256
@@ -163,9 +163,9 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
                       text: Annotated[str | None, Form()] = None) -> StreamingResponse:
         data, name = read_upload(image)
         try:
-            load_image_bytes(data)  # a bad upload is a 422, not an event in a 200 stream
+            decode_image(data, name)  # a bad upload is a 422, not an event in a 200 stream
         except ImageLoadError as e:
-            raise not_a_photo(e, name) from None
+            raise HTTPException(422, str(e)) from None
         events: queue.Queue = queue.Queue()
 
         def work() -> None:
@@ -244,16 +244,6 @@ def jpeg(path: Path, side: int, what: str) -> Response:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=85)
     return Response(out.getvalue(), media_type="image/jpeg")
-
-
-def load_image_bytes(data: bytes) -> Image.Image:
-    """The CLI's validation (``load_image``) on bytes held in memory."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".img") as f:
-        f.write(data)
-        f.flush()
-        return load_image(f.name)
 
 
 def _sse(events: queue.Queue) -> Iterator[bytes]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -106,7 +107,7 @@ class SessionStore:
                 chat.attach(path, image_id=filename, user_text=text)
             return self._view(chat)
         except BaseException:
-            _remove(folder)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
             chat.close()
@@ -168,9 +169,3 @@ class SessionStore:
         turns = [ChatTurn(role=m["role"], text=m["text"]) for m in st.chat if m.get("role") in ("user", "assistant")]
         return SessionView(session_id=chat.session_id, photo=st.image_id, prediction=pred, truth=truth,
                            excluded_author=self._excluded(chat), chat=turns)
-
-
-def _remove(folder: Path) -> None:
-    for p in folder.iterdir():
-        p.unlink(missing_ok=True)
-    folder.rmdir()

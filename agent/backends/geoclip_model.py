@@ -200,7 +200,7 @@ class ZeroShotCountries:
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.utils import logging as hf_logging
 
-        from indices.descriptors.clip import load_clip_vision
+        from indices.descriptors.clip import clip_preprocess
         from indices.geography import countries
 
         known = countries()
@@ -219,7 +219,8 @@ class ZeroShotCountries:
                                  "saved with save_pretrained has both") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        _, self.preprocess = load_clip_vision(str(folder), device)
+        # The full model's own vision tower: loading CLIPVisionModelWithProjection too would hold it twice.
+        self.preprocess = clip_preprocess(str(folder), int(model.config.vision_config.image_size))
         self.model = model.eval().to(device)
         self.device = device
         prompts = [template.format(country=known[c].name) for c in self.codes]

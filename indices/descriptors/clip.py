@@ -147,7 +147,6 @@ def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPre
     ``openai/clip-vit-large-patch14``) or a vision-only one.
     """
     from transformers import CLIPVisionModelWithProjection
-    from transformers.image_processing_base import ImageProcessingMixin
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -171,12 +170,19 @@ def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPre
         raise ModelLoadError(
             f"clip: {folder} lacks {len(info['missing_keys'])} vision weights, e.g. {sorted(info['missing_keys'])[:3]}"
         )
+    return net.eval().to(device), clip_preprocess(folder, int(net.config.image_size))
+
+
+def clip_preprocess(folder: str, image_size: int) -> ClipPreprocess:
+    """The checkpoint's ``preprocessor_config.json`` as a ``ClipPreprocess``; without one, OpenAI's
+    defaults at the model's input size."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
     try:
         cfg, _ = ImageProcessingMixin.get_image_processor_dict(folder, local_files_only=True)
     except (OSError, ValueError):
-        cfg = {}  # no preprocessor config: OpenAI defaults at the model's input size
-    preprocess = ClipPreprocess.from_config(cfg, int(net.config.image_size))
-    return net.eval().to(device), preprocess
+        cfg = {}
+    return ClipPreprocess.from_config(cfg, image_size)
 
 
 @register
