@@ -55,7 +55,8 @@ class LocalPriorBackend(Backend):
         super().__init__(model)
         from indices.descriptors.clip import resolve_clip_weights
 
-        self.folder = resolve_clip_weights(model)  # WeightsNotFoundError (exit 2) names where to put them
+        # WeightsNotFoundError (exit 2) names where to put them
+        self.folder = resolve_clip_weights(model, f"{self.kind}:/path/to/folder or ${self.env_var}", self.kind)
         self.device = device or "cpu"
         self.cache = open_cache(cache)
         self._owns_cache = cache is not None and not isinstance(cache, ResponseCache)

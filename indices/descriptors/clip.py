@@ -99,25 +99,24 @@ class ClipPreprocess:
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-_WHERE = (
-    "geoguide never downloads weights: put a save_pretrained copy of e.g. openai/clip-vit-large-patch14 "
-    "(config.json, model.safetensors, preprocessor_config.json) in a folder and pass it with "
-    "--descriptor-opt model=/path/to/folder (conf {'model': '/path/to/folder'})"
-)
+DESCRIPTOR_OPTION = "--descriptor-opt model=/path/to/folder (conf {'model': '/path/to/folder'})"
 
 
-def resolve_clip_weights(model: str) -> Path:
+def resolve_clip_weights(model: str, pass_it: str = DESCRIPTOR_OPTION, who: str = "clip") -> Path:
     """The local folder holding ``model``'s weights, or ``WeightsNotFoundError``; never the network.
 
-    ``model`` is a folder, or a hub id looked up in the local Hugging Face cache only.
+    ``model`` is a folder, or a hub id looked up in the local Hugging Face cache only. ``pass_it``
+    and ``who`` word the error for the caller (the descriptor's option, a backend's spec).
     """
+    where = ("geoguide never downloads weights: put a save_pretrained copy of e.g. openai/clip-vit-large-patch14 "
+              f"(config.json, model.safetensors, preprocessor_config.json) in a folder and pass it with {pass_it}")
     path = Path(model).expanduser()
     if path.is_dir():
         folder = path
     elif path.exists():
-        raise WeightsNotFoundError(f"clip: model={model!r} is a file; it must be the folder holding the model; {_WHERE}")
+        raise WeightsNotFoundError(f"{who}: model={model!r} is a file; it must be the folder holding the model; {where}")
     elif path.is_absolute() or model.startswith((".", "~")):
-        raise WeightsNotFoundError(f"clip: model={model!r}: no such folder; {_WHERE}")
+        raise WeightsNotFoundError(f"{who}: model={model!r}: no such folder; {where}")
     else:
         from huggingface_hub import constants, try_to_load_from_cache
 
@@ -127,15 +126,15 @@ def resolve_clip_weights(model: str) -> Path:
             cached = None
         if not isinstance(cached, str):
             raise WeightsNotFoundError(
-                f"clip: model={model!r} is neither a local folder nor in the Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}); {_WHERE}, or fill the cache on a connected machine "
+                f"{who}: model={model!r} is neither a local folder nor in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}); {where}, or fill the cache on a connected machine "
                 f"(huggingface-cli download {model})"
             )
         folder = Path(cached).parent
     if not (folder / "config.json").is_file():
-        raise WeightsNotFoundError(f"clip: {folder} holds no config.json, so it is not a saved model; {_WHERE}")
+        raise WeightsNotFoundError(f"{who}: {folder} holds no config.json, so it is not a saved model; {where}")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise WeightsNotFoundError(f"clip: {folder} has no weights file ({', '.join(WEIGHT_FILES)}); {_WHERE}")
+        raise WeightsNotFoundError(f"{who}: {folder} has no weights file ({', '.join(WEIGHT_FILES)}); {where}")
     return folder
 
 
