@@ -96,7 +96,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     app = FastAPIOffline(title="geoguide", summary="Where was this photo taken?")
     app.add_middleware(GZipMiddleware, minimum_size=2048)
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
-    store = SessionStore(ctx, Path(state_dir or tempfile.mkdtemp(prefix="geoguide-serve-")), descriptor, truth)
+    if state_dir is None:  # sessions for this app's life only: the folder goes with the app (or at exit)
+        app.state.scratch = tempfile.TemporaryDirectory(prefix="geoguide-serve-", ignore_cleanup_errors=True)
+        state_dir = Path(app.state.scratch.name)
+    store = SessionStore(ctx, Path(state_dir), descriptor, truth)
     limiter = RateLimiter(rate_per_minute)
 
     def authorised(request: Request) -> None:

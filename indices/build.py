@@ -56,7 +56,7 @@ from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
 from indices.progress import Progress
 from indices.stores import parse_store
 from indices.submaps import SubmapScheme, parse_schemes
-from indices.writer import INDEX_MARKERS, index_files, previous_files, write_index
+from indices.writer import INDEX_MARKERS, index_files, previous_files, take, write_index
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS = 20
@@ -293,7 +293,7 @@ def _build(
                         failed.append(FailedImage(id=records[i].image_id, path=str(paths[i]),
                                                   reason=_reason(str(err), paths[i])))
     ok = np.concatenate(oks)
-    vecs = np.concatenate(descs)  # rows of the readable images only
+    vecs: list[np.ndarray] = descs  # rows of the readable images only, as parts: never joined in memory
     keep = np.flatnonzero(ok)
     n = len(records)
     if len(keep) == 0:
@@ -310,7 +310,7 @@ def _build(
                                              np.array([records[i].lat for i in keep]),
                                              np.array([records[i].lon for i in keep]),
                                              sha, dhash, config.filters.max_hamming)
-        keep, vecs, removals = keep[unique], vecs[unique], removals + dropped
+        keep, vecs, removals = keep[unique], [take(descs, np.flatnonzero(unique))], removals + dropped
     from indices.geography import countries_at
 
     lat = np.array([records[i].lat for i in keep], dtype=np.float64)

@@ -74,6 +74,11 @@ class Store(ABC):
         index = faiss.index_factory(dim, self.factory(dim), faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.by_residual = False  # codes encode the vector itself: any block of codes scans alone
+        # index_factory turns on polysemous training for 8-bit PQ: it reorders the centroids for
+        # Hamming filtering, which the scanner never uses, and made training 22x slower (5,000 x
+        # 768-d PQ96: 218 s against 9.9 s).
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.do_polysemous_training = False
         ivf.quantizer.add(np.zeros((1, dim), dtype=np.float32))  # the one list; nothing to learn
         for pq in (getattr(ivf, "pq", None), *(getattr(t, "pq", None) for t in self._transforms(index))):
             if pq is not None:
