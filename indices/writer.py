@@ -258,7 +258,7 @@ def train_store(store: Store, parts: Sequence[np.ndarray], seed: int = 0) -> int
         store.train(np.zeros((0, dim), dtype=np.float32))
         return 0
     pick = np.sort(np.random.default_rng(seed).choice(n, size=min(store.train_sample, n), replace=False))
-    store.train(np.asarray(take(parts, pick), dtype=np.float32))
+    store.train(take(parts, pick).astype(np.float16).astype(np.float32))  # the vectors as stored
     return len(pick)
 
 
