@@ -51,7 +51,7 @@ def runs_table(runs: list[Path], data: Path) -> str:
     """Markdown: % within 1 / 25 / 200 / 750 / 2500 km of each eval run, on all photos, on those
     with a prior and on those without (a photo the run did not answer counts as a miss)."""
     from eval.metrics import THRESHOLDS_KM, accuracy_at
-    from eval.runner import PREDICTIONS, load_records
+    from eval.records import PREDICTIONS, load_records
 
     ids = [r["IMG_ID"] for r in csv.DictReader((data / "labels.csv").open())]
     without = no_prior_ids(data)

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from eval.cli import RunSpec, dataset_for, flatten, spec_from_settings
 from eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
-from eval.runner import PREDICTIONS, RunSummary, load_records
+from eval.records import PREDICTIONS, RunSummary, load_records
 from indices import atomic
 
 if sys.version_info >= (3, 11):

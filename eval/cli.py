@@ -31,7 +31,8 @@ from agent.config import AgentConfig
 if TYPE_CHECKING:  # the runner pulls in langgraph and faiss: imported when a command runs, not for --help
     from eval.corruption import CorruptionSpec
     from eval.datasets import LoadedDataset
-    from eval.runner import DatasetRef, RunSummary
+    from eval.records import RunSummary
+    from eval.runner import DatasetRef
 
 # Short names accepted in --set and ablation plans, for the settings ablations vary most.
 CONFIG_ALIASES: dict[str, str] = {
@@ -189,7 +190,8 @@ def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
 def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:
     """Run ``spec`` into ``out`` (resuming what is there unless ``restart``)."""
     from agent.cli import make_context
-    from eval.runner import run_eval, run_oracle
+    from eval.oracle import run_oracle
+    from eval.runner import run_eval
     from indices.store import ReferenceIndex
 
     if spec.index is None:
@@ -360,7 +362,7 @@ def eval_cmd(
             "oracle": oracle,
         }
     )
-    from eval.runner import summary_markdown
+    from eval.records import summary_markdown
 
     summary = _run_cli(spec, out, restart)
     typer.echo(summary_markdown(str(out), summary))

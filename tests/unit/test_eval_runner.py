@@ -24,7 +24,9 @@ from agent.context import AgentContext
 from agent.schemas import CountryGuess, Perception, PerceptionOutcome
 from eval.corruption import CorruptedPriorBackend, CorruptionSpec
 from eval.datasets import load_dataset
-from eval.runner import PREDICTIONS, RunMismatchError, load_records, oracle_matches, run_eval, run_oracle
+from eval.oracle import oracle_matches, run_oracle
+from eval.records import PREDICTIONS, load_records
+from eval.runner import RunMismatchError, run_eval
 from indices.geometry import haversine_km
 from tests.synthetic import PLACES
 
