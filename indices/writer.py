@@ -12,9 +12,9 @@ submaps, say) are removed before the new manifest appears: an index folder holds
 Large arrays are written in chunks through a memory map, so a build of N references holds one
 chunk of them twice at most, not all of them. The descriptors themselves may come as *parts*
 (arrays, memory maps, or any object with ``shape``, ``dtype`` and row indexing by an integer
-array): they are read a chunk at a time in storage order and never joined, so a build's peak
-memory does not grow with the map (``benchmarks/scale.py`` writes 20M x 768-d, 30.7 GB of fp16,
-from generated parts on a 24 GB machine).
+array): they are read a chunk at a time in storage order and never joined into one array here
+(``benchmarks/scale.py`` writes 20M x 768-d, 30.7 GB of fp16, from generated parts on a 24 GB
+machine; ``index build`` hands over its chunks as it loaded them).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def write_generation(
     save("refs/lon.npy", lon)
 
     desc_path = out / prefix / DESCRIPTORS_FILE
-    save_rows(desc_path, n, (dim,), np.float16, lambda s, e: take(vectors, perm[s:e]).astype(np.float16, copy=False))
+    save_rows(desc_path, n, (dim,), np.float16, lambda s, e: take(vectors, perm[s:e]))
     files.append(prefix + DESCRIPTORS_FILE)
     desc = np.load(desc_path, mmap_mode="r")
     if store.codes_are_descriptors:
@@ -303,9 +303,9 @@ def write_index(
     # Storage order: grouped by the primary scheme's label, stable within a group.
     perm = np.argsort(labels[stored[0].prefix], kind="stable")
     parts = as_parts(descriptors)
-    dim = parts[0].shape[1]
-    if sum(len(p) for p in parts) != len(perm):
-        raise ValueError(f"{sum(len(p) for p in parts)} descriptor rows for {len(perm)} references")
+    dim, n_rows = parts[0].shape[1], sum(len(p) for p in parts)
+    if n_rows != len(perm):
+        raise ValueError(f"{n_rows} descriptor rows for {len(perm)} references")
     trained_on = train_store(st, parts)
     files = [STATE_FILE]
     atomic.save_npz(out / STATE_FILE, descriptor.state())
