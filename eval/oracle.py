@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from eval.datasets import Sample
-from eval.records import RunRecord, RunSummary, TopRef, error_km_of, now_utc
+from eval.records import RunRecord, RunSummary, TopRef, error_km_of
 from eval.runner import DatasetRef, _Run, coverage_of, index_info
 from indices.geometry import haversine_km, latlon_to_unit
 from indices.store import ReferenceIndex
@@ -107,17 +107,13 @@ def run_oracle(
 
     def evaluate(s: Sample) -> RunRecord:
         m = matches[s.image_id]
-        return RunRecord(
-            image_id=s.image_id,
-            author=s.author,
-            true_lat=s.lat,
-            true_lon=s.lon,
+        return RunRecord.of(
+            s,
             lat=m.lat,
             lon=m.lon,
             error_km=m.error_km,
             source="oracle",
             trail=["global"],
-            finished_utc=now_utc(),
             notes=[] if m.ref_id else ["no admissible reference"],
             top_refs=[]
             if m.ref_id is None or m.lat is None or m.lon is None

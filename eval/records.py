@@ -77,6 +77,12 @@ class RunRecord(BaseModel):
                                          "a photo whose model could not be used is not recorded, so not counted)")
     finished_utc: str = ""
 
+    @classmethod
+    def of(cls, sample: Sample, **outcome: Any) -> RunRecord:
+        """``sample``'s record (its id, photographer and truth, stamped now) with what happened to it."""
+        return cls(image_id=sample.image_id, author=sample.author, true_lat=sample.lat, true_lon=sample.lon,
+                   finished_utc=now_utc(), **outcome)
+
 
 def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -93,11 +99,8 @@ def record_from_prediction(
 ) -> RunRecord:
     p = pred.prior
     top = p.top_country if p is not None else None
-    return RunRecord(
-        image_id=sample.image_id,
-        author=sample.author,
-        true_lat=sample.lat,
-        true_lon=sample.lon,
+    return RunRecord.of(
+        sample,
         lat=pred.lat,
         lon=pred.lon,
         error_km=error_km_of(sample, pred.lat, pred.lon),
@@ -125,22 +128,13 @@ def record_from_prediction(
         timings={**pred.timings, "wall_s": round(wall_s, 4)},
         prompts=pred.prompts,
         notes=pred.notes,
-        finished_utc=now_utc(),
     )
 
 
 def failed_record(sample: Sample, exc: BaseException, wall_s: float, attempts: int = 1) -> RunRecord:
     msg = (str(exc).splitlines() or [""])[0][:500]
-    return RunRecord(
-        image_id=sample.image_id,
-        author=sample.author,
-        true_lat=sample.lat,
-        true_lon=sample.lon,
-        error=f"{type(exc).__name__}: {msg}",
-        attempts=attempts,
-        timings={"wall_s": round(wall_s, 4)},
-        finished_utc=now_utc(),
-    )
+    return RunRecord.of(sample, error=f"{type(exc).__name__}: {msg}", attempts=attempts,
+                        timings={"wall_s": round(wall_s, 4)})
 
 
 # ---------------------------------------------------------------------------------- the file
