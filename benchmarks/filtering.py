@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -124,8 +123,9 @@ def main() -> None:
     print(f"duplicate search: {dd['codes']:,} codes, {dd['planted']:,} near copies planted "
           f"({dd['bits']} bits flipped): {dd['pairs_found']:,} pairs found in {dd['seconds']} s (one thread)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        from indices import atomic
+
+        atomic.write_json(args.json, result)
 
 
 if __name__ == "__main__":

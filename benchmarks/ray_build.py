@@ -19,7 +19,6 @@ used): its 2 / 1 ratio shows what the pipeline gives when cores are not the limi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -138,8 +137,9 @@ def main() -> None:
     print(f"  control (the same pipeline, {pipeline['chunks']} chunks sleeping {pipeline['sleep_s']} s, no CPU): "
           f"1 actor {pipeline['ray_1_s']} s, 2 actors {pipeline['ray_2_s']} s = {pipeline['ratio_2_to_1']}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        from indices import atomic
+
+        atomic.write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ N_COMPONENTS, N_PLACES = 32, 4096
 BUILD_CHUNK = 250_000
 FLAT_MAX = 2_000_000  # above it, the in-RAM FAISS comparison index would crowd a 24 GB machine
 
+from indices import atomic  # noqa: E402
 from indices.descriptors.base import Descriptor  # noqa: E402
 
 
@@ -251,7 +252,7 @@ def main() -> None:
                 results.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 report(results[-1])
                 if args.json_out:  # after every run: a long sweep that dies keeps what it measured
-                    Path(args.json_out).write_text(json.dumps(results, indent=2))
+                    atomic.write_json(args.json_out, results)
 
 
 if __name__ == "__main__":
