@@ -56,7 +56,7 @@ from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
 from indices.progress import Progress
 from indices.stores import parse_store
 from indices.submaps import SubmapScheme, parse_schemes
-from indices.writer import INDEX_MARKERS, index_files, previous_files, take, write_index
+from indices.writer import INDEX_MARKERS, check_trainable, index_files, previous_files, take, write_index
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS = 20
@@ -273,6 +273,7 @@ def _build(
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(work / "build_key.txt", key + "\n")
     records, removals = exclude_near_records(records, config.filters)
+    check_trainable(parse_store(config.store), len(records))  # before minutes of describing, not after
     paths = [Path(r.image_path) if r.image_path is not None else Path("") for r in records]
     _fit(descriptor, paths, work, config)
     chunks = _describe(descriptor, paths, work / "chunks", config, progress, after_chunk, ray)

@@ -38,7 +38,7 @@ from indices.manifest import (
     StoreInfo,
     file_entry,
 )
-from indices.stores import DEPRECATED_FAISS_INDEX, Store, parse_store
+from indices.stores import DEPRECATED_FAISS_INDEX, Store, StoreSpecError, parse_store
 from indices.stores.base import STORE_FILE
 from indices.submaps import Submap, SubmapScheme
 
@@ -251,9 +251,19 @@ def as_parts(descriptors: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]
     return parts
 
 
+def check_trainable(store: Store, n: int) -> None:
+    """A clear error (exit 2) for a map too small for its store, instead of FAISS's assertion."""
+    if store.trainable and n < store.min_train_points:
+        raise StoreSpecError(
+            f"--store {store.spec} learns {store.min_train_points} centroids per sub-space and needs at least "
+            f"that many references to train; this map has {n}: use --store fp16 or sq8, or fewer bits (pq:MxBITS)"
+        )
+
+
 def train_store(store: Store, parts: Sequence[np.ndarray], seed: int = 0) -> int:
     """Fit the store's quantizer on a fixed random sample of the vectors; returns the sample size."""
     n, dim = sum(len(p) for p in parts), parts[0].shape[1]
+    check_trainable(store, n)
     if not store.trainable:
         store.train(np.zeros((0, dim), dtype=np.float32))
         return 0

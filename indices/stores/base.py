@@ -58,6 +58,11 @@ class Store(ABC):
     def factory(self, dim: int) -> str:
         """The ``index_factory`` string, e.g. ``"OPQ64,IVF1,PQ64"``; raises ``ValueError`` for a bad dim."""
 
+    @property
+    def min_train_points(self) -> int:
+        """Vectors the quantizer needs to train at all (FAISS's k-means wants a point per centroid)."""
+        return 0
+
     def params(self, dim: int) -> dict[str, Any]:
         """What the manifest records about this store."""
         return {"factory": self.factory(dim), "exact": self.exact, "rerank": self.rerank,

@@ -56,6 +56,10 @@ class PQStore(Store):
             raise ValueError(f"BITS must be <= 16, got {self.bits}")
         super().__init__(f"{self.m}" if self.bits == 8 else f"{self.m}x{self.bits}")
 
+    @property
+    def min_train_points(self) -> int:
+        return 2**self.bits  # the centroids of one sub-quantizer
+
     def _pq(self, dim: int) -> str:
         if dim % self.m:
             raise ValueError(f"{self.spec}: M={self.m} must divide the descriptor dimension {dim}")
@@ -69,6 +73,10 @@ class PQStore(Store):
 class OPQStore(PQStore):
     kind = "opq"
     usage = "opq:M[xBITS] (a learned rotation, then PQ)"
+
+    @property
+    def min_train_points(self) -> int:
+        return max(256, super().min_train_points)  # FAISS's OPQMatrix trains an 8-bit PQ of its own
 
     def factory(self, dim: int) -> str:
         return f"OPQ{self.m},IVF1,{self._pq(dim)}"

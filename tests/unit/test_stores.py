@@ -114,6 +114,15 @@ def test_bad_store_specs_are_clear_errors():
         parse_store("pq:5").factory(DIM)
 
 
+@pytest.mark.parametrize(("store", "n", "needed"), [("pq:4x8", 255, 256), ("opq:4x6", 255, 256), ("pq:4x6", 63, 64)])
+def test_a_map_too_small_for_its_quantizer_is_a_clear_error(tmp_path, store, n, needed):
+    """FAISS's k-means asserts a point per centroid; the writer says so in geoguide's words (exit 2)."""
+    with pytest.raises(StoreSpecError, match=f"needs at least that many.*this map has {n}") as e:
+        write_synthetic(tmp_path / "idx", store, n=n)
+    assert f"learns {needed} centroids" in str(e.value)
+    write_synthetic(tmp_path / "ok", store, n=needed)  # one point per centroid is enough
+
+
 def test_a_version_1_index_still_opens_and_searches(tmp_path):
     """Indices written before stores: no store entry, no codes copies; fp16 over the descriptors."""
     out = tmp_path / "v1"
