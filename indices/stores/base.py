@@ -80,8 +80,8 @@ class Store(ABC):
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.by_residual = False  # codes encode the vector itself: any block of codes scans alone
         # index_factory turns on polysemous training for 8-bit PQ: it reorders the centroids for
-        # Hamming filtering, which the scanner never uses, and made training 22x slower (5,000 x
-        # 768-d PQ96: 218 s against 9.9 s).
+        # Hamming filtering, which the scanner never uses, and made training 20x slower
+        # (benchmarks/store_training.py, 5,000 x 768-d PQ96, one thread: 208 s against 10.3 s).
         if isinstance(ivf, faiss.IndexIVFPQ):
             ivf.do_polysemous_training = False
         ivf.quantizer.add(np.zeros((1, dim), dtype=np.float32))  # the one list; nothing to learn
