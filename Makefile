@@ -38,10 +38,10 @@ test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check agent tools prompts indices eval tests benchmarks
+	$(BIN)/ruff check app agent tools prompts indices eval tests benchmarks
 
 demo: setup
-	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m agent.demo
+	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m app.demo
 
 # Long measurements (minutes; not part of `make test`): descriptor throughput and retrieval-only
 # accuracy on the shared split, then search latency and memory at 100k / 1M / 5M references.

@@ -1,7 +1,9 @@
 """What the graph's nodes need besides the state: the index, the model backend, the config.
 
 Not part of the checkpointed state (none of it serialises); a resumed chat session rebuilds it
-from the same command-line options.
+from the same command-line options. The one way every shell (CLI, chat,
+server, eval runner, demo) makes it is ``agent.factory.build_context`` over an
+``agent.settings.ContextSpec``.
 """
 
 from __future__ import annotations

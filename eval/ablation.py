@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from eval.cli import RunSpec, dataset_for, flatten, spec_from_settings
+from agent.settings import flatten
 from eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
 from eval.records import PREDICTIONS, RunSummary, load_records
+from eval.spec import RunSpec, dataset_for, spec_from_settings
 from indices import atomic
 
 if sys.version_info >= (3, 11):

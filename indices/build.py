@@ -30,7 +30,6 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -38,20 +37,18 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from indices import atomic
+from indices.describe import describe_chunk, load_many
 from indices.descriptors import Descriptor, get_descriptor
 from indices.distributed import RayOptions, check_ray
 from indices.errors import GeoguideError
 from indices.filtering import (
     REMOVED_NAME,
     FilterConfig,
-    dhash128,
     duplicate_removals,
     exclude_near_records,
-    hash_arrays,
     is_removed_record,
     record_removals,
 )
-from indices.images import ImageLoadError, file_sha256, load_image
 from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
 from indices.progress import Progress
 from indices.stores import parse_store
@@ -92,17 +89,6 @@ class BuildError(GeoguideError, RuntimeError):
 
 class IndexExistsError(BuildError):
     """The output folder holds something else (another index, another unfinished build, other files)."""
-
-
-def _load_many(paths: Sequence[Path], workers: int):
-    def one(p: Path):
-        try:
-            return load_image(p), None
-        except ImageLoadError as e:
-            return None, str(e)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, paths))
 
 
 def _work_key(config: BuildConfig, records: Sequence[ReferenceRecord]) -> str:
@@ -349,30 +335,13 @@ def _fit(descriptor: Descriptor, paths: list[Path], work: Path, config: BuildCon
     elif descriptor.trainable and not descriptor.is_fitted:
         rng = np.random.default_rng(config.seed)
         pick = np.sort(rng.choice(len(paths), size=min(config.fit_sample, len(paths)), replace=False))
-        loaded = _load_many([paths[i] for i in pick], config.load_workers)
+        loaded = load_many([paths[i] for i in pick], config.load_workers)
         images = [img for img, _ in loaded if img is not None]
         if not images:
             raise BuildError("none of the images sampled to fit the descriptor could be read")
         log.info("fitting %s on %d images", descriptor.name, len(images))
         descriptor.fit(images)
         atomic.save_npz(state_file, descriptor.state())
-
-
-def describe_chunk(descriptor: Descriptor, paths: Sequence[Path], load_workers: int, hashes: bool) -> dict[str, np.ndarray]:
-    """One resumable unit of work, the same on this process and on a Ray worker: the readable images'
-    descriptors (fp16), which were readable and why not; with ``hashes``, each file's SHA-256 and dHash."""
-    loaded = _load_many(paths, load_workers)
-    ok = np.array([img is not None for img, _ in loaded], dtype=bool)
-    images = [img for img, _ in loaded if img is not None]
-    vecs = descriptor.extract(images) if images else np.zeros((0, descriptor.dim), np.float32)
-    errors = np.array([err or "" for _, err in loaded], dtype=object).astype(str)
-    arrays = {"desc": vecs.astype(np.float16), "ok": ok, "errors": errors}
-    if hashes:
-        arrays |= hash_arrays(len(paths))
-        for i in np.flatnonzero(ok):
-            arrays["sha256"][i] = file_sha256(paths[i])
-            arrays["dhash"][i] = dhash128(loaded[i][0])
-    return arrays
 
 
 def _describe(descriptor: Descriptor, paths: list[Path], chunk_dir: Path, config: BuildConfig,

@@ -10,7 +10,7 @@ single-process build makes:
 * learned parts (PCA-whitening, vocabularies) are fitted once on the driver; each actor rebuilds the
   descriptor from its name and options and loads that fitted state, so every worker describes alike;
 * ``map_batches`` with a callable class puts one actor per worker, each loading its model once; an
-  actor runs ``indices.build.describe_chunk`` (the function the single-process loop calls) and sends
+  actor runs ``indices.describe.describe_chunk`` (the function the single-process loop calls) and sends
   the shard back as ``.npz`` bytes; the driver writes it atomically. Workers need to read the photos
   (a shared file system) but never write: the work folder may be local to the driver.
 
@@ -109,7 +109,7 @@ class ChunkDescriber:
         self.load_workers, self.hashes = load_workers, hashes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from indices.build import describe_chunk
+        from indices.describe import describe_chunk
 
         shards = []
         for paths in batch["paths"]:

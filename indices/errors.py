@@ -1,7 +1,7 @@
 """The one base class of failures a user can act on (a bad file, a wrong option, a dead server).
 
 The command line prints such an error as one line and exits with its ``exit_code``; anything
-else is a programming error and gets a distinct code (see ``agent.cli``). It lives in the lowest
+else is a programming error and gets a distinct code (see ``app.cli``). It lives in the lowest
 layer, with no imports, so every layer can raise it and ``geoguide --help`` imports nothing heavy
 to recognise it.
 """

@@ -302,16 +302,6 @@ class FilterPlan(BaseModel):
                          f"(first: {self.unreadable[0]})")
         return lines
 
-    def apply(self) -> None:
-        """Remove the references (``indices.update.remove_references``: a new generation, safe for readers,
-        logged in its ``removals.csv``) and add them, with the evidence, to ``removed.csv``."""
-        from indices.update import remove_references
-
-        ids = [r.id for r in self.removals]
-        rules = ", ".join(sorted({r.rule for r in self.removals}))
-        remove_references(self.index_dir, ids, f"index filter: {rules} (evidence in {REMOVED_NAME})")
-        write_removed(self.index_dir, [*read_removed(self.index_dir), *self.removals])
-
 
 def _hash_photos(paths: Sequence[str], workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(readable mask, SHA-256, dHash) of the photos at ``paths``, read on ``workers`` threads."""

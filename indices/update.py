@@ -39,8 +39,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from indices import atomic
-from indices.build import describe_chunk
+from indices.describe import describe_chunk
 from indices.errors import GeoguideError
+from indices.filtering import REMOVED_NAME, FilterPlan, read_removed, write_removed
 from indices.manifest import Manifest, Removal, SourceInfo
 from indices.progress import Progress
 from indices.store import ReferenceIndex
@@ -180,6 +181,16 @@ def remove_references(index_dir: str | Path, ids: Iterable[str], reason: str) ->
                    removed_rows=removed, removal=Removal(utc=utc, reason=reason, n=len(rows)), frozen=[])
         return report.model_copy(update={"n_removed": len(rows), "generation": m.generation,
                                          "n_references": m.n_references})
+
+
+def apply_filter(plan: FilterPlan) -> None:
+    """Remove what ``index filter`` found (a new generation, safe for readers, logged in its
+    ``removals.csv``) and add the removals, with their evidence, to ``removed.csv``. Here rather than
+    in ``indices.filtering`` so that the filter decides and the update acts (no import cycle)."""
+    ids = [r.id for r in plan.removals]
+    rules = ", ".join(sorted({r.rule for r in plan.removals}))
+    remove_references(plan.index_dir, ids, f"index filter: {rules} (evidence in {REMOVED_NAME})")
+    write_removed(plan.index_dir, [*read_removed(plan.index_dir), *plan.removals])
 
 
 def ids_of_author(index_dir: str | Path, author: str) -> list[str]:

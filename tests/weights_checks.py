@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from app.cli import main
 from indices.descriptors.base import WeightsNotFoundError
 from indices.descriptors.registry import DESCRIPTORS, get_descriptor
 

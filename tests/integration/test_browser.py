@@ -26,8 +26,8 @@ import pytest
 from agent.backends import make_backend
 from agent.config import AgentConfig
 from agent.context import AgentContext
-from agent.server import create_app
-from agent.web_sessions import Truth
+from app.server import create_app
+from app.web_sessions import Truth
 from tests.synthetic import place_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

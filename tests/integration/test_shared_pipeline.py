@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from agent.cli import main
+from app.cli import main
 from eval.datasets import shared_data_root
 
 ROOT = shared_data_root()

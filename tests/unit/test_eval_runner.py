@@ -18,7 +18,7 @@ import pytest
 
 import eval.runner as runner
 from agent.backends import Backend, make_backend
-from agent.cli import main
+from app.cli import main
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.schemas import CountryGuess, Perception, PerceptionOutcome
@@ -384,7 +384,7 @@ corrupt_prior = [0.0, 0.5]
 
 
 def test_killed_eval_process_resumes_cleanly(synthetic_index, synthetic_refs, fake_openai, tmp_path):
-    """SIGKILL a real ``python -m agent eval`` mid-run, run it again: every photo once, no torn line."""
+    """SIGKILL a real ``python -m app eval`` mid-run, run it again: every photo once, no torn line."""
     from fakes.openai_server import delayed, reply_json
 
     root, _ = synthetic_refs
@@ -394,7 +394,7 @@ def test_killed_eval_process_resumes_cleanly(synthetic_index, synthetic_refs, fa
     argv = [
         sys.executable,
         "-m",
-        "agent",
+        "app",
         *_eval_argv(
             root,
             synthetic_index.root,

@@ -184,7 +184,7 @@ def test_a_build_that_fails_before_any_result_leaves_nothing_behind(refset, tmp_
     def interrupt(*args, **kwargs):
         raise Interrupted
 
-    monkeypatch.setattr("indices.build._load_many", interrupt)  # dies while describing chunk 0
+    monkeypatch.setattr("indices.describe.load_many", interrupt)  # dies while describing chunk 0
     out = tmp_path / "made" / "by" / "build"
     with pytest.raises(Interrupted):
         build_index(refset, out, CONFIG, progress=False)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.cli import main
-from agent.cli_index import load_query_points
+from app.cli import main
+from app.index import load_query_points
 from indices.filtering import (
     HASH_BYTES,
     FilterConfig,

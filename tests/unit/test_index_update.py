@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from agent.cli import main
+from app.cli import main
 from indices.build import BuildConfig, build_index
 from indices.manifest import IndexFormatError
 from indices.store import ReferenceIndex

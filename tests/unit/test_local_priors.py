@@ -132,7 +132,7 @@ def test_clip_zeroshot_needs_the_text_tower(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["geoclip", "clip-zeroshot"])
 def test_locate_and_eval_with_a_local_prior(prefix, clip_dir, small_gallery, synthetic_index, synthetic_refs, tmp_path):
-    from agent.cli import main
+    from app.cli import main
 
     root, samples = synthetic_refs
     photo = tmp_path / "q.jpg"

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from agent.backends import make_backend
-from agent.cli import main
+from app.cli import main
 from indices.descriptors.registry import get_descriptor
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from agent.backends import make_backend
 from agent.config import AgentConfig
 from agent.context import AgentContext
-from agent.server import check_binding, create_app
+from app.server import check_binding, create_app
 from indices.errors import GeoguideError
 from tests.synthetic import place_image
 
@@ -87,7 +87,7 @@ def test_open_binding_needs_a_token_or_insecure():
 
 
 def test_warm_up_loads_what_the_first_request_needs(synthetic_index):
-    from agent.server import warm_up
+    from app.server import warm_up
 
     ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
     warm_up(ctx)
@@ -103,7 +103,7 @@ PARIS = (48.8566, 2.3522)
 def served(synthetic_index, tmp_path):
     """A server with a replayed prior for q_paris.jpg, labels (truth) for it, and a state dir that
     a second app (a restarted server) can reopen."""
-    from agent.web_sessions import Truth
+    from app.web_sessions import Truth
 
     prior = tmp_path / "prior.csv"
     prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"

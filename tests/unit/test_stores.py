@@ -152,7 +152,7 @@ def test_row_of_finds_every_id_by_binary_search(built):
 
 
 def test_index_build_store_flags(synthetic_refs, tmp_path, capsys):
-    from agent.cli import main
+    from app.cli import main
 
     root, _ = synthetic_refs
     args = ["index", "build", "--images", str(root / "images"), "--labels", str(root / "labels.csv"),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_options import CLIError, echo_json
+from app.options import CLIError, echo_json
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
 
@@ -128,6 +128,7 @@ def index_filter(
 ) -> None:
     """Remove near-duplicate references and references near a benchmark's queries from a built index."""
     from indices.filtering import filter_index, write_removed_ids
+    from indices.update import apply_filter
 
     if not dedupe and exclude_near is None:
         raise CLIError("give --dedupe and/or --exclude-near CSV [--km R]")
@@ -139,7 +140,7 @@ def index_filter(
         typer.echo(f"wrote {len(plan.removals)} ids to {ids_out}")
     if dry_run or not plan.removals:
         return
-    plan.apply()
+    apply_filter(plan)
     typer.echo(f"removed {len(plan.removals)} references from {index_dir}; listed in {index_dir / 'removed.csv'}")
 
 

@@ -10,7 +10,7 @@ index lookups (a thumbnail is found by reference id in the index table) and sess
 random hex, checked against a pattern). Binding beyond 127.0.0.1 needs a bearer token (or an
 explicit --insecure); every POST is rate-limited per client.
 
-Routes: ``GET /`` (the page, ``agent/web/``), ``POST /api/locate`` (the prediction JSON of
+Routes: ``GET /`` (the page, ``app/web/``), ``POST /api/locate`` (the prediction JSON of
 ``geoguide locate --json``; the session id in ``X-Geoguide-Session``), ``POST
 /api/locate/stream`` (the agent's steps as Server-Sent Events, then the session), ``GET
 /api/sessions/{id}``, ``POST /api/sessions/{id}/messages``, ``GET /api/sessions/{id}/photo``,
@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from agent.backends.errors import ModelServiceError
 from agent.context import AgentContext, SerialDescriptor
 from agent.state import Event, Prediction
-from agent.web_sessions import SessionStore, SessionView, Truth, UnknownSession
+from app.web_sessions import SessionStore, SessionView, Truth, UnknownSession
 from indices.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB

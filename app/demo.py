@@ -28,14 +28,12 @@ def main() -> int:
               f"(IMG_ID,AUTHOR,LAT,LON) and {PRIOR_FILE}, e.g.\n"
               "  make demo GEOGUIDE_DATA=/path/to/shared/data/im2gps3k", file=sys.stderr)
         return 2
-    from agent.backends import make_backend
-    from agent.config import AgentConfig
-    from agent.context import AgentContext
+    from agent.factory import build_context
     from agent.graph import locate
+    from agent.settings import ContextSpec
     from eval.datasets import load_dataset
     from indices.build import BuildConfig, build_index
     from indices.geometry import haversine_km
-    from indices.store import ReferenceIndex
     from tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     samples = load_dataset("csv", labels=data / "labels.csv", images=data / "images").samples
@@ -46,8 +44,7 @@ def main() -> int:
               f"submaps -> {out}", flush=True)
         build_index(samples, out, BuildConfig(descriptor="effnet-gem"), progress=True)
         print(f"built in {time.perf_counter() - t:.0f} s", flush=True)
-    index = ReferenceIndex(out)
-    backend = make_backend(f"replay:{data / PRIOR_FILE}")
+    ctx = build_context(ContextSpec(index=out, vlm=f"replay:{data / PRIOR_FILE}"))
     rng = np.random.default_rng(7)
     picks = [samples[i] for i in rng.choice(len(samples), N_QUERIES, replace=False)]
 
@@ -58,8 +55,8 @@ def main() -> int:
     print(f"\nlocating {N_QUERIES} photos (prior: recorded {PRIOR_FILE}; references by the same photographer excluded)\n")
     rows = []
     for s in picks:
-        cfg = AgentConfig(exclude_authors=[s.author or ""], exclude_ids=[s.image_id])
-        pred = locate(AgentContext(index=index, backend=backend, config=cfg), s.image_path, image_id=s.image_id)
+        # for_photo excludes the photo itself and, given its photographer, all their photos
+        pred = locate(ctx.for_photo(s.image_id, author=s.author), s.image_path, image_id=s.image_id)
         err = None if pred.lat is None else float(haversine_km(pred.lat, pred.lon, s.lat, s.lon))
         rows.append(err)
         print(f"{s.image_id}\n  predicted: {place(pred.lat, pred.lon) if pred.lat is not None else 'no answer'}"
@@ -70,6 +67,7 @@ def main() -> int:
     print(f"\nmedian error {np.median(errs):,.1f} km over {len(errs)} answered; "
           f"within 25 km: {(errs < 25).sum()}, within 750 km: {(errs < 750).sum()} of {N_QUERIES}. "
           f"Total {time.perf_counter() - t:.0f} s.")
+    ctx.close()
     return 0
 
 

@@ -1,0 +1,46 @@
+"""The one way every shell (CLI, chat, web server, eval runner, demo) opens an ``AgentContext``:
+from an ``agent.settings.ContextSpec``, so the same options open the same index, backends and config
+everywhere. Kept apart from ``agent.context`` because it needs the policy registry, whose policies
+import the context type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.backends import Backend, make_backend, parse_backend_options
+from agent.context import AgentContext
+from agent.policies import make_policy
+from agent.settings import ContextSpec, default_cache_path
+from indices.store import ReferenceIndex
+
+
+def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int,
+                 opts: list[str] | None = None) -> Backend:
+    """One backend from its spec: model backends get the cache, the call budget and ``--*-opt`` options."""
+    options: dict[str, Any] = parse_backend_options(opts or [])
+    if not spec.startswith(("none", "replay:")):
+        options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
+        options.update(timeout=timeout, max_attempts=attempts)
+    return make_backend(spec, **options)
+
+
+def build_context(spec: ContextSpec) -> AgentContext:
+    """Open the index, the model backends and the config the same way for every shell.
+
+    The config and the policy are checked before anything is loaded, so a typo fails at once; a
+    backend that can only name countries (``clip-zeroshot``) is restricted to the map's countries."""
+    if spec.index is None:
+        raise ValueError("give the reference index (--index DIR, or index = ... in a plan)")
+    cfg = spec.agent_config()
+    make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
+    index = ReferenceIndex(spec.index)
+    backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
+    if hasattr(backend, "restrict_countries") and index.scheme_of("country") is not None:
+        backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
+    planning = None
+    if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
+        planning = open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
+                                opts=spec.planner_opts)
+    return AgentContext(index=index, backend=backend, config=cfg, planner=planning)

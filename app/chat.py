@@ -1,0 +1,91 @@
+"""``geoguide chat``: the terminal chat loop over ``agent.chat.ChatSession`` (the same sessions the web
+page keeps): attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.settings import default_cache_path
+from app.locate import check_service, format_prediction, print_event
+from app.options import AgentOptions, agent_options
+from indices.errors import GeoguideError
+
+commands = typer.Typer()
+
+
+CHAT_HELP = """Commands: /image PATH (locate a photo), /show (the prediction as JSON), /help, /quit.
+Anything else is a follow-up question, e.g. "why not Portugal?" or "look near Lyon instead"."""
+
+
+def show_in_chat(pred) -> None:
+    """The answer, and a warning line when it was made without a working model."""
+    typer.echo(format_prediction(pred))
+    try:
+        check_service(pred)
+    except GeoguideError as e:
+        typer.echo(f"geoguide: warning: {e}", err=True)
+
+
+@commands.command("chat")
+@agent_options
+def chat_cmd(
+    image: Annotated[Path | None, typer.Argument(metavar="[IMAGE]", help="a photo to start with")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="resume this session id")] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="session database (default ~/.cache/geoguide/sessions.sqlite)")] = None,
+    *,
+    opts: AgentOptions,
+) -> None:
+    """A terminal chat: attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
+    from agent.backends import BackendError
+    from agent.chat import ChatSession, summary
+    from agent.factory import build_context
+    from indices.images import ImageLoadError
+
+    ctx = build_context(opts.context_spec())
+    chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event,
+                       must_exist=session is not None)
+    for diff in chat.differences() if session else []:
+        typer.echo(f"geoguide: warning: session {session} was made with another setup — {diff}", err=True)
+    try:
+        st = chat.state()
+        if session and st is not None and st.prediction is not None:
+            typer.echo(f"resumed session {chat.session_id}: {st.image_path}")
+            typer.echo(summary(st.prediction))
+        else:
+            typer.echo(f"session {chat.session_id} (resume later with --session {chat.session_id}). /help for commands.")
+            if session:
+                typer.echo("(no photo in it yet: /image PATH)")
+        if image is not None:
+            show_in_chat(chat.attach(image))
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                typer.echo("you> ", nl=False)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/help":
+                typer.echo(CHAT_HELP)
+            elif line == "/show":
+                st = chat.state()
+                typer.echo(st.prediction.model_dump_json(indent=2) if st and st.prediction else "no prediction yet")
+            elif line.startswith("/image"):
+                path = line[len("/image"):].strip()
+                try:
+                    show_in_chat(chat.attach(Path(path).expanduser()))
+                except (ImageLoadError, BackendError) as e:  # a bad photo or a model outage must not end the session
+                    typer.echo(f"geoguide: error: {e}", err=True)
+            else:
+                typer.echo(f"geoguide> {chat.ask(line)}")
+    finally:
+        chat.close()
+    typer.echo(f"bye — resume with: {chat.resume_command()}")

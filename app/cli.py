@@ -1,0 +1,128 @@
+"""The ``geoguide`` command line: the root command, its sub-commands and the one error policy.
+
+Every failure is one clear line on stderr and a non-zero exit. The commands live in the modules
+of this package (``app.locate``, ``app.chat``, ``app.serve``, ``app.index``, ``app.evaluate``),
+each a thin shell over the one compiled graph and one ``AgentContext`` (``agent.factory``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from app import chat, evaluate, locate, serve
+from app.index import index_app
+from app.options import CLIError
+
+__all__ = ["CLIError", "app", "entry", "main"]
+
+app = typer.Typer(add_completion=False, help="Where was this photo taken?")
+for module in (locate, chat, serve, evaluate):
+    app.registered_commands += module.commands.registered_commands
+app.add_typer(index_app, name="index")
+
+
+INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in geoguide, never a user's mistake
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(usage error base, Exit, Abort) of the click that typer really uses: recent typer bundles its
+    own copy (``typer._click``), whose exceptions are not the ``click`` package's."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # typer < 0.20 runs on the click package
+        from click.exceptions import ClickException
+    return ClickException, typer.Exit, typer.Abort
+
+
+@contextlib.contextmanager
+def _second_ctrl_c_exits() -> Iterator[None]:
+    """First Ctrl-C: KeyboardInterrupt, so work in progress is wound up and summaries written. A
+    node running on LangGraph's worker thread (a streamed run) can keep the process until its model
+    call times out; a second Ctrl-C then exits at once (what was written is kept: every record is
+    fsynced as it is made)."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def on_sigint(signum, frame):
+        if pressed:
+            os.write(2, b"geoguide: interrupted\n")
+            os._exit(INTERRUPTED)
+        pressed.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # "1 validation error for AgentConfig" says nothing useful
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Exit codes: 0 done; 2 usage or input error (click's usage message, or
+    one line); 3 the model service cannot be used; 70 a bug in geoguide (one line, and the
+    traceback with GEOGUIDE_DEBUG=1); 130 interrupted. Nothing heavy is imported before a command
+    needs it, so ``--help`` answers at once."""
+    import os
+
+    from indices.errors import GeoguideError
+
+    logging.basicConfig(level=logging.WARNING, format="geoguide: %(levelname)s: %(message)s")
+    usage_error, exit_request, abort = _click_exceptions()
+    debug = bool(os.environ.get("GEOGUIDE_DEBUG"))
+    try:
+        with _second_ctrl_c_exits():
+            code = typer.main.get_command(app).main(args=argv, prog_name="geoguide", standalone_mode=False)
+        # Non-standalone typer returns an Exit's code instead of raising it; Ctrl-C arrives as Exit(130).
+        if isinstance(code, int) and code:
+            if code == INTERRUPTED:
+                typer.echo("geoguide: interrupted", err=True)
+            return code
+    except usage_error as e:  # click's own message and usage line
+        e.show()
+        return e.exit_code
+    except exit_request as e:
+        return e.exit_code
+    except (abort, KeyboardInterrupt):
+        typer.echo("geoguide: interrupted", err=True)
+        return INTERRUPTED
+    except (GeoguideError, OSError, ValueError) as e:  # ValueError: bad values, pydantic validation
+        if debug:
+            raise
+        typer.echo(f"geoguide: error: {_first_line(e)}", err=True)
+        return getattr(e, "exit_code", 2)
+    except Exception as e:
+        if debug:
+            raise
+        typer.echo(f"geoguide: internal error: {type(e).__name__}: {_first_line(e)} "
+                   "(a bug in geoguide; rerun with GEOGUIDE_DEBUG=1 for the traceback)", err=True)
+        return INTERNAL_ERROR
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,96 @@
+"""``geoguide eval`` and ``geoguide ablate``: benchmark runs from the command line or a TOML plan.
+
+Both reduce to an ``eval.spec.RunSpec`` run by ``eval.spec.execute``: the shared agent options
+(``app.options``) plus what only a benchmark has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from app.options import AgentOptions, CLIError, agent_options
+
+if TYPE_CHECKING:
+    from eval.records import RunSummary
+    from eval.spec import RunSpec
+
+commands = typer.Typer()
+
+
+@commands.command("eval")
+@agent_options
+def eval_cmd(
+    out: Annotated[Path, typer.Option("--out", help="run directory (re-running the same command resumes it)")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of query photos")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="ground truth: IMG_ID,AUTHOR,LAT,LON")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help=(
+        "csv | shared | im2gps3k | im2gps | yfcc4k | ... (default: csv with --labels, else shared)"))] = None,
+    exclude_same_author: Annotated[bool, typer.Option("--exclude-same-author", help=(
+        "leave-one-photographer-out: never retrieve the query's photographer or the query itself"))] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N photos")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help=(
+        "photos in flight (for remote models; retrieval is CPU-bound)"))] = 1,
+    corrupt_prior: Annotated[float, typer.Option("--corrupt-prior", help=(
+        "probability of corrupting each photo's prior (robustness test)"))] = 0.0,
+    corrupt_mode: Annotated[Literal["neighbour", "random", "none"], typer.Option("--corrupt-mode", help=(
+        "neighbour | random | none (noise only); see eval.corruption"))] = "neighbour",
+    corrupt_noise_km: Annotated[float, typer.Option("--corrupt-noise-km", help=(
+        "Gaussian noise (km) added to a corrupted prior's point"))] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the corruption draws")] = 0,
+    oracle: Annotated[bool, typer.Option("--oracle", help=(
+        "no agent: the nearest reference by GPS (by another photographer with --exclude-same-author), "
+        "the retrieval ceiling"))] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="discard the run in --out and start over")] = False,
+    *,
+    opts: AgentOptions,
+) -> None:
+    """Benchmark the agent on a labelled photo set: predictions.jsonl, summary.json/.md, run.json."""
+    from eval.records import summary_markdown
+    from eval.spec import RunSpec
+
+    spec = RunSpec.from_settings({
+        **opts.settings_map(), "images": images, "labels": labels, "dataset": dataset,
+        "exclude_same_author": exclude_same_author, "limit": limit, "workers": workers,
+        "corrupt_prior": corrupt_prior, "corrupt_mode": corrupt_mode, "corrupt_noise_km": corrupt_noise_km,
+        "seed": seed, "oracle": oracle,
+    })
+    summary = _run_cli(spec, out, restart)
+    typer.echo(summary_markdown(str(out), summary))
+
+
+def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:
+    from eval.runner import EvalError
+    from eval.spec import execute
+
+    try:
+        return execute(spec, out, restart=restart, progress=True)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+
+
+@commands.command("ablate")
+def ablate_cmd(
+    plan: Annotated[
+        Path,
+        typer.Argument(help="TOML plan: [base] settings, then [[variant]] tables and/or a [grid] of lists"),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="folder: one run per variant, comparison.md/.csv and plots")
+    ],
+) -> None:
+    """Run every variant of an ablation plan (each resumable), then compare them in tables and plots.
+
+    Settings are those of ``geoguide eval`` with underscores (vlm, policy, exclude_same_author,
+    corrupt_prior, ...) plus any agent config key (dotted or as a table: rerank.enabled, k, scheme,
+    kmeans_clusters, perceive_prompt; aliases rerank, rerank_weight, prompt). Relative paths are
+    relative to the current directory, as on the command line.
+    """
+    from eval.ablation import load_plan, run_plan
+
+    variants = load_plan(plan)
+    typer.echo(f"{len(variants)} variant(s): {', '.join(v.name for v in variants)}", err=True)
+    report = run_plan(variants, out, run=lambda spec, where: _run_cli(spec, where))
+    typer.echo(report)

@@ -1,0 +1,121 @@
+"""``geoguide search``, ``locate`` and ``models``: one photo from the command line, and what can run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.options import AgentOptions, CLIError, agent_options, echo_json
+
+commands = typer.Typer()
+
+
+@commands.command("search")
+def search(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="query photo")],
+    index_dir: Annotated[Path, typer.Option("--index", help="index directory")],
+    k: Annotated[int, typer.Option("-k", help="number of candidates")] = 10,
+    submap: Annotated[str, typer.Option("--submap", help="submap id, e.g. country:FR, kmeans-100:37, radius:45.7,4.8,50")] = "global",
+    exclude_author: Annotated[list[str] | None, typer.Option("--exclude-author", help="skip references by this photographer; repeatable")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Visual place recognition: the most similar references inside one submap."""
+    from indices.images import load_image
+    from indices.store import ReferenceIndex
+    from tools.base import ToolError
+    from tools.retrieval import SearchArgs, search_submap
+
+    img = load_image(image)
+    index = ReferenceIndex(index_dir)
+    res = search_submap(index, img, SearchArgs(submap_id=submap, k=k, exclude_authors=exclude_author or []))
+    if isinstance(res, ToolError):
+        raise CLIError(res.error)
+    if as_json:
+        echo_json(res.model_dump())
+        return
+    s = res.summary
+    typer.echo(f"{s.submap.name} ({s.submap.size} refs): best similarity {s.best_similarity}, spread {s.spread_km} km")
+    for i, c in enumerate(res.candidates, 1):
+        typer.echo(f"{i:>3}. {c.similarity:.4f}  {c.lat:9.4f} {c.lon:10.4f}  {c.country:<3} {c.ref_id}")
+
+
+def print_event(ev) -> None:
+    tool = f"[{ev.tool}] " if ev.tool else ""
+    typer.echo(f"  · {ev.node:<9} {tool}{ev.text}", err=True)
+
+
+def format_prediction(pred) -> str:
+    if pred.lat is None:
+        return f"No answer ({'; '.join(pred.notes) or pred.prior_error or 'nothing found'})"
+    place = ", ".join(x for x in (pred.nearest_city, pred.country_name) if x) or "open sea"
+    lines = [f"Answer: {pred.lat:.5f}, {pred.lon:.5f} — {place} (confidence {pred.confidence:.2f}, from {pred.source})",
+             f"Why: {pred.why}"]
+    if pred.prior is not None:
+        p = pred.prior
+        pt = f"({p.lat:.4f}, {p.lon:.4f})" if p.has_point else ""
+        top = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.countries[:3])
+        lines.append(f"Prior: {top} {pt} {p.rationale[:100]}".rstrip())
+    elif pred.prior_error:
+        lines.append(f"Prior: none ({pred.prior_error})")
+    for i, s in enumerate(pred.trail, 1):
+        lines.append(f"Search {i}: {s.summary.submap.name} — best {s.summary.best_similarity}; {s.reason}")
+    for c in pred.top_candidates[:3]:
+        lines.append(f"  match {c.ref_id} ({c.country}) similarity {c.similarity:.3f}, score {c.score:.3f}")
+    for n in pred.notes:
+        lines.append(f"Note: {n}")
+    return "\n".join(lines)
+
+
+def check_service(pred) -> None:
+    """A prediction made while the model was failing is not what was asked for, unless the user
+    accepted a retrieval fallback: the answer is printed, then this makes the exit non-zero."""
+    from agent.backends.errors import ModelServiceError
+
+    failure = pred.model_failure()
+    if failure:
+        raise ModelServiceError(f"{failure}; the answer above rests on retrieval alone "
+                                "(pass --fallback retrieval to accept that)")
+
+
+@commands.command("locate")
+@agent_options
+def locate_cmd(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="the photo")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction as JSON")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not stream the steps")] = False,
+    *,
+    opts: AgentOptions,
+) -> None:
+    """Where was this photo taken? Streams the agent's steps, then the answer and its evidence."""
+    from agent.factory import build_context
+    from agent.graph import locate
+
+    ctx = build_context(opts.context_spec())
+    try:
+        pred = locate(ctx, image, on_event=None if (quiet or as_json) else print_event)
+    finally:
+        ctx.close()
+    typer.echo(pred.model_dump_json(indent=2) if as_json else format_prediction(pred))
+    check_service(pred)
+
+
+@commands.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Every descriptor and prior backend: can it run here, where it looks for weights, how to get them."""
+    from agent.models_catalog import catalog
+
+    cat = catalog()
+    if as_json:
+        echo_json(cat.model_dump())
+        return
+    mark = {True: "yes", False: "no", None: "depends"}
+    for m in cat.models:
+        typer.echo(f"{m.kind:<10} {m.name:<18} {mark[m.runs_here]:<8} {m.detail}")
+        if m.runs_here is False and m.looks_in:
+            typer.echo(f"{'':<38}looks in: {'; '.join(m.looks_in)}")
+        if m.runs_here is False and m.how_to_get:
+            typer.echo(f"{'':<38}get them: {m.how_to_get}")

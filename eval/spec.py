@@ -1,0 +1,120 @@
+"""What one benchmark run is (``RunSpec``) and how it runs into a directory (``execute``).
+
+``geoguide eval`` and every variant of ``geoguide ablate`` go through these two, so a variant in
+an ablation plan and a hand-typed ``geoguide eval`` with the same settings are the same run and
+resume each other's work. A ``RunSpec`` is a ``ContextSpec`` (the index, the models, the config
+overrides every command takes) plus what only a benchmark has: the photos, the labels, the
+leakage rule, corruption of the prior, the oracle.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from agent.settings import ContextSpec
+
+if TYPE_CHECKING:  # the runner pulls in langgraph and faiss: imported when a command runs, not for --help
+    from eval.corruption import CorruptionSpec
+    from eval.datasets import LoadedDataset
+    from eval.records import RunSummary
+    from eval.runner import DatasetRef
+
+
+class RunSpec(ContextSpec):
+    """Everything that defines one benchmark run; ``config`` holds dotted AgentConfig overrides."""
+
+    images: Path | None = Field(None, description="folder of query photos")
+    labels: Path | None = Field(None, description="ground-truth file (IMG_ID,AUTHOR,LAT,LON)")
+    dataset: str | None = Field(
+        None, description="eval.datasets loader; default csv with labels, else shared"
+    )
+    exclude_same_author: bool = False
+    limit: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1)
+    corrupt_prior: float = Field(0.0, ge=0.0, le=1.0)
+    corrupt_mode: str = "neighbour"
+    corrupt_noise_km: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    oracle: bool = Field(False, description="the nearest other photographer's reference by GPS: the ceiling")
+
+    def corruption(self) -> CorruptionSpec | None:
+        from eval.corruption import CorruptionSpec
+
+        if self.corrupt_prior <= 0:
+            return None
+        return CorruptionSpec(
+            p=self.corrupt_prior, mode=self.corrupt_mode, noise_km=self.corrupt_noise_km, seed=self.seed
+        )
+
+
+def spec_from_settings(settings: dict[str, Any]) -> RunSpec:
+    """A flat mapping (a plan's [base] + variant, or CLI options) -> RunSpec, settings routed by name."""
+    return RunSpec.from_settings(settings)
+
+
+# ---------------------------------------------------------------------------------- execution
+
+
+@lru_cache(maxsize=8)
+def _dataset(name: str, labels: str | None, images: str | None) -> LoadedDataset:
+    from eval.datasets import load_dataset
+
+    return load_dataset(name, labels=labels, images=images)
+
+
+def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
+    from eval.runner import DatasetRef
+
+    name = spec.dataset or ("csv" if spec.labels else "shared")
+    labels = str(spec.labels.resolve()) if spec.labels else None
+    images = str(spec.images.resolve()) if spec.images else None
+    data = _dataset(name, labels, images)
+    return data, DatasetRef(name=name, labels=labels, images=images, report=data.report)
+
+
+def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:
+    """Run ``spec`` into ``out`` (resuming what is there unless ``restart``)."""
+    from agent.factory import build_context
+    from eval.oracle import run_oracle
+    from eval.runner import run_eval
+    from indices.store import ReferenceIndex
+
+    if spec.index is None:
+        raise ValueError("give the reference index (--index DIR, or index = ... in the plan)")
+    data, ref = dataset_for(spec)
+    if not data.samples:
+        raise ValueError(f"no usable photos in {ref.labels or ref.name} (see the warnings above)")
+    if not spec.oracle and all(s.image_path is None for s in data.samples):
+        raise ValueError("the photos are needed to run the agent: give --images DIR (images = ... in a plan)")
+    if spec.oracle:
+        return run_oracle(
+            data.samples,
+            ReferenceIndex(spec.index),
+            out,
+            exclude_same_author=spec.exclude_same_author,
+            limit=spec.limit,
+            resume=not restart,
+            dataset=ref,
+        )
+    corruption = spec.corruption()
+    ctx = build_context(spec)
+    try:
+        return run_eval(
+            data.samples,
+            ctx,
+            out,
+            exclude_same_author=spec.exclude_same_author,
+            limit=spec.limit,
+            workers=spec.workers,
+            prior_corruption=corruption,
+            resume=not restart,
+            dataset=ref,
+            extra={"spec": spec.model_dump(mode="json")},
+            progress=progress,
+        )
+    finally:
+        ctx.close()
