@@ -61,6 +61,54 @@ class Question(BaseModel):
     text: str = Field(min_length=1, max_length=2000)
 
 
+# The page's own policy: scripts, styles, images and requests from this server only (the map is SVG
+# drawn by map.js; photos are blob: URLs of the user's own file); no inline script, no framing.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# /docs and /redoc start Swagger UI / ReDoc with an inline script (FastAPI's own pages): allowed there only.
+DOCS_CSP = PAGE_CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+DOCS_PATHS = ("/docs", "/redoc")
+def is_public(path: str) -> bool:
+    """The page and its static code: nothing can be done with them without the token, which they ask for."""
+    return path == "/" or path.startswith("/static/")
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token (when the server has one) on every
+    path but the page and its code, checked in one place so that a new route cannot forget it, and
+    the security headers (Content-Security-Policy, nosniff, no referrer, no framing) on every answer."""
+
+    def __init__(self, app, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        csp = DOCS_CSP if path.startswith(DOCS_PATHS) else PAGE_CSP
+        extra = [(b"content-security-policy", csp.encode()), (b"x-content-type-options", b"nosniff"),
+                 (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if self.expected is not None and not is_public(path):
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = json.dumps({"detail": "a bearer token is required: Authorization: Bearer TOKEN"}).encode()
+                await with_headers({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, with_headers)
+
+
 class RateLimiter:
     """A token bucket per client address: ``per_minute`` requests, bursts up to that many. The
     default (60 a minute) is far above a person's pace and below what a loop can send."""
@@ -95,20 +143,13 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     # /docs and /redoc with their scripts from the package: FastAPI's own pages load them from a CDN.
     app = FastAPIOffline(title="geoguide", summary="Where was this photo taken?")
     app.add_middleware(GZipMiddleware, minimum_size=2048)
+    app.add_middleware(Guard, token=token)  # added last: the outermost layer, before anything else runs
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     if state_dir is None:  # sessions for this app's life only: the folder goes with the app (or at exit)
         app.state.scratch = tempfile.TemporaryDirectory(prefix="geoguide-serve-", ignore_cleanup_errors=True)
         state_dir = Path(app.state.scratch.name)
     store = SessionStore(ctx, Path(state_dir), descriptor, truth)
     limiter = RateLimiter(rate_per_minute)
-
-    def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "a bearer token is required: Authorization: Bearer TOKEN",
-                                headers={"WWW-Authenticate": "Bearer"})
 
     def limited(request: Request) -> None:
         wait = limiter.take(request.client.host if request.client else "unknown")
@@ -121,8 +162,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         """The CLI's exit 3: the model server is down, refuses the key, or is misconfigured."""
         return JSONResponse({"detail": str(e)}, status_code=503)
 
-    guarded = [Depends(authorised)]
-    costly = [Depends(authorised), Depends(limited)]
+    costly = [Depends(limited)]  # the token is checked by ``Guard`` for every route
 
     def read_upload(image: UploadFile) -> tuple[bytes, str]:
         data = image.file.read(max_upload_bytes + 1)
@@ -137,7 +177,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         cut = text.find(": ")  # the private upload path comes first in load_image's messages
         return HTTPException(422, f"{name}: {text[cut + 2:] if cut >= 0 else text}")
 
-    @app.get("/api/health", response_model=Health, dependencies=guarded)
+    @app.get("/api/health", response_model=Health)
     def health() -> Health:
         m = ctx.index.manifest
         return Health(n_references=m.n_references, descriptor=m.descriptor.name, vlm=ctx.backend.spec,
@@ -193,7 +233,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         except UnknownSession as e:
             raise HTTPException(404, str(e)) from None
 
-    @app.get("/api/sessions/{session_id}", response_model=SessionView, dependencies=guarded)
+    @app.get("/api/sessions/{session_id}", response_model=SessionView)
     def get_session(session_id: str) -> SessionView:
         return session_or_404(store.view, session_id)
 
@@ -201,11 +241,11 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     def ask(session_id: str, question: Question) -> SessionView:
         return session_or_404(store.ask, session_id, question.text)
 
-    @app.get("/api/sessions/{session_id}/photo", dependencies=guarded)
+    @app.get("/api/sessions/{session_id}/photo")
     def session_photo(session_id: str) -> Response:
         return jpeg(session_or_404(store.photo, session_id), 1024, f"the photo of session {session_id!r}")
 
-    @app.get("/api/references/{ref_id}/thumbnail", dependencies=guarded,
+    @app.get("/api/references/{ref_id}/thumbnail",
              responses={200: {"content": {"image/jpeg": {}}}})
     def thumbnail(ref_id: str) -> Response:
         row = ctx.index.row_of(ref_id)  # the index table is the only way to a file
@@ -213,7 +253,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
             raise HTTPException(404, f"no reference {ref_id!r} in the index")
         return jpeg(Path(ctx.index.row(row)["path"]), THUMBNAIL_SIDE, f"the photo of reference {ref_id!r}")
 
-    @app.get("/api/countries.geojson", dependencies=guarded)
+    @app.get("/api/countries.geojson")
     def countries() -> JSONResponse:
         from indices.outlines import countries_geojson
 

@@ -4,6 +4,7 @@ graph and a real (synthetic) index."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -70,12 +71,52 @@ def test_thumbnails_only_by_reference_id(client):
         assert client.get(f"/api/references/{attempt}/thumbnail").status_code == 404
 
 
-def test_token_is_checked_on_every_call(synthetic_index):
+def _every_route(app) -> list[tuple[str, str]]:
+    """(method, concrete path) for every route and mount the app has, path parameters filled in:
+    read from the app itself, so a route added later is covered without editing this test."""
+    from starlette.routing import Mount
+
+    out = []
+    for route in app.routes:
+        path = re.sub(r"\{[^}]+\}", "x" * 32, route.path)
+        if isinstance(route, Mount):
+            out.append(("GET", path + "/anything.js"))
+            continue
+        out += [(m, path) for m in sorted(route.methods - {"HEAD"})]
+    return out
+
+
+def test_token_is_checked_on_every_route(synthetic_index):
     ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
-    client = TestClient(create_app(ctx, token="s3cret"))
-    assert client.get("/api/health").status_code == 401
-    assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    app = create_app(ctx, token="s3cret")
+    client = TestClient(app)
+    routes = _every_route(app)
+    paths = {p for _, p in routes}
+    assert {"/docs", "/openapi.json", "/api/locate/stream", "/api/health"} <= paths  # the enumeration works
+    assert any(p.endswith("/thumbnail") for p in paths) and any(p.startswith("/api/sessions/") for p in paths)
+    for method, path in routes:
+        public = path == "/" or path.startswith("/static/")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = client.request(method, path, headers=headers)
+            if public:
+                assert r.status_code != 401, (method, path)
+            else:
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                assert r.headers["www-authenticate"] == "Bearer"
+    ok = {"Authorization": "Bearer s3cret"}
+    assert client.get("/api/health", headers=ok).status_code == 200
+    assert client.get("/openapi.json", headers=ok).status_code == 200
+    assert client.get("/docs", headers=ok).status_code == 200
+    assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200
+
+
+def test_every_answer_carries_a_content_security_policy(client):
+    for path in ("/", "/static/app.js", "/api/health", "/api/sessions/" + "0" * 32):
+        r = client.get(path)
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp, path
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert "'unsafe-inline'" in client.get("/docs").headers["content-security-policy"]  # Swagger UI's inline start
 
 
 def test_open_binding_needs_a_token_or_insecure():
