@@ -23,6 +23,7 @@ def serve_cmd(
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="sessions and their photos (default ~/.cache/geoguide/serve); they survive a restart")] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="labels CSV of an eval set: its photos get their true location on the map and their photographer excluded")] = None,
     rate_limit: Annotated[int, typer.Option("--rate-limit", min=1, help="POST requests per minute per client")] = 60,
+    max_runs: Annotated[int, typer.Option("--max-runs", min=1, help="agent runs at once; more wait up to 30 s, then 503")] = 4,
     *,
     opts: AgentOptions,
 ) -> None:
@@ -45,7 +46,8 @@ def serve_cmd(
     try:
         warm_up(ctx)
         app = create_app(ctx, token=token, state_dir=state_dir or default_cache_path().with_name("serve"),
-                         truth=truth, rate_per_minute=rate_limit)
+                         truth=truth, rate_per_minute=rate_limit,
+                         max_runs=max_runs, max_pending=4 * max_runs)
         typer.echo(f"geoguide: serving {opts.index} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from agent.backends.errors import ModelServiceError
 from agent.context import AgentContext, SerialDescriptor
 from agent.state import Event, Prediction
-from app.web_sessions import SessionStore, SessionView, Truth, UnknownSession
+from app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
 from indices.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
@@ -79,9 +79,13 @@ class Guard:
     path but the page and its code, checked in one place so that a new route cannot forget it, and
     the security headers (Content-Security-Policy, nosniff, no referrer, no framing) on every answer."""
 
-    def __init__(self, app, token: str | None) -> None:
+    def __init__(self, app, token: str | None, max_pending: int = 16) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
+        # POSTs being received or run at once (each may hold an upload of up to MAX_UPLOAD_BYTES):
+        # one more is refused at once, before its body is read, so memory stays bounded under a flood.
+        self.max_pending = max_pending
+        self.pending = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -97,16 +101,30 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        async def refuse(status: int, detail: str, header: tuple[bytes, bytes]) -> None:
+            body = json.dumps({"detail": detail}).encode()
+            await with_headers({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), header]})
+            await send({"type": "http.response.body", "body": body})
+
         if self.expected is not None and not is_public(path):
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"detail": "a bearer token is required: Authorization: Bearer TOKEN"}).encode()
-                await with_headers({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
+                await refuse(401, "a bearer token is required: Authorization: Bearer TOKEN",
+                             (b"www-authenticate", b"Bearer"))
                 return
-        await self.app(scope, receive, with_headers)
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, with_headers)
+            return
+        if self.pending >= self.max_pending:  # one event loop: no lock needed around the counter
+            await refuse(503, f"the server is busy ({self.pending} requests in progress); retry shortly",
+                         (b"retry-after", b"2"))
+            return
+        self.pending += 1
+        try:
+            await self.app(scope, receive, with_headers)
+        finally:
+            self.pending -= 1
 
 
 class RateLimiter:
@@ -134,8 +152,13 @@ class RateLimiter:
 
 def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                state_dir: Path | None = None, truth: dict[str, Truth] | None = None,
-               rate_per_minute: int = 60) -> FastAPI:
-    """The FastAPI app around one opened context (index, backends, config)."""
+               rate_per_minute: int = 60, max_runs: int = 4, max_pending: int = 16,
+               busy_wait_s: float = 30.0) -> FastAPI:
+    """The FastAPI app around one opened context (index, backends, config).
+
+    Load is bounded twice: at most ``max_pending`` POSTs are received or run at once (one more gets
+    503 before its body is read), and at most ``max_runs`` agent runs go at once (a request waits up
+    to ``busy_wait_s`` for a slot, then 503); each client also gets ``rate_per_minute`` POSTs (429)."""
     import tempfile
 
     from fastapi_offline import FastAPIOffline
@@ -143,12 +166,12 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     # /docs and /redoc with their scripts from the package: FastAPI's own pages load them from a CDN.
     app = FastAPIOffline(title="geoguide", summary="Where was this photo taken?")
     app.add_middleware(GZipMiddleware, minimum_size=2048)
-    app.add_middleware(Guard, token=token)  # added last: the outermost layer, before anything else runs
+    app.add_middleware(Guard, token=token, max_pending=max_pending)  # added last: the outermost layer, before anything else runs
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     if state_dir is None:  # sessions for this app's life only: the folder goes with the app (or at exit)
         app.state.scratch = tempfile.TemporaryDirectory(prefix="geoguide-serve-", ignore_cleanup_errors=True)
         state_dir = Path(app.state.scratch.name)
-    store = SessionStore(ctx, Path(state_dir), descriptor, truth)
+    store = SessionStore(ctx, Path(state_dir), descriptor, truth, max_runs=max_runs, wait_s=busy_wait_s)
     limiter = RateLimiter(rate_per_minute)
 
     def limited(request: Request) -> None:
@@ -156,6 +179,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         if wait:
             raise HTTPException(429, f"too many requests from this client: retry in {wait:.0f} s",
                                 headers={"Retry-After": str(max(1, round(wait)))})
+
+    @app.exception_handler(Busy)
+    def busy(request: Request, e: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(ModelServiceError)
     def model_unusable(request: Request, e: ModelServiceError) -> JSONResponse:
@@ -218,7 +245,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
                 events.put(("session", view.model_dump_json()))
             except HTTPException as e:
                 events.put(("error", json.dumps({"status": e.status_code, "detail": e.detail})))
-            except ModelServiceError as e:
+            except (ModelServiceError, Busy) as e:
                 events.put(("error", json.dumps({"status": 503, "detail": str(e)})))
             except Exception as e:  # the stream has started: the failure is its last event
                 events.put(("error", json.dumps({"detail": str(e) or type(e).__name__})))

@@ -10,12 +10,13 @@ serialises its turns (two tabs asking at once); different sessions run concurren
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -63,9 +64,13 @@ class UnknownSession(LookupError):
     """No session with that id (or an id that cannot be one)."""
 
 
+class Busy(RuntimeError):
+    """Every agent slot stayed taken for the whole wait: the server answers 503 with Retry-After."""
+
+
 class SessionStore:
     def __init__(self, ctx: AgentContext, state_dir: Path, descriptor: SerialDescriptor,
-                 truth: dict[str, Truth] | None = None) -> None:
+                 truth: dict[str, Truth] | None = None, *, max_runs: int = 4, wait_s: float = 30.0) -> None:
         self.ctx = ctx
         self.db = state_dir / "sessions.sqlite"
         self.uploads = state_dir / "uploads"
@@ -76,6 +81,19 @@ class SessionStore:
         self.truth = truth or {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # Agent runs at once (locates and follow-ups): each holds a photo, a graph run and model calls;
+        # more would only share the CPU slower. A run waits up to ``wait_s`` for a slot, then Busy.
+        self._runs = threading.BoundedSemaphore(max_runs)
+        self.wait_s = wait_s
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._runs.acquire(timeout=self.wait_s):
+            raise Busy(f"the server is busy (every agent slot was taken for {self.wait_s:g} s); retry shortly")
+        try:
+            yield
+        finally:
+            self._runs.release()
 
     def _lock(self, session_id: str) -> threading.Lock:
         with self._guard:
@@ -95,6 +113,11 @@ class SessionStore:
     def locate(self, data: bytes, filename: str, *, exclude_author: str | None = None, text: str | None = None,
                on_event: Callable[[Event], None] | None = None) -> SessionView:
         """A new session on one uploaded photo (validated by ``locate`` before any model runs)."""
+        with self._slot():
+            return self._locate(data, filename, exclude_author=exclude_author, text=text, on_event=on_event)
+
+    def _locate(self, data: bytes, filename: str, *, exclude_author: str | None, text: str | None,
+                on_event: Callable[[Event], None] | None) -> SessionView:
         session_id = secrets.token_hex(16)
         folder = self.uploads / session_id
         folder.mkdir()
@@ -142,7 +165,7 @@ class SessionStore:
         """A follow-up question on the session's current photo, with ``geoguide chat``'s semantics."""
         chat = self._open(session_id)
         try:
-            with self._lock(session_id):
+            with self._slot(), self._lock(session_id):
                 chat.ask(text)
             return self._view(chat)
         finally:
