@@ -96,7 +96,7 @@ def browser():
 
 def _wait_state(page, *states: str, timeout_ms: int = 60_000) -> str:
     cond = " || ".join(f"document.body.dataset.state === '{s}'" for s in (*states, "failed"))
-    page.wait_for_function(cond, timeout=timeout_ms)
+    page.wait_for_function(f"() => {cond}", timeout=timeout_ms)
     state = page.evaluate("document.body.dataset.state")
     assert state != "failed", page.inner_text("#error")
     return state
@@ -112,7 +112,7 @@ def test_locate_a_photo_see_the_evidence_and_ask_a_follow_up(server, browser):
     page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else problems.append(r.url))
 
     page.goto(url)
-    page.wait_for_function("document.body.dataset.state === 'ready'")
+    page.wait_for_function("() => document.body.dataset.state === 'ready'")
     assert page.locator("#land path").count() >= 230  # the offline outlines
     page.set_input_files("#file", str(photo))
     _wait_state(page, "located")
@@ -128,7 +128,7 @@ def test_locate_a_photo_see_the_evidence_and_ask_a_follow_up(server, browser):
     assert "France" in page.inner_text("#answer-place") and "km off" in page.inner_text("#answer-truth")
 
     page.locator("#candidates .candidate").first.dispatch_event("click")
-    page.wait_for_function("document.querySelector('#popup img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#popup img').naturalWidth > 0")
     assert page.is_visible("#popup") and "similarity" in page.inner_text("#popup figcaption")
     page.screenshot(path=str(ARTIFACTS / "browser-candidate.png"))
 
@@ -144,7 +144,7 @@ def test_locate_a_photo_see_the_evidence_and_ask_a_follow_up(server, browser):
     assert "#s=" in session_url
     page.goto("about:blank")
     page.goto(session_url)  # a reload (or a restarted server) finds the session from the URL
-    page.wait_for_function("document.body.dataset.state === 'ready'")
+    page.wait_for_function("() => document.body.dataset.state === 'ready'")
     assert page.locator("#chat li").count() == turns + 2 and page.locator("#marks .answer-mark").count() == 1
 
     page.set_viewport_size({"width": 390, "height": 844})
@@ -162,9 +162,9 @@ def test_a_photo_that_is_not_one_shows_the_servers_reason(server, browser, tmp_p
     bad.write_text("not a photo")
     page = browser.new_page()
     page.goto(url)
-    page.wait_for_function("document.body.dataset.state === 'ready'")
+    page.wait_for_function("() => document.body.dataset.state === 'ready'")
     page.set_input_files("#file", str(bad))
-    page.wait_for_function("document.body.dataset.state === 'failed'")
+    page.wait_for_function("() => document.body.dataset.state === 'failed'")
     assert "notes.jpg" in page.inner_text("#error") and page.is_hidden("#answer")
 
 
@@ -188,5 +188,45 @@ def test_a_token_protected_server_asks_for_the_token(context, browser):
         assert "bearer token" in page.inner_text("#error")
         page.on("dialog", lambda d: d.accept("s3cret"))
         page.click("#token-button")
-        page.wait_for_function("document.body.dataset.state === 'ready'")
+        page.wait_for_function("() => document.body.dataset.state === 'ready'")
         assert page.locator("#land path").count() >= 230 and page.is_hidden("#error")
+
+
+HOSTILE = '"><img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+def test_hostile_strings_from_users_photos_and_models_stay_text(context, browser, tmp_path):
+    """A file name, a model's reply (the replayed prior's rationale) and a follow-up, all holding
+    markup: the page shows them as text, runs none of it, and the server sends a CSP that would
+    block inline script anyway."""
+    ctx, _ = context
+    name = f"q{HOSTILE}.jpg".replace("/", "_")
+    photo = tmp_path / name
+    place_image(0, variant=7).save(photo, quality=92)
+    prior = tmp_path / "hostile-prior.csv"
+    with prior.open("w", newline="") as f:
+        import csv
+
+        csv.writer(f).writerows([["IMG_ID", "LAT_pred", "LON_pred", "location", "success", "model_name"],
+                                 [name, PARIS[0], PARIS[1], f"Paris {HOSTILE}", "True", f"m{HOSTILE}"]])
+    hostile_ctx = AgentContext(index=ctx.index, backend=make_backend(f"replay:{prior}"), config=AgentConfig())
+    with _serving(create_app(hostile_ctx, state_dir=tmp_path / "state")) as url:
+        page = browser.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        response = page.goto(url)
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        page.wait_for_function("() => document.body.dataset.state === 'ready'")
+        page.set_input_files("#file", str(photo))
+        _wait_state(page, "located")
+        page.fill("#question", f"why not {HOSTILE}?")
+        page.click("#ask button")
+        _wait_state(page, "answered")
+        page.fill("#question", HOSTILE)
+        page.click("#ask button")
+        _wait_state(page, "answered")
+        body = page.inner_text("body")
+        assert "<img src=x" in body or "&lt;img" not in body  # shown as text, not parsed
+        assert "<img src=x" in page.inner_text("#chat")
+        assert page.evaluate("window.__pwned") is None and not dialogs
+        assert page.locator("img[src='x']").count() == 0 and page.locator("body script:not([src])").count() == 0
