@@ -502,3 +502,33 @@ def test_dropped_label_rows_count_as_misses(synthetic_index, synthetic_refs, rep
     md = (tmp_path / "b" / "summary.md").read_text()
     assert "2 dropped at load" in md and "bad latitude" in md
     assert "photos without a prior" in md
+
+
+def test_messy_labels_get_a_reason_per_row_and_count_as_misses(synthetic_index, synthetic_refs, tmp_path, capsys):
+    """A BOM, an extra column, a unicode id, a duplicate id, NaN and out-of-range coordinates: every
+    bad row is named with its line and reason in the summary, and all rows are in the denominator."""
+    from tests.synthetic import place_image
+
+    root, samples = synthetic_refs
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    place_image(1, variant=9).save(images / "é_北京.jpg")
+    good = [s for s in samples[:4]]
+    rows = [f"{s.image_id},{s.author},{s.lat},{s.lon},x" for s in good]
+    rows += [f"{good[0].image_id},{good[0].author},{good[0].lat},{good[0].lon},dup",  # line 6: duplicate id
+             "é_北京.jpg,someone,nan,2.0,x",  # line 7: NaN
+             "é_北京.jpg,someone,48.8,2.3,x",  # line 8: the same id again, now valid: kept
+             f"{samples[5].image_id},a,95,2,x",  # line 9: latitude out of range
+             f"{samples[6].image_id},a,40,200,x"]  # line 10: longitude out of range
+    labels = tmp_path / "messy.csv"
+    labels.write_text("\ufeffIMG_ID,AUTHOR,LAT,LON,EXTRA\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["eval", "--images", str(images), "--labels", str(labels), "--index", str(synthetic_index.root),
+                 "--out", str(out), "--exclude-same-author"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    text = (out / "summary.md").read_text()
+    assert summary["n"] == 9 and summary["answered"] == 5  # 4 good rows + the unicode id; 4 dropped
+    for line, reason in [(6, "duplicate image id"), (7, "latitude nan"), (9, "latitude 95"), (10, "longitude 200")]:
+        assert f"line {line}: {reason}" in text, (line, text)
+    ids = [json.loads(x)["image_id"] for x in (out / PREDICTIONS).read_text().splitlines()]
+    assert "é_北京.jpg" in ids and len(ids) == len(set(ids)) == 5
