@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
 from agent.state import Answer, Event, SearchIntent, SearchStep
+from indices.registry import Registry
 from tools import gazetteer, read_text, retrieval
 from tools.base import ToolError
 
@@ -48,26 +49,42 @@ class SearchToolArgs(BaseModel):
     k: int = Field(20, ge=1, le=100)
 
 
-TOOL_DOCS: dict[str, tuple[type[BaseModel], str]] = {
-    "list_submaps": (retrieval.ListSubmapsArgs, "List submaps of a scheme ('country' or 'kmeans'), optionally near a point or containing a country."),
-    "search_submap": (SearchToolArgs, "Visual place recognition of the photo inside one submap: best-matching geotagged references and a summary."),
-    "widen": (retrieval.WidenArgs, "The next larger search area around a submap (neighbours, larger radius, continent, globe)."),
-    "geocode": (gazetteer.GeocodeArgs, "Place name -> coordinates (offline gazetteer)."),
-    "reverse_geocode": (gazetteer.ReverseGeocodeArgs, "Coordinates -> country and nearest city."),
-    "read_text": (read_text.ReadTextArgs, "Read the text the photo shows (OCR of signs, shop fronts, plates): its "
-                  "language and the countries that write it, most likely first; or that no legible text was found."),
-    "submit_location": (SubmitLocationArgs, "Submit the final answer with its evidence. Call exactly once, last."),
-}
+class ToolEntry(NamedTuple):
+    """One tool: what the model may pass, what it is told, what runs. ``entry[0]`` and ``entry[1]``
+    are the argument model and description, as ``TOOL_DOCS`` entries always were."""
+
+    args: type[BaseModel]
+    description: str
+    run: Callable[..., Command]
+
+
+# name -> entry, in the order the model is shown them; filled by the ``@tool`` lines below.
+TOOLS: Registry[ToolEntry] = Registry("tool", key=None)
+TOOL_DOCS = TOOLS  # the older name
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tool(name: str, args: type[BaseModel], description: str) -> Callable[[F], F]:
+    """``@tool("name", ArgsModel, "what it does")`` on a ``(...args, *, runtime) -> Command`` function."""
+
+    def decorate(run: F) -> F:
+        TOOLS.add(ToolEntry(args, description, run), name)
+        return run
+
+    return decorate
+
+
 MAX_RESULT_CHARS = 6000  # what the model reads of one result; long candidate lists are trimmed to 10
 
 
 def openai_tools() -> list[dict[str, Any]]:
     """Tool definitions in the OpenAI function-calling format (what ``Backend.chat`` sends)."""
     out = []
-    for name, (model, doc) in TOOL_DOCS.items():
-        schema = model.model_json_schema()
+    for name, entry in TOOLS.items():
+        schema = entry.args.model_json_schema()
         schema.pop("title", None)
-        out.append({"type": "function", "function": {"name": name, "description": doc, "parameters": schema}})
+        out.append({"type": "function", "function": {"name": name, "description": entry.description,
+                                                     "parameters": schema}})
     return out
 
 
@@ -106,6 +123,45 @@ def _budget_error(runtime: ToolRuntime) -> ToolError | None:
     return None
 
 
+def _simple(name: str, model: type[BaseModel], call: Callable[[AgentContext, Any], BaseModel]) -> Callable[..., Command]:
+    """A tool that only reads (list_submaps, widen, geocode, reverse_geocode): result -> message."""
+
+    def run(*, runtime: ToolRuntime, **kwargs: Any) -> Command:
+        if (err := _budget_error(runtime)) is not None:
+            return _reply(runtime, name, err, f"error: {err.error}", ran=False)
+        try:
+            result = call(runtime.context, model.model_validate(kwargs))
+        except ValueError as e:
+            result = ToolError(error=f"{name}: {e}")
+        text = f"error: {result.error}" if isinstance(result, ToolError) else result.model_dump_json(exclude_none=True)[:160]
+        return _reply(runtime, name, result, text)
+
+    run.__name__ = name
+    return run
+
+
+R = TypeVar("R", bound=Callable[[AgentContext, Any], BaseModel])
+
+
+def read_tool(name: str, args: type[BaseModel], description: str) -> Callable[[R], R]:
+    """``@read_tool(...)`` on a ``(ctx, args) -> result`` function: a tool that only reads, given the
+    budget check, the error message and the reply by ``_simple``."""
+
+    def decorate(call: R) -> R:
+        tool(name, args, description)(_simple(name, args, call))
+        return call
+
+    return decorate
+
+
+@read_tool("list_submaps", retrieval.ListSubmapsArgs,
+           "List submaps of a scheme ('country' or 'kmeans'), optionally near a point or containing a country.")
+def list_submaps(ctx: AgentContext, args: retrieval.ListSubmapsArgs) -> BaseModel:
+    return retrieval.list_submaps(ctx.index, args)
+
+
+@tool("search_submap", SearchToolArgs,
+      "Visual place recognition of the photo inside one submap: best-matching geotagged references and a summary.")
 def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Command:
     ctx: AgentContext = runtime.context
     state = runtime.state
@@ -129,6 +185,25 @@ def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Comma
     return _reply(runtime, "search_submap", res, text, trail=[step], candidates=pooled)
 
 
+@read_tool("widen", retrieval.WidenArgs,
+           "The next larger search area around a submap (neighbours, larger radius, continent, globe).")
+def widen(ctx: AgentContext, args: retrieval.WidenArgs) -> BaseModel:
+    return retrieval.widen(ctx.index, args)
+
+
+@read_tool("geocode", gazetteer.GeocodeArgs, "Place name -> coordinates (offline gazetteer).")
+def geocode(ctx: AgentContext, args: gazetteer.GeocodeArgs) -> BaseModel:
+    return gazetteer.geocode(args)
+
+
+@read_tool("reverse_geocode", gazetteer.ReverseGeocodeArgs, "Coordinates -> country and nearest city.")
+def reverse_geocode(ctx: AgentContext, args: gazetteer.ReverseGeocodeArgs) -> BaseModel:
+    return gazetteer.reverse_geocode(args)
+
+
+@tool("read_text", read_text.ReadTextArgs,
+      "Read the text the photo shows (OCR of signs, shop fronts, plates): its language and the countries "
+      "that write it, most likely first; or that no legible text was found.")
 def read_photo_text(max_countries: int = read_text.MAX_COUNTRIES, *, runtime: ToolRuntime) -> Command:
     """OCR of the photo being located (cached per image): text, languages, ranked countries."""
     if (err := _budget_error(runtime)) is not None:
@@ -147,40 +222,12 @@ def read_photo_text(max_countries: int = read_text.MAX_COUNTRIES, *, runtime: To
     return _reply(runtime, "read_text", res, text)
 
 
+@tool("submit_location", SubmitLocationArgs, "Submit the final answer with its evidence. Call exactly once, last.")
 def submit_location(lat: float, lon: float, confidence: float = 0.5, evidence: str = "", *,
                     runtime: ToolRuntime) -> Command:
     result = SubmitLocationResult(lat=lat, lon=lon)
     answer = Answer(lat=lat, lon=lon, source="llm", confidence=confidence, why=evidence[:500])
     return _reply(runtime, "submit_location", result, f"submitted ({lat:.4f}, {lon:.4f})", submitted=answer)
-
-
-def _simple(name: str, call: Callable[[AgentContext, Any], BaseModel]) -> Callable[..., Command]:
-    """A tool that only reads (list_submaps, widen, geocode, reverse_geocode): result -> message."""
-    model = TOOL_DOCS[name][0]
-
-    def run(*, runtime: ToolRuntime, **kwargs: Any) -> Command:
-        if (err := _budget_error(runtime)) is not None:
-            return _reply(runtime, name, err, f"error: {err.error}", ran=False)
-        try:
-            result = call(runtime.context, model.model_validate(kwargs))
-        except ValueError as e:
-            result = ToolError(error=f"{name}: {e}")
-        text = f"error: {result.error}" if isinstance(result, ToolError) else result.model_dump_json(exclude_none=True)[:160]
-        return _reply(runtime, name, result, text)
-
-    run.__name__ = name
-    return run
-
-
-IMPLEMENTATIONS: dict[str, Callable[..., Command]] = {
-    "list_submaps": _simple("list_submaps", lambda ctx, a: retrieval.list_submaps(ctx.index, a)),
-    "search_submap": search_submap,
-    "widen": _simple("widen", lambda ctx, a: retrieval.widen(ctx.index, a)),
-    "geocode": _simple("geocode", lambda ctx, a: gazetteer.geocode(a)),
-    "reverse_geocode": _simple("reverse_geocode", lambda ctx, a: gazetteer.reverse_geocode(a)),
-    "read_text": read_photo_text,
-    "submit_location": submit_location,
-}
 
 
 def tool_error_text(exc: ToolInvocationError) -> str:
@@ -201,8 +248,8 @@ def tool_error_text(exc: ToolInvocationError) -> str:
 
 def langchain_tools() -> list[BaseTool]:
     return [
-        StructuredTool.from_function(IMPLEMENTATIONS[name], name=name, description=doc, args_schema=model)
-        for name, (model, doc) in TOOL_DOCS.items()
+        StructuredTool.from_function(entry.run, name=name, description=entry.description, args_schema=entry.args)
+        for name, entry in TOOLS.items()
     ]
 
 

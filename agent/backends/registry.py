@@ -8,40 +8,34 @@ that itself contains colons, see ``openai_backend.split_base_url``).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.backends.errors import BackendConfigError
 from agent.backends.options import BackendOptions
+from indices.registry import Registry
 
 if TYPE_CHECKING:
     from agent.backends.base import Backend
 
 BackendT = TypeVar("BackendT", bound="Backend")
 
-BACKENDS: dict[str, type[Backend]] = {}  # prefix -> class; ``cls.from_spec(rest, **options)`` builds one
-
-# Modules whose import registers the built-in backends; heavy dependencies (torch,
-# transformers) are imported inside them only when a model is actually loaded.
-_BUILTIN_MODULES = (
-    "agent.backends.openai_backend", "agent.backends.llava", "agent.backends.offline", "agent.backends.local_priors",
+# prefix -> class; ``cls.from_spec(rest, **options)`` builds one. The built-in modules are imported
+# on the first lookup, not at import, so ``--help`` stays fast; heavy dependencies (torch,
+# transformers) are imported inside them only when a model is actually loaded. Listed, not found
+# by listing the package, because some modules here (``geoclip_model``) import torch at the top.
+BACKENDS: Registry[type[Backend]] = Registry(
+    "backend", key=None, error=BackendConfigError,
+    unknown="unknown backend {name!r} in spec {spec!r}; available: {available}",
+    builtins=("agent.backends.openai_backend", "agent.backends.llava", "agent.backends.offline",
+              "agent.backends.local_priors"),
 )
+_load_builtins = BACKENDS.load  # kept for callers that load the built-ins explicitly (``geoguide models``)
 
 
 def register_backend(prefix: str) -> Callable[[type[BackendT]], type[BackendT]]:
-    def decorate(cls: type[BackendT]) -> type[BackendT]:
-        if BACKENDS.get(prefix, cls) is not cls:
-            raise ValueError(f"backend prefix {prefix!r} registered twice")
-        BACKENDS[prefix] = cls
-        return cls
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    """``@register_backend("myprefix")``: specs ``myprefix`` and ``myprefix:REST`` build this class."""
+    return BACKENDS.register(prefix)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -51,17 +45,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def available_backends() -> list[str]:
-    _load_builtins()
-    return sorted(BACKENDS)
+    return BACKENDS.names()
 
 
 def make_backend(spec: str, **options: Any) -> Backend:
     """Build the backend a spec names; ``options`` go to its constructor (cache=, timeout=, ...)."""
-    _load_builtins()
     prefix, rest = parse_spec(spec)
-    if prefix not in BACKENDS:
-        raise BackendConfigError(f"unknown backend {prefix!r} in spec {spec!r}; available: {', '.join(sorted(BACKENDS))}")
-    cls = BACKENDS[prefix]
+    cls = BACKENDS.get(prefix, spec=spec)
     refused = sorted(k for k in options if k in BackendOptions.model_fields and k not in cls.model_options)
     if refused:
         takes = ", ".join(sorted(cls.model_options)) or "none"

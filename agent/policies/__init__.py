@@ -1,7 +1,7 @@
 """Policies (``--policy``): ``rules`` (the paper's deterministic pipeline), ``llm`` (the model
-plans with tool calls) and ``prior`` (no retrieval: the VLM's answer alone, a baseline)."""
+plans with tool calls) and ``prior`` (no retrieval: the VLM's answer alone, a baseline). Each module
+here registers one with ``@register_policy``; they are imported on the first lookup."""
 
-from agent.policies import llm, prior_only, rules  # noqa: F401  (registration)
 from agent.policies.base import POLICIES, Decision, Policy, make_policy, register_policy
 
 __all__ = ["POLICIES", "Decision", "Policy", "make_policy", "register_policy"]

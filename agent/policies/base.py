@@ -11,8 +11,10 @@ from pydantic import BaseModel, Field
 from agent.context import AgentContext
 from agent.schemas import Usage
 from agent.state import AgentState, Event, SearchIntent
+from indices.registry import Registry
 
-POLICIES: dict[str, type[Policy]] = {}
+# Every module of this package is a built-in, imported on the first lookup (``--help`` imports none).
+POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="agent.policies")
 
 
 class Decision(BaseModel):
@@ -56,13 +58,9 @@ class Policy(ABC):
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:
-    POLICIES[cls.name] = cls
-    return cls
+    """``@register_policy``: adds a ``Policy`` subclass under its ``name`` (``--policy NAME``)."""
+    return POLICIES.add(cls)
 
 
 def make_policy(name: str) -> Policy:
-    import agent.policies  # noqa: F401 - registers the built-ins
-
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]()
+    return POLICIES.get(name)()

@@ -1,24 +1,20 @@
-"""Descriptor registry: name -> class. ``@register`` on a ``Descriptor`` subclass adds it."""
+"""Descriptor registry: name -> class. ``@register`` on a ``Descriptor`` subclass in any module of
+this package adds it; the package is listed on the first lookup, so a new file needs no import line."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from indices.descriptors.base import Descriptor
+from indices.registry import Registry
 
-DESCRIPTORS: dict[str, type[Descriptor]] = {}
+DESCRIPTORS: Registry[type[Descriptor]] = Registry("descriptor", key="name", package="indices.descriptors")
 
 
 def register(cls: type[Descriptor]) -> type[Descriptor]:
-    if cls.name in DESCRIPTORS and DESCRIPTORS[cls.name] is not cls:
-        raise ValueError(f"descriptor name {cls.name!r} registered twice")
-    DESCRIPTORS[cls.name] = cls
-    return cls
+    """``@register``: adds a ``Descriptor`` subclass under its ``name``."""
+    return DESCRIPTORS.add(cls)
 
 
 def get_descriptor(name: str, conf: dict[str, Any] | None = None) -> Descriptor:
-    import indices.descriptors  # noqa: F401 - importing the package registers the built-ins
-
-    if name not in DESCRIPTORS:
-        raise ValueError(f"unknown descriptor {name!r}; available: {', '.join(sorted(DESCRIPTORS))}")
-    return DESCRIPTORS[name](conf)
+    return DESCRIPTORS.get(name)(conf)

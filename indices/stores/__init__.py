@@ -1,6 +1,5 @@
 """Vector stores: how an index keeps its descriptors and scans a submap of them (see base.py)."""
 
-from indices.stores import flat, quantized  # noqa: F401  (registration)
 from indices.stores.base import Store
 from indices.stores.registry import (
     DEPRECATED_FAISS_INDEX,

@@ -1,6 +1,5 @@
-"""Submap schemes; importing this package registers the built-in ones."""
+"""Submap schemes; each module here registers one, found on the first lookup (``parse_scheme``)."""
 
-from indices.submaps import country, global_, kmeans, radius  # noqa: F401  (registration)
 from indices.submaps.base import Submap, SubmapScheme
 from indices.submaps.registry import SCHEMES, parse_scheme, parse_schemes, register_scheme
 
