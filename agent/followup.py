@@ -2,7 +2,8 @@
 trail, the candidates and the prior, the same way for every policy and backend:
 
   * "look near Lyon instead" / "search around Porto": geocode the place, search a radius around
-    it (a retrieval tool call), and re-answer with that place as the prior;
+    it (``agent.toolbox.run_search``, the planner's own search, so the run's leakage rules are
+    imposed in that one place), and re-answer with that place as the prior;
   * "why not Portugal?": what the evidence says about that country;
   * anything else: with a chat-capable model, the model answers from the prediction record
     (prompt ``chat/v1``); otherwise a summary of the evidence.
@@ -18,6 +19,7 @@ from agent.rerank import Evidence
 from agent.rerank import answer as answer_from
 from agent.schemas import Perception
 from agent.state import AgentState, Prediction, SearchStep
+from agent.toolbox import run_search
 from indices.geometry import haversine_km
 from indices.submaps.radius import radius_id
 from prompts.loader import load_prompt
@@ -67,9 +69,8 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
         return (f"{where.name} is a continent, far wider than the {NEAR_RADIUS_KM:g} km I search around a "
                 f"place; name a city or country in it."), st
     sid = radius_id(where.lat, where.lon, NEAR_RADIUS_KM)
-    args = retrieval.SearchArgs(submap_id=sid, k=ctx.config.k, exclude_authors=ctx.config.exclude_authors,
-                                exclude_ids=ctx.config.exclude_ids, prior_lat=where.lat, prior_lon=where.lon)
-    res = retrieval.search_submap(ctx.index, ctx.query_vector(st.image_path, st.image_sha256), args)
+    # Through the planner's own search, so the run's leakage rules apply here exactly as there.
+    res = run_search(ctx, st, sid, ctx.config.k, prior={"prior_lat": where.lat, "prior_lon": where.lon})
     if isinstance(res, ToolError):
         return f"Search near {where.name} failed: {res.error}", st
     step = SearchStep(submap_id=sid, reason=f"user: look near {where.name}", summary=res.summary, purpose="user")

@@ -43,17 +43,10 @@ def emit(event: Event) -> None:
 
 
 def prior_country(state: AgentState) -> str | None:
-    """The prior's country, derived once: the first named country that resolves, else the point's."""
-    p = state.perception
-    if p is None:
-        return None
-    from indices.geography import country_at, lookup_country
+    """The prior's country, derived once per photo (``indices.geography.prior_country``)."""
+    from indices.geography import prior_country as country_of_prior
 
-    for guess in p.countries:
-        iso = guess.iso2 or (lookup_country(guess.name) if guess.name else None)
-        if iso:
-            return iso
-    return country_at(p.lat, p.lon) if p.has_point else None
+    return country_of_prior(state.perception)
 
 
 def service_message(spec: str, error: str | None) -> str:
@@ -101,19 +94,12 @@ def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     if cap:
         emit(Event(node="plan", text=cap))
         return {"done": True, "notes": [cap]}
-    d = make_policy("rules" if state.planner_down else ctx.config.policy).decide(state, ctx)
+    # What happens after a failed planner (retrieval takes over) is the policy's business; this node
+    # only records that it failed, so the policy can tell on its next step.
+    d = make_policy(ctx.config.policy).decide(state, ctx)
     if d.service_failure in FATAL_FAILURES and ctx.config.fallback == "none":
         raise ModelServiceError(service_message(ctx.planner_backend.spec, "; ".join(d.notes)))
-    update: dict[str, Any] = {}
-    if d.planner_failed:
-        # Retrieval answers without the planner: the rules pipeline from the prior, said in the notes.
-        from agent.policies.rules import hypotheses
-
-        hyps = state.hypotheses or hypotheses(state, ctx)
-        takeover = make_policy("rules").decide(state.model_copy(update={"hypotheses": hyps}), ctx)
-        d = takeover.model_copy(update={"notes": [*d.notes, "retrieval (the rules pipeline) finishes the photo"],
-                                        "service_failure": d.service_failure, "usage": d.usage + takeover.usage})
-        update = {"planner_down": True, "hypotheses": hyps}
+    update: dict[str, Any] = {"planner_down": True} if d.planner_failed else {}
     for ev in d.events:
         emit(ev)
     messages = ([d.message] if d.message is not None else []) + d.extra_messages
@@ -234,9 +220,10 @@ def _prediction(state: AgentState, ctx: AgentContext, chosen: Answer | None, sco
     )
 
 
-def initial_state(image_path: str | Path, image_id: str | None = None, user_text: str | None = None) -> AgentState:
+def initial_state(image_path: str | Path, image_id: str | None = None, user_text: str | None = None,
+                  sha256: str | None = None) -> AgentState:
     path = Path(image_path)
-    return AgentState(image_path=str(path), image_id=image_id or path.name, image_sha256=file_sha256(path),
+    return AgentState(image_path=str(path), image_id=image_id or path.name, image_sha256=sha256 or file_sha256(path),
                       user_text=user_text, started_at=time.time())
 
 
@@ -257,17 +244,25 @@ def locate(
     graph=None,
     thread_id: str | None = None,
 ) -> Prediction:
-    """Run the graph on one photo; ``on_event`` sees every step as it happens."""
+    """Run the graph on one photo; ``on_event`` sees every step as it happens.
+
+    The photo is decoded once, here, before any model is called (a clear ``ImageLoadError`` for a
+    file that is not one): the context caches it by hash, and ``perceive`` reads it from there."""
     from indices.images import load_image
 
-    load_image(image_path)  # a clear ImageLoadError before any model is called
+    try:
+        sha = file_sha256(Path(image_path))
+    except OSError:
+        load_image(image_path)  # a missing or unreadable file: the loader's one-line error
+        raise
+    ctx.image(str(Path(image_path)), sha)
     graph = graph or compiled_graph()
     final: Any = None
     # The custom stream makes LangGraph run nodes on a worker thread (so events flow while a node
     # works); a run nobody watches (the eval runner) stays on the calling thread, where Ctrl-C
     # interrupts a blocked model call at once instead of after its timeout.
     modes = ["custom", "values"] if on_event is not None else ["values"]
-    for mode, chunk in graph.stream(initial_state(image_path, image_id, user_text), run_config(ctx, thread_id),
+    for mode, chunk in graph.stream(initial_state(image_path, image_id, user_text, sha), run_config(ctx, thread_id),
                                     context=ctx, stream_mode=modes):
         if mode == "custom":
             on_event(chunk if isinstance(chunk, Event) else Event.model_validate(chunk))

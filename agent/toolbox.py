@@ -23,7 +23,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agent.context import AgentContext
-from agent.state import Answer, Event, SearchIntent, SearchStep
+from agent.state import AgentState, Answer, Event, SearchIntent, SearchStep
 from indices.registry import Registry
 from tools import gazetteer, read_text, retrieval
 from tools.base import ToolError
@@ -160,6 +160,26 @@ def list_submaps(ctx: AgentContext, args: retrieval.ListSubmapsArgs) -> BaseMode
     return retrieval.list_submaps(ctx.index, args)
 
 
+def run_search(ctx: AgentContext, state: AgentState, submap_id: str, k: int, *,
+               prior: dict[str, Any] | None = None) -> retrieval.SearchResult | ToolError:
+    """Search the photo of ``state`` inside ``submap_id`` under the run's leakage rules.
+
+    The one place where ``config.exclude_authors`` and ``exclude_ids`` reach a search: the
+    ``search_submap`` tool (every policy's searches) and the chat's "look near X" follow-ups both
+    come through here, so nothing can search around them. ``prior`` (``prior_lat``, ``prior_lon``,
+    ``prior_country``) replaces the state's prior in the agreement counts, e.g. a place the user
+    named. A bad submap id or argument comes back as a ``ToolError``, not an exception.
+    """
+    try:
+        args = retrieval.SearchArgs(submap_id=submap_id, k=k, exclude_authors=ctx.config.exclude_authors,
+                                    exclude_ids=ctx.config.exclude_ids,
+                                    **(_prior_args(state) if prior is None else prior))
+        vector = ctx.query_vector(state.image_path, state.image_sha256, state.image_id)
+        return retrieval.search_submap(ctx.index, vector, args)
+    except ValueError as e:
+        return ToolError(error=f"search_submap: {e}")
+
+
 @tool("search_submap", SearchToolArgs,
       "Visual place recognition of the photo inside one submap: best-matching geotagged references and a summary.")
 def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Command:
@@ -168,13 +188,7 @@ def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Comma
     if (err := _budget_error(runtime)) is not None:
         return _reply(runtime, "search_submap", err, f"error: {err.error}", ran=False)
     intent = state.intents.get(runtime.tool_call_id) or SearchIntent(reason="planner")
-    args = retrieval.SearchArgs(submap_id=submap_id, k=k, exclude_authors=ctx.config.exclude_authors,
-                                exclude_ids=ctx.config.exclude_ids, **_prior_args(state))
-    try:
-        res = retrieval.search_submap(ctx.index, ctx.query_vector(state.image_path, state.image_sha256, state.image_id),
-                                      args)
-    except ValueError as e:
-        res = ToolError(error=f"search_submap: {e}")
+    res = run_search(ctx, state, submap_id, k)
     if isinstance(res, ToolError):
         return _reply(runtime, "search_submap", res, f"error: {res.error}")
     s = res.summary

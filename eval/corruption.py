@@ -109,12 +109,10 @@ def corrupt_perception(
     perception: Perception, spec: CorruptionSpec, rng: np.random.Generator
 ) -> tuple[Perception, CorruptionApplied]:
     """The corrupted prior and what changed. The rationale is replaced: it names the true place."""
-    from indices.geography import countries, country_at, lookup_country
+    from indices.geography import countries, country_at, prior_country
 
     top = perception.top_country
-    iso = (top.iso2 or lookup_country(top.name or "")) if top else None
-    if iso is None and perception.has_point:
-        iso = country_at(perception.lat, perception.lon)
+    iso = prior_country(perception)
     point = (perception.lat, perception.lon) if perception.has_point else None
     applied = CorruptionApplied(from_country=iso, to_country=iso, from_point=point, to_point=point)
     update: dict[str, Any] = {}

@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 
 from indices.errors import GeoguideError
 from indices.geometry import validate_latlon
+from indices.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -257,21 +258,20 @@ class DatasetLoader(ABC):
     def load(self) -> LoadedDataset: ...
 
 
-DATASETS: dict[str, type[DatasetLoader]] = {}
+# The loaders of this module, by name (the one registry idiom: ``indices.registry``).
+DATASETS: Registry[type[DatasetLoader]] = Registry("dataset", key=None,
+                                                   unknown="unknown dataset {name!r}; registered: {available}")
 
 
 L = TypeVar("L", bound=type[DatasetLoader])
 
 
 def register(name: str) -> Callable[[L], L]:
-    """Class decorator adding a loader to :data:`DATASETS` under ``name``."""
+    """``@register("name")`` on a ``DatasetLoader``: ``--dataset name`` loads with it."""
 
     def deco(cls: L) -> L:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
         cls.name = name
-        DATASETS[name] = cls
-        return cls
+        return DATASETS.add(cls, name)
 
     return deco
 
@@ -280,11 +280,7 @@ def load_dataset(
     name: str, labels: str | os.PathLike | None = None, images: str | os.PathLike | None = None, **options
 ) -> LoadedDataset:
     """Load a registered dataset; ``options`` are the loader's (column names, ``header``, ``delimiter``...)."""
-    try:
-        cls = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; registered: {sorted(DATASETS)}") from None
-    return cls(labels, images, **options).load()  # type: ignore[call-arg]
+    return DATASETS.get(name)(labels, images, **options).load()  # type: ignore[call-arg]
 
 
 def shared_data_root() -> Path:

@@ -21,7 +21,10 @@ What this server does (xllamacpp 2026.10, SmolLM2's built-in chat template, ``us
 ``response_format`` json_schema output is enforced by a grammar (always valid JSON for the schema,
 enum and bounds included; the values are the model's, often wrong); ``tools=`` are accepted with
 HTTP 200 but silently ignored: the template does not render them and no tool-call grammar applies,
-so replies are plain text with no ``tool_calls``, whatever ``tool_choice`` says.
+so replies are plain text with no ``tool_calls``, whatever ``tool_choice`` says; an ``image_url``
+part gets HTTP 500 ``{"error": {"code": 500, "message": "image input is not supported - hint: if
+this is unexpected, you may need to provide the mmproj", "type": "server_error"}}`` (no mmproj is
+loaded). The planner adapts to both with no options (``tests/unit/test_planner_adapts.py``).
 """
 
 from __future__ import annotations

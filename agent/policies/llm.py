@@ -68,6 +68,13 @@ def failed_calls(state: AgentState) -> dict[str, str]:
             for c in m.tool_calls if c["id"] in errors}
 
 
+def planner_notes(state: AgentState, ctx: AgentContext) -> list[str]:
+    """What the planner's backend changed on its own (json tool mode, text-only), as notes this run
+    does not hold yet: the backend is shared by every photo of a run and stays adapted, so each
+    photo's prediction says how it was planned, once."""
+    return [note for note in (f"planner: {a}" for a in ctx.planner_backend.adaptations()) if note not in state.notes]
+
+
 def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, Any]]:
     """The stored conversation in the Chat Completions format; ``image`` joins the first user turn.
 
@@ -98,6 +105,20 @@ def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, A
     return out
 
 
+TAKEOVER_NOTE = "retrieval (the rules pipeline) finishes the photo"
+
+
+def retrieval_takeover(state: AgentState, ctx: AgentContext) -> Decision:
+    """The rules pipeline's next step from the prior: how a photo whose planner failed is finished
+    (the plan node marks the state ``planner_down`` on ``planner_failed`` and knows no more). The
+    hypotheses are derived again each step rather than stored: they depend only on the prior, the
+    config and the index."""
+    from agent.policies.rules import RulesPolicy, hypotheses
+
+    hyps = state.hypotheses or hypotheses(state, ctx)
+    return RulesPolicy().decide(state.model_copy(update={"hypotheses": hyps}), ctx)
+
+
 @register_policy
 class LLMPolicy(Policy):
     name = "llm"
@@ -107,20 +128,34 @@ class LLMPolicy(Policy):
         return {"messages": [SystemMessage(system), HumanMessage(prior_text(state, ctx))]}
 
     def decide(self, state: AgentState, ctx: AgentContext) -> Decision:
+        """The planner's next calls; once it has failed on this photo, the rules pipeline's."""
+        if state.planner_down:
+            return retrieval_takeover(state, ctx)
+        d = self._plan(state, ctx)
+        if not d.planner_failed:
+            return d
+        # Retrieval answers without the planner, from the prior, and the notes say so.
+        takeover = retrieval_takeover(state, ctx)
+        return takeover.model_copy(update={"notes": [*d.notes, TAKEOVER_NOTE], "service_failure": d.service_failure,
+                                           "usage": d.usage + takeover.usage, "planner_failed": True})
+
+    def _plan(self, state: AgentState, ctx: AgentContext) -> Decision:
         planner = ctx.planner_backend
         image = ctx.image(state.image_path, state.image_sha256) if getattr(planner, "vision", True) else None
         try:
             turn = planner.chat(to_openai(state.messages, image), tools=openai_tools(),
                                 deadline=ctx.config.caps.model_deadline(state.started_at))
         except NotSupportedError as e:
-            return Decision(done=True, notes=[f"llm policy unavailable: {e}"])
+            return Decision(done=True, notes=[*planner_notes(state, ctx), f"llm policy unavailable: {e}"])
         except CallFailed as e:
+            adapted = planner_notes(state, ctx)
             if e.kind in ("exhausted", "rejected") and any(isinstance(m, AIMessage) for m in state.messages):
                 # The planner has answered this photo before: a slow model used up the photo's
                 # budget (or its context filled up), a cap reached, not a server that cannot be used.
-                return Decision(done=True, notes=[f"the planner stopped ({e}): answering with what is known"])
-            return Decision(done=True, notes=[f"planner call failed: {e.one_line()}"], planner_failed=True,
+                return Decision(done=True, notes=[*adapted, f"the planner stopped ({e}): answering with what is known"])
+            return Decision(done=True, notes=[*adapted, f"planner call failed: {e.one_line()}"], planner_failed=True,
                             service_failure=e.kind if e.kind in SERVICE_FAILURES else None)
+        adapted = planner_notes(state, ctx)
         events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
         valid, invalid, errors = [], [], []
         failed = failed_calls(state)
@@ -151,10 +186,12 @@ class LLMPolicy(Policy):
             valid.append({"name": tc.name, "args": args, "id": tc.id, "type": "tool_call"})
             events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=args))
         message = AIMessage(content=turn.content or "", tool_calls=valid, invalid_tool_calls=invalid)
+        events += [Event(node="plan", text=note) for note in adapted]
         if valid or invalid:
-            return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage)
+            return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage, notes=adapted)
         nudged = any(isinstance(m, HumanMessage) and m.text == NUDGE for m in state.messages)
         if nudged:
             return Decision(done=True, message=message, events=events, usage=turn.usage,
-                            notes=["the planner stopped without submitting a location"])
-        return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=turn.usage)
+                            notes=[*adapted, "the planner stopped without submitting a location"])
+        return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=turn.usage,
+                        notes=adapted)

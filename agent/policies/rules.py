@@ -194,14 +194,10 @@ def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
     if table is None:
         raise ValueError("--scheme country needs an index built with the country submap scheme")
     out: list[str] = []
-    codes = [state.prior_country] if state.prior_country else []
-    from indices.geography import lookup_country
+    from indices.geography import named_countries
 
-    for guess in p.countries:
-        iso = guess.iso2 or (lookup_country(guess.name) if guess.name else None)
-        if iso:
-            codes.append(iso)
-    for iso in codes:
+    codes = [state.prior_country] if state.prior_country else []
+    for iso in codes + named_countries(p):
         if iso in table.spans and f"country:{iso}" not in out:
             out.append(f"country:{iso}")
     if not out and p.has_point and cfg.prior_level == "point":

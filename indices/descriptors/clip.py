@@ -32,7 +32,7 @@ from PIL import Image
 
 from indices.availability import Availability, local_weights
 from indices.descriptors.base import Descriptor, ModelLoadError, WeightsNotFoundError, l2_normalize
-from indices.descriptors.pca import PCAWhitening
+from indices.descriptors.pca import OptionalPCA
 from indices.descriptors.registry import register
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config.
@@ -216,10 +216,8 @@ class CLIPDescriptor(Descriptor):
             raise ValueError(f"clip: batch_size must be >= 1, got {c['batch_size']}")
         if c["pca_dim"] is not None and int(c["pca_dim"]) < 1:
             raise ValueError(f"clip: pca_dim must be None or >= 1, got {c['pca_dim']}")
-        self._pca = (
-            PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
-        )
-        self.trainable = self._pca is not None  # type: ignore[misc]  # per-instance refinement
+        self._pca = OptionalPCA("clip", c["pca_dim"], whiten=bool(c["whiten"]))
+        self.trainable = self._pca.enabled  # type: ignore[misc]  # per-instance refinement
         # Here, not on first use: a missing model must stop a build before it reads any photo.
         self._weights = resolve_clip_weights(str(c["model"]))
 
@@ -233,13 +231,11 @@ class CLIPDescriptor(Descriptor):
 
     @property
     def dim(self) -> int:
-        if self._pca is None:
-            return self.embed_dim
-        return self._pca.dim_for(self.embed_dim)
+        return self._pca.dim(self.embed_dim)
 
     @property
     def is_fitted(self) -> bool:
-        return self._pca is None or self._pca.is_fitted
+        return self._pca.is_fitted
 
     def _embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images -> (n, projection_dim) L2-normalised CLIP image embeddings, before any PCA."""
@@ -256,23 +252,14 @@ class CLIPDescriptor(Descriptor):
         return l2_normalize(np.concatenate(out))
 
     def fit(self, images: Sequence[Image.Image]) -> None:
-        if self._pca is not None:
-            self._pca.fit(self._embed(images))
+        self._pca.fit(lambda: self._embed(images))
 
     def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not self.is_fitted:
-            raise RuntimeError(
-                "clip: pca_dim is set but the PCA is not fitted; call fit() or load_state() first"
-            )
-        raw = self._embed(images)
-        return raw if self._pca is None else self._pca.transform(raw)
+        self._pca.require_fitted()
+        return self._pca.transform(self._embed(images))
 
     def state(self) -> dict[str, np.ndarray]:
-        return self._pca.state() if self._pca is not None else {}
+        return self._pca.state()
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        if self._pca is None:
-            if any(k.startswith("pca_") for k in state):
-                raise ValueError("clip: state holds a PCA but this descriptor has pca_dim=None")
-            return
         self._pca.load_state(state)

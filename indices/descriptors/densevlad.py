@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from indices.descriptors.base import Descriptor, l2_normalize
-from indices.descriptors.pca import PCAWhitening
+from indices.descriptors.pca import OptionalPCA
 from indices.descriptors.registry import register
 
 _N_ORI = 8  # orientation bins per spatial bin
@@ -187,9 +187,7 @@ class DenseVLAD(Descriptor):
                 f"densevlad: invalid {', '.join(f'{k}={c[k]!r}' for k in bad)} (need positive values)"
             )
         self.centroids: np.ndarray | None = None
-        self.pca = (
-            PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
-        )
+        self.pca = OptionalPCA("densevlad", c["pca_dim"], whiten=bool(c["whiten"]))
 
     @property
     def vlad_dim(self) -> int:
@@ -197,13 +195,11 @@ class DenseVLAD(Descriptor):
 
     @property
     def dim(self) -> int:
-        if self.pca is None:
-            return self.vlad_dim
-        return self.pca.dim_for(self.vlad_dim)
+        return self.pca.dim(self.vlad_dim)
 
     @property
     def is_fitted(self) -> bool:
-        return self.centroids is not None and (self.pca is None or self.pca.is_fitted)
+        return self.centroids is not None and self.pca.is_fitted
 
     def _descriptors(self, img: Image.Image) -> np.ndarray:
         c = self.conf
@@ -247,8 +243,7 @@ class DenseVLAD(Descriptor):
         )  # fmt: skip
         km.train(np.ascontiguousarray(train, dtype=np.float32))
         self.centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, _SIFT_DIM)
-        if self.pca is not None:
-            self.pca.fit(self._vlads(images))
+        self.pca.fit(lambda: self._vlads(images))
 
     def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not self.is_fitted:
@@ -259,14 +254,13 @@ class DenseVLAD(Descriptor):
         # In chunks, so a large batch never holds all its raw (128 * n_clusters)-d VLADs at once.
         for start in range(0, len(images), _EXTRACT_CHUNK):
             v = self._vlads(images[start : start + _EXTRACT_CHUNK])
-            out.append(l2_normalize(v if self.pca is None else self.pca.transform(v)))
+            out.append(l2_normalize(self.pca.transform(v)))
         return np.concatenate(out)
 
     def state(self) -> dict[str, np.ndarray]:
         if self.centroids is None:
             return {}
-        pca_state = self.pca.state() if self.pca is not None else {}
-        return {"centroids": self.centroids, **pca_state}
+        return {"centroids": self.centroids, **self.pca.state()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         centroids = np.asarray(state["centroids"], dtype=np.float32)
@@ -276,15 +270,7 @@ class DenseVLAD(Descriptor):
                 f"({self.conf['n_clusters']}, {_SIFT_DIM})"
             )
         self.centroids = centroids
-        if self.pca is None:
-            if any(key.startswith("pca_") for key in state):
-                raise ValueError("DenseVLAD state holds a PCA but this descriptor has pca_dim=None")
-            return
-        self.pca.load_state(state)
-        if self.pca.proj is not None and self.pca.proj.shape[0] != self.vlad_dim:
-            raise ValueError(
-                f"DenseVLAD PCA state expects {self.pca.proj.shape[0]}-d VLADs, not {self.vlad_dim}"
-            )
+        self.pca.load_state(state, in_dim=self.vlad_dim)
 
 
 def _map_images(

@@ -33,7 +33,7 @@ from indices.descriptors.efficientnet_lite import (
     default_weights_path,
     load_efficientnet_lite0,
 )
-from indices.descriptors.pca import PCAWhitening
+from indices.descriptors.pca import OptionalPCA
 from indices.descriptors.registry import register
 
 RESIZE_MODES = ("long", "short", "square")
@@ -138,48 +138,29 @@ class EffNetGeM(Descriptor):
             raise ValueError(f"effnet-gem: pca_dim must be None or in 1..{FEATURE_DIM}, got {c['pca_dim']}")
         if int(c["batch_size"]) < 1 or (c["num_threads"] is not None and int(c["num_threads"]) < 1):
             raise ValueError("effnet-gem: batch_size and num_threads must be >= 1")
-        self._pca = (
-            PCAWhitening(int(c["pca_dim"]), whiten=bool(c["whiten"])) if c["pca_dim"] is not None else None
-        )
-        self.trainable = self._pca is not None  # type: ignore[misc]  # per-instance refinement
+        self._pca = OptionalPCA("effnet-gem", c["pca_dim"], whiten=bool(c["whiten"]))
+        self.trainable = self._pca.enabled  # type: ignore[misc]  # per-instance refinement
 
     @property
     def dim(self) -> int:
-        if self._pca is None:
-            return FEATURE_DIM
-        return self._pca.dim_for(FEATURE_DIM)
+        return self._pca.dim(FEATURE_DIM)
 
     @property
     def is_fitted(self) -> bool:
-        return self._pca is None or self._pca.is_fitted
+        return self._pca.is_fitted
 
     def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
-        raw = self._embed(images)
-        if self._pca is None:
-            return raw
-        if not self._pca.is_fitted:
-            raise RuntimeError(
-                "effnet-gem: pca_dim is set but the PCA is not fitted; call fit() or load_state()"
-            )
-        return self._pca.transform(raw)
+        self._pca.require_fitted()
+        return self._pca.transform(self._embed(images))
 
     def fit(self, images: Sequence[Image.Image]) -> None:
-        if self._pca is not None:
-            self._pca.fit(self._embed(images))
+        self._pca.fit(lambda: self._embed(images))
 
     def state(self) -> dict[str, np.ndarray]:
-        return self._pca.state() if self._pca is not None else {}
+        return self._pca.state()
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        if self._pca is None:
-            if any(k.startswith("pca_") for k in state):
-                raise ValueError("effnet-gem: state holds a PCA but this descriptor has pca_dim=None")
-            return
-        self._pca.load_state(state)
-        if self._pca.proj is not None and self._pca.proj.shape[0] != FEATURE_DIM:
-            raise ValueError(
-                f"effnet-gem: PCA state expects {self._pca.proj.shape[0]}-d input, not {FEATURE_DIM}"
-            )
+        self._pca.load_state(state, in_dim=FEATURE_DIM)
 
     def _embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images -> (n, 1280) L2-normalised GeM vectors, before any PCA.

@@ -11,20 +11,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indices.geometry import haversine_km, latlon_to_unit, unit_to_latlon
+from indices.geometry import latlon_to_unit, unit_to_latlon
 from indices.submaps.base import SubmapScheme
 from indices.submaps.registry import register_scheme
-
-
-def nearest_city_name(lat: float, lon: float) -> str:
-    """A well-known city near the point: a big one if within 100 km, else the nearest sizeable one."""
-    import reverse_geocode
-
-    for min_pop, max_km in ((250_000, 100.0), (50_000, 300.0), (0, float("inf"))):
-        place = reverse_geocode.get((lat, lon), min_population=min_pop)
-        if place and haversine_km(lat, lon, place["latitude"], place["longitude"]) < max_km:
-            return f"{place['city']}, {place['country_code']}"
-    return f"{lat:.2f}, {lon:.2f}"
 
 
 @register_scheme
@@ -75,7 +64,9 @@ class KMeansScheme(SubmapScheme):
         return float(la[0]), float(lo[0])
 
     def label_name(self, label: str, lat: float, lon: float) -> str:
-        return f"{self.prefix}/{label} — around {nearest_city_name(lat, lon)}"
+        from indices.geography import landmark_city
+
+        return f"{self.prefix}/{label} — around {landmark_city(lat, lon)}"
 
     def state(self) -> dict[str, Any]:
         return {"centroids": self._require_centroids().tolist()}

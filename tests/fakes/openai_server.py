@@ -14,8 +14,11 @@ non-default ``temperature``, ``max_tokens`` and the other sampling parameters; a
 object ``additionalProperties: false`` with every property required, no keywords outside the
 strict subset); ``tool_choice`` needs ``tools``; ``json_object`` needs the word "json" in the
 messages. ``emulate="no_tools"`` is a server without tool calling (Ollama with a model that has
-none, llama.cpp without ``--jinja``): any ``tools`` gets a 400. Both can be combined:
-``emulate=("openai", "no_tools")``.
+none, llama.cpp without ``--jinja``): any ``tools`` gets a 400. ``emulate="ignores_tools"`` is
+llama.cpp serving SmolLM2 (``tests/llama_server.py``): a request with ``tools`` gets HTTP 200 and
+plain text, no ``tool_calls``. ``emulate="no_vision"`` is llama.cpp serving a model without an
+mmproj: a request with an ``image_url`` part gets its HTTP 500, body and wording as measured.
+Emulations combine: ``emulate=("openai", "no_tools")``.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def delayed(seconds: float, then: Scripted | None = None) -> Scripted:
 
 # --- emulating the real API's request validation ----------------------------------------------
 
-EMULATIONS = ("openai", "no_tools")
+EMULATIONS = ("openai", "no_tools", "ignores_tools", "no_vision")
 REASONING_MODEL = re.compile(r"^(?:o[134]|gpt-5)(?!.*-chat)")  # written independently of the backend's rule
 REASONING_REFUSED_PARAMS = ("max_tokens", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias")
 # Outside strict mode's documented subset. The API refuses such keywords with "'X' is not permitted";
@@ -226,7 +229,31 @@ def no_tools_violation(body: dict[str, Any]) -> Scripted | None:
     return None
 
 
-VALIDATORS = {"openai": openai_violation, "no_tools": no_tools_violation}
+# What llama.cpp (xllamacpp 2026.10, SmolLM2-135M, no mmproj) answers to an image, measured:
+# HTTP 500 {"error": {"code": 500, "message": LLAMA_CPP_NO_VISION, "type": "server_error"}}.
+LLAMA_CPP_NO_VISION = "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+# What SmolLM2 wrote under llama.cpp when offered tools (12 tokens, temperature 0): prose, no call.
+IGNORED_TOOLS_TEXT = "Awesome! I'm glad to help. I'm"
+
+
+def ignores_tools_violation(body: dict[str, Any]) -> Scripted | None:
+    """llama.cpp + SmolLM2: ``tools`` are accepted and dropped by the chat template; the reply is prose."""
+    if body.get("tools"):
+        return reply_text(IGNORED_TOOLS_TEXT, prompt_tokens=300, completion_tokens=12)
+    return None
+
+
+def no_vision_violation(body: dict[str, Any]) -> Scripted | None:
+    """llama.cpp without an mmproj: any image part is refused with HTTP 500, in llama.cpp's error shape."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    if any(isinstance(p, dict) and p.get("type") == "image_url" for m in messages if isinstance(m, dict)
+           and isinstance(m.get("content"), list) for p in m["content"]):
+        return Scripted(status=500, body={"error": {"code": 500, "message": LLAMA_CPP_NO_VISION, "type": "server_error"}})
+    return None
+
+
+VALIDATORS = {"openai": openai_violation, "no_tools": no_tools_violation, "ignores_tools": ignores_tools_violation,
+              "no_vision": no_vision_violation}
 
 
 @dataclass
@@ -239,7 +266,7 @@ class RecordedRequest:
 class FakeOpenAIServer:
     """``with FakeOpenAIServer() as server: ... server.base_url`` (ends in ``/v1``).
 
-    ``emulate``: ``"openai"``, ``"no_tools"`` or both (see the module docstring); a refused request
+    ``emulate``: any of ``EMULATIONS`` (see the module docstring); a request an emulation answers
     is recorded in ``requests`` like any other and leaves the script untouched.
     """
 

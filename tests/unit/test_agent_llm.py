@@ -146,6 +146,9 @@ def test_step_cap_reached(synthetic_index, fake_openai, query):
 
 
 def test_model_without_submit_is_nudged_once(synthetic_index, fake_openai, query):
-    fake_openai.script(reply_json(PRIOR), reply_text("I think it is Paris."), reply_text("Paris."))
+    # tool_mode=auto reads the first prose reply as "tools= ignored" and asks that turn again in json mode.
+    fake_openai.script(reply_json(PRIOR), reply_text("I think it is Paris."), reply_text("Paris, I think."),
+                       reply_text("Paris."))
     pred = locate(_ctx(synthetic_index, fake_openai), query)
     assert any("without submitting" in n for n in pred.notes) and pred.source == "prior"
+    assert any(n.startswith("planner: the server ignored tools=") for n in pred.notes)

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 import pytest
 from fakes.openai_server import (
+    LLAMA_CPP_NO_VISION,
     FakeOpenAIServer,
+    api_error,
     http_error,
     openai_violation,
     reply_json,
@@ -29,7 +31,7 @@ from agent.backends import (
     user_message,
 )
 from agent.backends.media import NO_VISION_TEXT
-from agent.backends.openai_backend import OpenAIBackend, is_reasoning_model
+from agent.backends.openai_backend import PROBE_MAX_TOKENS, OpenAIBackend, is_reasoning_model
 from agent.backends.structured import (
     action_schema,
     parse_action_reply,
@@ -294,6 +296,61 @@ def test_auto_mode_steps_down_after_a_tools_rejection(no_tools: FakeOpenAIServer
     assert len(no_tools.requests) == 3  # remembered: no second refused round-trip
 
 
+def test_auto_is_the_default_tool_mode(fake_openai: FakeOpenAIServer) -> None:
+    assert compat(fake_openai).tool_mode == "auto"
+    assert openai_backend(fake_openai, "gpt-4o").tool_mode == "auto"
+
+
+def test_auto_mode_switches_to_json_when_tools_are_ignored(tmp_path) -> None:
+    """llama.cpp + SmolLM2: HTTP 200 and prose to ``tools=``. One wasted call, then json for good."""
+    search = action("search_submap", {"submap_id": "country:FR", "k": 5})
+    submit = action("submit_location", {"lat": 48.85, "lon": 2.35, "confidence": 0.5, "evidence": "x"})
+    with FakeOpenAIServer(emulate="ignores_tools") as server:
+        server.script(reply_text(search), reply_text(submit))
+        backend = compat(server, cache=str(tmp_path / "c.sqlite"))
+        turn = backend.chat(PLAN, tools=TOOLS)
+        assert [c.name for c in turn.tool_calls] == ["search_submap"]
+        first, second = (r.body for r in server.requests)
+        assert "tools" in first and "tools" not in second and second["response_format"]["type"] == "json_schema"
+        assert (first["max_tokens"], second["max_tokens"]) == (PROBE_MAX_TOKENS, 1024)  # the probe's ramble is cut short
+        assert turn.usage.model_calls == 2 and turn.usage.prompt_tokens == 300 + 100  # the wasted call is counted
+        [note] = backend.adaptations()
+        assert note.startswith("the server ignored tools=") and "JSON-schema mode" in note
+
+        history = [*PLAN, turn.to_message(), {"role": "tool", "tool_call_id": turn.tool_calls[0].id, "content": "{}"}]
+        assert backend.chat(history, tools=TOOLS).tool_calls[0].name == "submit_location"
+        assert len(server.requests) == 3 and "tools" not in server.requests[2].body  # straight to json
+        assert backend.adaptations() == [note]
+        backend.close()
+
+        # A re-run from the cache replays both replies (the ignored one too) and adapts the same way.
+        again = compat(server, cache=str(tmp_path / "c.sqlite"))
+        replayed = again.chat(PLAN, tools=TOOLS)
+        assert replayed.tool_calls[0].name == "search_submap" and replayed.usage.cache_hits == 2
+        assert len(server.requests) == 3 and again.adaptations() == [note]
+        again.close()
+
+
+def test_auto_mode_settles_native_on_a_first_tool_call(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.script(reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 5})),
+                       reply_text("I am not sure yet."))
+    backend = compat(fake_openai)
+    assert backend.chat(PLAN, tools=TOOLS).tool_calls
+    assert backend.chat(PLAN, tools=TOOLS).content == "I am not sure yet."  # prose later is the model's choice
+    assert len(fake_openai.requests) == 2 and all("tools" in r.body for r in fake_openai.requests)
+    assert backend.adaptations() == []
+
+
+def test_auto_mode_does_not_judge_a_conversation_that_already_holds_calls(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.script(reply_text("Paris."))
+    call = {"id": "c1", "type": "function", "function": {"name": "widen", "arguments": "{}"}}
+    history = [*PLAN, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "c1", "content": "{}"}]
+    backend = compat(fake_openai)
+    assert backend.chat(history, tools=TOOLS).content == "Paris."
+    assert len(fake_openai.requests) == 1 and backend.adaptations() == []
+
+
 def test_native_mode_does_not_step_down(no_tools: FakeOpenAIServer) -> None:
     with pytest.raises(CallFailed, match="does not support tools"):
         compat(no_tools, tool_mode="native").chat(PLAN, tools=TOOLS)
@@ -370,6 +427,44 @@ def test_text_only_planner_gets_no_image(fake_openai: FakeOpenAIServer, photo: I
     assert messages[1]["content"][1]["type"] == "image_url"  # the caller's history is untouched
     with pytest.raises(NotSupportedError, match="vision=false"):
         backend.perceive(photo, "Where?")
+
+
+def test_image_refusal_makes_the_planner_text_only(photo: Image.Image) -> None:
+    """llama.cpp without an mmproj: HTTP 500 "image input is not supported"; the turn is asked again
+    without the image and the backend stays text-only, which its notes say."""
+    with FakeOpenAIServer(emulate="no_vision") as server:
+        server.script(reply_tool_calls(("search_submap", {"submap_id": "global", "k": 5})),
+                      reply_tool_calls(("submit_location", {"lat": 1.0, "lon": 2.0})))
+        backend = compat(server)
+        messages = [{"role": "system", "content": "You plan."}, user_message("prior: FR", photo)]
+        turn = backend.chat(messages, tools=TOOLS)
+        assert turn.tool_calls[0].name == "search_submap" and turn.usage.model_calls == 2
+        refused, kept = (r.body for r in server.requests)
+        assert "image_url" in json.dumps(refused) and "image_url" not in json.dumps(kept)
+        assert kept["messages"][1]["content"] == f"prior: FR\n{NO_VISION_TEXT}"
+        assert backend.vision is False
+        [note] = backend.adaptations()
+        assert LLAMA_CPP_NO_VISION[:28] in note and "text-only" in note
+        assert backend.chat(messages, tools=TOOLS).tool_calls[0].name == "submit_location"
+        assert len(server.requests) == 3 and "image_url" not in json.dumps(server.requests[2].body)
+
+
+def test_openai_wording_of_an_image_refusal(fake_openai: FakeOpenAIServer, photo: Image.Image) -> None:
+    fake_openai.script(api_error("Invalid content type. image_url is only supported by certain models.",
+                                 param="messages.[1].content.[1].type"),
+                       reply_tool_calls(("widen", {"submap_id": "global"})))
+    backend = openai_backend(fake_openai, "gpt-3.5-turbo")
+    turn = backend.chat([{"role": "system", "content": "You plan."}, user_message("prior: FR", photo)], tools=TOOLS)
+    assert turn.tool_calls[0].name == "widen" and backend.vision is False
+    assert "only supported by certain models" in backend.adaptations()[0]
+
+
+def test_other_failures_are_not_read_as_image_refusals(fake_openai: FakeOpenAIServer, photo: Image.Image) -> None:
+    fake_openai.script(http_error(400, "context length exceeded"))
+    backend = compat(fake_openai)
+    with pytest.raises(CallFailed, match="context length"):
+        backend.chat([user_message("prior: FR", photo)], tools=TOOLS)
+    assert backend.vision is True and len(fake_openai.requests) == 1
 
 
 # --- option parsing -------------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ import pytest
 
 import eval.runner as runner
 from agent.backends import Backend, make_backend
-from app.cli import main
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from agent.schemas import CountryGuess, Perception, PerceptionOutcome
+from app.cli import main
 from eval.corruption import CorruptedPriorBackend, CorruptionSpec
 from eval.datasets import load_dataset
 from eval.oracle import oracle_matches, run_oracle

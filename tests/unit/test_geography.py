@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from indices import geography as geo
+from indices.geography import borders, points, world
 from indices.geometry import haversine_km, unit_to_latlon
 
 PARIS = (48.8566, 2.3522)
@@ -50,7 +51,7 @@ def test_vectorised_matches_scalar():
     lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 1000)))  # uniform on the sphere: mostly sea
     lon = rng.uniform(-180, 180, 1000)
     # and 1,000 points within ~5 km of a coast or border, where the raster defers to the exact test
-    bd = geo._boundary()
+    bd = points._boundary()
     pick = rng.choice(len(bd.owner), 1000, replace=False)
     blat, blon = unit_to_latlon(bd.tree.data[pick])
     lat = np.r_[lat, np.clip(blat + rng.uniform(-0.05, 0.05, 1000), -90, 90)]
@@ -73,7 +74,7 @@ def test_exact_test_agrees_with_offline_rev_geocoder():
     ours = geo.countries_at(lat, lon, nearest=False)
     for a, b, mine in zip(lat, lon, ours, strict=True):
         r = get(a, b)
-        theirs = geo._ISO2_FIX.get(r.country_iso2, r.country_iso2) or geo._UNCODED.get(r.country or "")
+        theirs = world._ISO2_FIX.get(r.country_iso2, r.country_iso2) or world._UNCODED.get(r.country or "")
         assert (theirs or geo.NO_COUNTRY) == mine, (a, b)
 
 
@@ -112,7 +113,7 @@ def test_neighbours():
 def test_neighbour_contacts_are_symmetric_between_parts():
     """Every contact is recorded on both sides: if a part of A touches B, a part of B touches A.
     (Countries' main parts need not agree: Brazil touches France, via French Guiana.)"""
-    table, regions = geo._neighbour_table(), geo._regions()
+    table, regions = borders._neighbour_table(), borders._regions()
     codes = list(geo.countries())
     touched_by = {code: set() for code in codes}
     for region, nbs in enumerate(table.region_neighbours):
@@ -160,8 +161,8 @@ def test_neighbours_are_those_of_the_part_holding_the_prior():
 
 def test_neighbour_parts_link_holes_to_their_country():
     """A hole (Lesotho inside South Africa) belongs to the part around it."""
-    regions = geo._regions()
-    rings, owner = geo._rings()
+    regions = borders._regions()
+    rings, owner = points._rings()
     za = list(geo.countries()).index("ZA")
     ls_hole = next(
         i

@@ -2,8 +2,11 @@
 
 One server per session (``llama_server`` fixture, ~1 s to start); every request is short and greedy.
 These tests pin down what this server does with the three ways geoguide asks for output: plain
-chat, ``response_format`` json_schema (grammar-constrained: valid for the schema every time), and
-native ``tools=`` (accepted, then ignored by SmolLM2's chat template: no ``tool_calls``).
+chat, ``response_format`` json_schema (grammar-constrained: valid for the schema every time),
+native ``tools=`` (accepted, then ignored by SmolLM2's chat template: no ``tool_calls``), and an
+image (refused: HTTP 500, "image input is not supported", since the model has no mmproj). The
+fakes in ``tests/fakes/openai_server.py`` (``emulate="ignores_tools"``, ``"no_vision"``) copy the
+last two; if one of these tests starts to fail, update the fake with it.
 Measurements (start time, latency, memory) live in ``benchmarks/llama_server.py``, not here.
 """
 
@@ -132,6 +135,31 @@ def test_native_tools_are_accepted_but_ignored_by_smollm2s_template(llama_server
         assert not message.tool_calls, f"tool_calls appeared with tool_choice={tool_choice!r}: {message.tool_calls}"
         assert isinstance(message.content, str) and message.content.strip()
         assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_an_image_is_refused_with_llama_cpps_own_words(llama_server):  # noqa: F811
+    """What a text-only model's server says to a photo, exactly; the planner reads these words to go
+    on text-only instead of failing (``agent.backends.openai_backend.refuses_images``)."""
+    import base64
+    import io
+
+    import openai
+    from fakes.openai_server import LLAMA_CPP_NO_VISION
+    from PIL import Image
+
+    from agent.backends.openai_backend import refuses_images
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, "JPEG")
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Where is this?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    status, body = llama_server.post("/v1/chat/completions", {"model": llama_server.model, "messages": messages,
+                                                              "max_tokens": 4})
+    assert (status, body) == (500, {"error": {"code": 500, "message": LLAMA_CPP_NO_VISION, "type": "server_error"}})
+    with pytest.raises(openai.InternalServerError) as refused:
+        llama_server.client().chat.completions.create(model=llama_server.model, messages=messages, max_tokens=4)
+    assert refuses_images(refused.value) == LLAMA_CPP_NO_VISION
 
 
 def test_stop_frees_the_port_and_a_second_server_coexists(llama_server):  # noqa: F811
