@@ -12,13 +12,8 @@ say which is missing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +23,7 @@ from agent.config import AgentConfig
 from agent.context import AgentContext
 from app.server import create_app
 from app.web_sessions import Truth
+from tests.serving import serving
 from tests.synthetic import place_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,32 +35,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: `apt-get install chromium` (make test does it as root)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serving(app) -> Iterator[str]:
-    """A real uvicorn on a free 127.0.0.1 port, in a thread, stopped on exit."""
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +52,7 @@ def server(context):
     app = create_app(ctx, state_dir=tmp / "state", truth={"q_paris.jpg": Truth(lat=48.87, lon=2.33)})
     photo = tmp / "q_paris.jpg"
     place_image(0, variant=7).save(photo, quality=92)
-    with _serving(app) as url:
+    with serving(app) as url:
         yield url, photo
 
 
@@ -181,7 +151,7 @@ def test_the_api_docs_render_offline(server, browser):
 
 def test_a_token_protected_server_asks_for_the_token(context, browser):
     ctx, tmp = context
-    with _serving(create_app(ctx, token="s3cret", state_dir=tmp / "token-state")) as url:
+    with serving(create_app(ctx, token="s3cret", state_dir=tmp / "token-state")) as url:
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#token-button:not([hidden])")
@@ -210,7 +180,7 @@ def test_hostile_strings_from_users_photos_and_models_stay_text(context, browser
         csv.writer(f).writerows([["IMG_ID", "LAT_pred", "LON_pred", "location", "success", "model_name"],
                                  [name, PARIS[0], PARIS[1], f"Paris {HOSTILE}", "True", f"m{HOSTILE}"]])
     hostile_ctx = AgentContext(index=ctx.index, backend=make_backend(f"replay:{prior}"), config=AgentConfig())
-    with _serving(create_app(hostile_ctx, state_dir=tmp_path / "state")) as url:
+    with serving(create_app(hostile_ctx, state_dir=tmp_path / "state")) as url:
         page = browser.new_page()
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))

@@ -5,7 +5,8 @@ split, perception replayed from the recorded Gemini answers.
 The model is tiny and plans badly; what is proven is that everything between geoguide and a real
 server is real: JSON-constrained actions reach the tools, invalid ones come back to the model as
 errors, and the run ends within its caps with a valid prediction. SmolLM2's chat template ignores
-``tools=``, so the planner runs with ``tool_mode=json`` (the action as a schema-constrained object).
+``tools=`` and the server has no vision: the planner detects both on its first calls (``tool_mode=auto``,
+the default) and goes on in JSON-schema mode, text-only, with no option from the user.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ pytestmark = [
                        reason=f"shared split not found at {ROOT} (set GEOGUIDE_DATA to the im2gps3k folder)"),
 ]
 N_REFS = 200
-PLANNER_OPTS = ["--planner-opt", "tool_mode=json", "--planner-opt", "vision=false",
-                "--planner-opt", "max_tokens=96", "--planner-opt", "temperature=0"]
+PLANNER_OPTS = ["--planner-opt", "max_tokens=96", "--planner-opt", "temperature=0"]  # speed and repeatability
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,9 @@ or refused (429/503), never dropped; abandoned streams leave nothing behind; mem
 
 from __future__ import annotations
 
-import contextlib
 import io
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,28 +16,8 @@ from agent.backends import make_backend
 from agent.config import AgentConfig
 from agent.context import AgentContext
 from app.server import create_app
+from tests.serving import serving
 from tests.synthetic import place_image
-
-
-@contextlib.contextmanager
-def serving(app) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 def _jpeg(seed: int) -> bytes:
@@ -63,7 +40,7 @@ def test_fifty_concurrent_uploads_are_answered_or_refused(ctx, tmp_path):
     app = create_app(ctx, state_dir=state, max_runs=2, max_pending=6, busy_wait_s=0.5, rate_per_minute=10_000)
     proc = psutil.Process()
     with serving(app) as url:
-        with httpx.Client(base_url=url, timeout=60) as warm:  # the first photo loads the descriptor
+        with httpx.Client(base_url=url.rstrip("/"), timeout=60) as warm:  # the first photo loads the descriptor
             first = warm.post("/api/locate", files={"image": ("w.jpg", _jpeg(99), "image/jpeg")})
             assert first.status_code == 200
         rss_before = proc.memory_info().rss
@@ -72,7 +49,7 @@ def test_fifty_concurrent_uploads_are_answered_or_refused(ctx, tmp_path):
         lock = threading.Lock()
 
         def one(i: int) -> None:
-            with httpx.Client(base_url=url, timeout=60) as c:
+            with httpx.Client(base_url=url.rstrip("/"), timeout=60) as c:
                 start.wait()
                 r = c.post("/api/locate", files={"image": (f"q{i}.jpg", _jpeg(i), "image/jpeg")})
                 with lock:
@@ -93,7 +70,7 @@ def test_fifty_concurrent_uploads_are_answered_or_refused(ctx, tmp_path):
         answered = {sid for c, sid in results if c == 200}
         assert set(_sessions(state)) == answered | {first.headers["x-geoguide-session"]}
         assert rss_growth_mb < 300, rss_growth_mb
-        with httpx.Client(base_url=url, timeout=60) as c:  # and the server is still fine afterwards
+        with httpx.Client(base_url=url.rstrip("/"), timeout=60) as c:  # and the server is still fine afterwards
             assert c.get("/api/health").status_code == 200
 
 
@@ -102,11 +79,11 @@ def test_abandoned_streams_finish_their_sessions_and_free_their_slots(ctx, tmp_p
     app = create_app(ctx, state_dir=state, max_runs=1, max_pending=4, busy_wait_s=20, rate_per_minute=10_000)
     with serving(app) as url:
         for i in range(3):  # open a stream, read its first bytes, hang up
-            with httpx.Client(base_url=url, timeout=60) as c, c.stream(
+            with httpx.Client(base_url=url.rstrip("/"), timeout=60) as c, c.stream(
                     "POST", "/api/locate/stream", files={"image": (f"s{i}.jpg", _jpeg(i), "image/jpeg")}) as r:
                 assert r.status_code == 200
                 next(r.iter_bytes())
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=60) as c:
             # the slot comes free again: a new photo is answered (it waits behind the abandoned runs)
             r = c.post("/api/locate", files={"image": ("after.jpg", _jpeg(7), "image/jpeg")})
             assert r.status_code == 200, r.text
@@ -118,5 +95,5 @@ def test_abandoned_streams_finish_their_sessions_and_free_their_slots(ctx, tmp_p
             for sid in sessions:  # every folder is a whole session (no orphans)
                 assert c.get(f"/api/sessions/{sid}").json()["prediction"]["lat"] is not None
     # a restart on the same state dir keeps them
-    with serving(create_app(ctx, state_dir=state)) as url, httpx.Client(base_url=url, timeout=60) as c:
+    with serving(create_app(ctx, state_dir=state)) as url, httpx.Client(base_url=url.rstrip("/"), timeout=60) as c:
         assert all(c.get(f"/api/sessions/{sid}").status_code == 200 for sid in sessions)
