@@ -138,9 +138,11 @@ def index_filter(
     if ids_out is not None:
         write_removed_ids(ids_out, plan.removals)
         typer.echo(f"wrote {len(plan.removals)} ids to {ids_out}")
-    if dry_run or not plan.removals:
+    if dry_run:
         return
-    apply_filter(plan)
+    apply_filter(plan)  # with nothing to remove, it still tidies what an interrupted update left
+    if not plan.removals:
+        return
     typer.echo(f"removed {len(plan.removals)} references from {index_dir}; listed in {index_dir / 'removed.csv'}")
 
 
@@ -163,6 +165,8 @@ def index_info(
         "faiss_index": m.faiss_index,
         "store": m.store.model_dump() if m.store else {"spec": "fp16"},
         "generation": m.generation,
+        "segments": [{"data_dir": g.data_dir, "n_rows": g.n_rows, "generation": g.generation} for g in m.segments],
+        "n_tombstones": m.tombstones.n if m.tombstones else 0,
         "frozen": m.frozen,
         "removals": [r.model_dump() for r in m.removals],
         "size_bytes": size,
@@ -188,6 +192,11 @@ def index_info(
     typer.echo(f"store: {m.faiss_index} {params.get('factory', 'IVF1,SQfp16')} (code {params.get('code_size', 2 * m.descriptor.dim)} "
                f"bytes{', re-scored x' + str(params['rerank']) if not params.get('exact', True) else ''})"
                f"; generation {m.generation}, {sum(r.n for r in m.removals)} removed")
+    if m.segments or m.tombstones:
+        added = sum(g.n_rows for g in m.segments)
+        typer.echo(f"updates since the last compaction: {len(m.segments)} added segments ({added} rows), "
+                   f"{m.tombstones.n if m.tombstones else 0} removed rows kept as tombstones "
+                   "(geoguide index compact merges them)")
     if m.frozen:
         typer.echo(f"frozen since the build: {', '.join(m.frozen)}")
     typer.echo(f"source: {m.source.labels or m.source.images} — {m.source.n_bad_rows} bad rows, "
@@ -210,7 +219,10 @@ def index_add(
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON; omit to read EXIF GPS")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="images per resumable chunk")] = 256,
 ) -> None:
-    """Add photos to an index without rebuilding it (learned parts stay frozen; resumable)."""
+    """Add photos to an index as one new segment, without rebuilding it (atomic; resumable).
+
+    Only the new rows are written; learned parts stay frozen. Run it again after an interruption.
+    """
     from eval.datasets import load_dataset
     from indices.manifest import SourceInfo
     from indices.update import add_references
@@ -222,7 +234,14 @@ def index_add(
     source = SourceInfo(labels=str(labels) if labels else None, images=str(images), problems=data.report.problems)
     rep = add_references(index_dir, data.samples, source=source, chunk_size=chunk_size, progress=True)
     typer.echo(f"added {rep.n_added} references ({rep.n_skipped} already in the index, {rep.n_failed_images} "
-               f"unreadable images skipped) -> {index_dir}: {rep.n_references} references, generation {rep.generation}")
+               f"unreadable images skipped) -> {index_dir}: {rep.n_references} references, generation {rep.generation}"
+               f"{_pending(rep)}")
+
+
+def _pending(rep) -> str:
+    if not (rep.n_segments or rep.n_tombstones):
+        return ""
+    return f" ({rep.n_segments} segments, {rep.n_tombstones} tombstones: geoguide index compact merges them)"
 
 
 @index_app.command("remove")
@@ -232,7 +251,10 @@ def index_remove(
     author: Annotated[str | None, typer.Option("--author", help="remove every reference of this photographer")] = None,
     reason: Annotated[str, typer.Option("--reason", help="recorded in removals.csv and the manifest")] = "removed by hand",
 ) -> None:
-    """Remove references by id or by author (atomic; recorded in removals.csv)."""
+    """Remove references by id or by author (atomic; recorded in the removals history).
+
+    Removed rows become tombstones: nothing else is rewritten until index compact.
+    """
     from indices.update import ids_of_author, remove_references
 
     if (ids is None) == (author is None):
@@ -250,12 +272,34 @@ def index_remove(
             raise CLIError(f"no reference of author {author!r} in {index_dir}")
     rep = remove_references(index_dir, wanted, reason=reason)
     typer.echo(f"removed {rep.n_removed} references ({rep.n_skipped} ids not in the index) -> {index_dir}: "
-               f"{rep.n_references} references, generation {rep.generation}")
+               f"{rep.n_references} references, generation {rep.generation}{_pending(rep)}")
+
+
+@index_app.command("compact")
+def index_compact(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")]) -> None:
+    """Merge added segments and removed rows into one new base (the full rewrite; resumable).
+
+    Readers that opened the index keep working; run it again after an interruption to complete it.
+    """
+    import time
+
+    from indices.update import compact_index
+
+    t = time.perf_counter()
+    rep = compact_index(index_dir)
+    if not (rep.n_segments or rep.n_tombstones):
+        typer.echo(f"{index_dir}: nothing to compact ({rep.n_references} references, generation {rep.generation})")
+        return
+    typer.echo(f"compacted {rep.n_segments} segments and {rep.n_tombstones} removed rows -> {index_dir}: "
+               f"{rep.n_references} references, generation {rep.generation} ({time.perf_counter() - t:.1f} s)")
 
 
 @index_app.command("verify")
 def index_verify(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")]) -> None:
-    """Check every file of an index against the manifest's SHA-256 (opening checks sizes only)."""
+    """Check every file the manifest lists against its SHA-256 (opening checks sizes only).
+
+    Files it does not list (what an interrupted update left; the next update deletes them) are not checked.
+    """
     import time
 
     from indices.store import ReferenceIndex
@@ -265,4 +309,6 @@ def index_verify(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help
     m = index.manifest
     size = sum(f.bytes for f in m.files.values())
     typer.echo(f"{index_dir}: {len(m.files)} files, {size / 1e6:.1f} MB, checksums match "
-               f"({m.n_references} references, generation {m.generation}, {time.perf_counter() - t:.1f} s)")
+               f"({m.n_references} references, generation {m.generation}, {len(m.segments)} segments, "
+               f"{m.tombstones.n if m.tombstones else 0} tombstones, {time.perf_counter() - t:.1f} s; "
+               "only the files the manifest lists are checked)")

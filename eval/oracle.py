@@ -32,7 +32,7 @@ def oracle_matches(
     with ``exclude_same_author``, not by its photographer: the ceiling for pure retrieval."""
     import faiss
 
-    refs = index.refs
+    refs = {c: index.live_column(c) for c in ("id", "author", "lat", "lon")}  # removed rows left out
     ids = np.array([b.decode("utf-8") for b in refs["id"]], dtype=object)
     authors = np.array([b.decode("utf-8") for b in refs["author"]], dtype=object)
     coords = faiss.IndexFlatL2(3)

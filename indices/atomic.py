@@ -1,7 +1,10 @@
 """Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half.
 
 Every file geoguide writes goes through here: written to a temporary name in the same directory,
-flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX).
+flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX), and the
+directory fsynced too, so the new name survives a power cut as well as a killed process (and so
+does every folder made on the way to it). An index writes its manifest last: once that is
+durable, so is every file it names.
 
 ``mkstemp`` creates its file 0600 (private, because temp files usually are). An index or a run's
 results are meant to be shared like any file the user makes, so before the rename the file gets
@@ -49,7 +52,7 @@ def current_umask() -> int:
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success it replaces ``target``, on error it vanishes."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     tmp_path = Path(tmp)
     try:
@@ -61,9 +64,39 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
+        fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a directory's entries (a rename, a new file or folder) durable; a no-op where the OS
+    cannot open a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def made_dirs(path: Path) -> None:
+    """``mkdir -p``, then fsync the parent of every folder it created."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        fsync_dir(made.parent)
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

@@ -329,10 +329,10 @@ def filter_index(index_dir: str | Path, config: FilterConfig, workers: int = 2) 
     """The references of a built index that ``config``'s rules remove (nothing is changed)."""
     from indices.store import ReferenceIndex
 
-    refs = ReferenceIndex(index_dir).refs
-    ids = [b.decode("utf-8") for b in refs["id"]]
-    paths = [b.decode("utf-8") for b in refs["path"]]
-    lat, lon = np.asarray(refs["lat"], dtype=np.float64), np.asarray(refs["lon"], dtype=np.float64)
+    index = ReferenceIndex(index_dir)  # its live references: rows removed since a compaction are gone
+    ids = [b.decode("utf-8") for b in index.live_column("id")]
+    paths = [b.decode("utf-8") for b in index.live_column("path")]
+    lat, lon = index.live_column("lat").astype(np.float64), index.live_column("lon").astype(np.float64)
     keep = np.ones(len(ids), dtype=bool)
     removals: list[Removal] = []
     if config.exclude_near is not None:

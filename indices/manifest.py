@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from indices.errors import GeoguideError
 
 SCHEMA_VERSION = 2  # 2: stores (``store``), generations (``data_dir``); version 1 still opens
+SEGMENTED_SCHEMA = 3  # 3: a base plus appended ``segments`` and ``tombstones``; written only when it has them
 MANIFEST_NAME = "manifest.json"
 
 
@@ -80,12 +81,32 @@ class Removal(BaseModel):
     n: int
 
 
+class SegmentInfo(BaseModel):
+    """Rows one ``index add`` appended: an append-only folder with the base's file layout."""
+
+    data_dir: str = Field(description="its folder, e.g. 'seg-000003'")
+    n_rows: int
+    generation: int = Field(description="the generation that added it")
+    codes: str = Field(description="its (n_rows, code_size) codes (fp16: its descriptors)")
+    schemes: list[SchemeInfo] = Field(description="its own submap tables, same schemes as the base")
+
+
+class TombstoneInfo(BaseModel):
+    """Removed rows not yet compacted away: sorted int64 global rows (segment offset + local row)."""
+
+    file: str = Field(description="e.g. 'tombstones-000004.npy', written whole by each remove")
+    n: int
+    per_label: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="removed rows per scheme prefix and label (the submaps' live sizes)"
+    )
+
+
 class Manifest(BaseModel):
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     geoguide_version: str
     created_utc: str
     descriptor: DescriptorInfo
-    n_references: int
+    n_references: int = Field(description="live references: every row minus the tombstoned ones")
     faiss_index: str = Field(description="the store's spec; kept under its old name for older readers")
     store: StoreInfo | None = Field(None, description="None in version-1 indices: fp16, codes = descriptors")
     generation: int = Field(0, description="0 when built; +1 per add or remove")
@@ -100,6 +121,26 @@ class Manifest(BaseModel):
     build_key: str | None = Field(
         None, description="hash of build options + reference rows; None in indices from before it was kept"
     )
+    base_rows: int | None = Field(None, description="rows of the base (data_dir); None: n_references (no tombstones)")
+    segments: list[SegmentInfo] = Field(default_factory=list, description="appended since the base, in row order")
+    tombstones: TombstoneInfo | None = None
+    removals_file: str | None = Field(None, description="the removals.csv history; None: data_dir/removals.csv if listed")
+
+    @property
+    def n_base_rows(self) -> int:
+        return self.n_references if self.base_rows is None else self.base_rows
+
+    @property
+    def n_rows(self) -> int:
+        """Physical rows (base + segments, tombstoned ones included): row numbers run to this."""
+        return self.n_base_rows + sum(s.n_rows for s in self.segments)
+
+    @property
+    def removals_path(self) -> str | None:
+        if self.removals_file is not None:
+            return self.removals_file
+        rel = self.data("removals.csv")
+        return rel if rel in self.files else None
 
     @property
     def primary(self) -> SchemeInfo:

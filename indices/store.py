@@ -5,8 +5,8 @@ Layout of an index directory (every file written atomically, ``manifest.json`` l
     manifest.json            schema version, descriptor config, store, counts, schemes, file checksums
     descriptor_state.npz     what the descriptor learned (PCA, vocabulary); frozen after the build
     store.faiss              the store's trained quantizer (compressed stores only); frozen too
-    [gen-NNNNNN/]            the data files below: at the top for a build, in a generation
-                             folder after each ``index add`` / ``index remove`` (``manifest.data_dir``)
+    [gen-NNNNNN/]            the base's data files below: at the top for a build, in a generation
+                             folder after an ``index compact`` (``manifest.data_dir``)
       refs/{id,author,country,path}.npy   fixed-width UTF-8 byte strings, memory-mapped
       refs/{lat,lon}.npy     float64 degrees
       descriptors.f16.npy    (N, D) float16, memory-mapped; the codes of the fp16 store
@@ -14,6 +14,16 @@ Layout of an index directory (every file written atomically, ``manifest.json`` l
       submaps/<prefix>.json  a scheme's submaps, label -> [start, end) in its order
       submaps/<prefix>.order.npy / .codes.npy   a non-primary scheme's row order and its own copy
                              of the codes in that order
+    seg-NNNNNN/              rows one ``index add`` appended, the same layout for its rows only
+    tombstones-NNNNNN.npy    sorted int64 global rows that ``index remove`` took out (not yet compacted)
+    removals-NNNNNN.csv      every removal so far: id, author, place, reason, time, generation
+
+An index is a *base* plus *segments* (schema 3; ``manifest.segments``): a row's global number is
+its segment's offset plus its row there, and no row moves until ``index compact`` writes a new
+base from the live rows. Each segment is sorted by the primary scheme too, so a submap is one
+slice of the base and one of each segment; removed rows are dropped by the same admissibility
+check as excluded ids, so exclusion stays exact. Without segments and tombstones every array is
+the base's own memory map and search runs exactly as it always has.
 
 References are stored sorted by the *primary* scheme (the first one built), so each of its
 submaps is a contiguous slice of the codes; every other stored scheme keeps its own copy of the
@@ -29,16 +39,19 @@ scan takes 0.2-0.3 ms for the same rows.
 
 Opening reads the manifest, checks file sizes (a stat each) and memory-maps the arrays: it is
 well under a second at any size, and a query process's memory holds only what its searches
-touch. Full checksums are ``geoguide index verify`` (``verify=True``). A reader keeps the files it
-mapped even when an update replaces them, so an opened index never sees half an update.
+touch. Full checksums are ``geoguide index verify`` (``verify=True``). A reader maps or opens every
+file at open time and keeps them even when a compaction deletes them, so an opened index never
+sees half an update (an add or remove deletes nothing a reader uses but the small tombstone and
+removals files, which are read whole at open).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -49,7 +62,7 @@ import numpy as np
 from indices.descriptors import Descriptor, get_descriptor
 from indices.errors import GeoguideError
 from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
-from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, verify_files
+from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, SchemeInfo, verify_files
 from indices.stores import Store, StoreSpecError, parse_store
 from indices.stores.base import STORE_FILE, RowReader
 from indices.submaps import Submap, SubmapScheme, parse_scheme
@@ -57,6 +70,8 @@ from indices.submaps.radius import parse_radius_label
 
 REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
 GATHER_CHUNK = 262_144  # rows of a radius submap gathered at a time (bounds the copy)
+MERGE_ROWS = 2_048  # a submap's segment slices, up to this many rows in all, are gathered into one scan
+GATHERED_KEPT = 1_024  # gathered segment pieces kept per opened index (at most MERGE_ROWS rows each)
 
 
 class SubmapError(GeoguideError, ValueError):
@@ -65,35 +80,165 @@ class SubmapError(GeoguideError, ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """A set of reference rows: slices of storage order, slices of another scheme's order, or rows."""
+    """A set of reference rows: global row ranges (each within one part, a slice of its storage
+    order), slices of a part's copy in another scheme's order, or rows."""
 
     ranges: tuple[tuple[int, int], ...] = ()
     rows: np.ndarray | None = None
-    permuted: tuple[tuple[str, int, int], ...] = ()  # (scheme prefix, start, end) in that scheme's order
+    permuted: tuple[tuple[str, int, int, int], ...] = ()  # (scheme prefix, part, start, end) in that order
 
     @property
     def size(self) -> int:
-        n = sum(b - a for a, b in self.ranges) + sum(b - a for _, a, b in self.permuted)
+        n = sum(b - a for a, b in self.ranges) + sum(b - a for _, _, a, b in self.permuted)
         return n + (0 if self.rows is None else len(self.rows))
 
 
 @dataclass
+class SchemePart:
+    """One scheme's table in one part (the base or a segment): label -> [start, end) in ``order``."""
+
+    offset: int  # global row of the part's first row
+    spans: dict[str, tuple[int, int]]
+    order: np.ndarray | None  # None: the part's storage order
+    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
+
+
+@dataclass
 class SchemeTable:
-    """One scheme's submaps as stored: label -> [start, end) in ``order`` (None = storage order)."""
+    """One scheme's submaps: label -> metadata (live sizes) and where its rows are.
+
+    ``spans``, ``order`` and ``codes`` are the base's (``spans`` has every label with live
+    references; (0, 0) for one only segments hold); ``parts`` has the base's and each segment's.
+    """
 
     scheme: SubmapScheme
     submaps: dict[str, Submap]  # by label
     spans: dict[str, tuple[int, int]]
     order: np.ndarray | None
     codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
+    parts: list[SchemePart] = field(default_factory=list)
+    dead: np.ndarray | None = None  # tombstoned global rows, sorted
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [SchemePart(0, self.spans, _plain(self.order), _plain(self.codes))]
 
     def selection(self, labels: list[str]) -> Selection:
-        spans = sorted(self.spans[lab] for lab in labels)
-        if self.order is None:
-            return Selection(ranges=tuple(spans))
-        if self.codes is not None:
-            return Selection(permuted=tuple((self.scheme.prefix, a, b) for a, b in spans))
-        return Selection(rows=np.sort(np.concatenate([self.order[a:b] for a, b in spans])))
+        ranges: list[tuple[int, int]] = []
+        permuted: list[tuple[str, int, int, int]] = []
+        gathered: list[np.ndarray] = []
+        for pi, part in enumerate(self.parts):
+            spans = sorted(part.spans[lab] for lab in labels if lab in part.spans)
+            if not spans:
+                continue
+            if part.order is None:
+                ranges += [(part.offset + a, part.offset + b) for a, b in spans]
+            elif part.codes is not None:
+                permuted += [(self.scheme.prefix, pi, a, b) for a, b in spans]
+            else:
+                gathered += [part.offset + np.asarray(part.order[a:b], dtype=np.int64) for a, b in spans]
+        rows = np.sort(np.concatenate(gathered)) if gathered else None
+        return Selection(ranges=tuple(ranges), rows=rows, permuted=tuple(permuted))
+
+    def rows(self, label: str) -> np.ndarray:
+        """Global rows of one label's live references, in every part."""
+        out = []
+        for part in self.parts:
+            if label in part.spans:
+                a, b = part.spans[label]
+                local = np.arange(a, b) if part.order is None else np.asarray(part.order[a:b], dtype=np.int64)
+                out.append(part.offset + local)
+        rows = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        if self.dead is not None and len(self.dead):
+            rows = rows[~np.isin(rows, self.dead)]
+        return rows
+
+
+class ConcatRows:
+    """Row-wise concatenation of memory-mapped arrays (the base's and each segment's), read in place.
+
+    Indexing by an int, a slice or an array of rows reads only those rows (nothing is joined up
+    front); ``np.asarray`` joins all of it. Byte-string columns come out as wide as the widest part.
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        dt = parts[0].dtype
+        if dt.kind == "S":
+            dt = np.dtype(f"S{max(p.dtype.itemsize for p in parts)}")
+        self.dtype = dt
+        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator:
+        for p in self.parts:
+            yield from p
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None), *key[1:])] if not isinstance(key[0], (int, np.integer)) \
+                else self[key[0]][key[1:]]
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            j = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return self.parts[j][i - self.offsets[j]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            pieces = []
+            for j, p in enumerate(self.parts):
+                a, b = max(start, self.offsets[j]), min(stop, self.offsets[j + 1])
+                if b > a:
+                    pieces.append(np.asarray(p[a - self.offsets[j] : b - self.offsets[j]]))
+            if not pieces:
+                return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+            return np.concatenate(pieces).astype(self.dtype, copy=False)
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for j, p in enumerate(self.parts):
+            mask = which == j
+            if mask.any():
+                out[mask] = p[idx[mask] - self.offsets[j]]
+        return out
+
+
+@dataclass
+class _Part:
+    """The base or one segment, opened: its memory maps and where its rows start."""
+
+    offset: int
+    n: int
+    refs: dict[str, np.ndarray]
+    descriptors: np.ndarray
+    codes: np.ndarray
+    scan: np.ndarray  # the same codes as a plain ndarray view: slicing a memmap costs microseconds per query
+    reader: RowReader
+    id_order: np.ndarray | None
+    tables: dict[str, SchemePart]
+    mapped: dict[str, tuple[np.ndarray | None, np.ndarray | None]]  # each scheme's order and codes, the memory maps
+    metas: dict[str, dict[str, Submap]]
+    states: dict[str, dict]
+
+
+def _plain(a: np.ndarray | None) -> np.ndarray | None:
+    """A memory map as a plain ndarray view of the same pages (no copy; cheaper to slice)."""
+    return None if a is None else np.asarray(a)
 
 
 def _decode(b: bytes) -> str:
@@ -121,9 +266,9 @@ class ReferenceIndex:
         manifest = read_manifest(self.root)
         try:
             self._open(manifest, verify)
-        except IndexFormatError:
+        except (IndexFormatError, OSError):
             # An update may have swapped generations between reading the manifest and opening
-            # its files; the new manifest then names files that are all there.
+            # its files (and deleted the old tombstones); the new manifest names files that are there.
             again = read_manifest(self.root)
             if again.generation == manifest.generation:
                 raise
@@ -132,37 +277,89 @@ class ReferenceIndex:
     def _open(self, m: Manifest, verify: bool) -> None:
         self.manifest = m
         verify_files(self.root, m, full=verify)
-        n, dim = m.n_references, m.descriptor.dim
-        self.refs: dict[str, np.ndarray] = {
-            c: np.load(self.root / m.data(f"refs/{c}.npy"), mmap_mode="r") for c in REF_COLUMNS
-        }
-        self.descriptors = np.load(self.root / m.data("descriptors.f16.npy"), mmap_mode="r")
-        if self.descriptors.shape != (n, dim) or any(len(v) != n for v in self.refs.values()):
-            raise IndexFormatError(f"{self.root}: array shapes disagree with the manifest ({n} references); rebuild it")
-        self.store, self.codes = self._open_store(m)
-        self._rows = RowReader(self.descriptors)
-        # Mapped now, not on first use: after an update deletes this generation, it is too late.
-        order_rel = m.data("refs/id_order.npy")
-        self._id_order = np.load(self.root / order_rel, mmap_mode="r") if order_rel in m.files else None
+        self.store = self._open_store(m)
+        base_codes = (m.store.codes if m.store else None) if not self.store.codes_are_descriptors else None
+        parts = [self._open_part(m, 0, m.n_base_rows, m.data, base_codes, m.schemes)]
+        for seg in m.segments:
+            offset = parts[-1].offset + parts[-1].n
+            parts.append(self._open_part(m, offset, seg.n_rows, lambda rel, d=seg.data_dir: f"{d}/{rel}",
+                                         None if self.store.codes_are_descriptors else seg.codes, seg.schemes))
+        self._parts = parts
+        self._offsets = np.array([p.offset for p in parts] + [parts[-1].offset + parts[-1].n], dtype=np.int64)
+        self._starts = [p.offset for p in parts]  # for bisect: per-query lookups stay off numpy's call overhead
+        self._dead = self._open_tombstones(m)
+        self._dead_list = self._dead.tolist()  # bisect per query piece: cheaper than a numpy call
+        self._dead_set = frozenset(self._dead_list)
+        self._gathered: dict[tuple, tuple] = {}
+        if len(parts) == 1:  # the base's own maps, exactly as before segments existed
+            base = parts[0]
+            self.refs: dict[str, Any] = base.refs
+            self.descriptors: Any = base.descriptors
+            self.codes: Any = base.codes
+        else:
+            self.refs = {c: ConcatRows([p.refs[c] for p in parts]) for c in REF_COLUMNS}
+            self.descriptors = ConcatRows([p.descriptors for p in parts])
+            self.codes = ConcatRows([p.codes for p in parts])
+        self._rows = parts[0].reader
         self.schemes: dict[str, SchemeTable] = {}
+        merged = len(parts) > 1 or len(self._dead) > 0
+        dead_per_label = m.tombstones.per_label if m.tombstones else {}
         for info in m.schemes:
-            meta = json.loads((self.root / m.data(f"submaps/{info.prefix}.json")).read_text())
             scheme = parse_scheme(info.spec)
-            scheme.load_state(meta.get("state", {}))
-            order = None if info.contiguous else np.load(self.root / m.data(f"submaps/{info.prefix}.order.npy"), mmap_mode="r")
-            codes = np.load(self.root / info.codes, mmap_mode="r") if info.codes else None
-            if codes is not None and codes.shape != self.codes.shape:
-                raise IndexFormatError(f"{self.root}: {info.codes} does not match the store's codes; rebuild it")
+            scheme.load_state(parts[0].states[info.prefix])  # frozen since the build: the base's
+            base = parts[0].tables[info.prefix]
+            order, codes = parts[0].mapped[info.prefix]
+            if not merged:
+                self.schemes[info.prefix] = SchemeTable(scheme=scheme, submaps=parts[0].metas[info.prefix],
+                                                        spans=base.spans, order=order, codes=codes, parts=[base])
+                continue
+            submaps = _merged_submaps([p.metas[info.prefix] for p in parts], dead_per_label.get(info.prefix, {}))
             self.schemes[info.prefix] = SchemeTable(
-                scheme=scheme,
-                submaps={s["label"]: Submap.model_validate(s["submap"]) for s in meta["submaps"]},
-                spans={s["label"]: tuple(s["span"]) for s in meta["submaps"]},
-                order=order,
-                codes=codes,
-            )
+                scheme=scheme, submaps=submaps, spans={lab: base.spans.get(lab, (0, 0)) for lab in submaps},
+                order=order, codes=codes, parts=[p.tables[info.prefix] for p in parts], dead=self._dead)
 
-    def _open_store(self, m: Manifest) -> tuple[Store, np.ndarray]:
-        """The store (version-1 indices: fp16, whatever their old faiss.index) and its codes, mapped."""
+    def _open_part(self, m: Manifest, offset: int, n: int, data, codes_rel: str | None,
+                   schemes: list[SchemeInfo]) -> _Part:
+        """Map one part's files (every one now, not on first use: a compaction may delete them later)."""
+        dim = m.descriptor.dim
+        refs = {c: np.load(self.root / data(f"refs/{c}.npy"), mmap_mode="r") for c in REF_COLUMNS}
+        descriptors = np.load(self.root / data("descriptors.f16.npy"), mmap_mode="r")
+        if descriptors.shape != (n, dim) or any(len(v) != n for v in refs.values()):
+            raise IndexFormatError(f"{self.root}: array shapes disagree with the manifest ({n} references); rebuild it")
+        codes = descriptors.view(np.uint8) if codes_rel is None else np.load(self.root / codes_rel, mmap_mode="r")
+        if codes.shape != (n, self.store.code_size):
+            raise IndexFormatError(f"{self.root}: the store's codes do not match the manifest; rebuild it")
+        order_rel = data("refs/id_order.npy")
+        id_order = np.load(self.root / order_rel, mmap_mode="r") if order_rel in m.files else None
+        tables, mapped, metas, states = {}, {}, {}, {}
+        for info in schemes:
+            meta = json.loads((self.root / data(f"submaps/{info.prefix}.json")).read_text())
+            order = None if info.contiguous else np.load(self.root / data(f"submaps/{info.prefix}.order.npy"),
+                                                         mmap_mode="r")
+            copy = np.load(self.root / info.codes, mmap_mode="r") if info.codes else None
+            if copy is not None and copy.shape != codes.shape:
+                raise IndexFormatError(f"{self.root}: {info.codes} does not match the store's codes; rebuild it")
+            tables[info.prefix] = SchemePart(offset, {s["label"]: tuple(s["span"]) for s in meta["submaps"]},
+                                             _plain(order), _plain(copy))
+            mapped[info.prefix] = (order, copy)
+            metas[info.prefix] = {s["label"]: Submap.model_validate(s["submap"]) for s in meta["submaps"]}
+            states[info.prefix] = meta.get("state", {})
+        return _Part(offset=offset, n=n, refs=refs, descriptors=descriptors, codes=codes, scan=np.asarray(codes),
+                     reader=RowReader(descriptors), id_order=id_order, tables=tables, mapped=mapped, metas=metas,
+                     states=states)
+
+    def _open_tombstones(self, m: Manifest) -> np.ndarray:
+        if m.tombstones is None:
+            return np.zeros(0, dtype=np.int64)
+        dead = np.load(self.root / m.tombstones.file)
+        n = int(self._offsets[-1])
+        if (dead.ndim != 1 or len(dead) != m.tombstones.n or (len(dead) and (dead[0] < 0 or dead[-1] >= n))
+                or np.any(np.diff(dead) <= 0)):
+            raise IndexFormatError(f"{self.root}: {m.tombstones.file} does not match the manifest; run geoguide index verify")
+        return dead.astype(np.int64, copy=False)
+
+    def _open_store(self, m: Manifest) -> Store:
+        """The store (version-1 indices: fp16, whatever their old faiss.index), its quantizer loaded."""
         try:
             store = parse_store(m.store.spec if m.store else "fp16")
         except StoreSpecError as e:
@@ -175,13 +372,68 @@ class ReferenceIndex:
             # The shortlist as built, whatever the defaults are now.
             store.rerank = int(m.store.params.get("rerank", store.rerank))
             store.shortlist_fraction = float(m.store.params.get("shortlist_fraction", store.shortlist_fraction))
-        if store.codes_are_descriptors:
-            codes = self.descriptors.view(np.uint8)
-        else:
-            codes = np.load(self.root / m.store.codes, mmap_mode="r")
-        if codes.shape != (m.n_references, store.code_size):
-            raise IndexFormatError(f"{self.root}: the store's codes do not match the manifest; rebuild it")
-        return store, codes
+        return store
+
+    @property
+    def n_rows(self) -> int:
+        """Physical rows, tombstoned ones included: global row numbers run from 0 to this."""
+        return int(self._offsets[-1])
+
+    @property
+    def n_dead(self) -> int:
+        return len(self._dead)
+
+    @property
+    def tombstones(self) -> np.ndarray:
+        """The removed (tombstoned) global rows, sorted; empty after a compaction."""
+        return self._dead
+
+    def part_arrays(self, name: str) -> list[np.ndarray]:
+        """The base's and each segment's ``descriptors`` or ``codes``, memory-mapped, in row order."""
+        return [getattr(p, name) for p in self._parts]
+
+    def live_rows(self) -> np.ndarray:
+        """Every row not removed, in row order (``arange(len(index))`` for an index without tombstones)."""
+        if not len(self._dead):
+            return np.arange(self.n_rows)
+        keep = np.ones(self.n_rows, dtype=bool)
+        keep[self._dead] = False
+        return np.flatnonzero(keep)
+
+    def live_column(self, name: str) -> np.ndarray:
+        """One reference column (``REF_COLUMNS``) for the live rows, in row order, as an array."""
+        col = self.refs[name]
+        return np.asarray(col) if not len(self._dead) else col[self.live_rows()]
+
+    def is_dead(self, rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` were removed (tombstoned) and not compacted away yet."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(self._dead):
+            return np.zeros(len(rows), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._dead, rows), len(self._dead) - 1)
+        return self._dead[pos] == rows
+
+    def _live(self, rows: np.ndarray) -> np.ndarray:
+        return rows if not len(self._dead) else rows[~self.is_dead(rows)]
+
+    def _dead_in(self, a: int, b: int) -> int:
+        """How many tombstoned rows lie in the global rows [a, b)."""
+        d = self._dead_list
+        return bisect.bisect_left(d, b) - bisect.bisect_left(d, a) if d else 0
+
+    def _part_of(self, row: int) -> int:
+        return bisect.bisect_right(self._starts, row) - 1
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """fp16 descriptors of global rows, as float32, read with ``pread`` (see ``RowReader``)."""
+        if len(self._parts) == 1:
+            return self._rows.read(rows)
+        which = np.searchsorted(self._offsets, rows, side="right") - 1
+        out = np.empty((len(rows), self.manifest.descriptor.dim), dtype=np.float32)
+        for j in np.unique(which):
+            mask = which == j
+            out[mask] = self._parts[j].reader.read(rows[mask] - self._parts[j].offset)
+        return out
 
     def __len__(self) -> int:
         return self.manifest.n_references
@@ -222,16 +474,17 @@ class ReferenceIndex:
             "lon": float(r["lon"][i]),
         }
 
-    @cached_property
-    def _row_of_id(self) -> dict[str, int]:
-        return {_decode(b): i for i, b in enumerate(self.refs["id"])}
+    def _ids_of(self, part: int) -> dict[str, int]:
+        cache = self.__dict__.setdefault("_id_dicts", {})
+        if part not in cache:
+            cache[part] = {_decode(b): i for i, b in enumerate(self._parts[part].refs["id"])}
+        return cache[part]
 
-    def row_of(self, ref_id: str) -> int | None:
-        """The row of a reference id: a binary search through ``refs/id_order.npy`` (memory-mapped,
-        ~25 reads at 20M rows); indices written before it build an id -> row dict once."""
-        if self._id_order is None:
-            return self._row_of_id.get(ref_id)
-        ids, order, key = self.refs["id"], self._id_order, ref_id.encode("utf-8")
+    def _find_local(self, part: int, ref_id: str) -> int | None:
+        p = self._parts[part]
+        if p.id_order is None:
+            return self._ids_of(part).get(ref_id)
+        ids, order, key = p.refs["id"], p.id_order, ref_id.encode("utf-8")
         lo, hi = 0, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -240,6 +493,36 @@ class ReferenceIndex:
             else:
                 hi = mid
         return int(order[lo]) if lo < len(order) and ids[order[lo]] == key else None
+
+    def row_of(self, ref_id: str) -> int | None:
+        """The row of a live reference id: a binary search through each part's ``refs/id_order.npy``
+        (memory-mapped, ~25 reads at 20M rows); indices written before it build an id -> row dict
+        once. A removed id is None, even while its row is still on disk."""
+        for j, p in enumerate(self._parts):
+            local = self._find_local(j, ref_id)
+            if local is not None and not (len(self._dead) and self.is_dead(np.array([p.offset + local]))[0]):
+                return p.offset + local
+        return None
+
+    def rows_of(self, ref_ids: Sequence[str]) -> np.ndarray:
+        """``row_of`` for many ids at once (-1: not in the index, or removed): the binary searches
+        run side by side, one numpy gather per step instead of a Python loop per id."""
+        keys = np.array([i.encode("utf-8") for i in ref_ids] or [b""], dtype=bytes)[: len(ref_ids)]
+        out = np.full(len(keys), -1, dtype=np.int64)
+        for j, p in enumerate(self._parts):
+            todo = np.flatnonzero(out < 0)
+            if not len(todo):
+                break
+            if p.id_order is None:
+                found = self._ids_of(j)
+                local = np.array([found.get(k.decode("utf-8"), -1) for k in keys[todo]], dtype=np.int64)
+            else:
+                local = _search_sorted_ids(p.refs["id"], p.id_order, keys[todo])
+            hit = local >= 0
+            rows = p.offset + local[hit]
+            live = ~self.is_dead(rows)
+            out[todo[hit][live]] = rows[live]
+        return out
 
     @cached_property
     def _coord_index(self) -> faiss.IndexFlatL2:
@@ -283,7 +566,7 @@ class ReferenceIndex:
         """Submap id -> the rows it covers. Raises ``SubmapError`` with the valid forms."""
         submap_id = submap_id.strip()
         if submap_id == "global":
-            return Selection(ranges=((0, len(self)),))
+            return Selection(ranges=tuple((p.offset, p.offset + p.n) for p in self._parts))
         prefix, sep, label = submap_id.partition(":")
         if not sep or not label:
             raise SubmapError(self._unknown(submap_id))
@@ -295,7 +578,7 @@ class ReferenceIndex:
             _, _, ids = self._coord_index.range_search(
                 latlon_to_unit([lat], [lon]).astype(np.float32), km_to_chord(km) ** 2
             )
-            return Selection(rows=np.sort(ids.astype(np.int64)))
+            return Selection(rows=self._live(np.sort(ids.astype(np.int64))))
         if prefix == "continent":
             return self._continent(label)
         table = self.schemes.get(prefix)
@@ -330,11 +613,15 @@ class ReferenceIndex:
         return f"unknown submap id {submap_id!r}; valid forms: {', '.join(forms)}"
 
     def selection_rows(self, sel: Selection) -> np.ndarray:
+        """The live global rows of a selection."""
         parts = [np.arange(a, b) for a, b in sel.ranges]
-        parts += [np.asarray(self.schemes[p].order[a:b]) for p, a, b in sel.permuted]
+        for prefix, j, a, b in sel.permuted:
+            t = self.schemes[prefix].parts[j]
+            order = np.asarray(t.order[a:b])
+            parts.append(order if t.offset == 0 else t.offset + order)
         if sel.rows is not None:
             parts.append(np.asarray(sel.rows))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return self._live(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
     # ---- search ------------------------------------------------------------------------------
     def search(
@@ -354,33 +641,75 @@ class ReferenceIndex:
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(-1))
         bad_authors = {a.encode("utf-8") for a in exclude_authors}
         bad_ids = {i.encode("utf-8") for i in exclude_ids}
-        results = [self._search_block(q, codes, rows_of, k, bad_authors, bad_ids)
-                   for codes, rows_of in self._blocks(sel, bad_authors, bad_ids)]
+        scanner = self.store.scanner(q)  # one per search, shared by its blocks (not by threads)
+        results = [self._search_block(q, codes, rows_of, k, bad_authors, bad_ids, dead, scanner)
+                   for codes, rows_of, dead in self._blocks(sel, bad_authors, bad_ids)]
         if not results:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        first_rows, first = results[0]
+        if len(results) == 1 or (len(first) >= k and all(not len(x) or x[0] <= first[k - 1] for _, x in results[1:])):
+            return first_rows[:k], first[:k]  # already best first, nothing else reaches its top k (ties: first wins)
         rows = np.concatenate([r for r, _ in results])
         scores = np.concatenate([s for _, s in results])
         top = np.argsort(-scores, kind="stable")[:k]
         return rows[top], scores[top]
 
-    def _blocks(self, sel: Selection, bad_authors, bad_ids) -> Iterator[tuple[np.ndarray, int | np.ndarray]]:
-        """(codes, rows) pieces of a selection: slices of mapped codes, or gathered ones for rows.
+    def _blocks(self, sel: Selection, bad_authors, bad_ids) -> Iterator[tuple[np.ndarray, int | np.ndarray, int]]:
+        """(codes, rows, removed) pieces of a selection: slices of mapped codes, or gathered ones.
 
-        ``rows`` is the first row of a storage-order slice, or an array mapping positions to rows.
+        ``rows`` is the first row of a storage-order slice, or an array mapping positions to rows;
+        ``removed`` is how many tombstoned rows the piece holds (-1: some, how many not counted).
+        The base's slices are scanned in place; the segments' small slices of a submap (what was
+        added since the last compaction) are gathered into one piece, one scan for them all, and
+        the gathered piece is kept for the next search of the same submap (segments never change).
         """
+        added: list[tuple] = []  # ("r", global start, end) or (scheme prefix, part, start, end)
         for a, b in sel.ranges:
             if b > a:
-                yield self.codes[a:b], a
-        for prefix, a, b in sel.permuted:
-            table = self.schemes[prefix]
+                j = self._part_of(a)
+                if j == 0:
+                    yield self._parts[0].scan[a:b], a, self._dead_in(a, b)
+                else:
+                    added.append(("r", j, a, b))
+        for prefix, j, a, b in sel.permuted:
             if b > a:
-                yield table.codes[a:b], np.asarray(table.order[a:b])
+                t = self.schemes[prefix].parts[j]
+                if j == 0:
+                    yield t.codes[a:b], np.asarray(t.order[a:b]), -1 if self._dead_in(0, self._parts[0].n) else 0
+                else:
+                    added.append((prefix, j, a, b))
+        if len(added) == 1 or sum(x[3] - x[2] for x in added) > MERGE_ROWS:
+            yield from map(self._segment_piece, added)  # whole segments (global, say): each scanned in place
+        elif added:
+            key = tuple(added)
+            piece = self._gathered.get(key)
+            if piece is None:
+                pieces = [self._segment_piece(x) for x in added]
+                removed = -1 if any(d < 0 for _, _, d in pieces) else sum(d for _, _, d in pieces)
+                rows = [np.arange(r, r + len(c)) if isinstance(r, int) else r for c, r, _ in pieces]
+                piece = (np.concatenate([c for c, _, _ in pieces]), np.concatenate(rows), removed)
+                if len(self._gathered) >= GATHERED_KEPT:
+                    self._gathered.clear()
+                self._gathered[key] = piece
+            yield piece
         if sel.rows is not None and len(sel.rows):
             rows = np.asarray(sel.rows)
-            rows = rows[self._admissible(rows, bad_authors, bad_ids)]
-            for s in range(0, len(rows), GATHER_CHUNK):
-                part = rows[s : s + GATHER_CHUNK]
-                yield self.codes[part], part
+            rows = rows[self._admissible(rows, bad_authors, bad_ids)]  # removed rows too
+            which = np.searchsorted(self._offsets, rows, side="right") - 1 if len(self._parts) > 1 else None
+            for j, p in enumerate(self._parts):
+                mine = rows if which is None else rows[which == j]
+                for s in range(0, len(mine), GATHER_CHUNK):
+                    part = mine[s : s + GATHER_CHUNK]
+                    yield p.scan[part - p.offset if p.offset else part], part, 0
+
+    def _segment_piece(self, item: tuple) -> tuple[np.ndarray, int | np.ndarray, int]:
+        if item[0] == "r":
+            _, j, a, b = item
+            p = self._parts[j]
+            return p.scan[a - p.offset : b - p.offset], a, self._dead_in(a, b)
+        prefix, j, a, b = item
+        t, n = self.schemes[prefix].parts[j], self._parts[j].n
+        return t.codes[a:b], t.offset + np.asarray(t.order[a:b]), -1 if self._dead_in(t.offset, t.offset + n) else 0
 
     def _admissible(self, rows: np.ndarray, bad_authors: set[bytes], bad_ids: set[bytes]) -> np.ndarray:
         keep = np.ones(len(rows), dtype=bool)
@@ -388,21 +717,74 @@ class ReferenceIndex:
             keep &= ~np.isin(self.refs["author"][rows], list(bad_authors))
         if bad_ids:
             keep &= ~np.isin(self.refs["id"][rows], list(bad_ids))
+        if len(self._dead):
+            keep &= ~self.is_dead(rows)
         return keep
 
-    def _search_block(self, q, codes: np.ndarray, rows_of, k: int, bad_authors, bad_ids) -> tuple[np.ndarray, np.ndarray]:
+    def _search_block(self, q, codes: np.ndarray, rows_of, k: int, bad_authors, bad_ids,
+                      dead: int = 0, scanner=None) -> tuple[np.ndarray, np.ndarray]:
         n = len(codes)
-        fetch = min(n, k if not (bad_authors or bad_ids) else 4 * k + 16)
+        # Room for the removed rows the block holds, up to k/2 of them (a longer heap slows the scan:
+        # +5% from 10 to 30; more removed rows than that among the best is rare, and then the
+        # fetch grows below); with exclusions, room for those too.
+        room = max(4, k // 2)
+        extra = min(dead, room) if dead >= 0 else room
+        fetch = min(n, k + extra + (3 * k + 16 if bad_authors or bad_ids else 0))
         exact = self.store.exact
         while True:
             shortlist = self.store.shortlist(fetch, n)
-            scores, pos = self.store.scan(q, codes, shortlist)
+            scores, pos = self.store.scan(q, codes, shortlist, scanner)
             rows = rows_of + pos if isinstance(rows_of, int) else rows_of[pos]
             if not exact:  # re-score the shortlist from the fp16 descriptors: exact scores, true order
-                scores = self._rows.read(rows) @ q
+                scores = self._read_rows(rows) @ q
                 order = np.argsort(-scores, kind="stable")
                 rows, scores = rows[order], scores[order]
-            keep = self._admissible(rows, bad_authors, bad_ids)
+            bad = bool(bad_authors or bad_ids)
+            if not bad and (not dead or self._dead_set.isdisjoint(rows.tolist())):  # every row admissible
+                if len(rows) >= k or shortlist >= n:
+                    return rows[:k], scores[:k]
+                keep = np.ones(len(rows), dtype=bool)
+            else:
+                keep = self._admissible(rows, bad_authors, bad_ids)
             if keep.sum() >= k or shortlist >= n:
                 return rows[keep][:k], scores[keep][:k]
             fetch = min(n, fetch * 4)
+
+
+def _search_sorted_ids(ids: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Local rows of ``keys`` (bytes) by binary search through ``ids`` in ``order``; -1 where absent."""
+    n = len(order)
+    lo, hi = np.zeros(len(keys), dtype=np.int64), np.full(len(keys), n, dtype=np.int64)
+    while True:
+        idx = np.flatnonzero(lo < hi)
+        if not len(idx):
+            break
+        mid = (lo[idx] + hi[idx]) // 2
+        less = ids[np.asarray(order[mid])] < keys[idx]
+        lo[idx[less]] = mid[less] + 1
+        hi[idx[~less]] = mid[~less]
+    found = np.full(len(keys), -1, dtype=np.int64)
+    inside = np.flatnonzero(lo < n)
+    cand = np.asarray(order[lo[inside]], dtype=np.int64)
+    match = ids[cand] == keys[inside]
+    found[inside[match]] = cand[match]
+    return found
+
+
+def _merged_submaps(parts: list[dict[str, Submap]], dead: dict[str, int]) -> dict[str, Submap]:
+    """Every part's submaps of one scheme as one table: live sizes; centroid weighted by the parts'
+    sizes and the largest 90% radius (removed rows do not move a centroid until compaction)."""
+    out: dict[str, Submap] = {}
+    for label in dict.fromkeys(lab for p in parts for lab in p):
+        pieces = [p[label] for p in parts if label in p]
+        size = sum(x.size for x in pieces) - dead.get(label, 0)
+        if size <= 0:
+            continue  # every reference removed: gone, as from a fresh build
+        if len(pieces) == 1:
+            out[label] = pieces[0] if size == pieces[0].size else pieces[0].model_copy(update={"size": size})
+            continue
+        lat, lon = spherical_centroid([x.lat for x in pieces], [x.lon for x in pieces], [x.size for x in pieces])
+        radii = [x.radius_km for x in pieces if x.radius_km is not None]
+        out[label] = pieces[0].model_copy(update={"lat": round(lat, 6), "lon": round(lon, 6), "size": size,
+                                                  "radius_km": max(radii) if radii else None})
+    return out

@@ -1,11 +1,12 @@
 """Write an index directory from described references: a build's last step, or an update's.
 
 A *generation* is one complete set of data files (reference table, fp16 descriptors, store
-codes, submap tables) under ``manifest.data_dir`` ('' for the build, ``gen-000001`` ... for each
-``index add`` / ``index remove``); the manifest is written last and names every file, so a
-reader sees the old generation or the new one, never a mix. What is learned once (the
+codes, submap tables) under ``manifest.data_dir`` ('' for the build, ``gen-NNNNNN`` for each
+``index compact``); an ``index add`` writes the same layout for its new rows only into a segment
+folder (``seg-NNNNNN``, ``indices.update``). The manifest is written last and names every file,
+so a reader sees the old index or the new one, never a mix. What is learned once (the
 descriptor's state, the store's quantizer) lives in the index folder itself and is shared by
-every generation.
+every generation and segment.
 
 Files a previous index in the same folder listed but this one does not write (another scheme's
 submaps, say) are removed before the new manifest appears: an index folder holds one index.
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from indices import atomic
+from indices.crashpoints import reached
 from indices.descriptors import Descriptor
 from indices.geometry import haversine_km, latlon_to_unit, unit_to_latlon
 from indices.manifest import (
@@ -56,13 +58,15 @@ def index_files(out: Path) -> list[Path]:
     """Every file an index (whole or half-written) may have in ``out``, found by name, not by manifest.
 
     What ``overwrite`` deletes: the markers, ``refs/*.npy``, ``submaps/*.json`` and ``*.npy``, every
-    file of an update's generation folders (``gen-*/``), lock and scratch space, and the temporary files of interrupted
+    file of an update's generation and segment folders (``gen-*/``, ``seg-*/``), tombstones and
+    removal records, lock and scratch space, and the temporary files of interrupted
     atomic writes (``.<name>.*.tmp``) beside them. The build's ``work/`` folder is handled by the
     builder (it is only removed when its key file proves it ours).
     """
     found = [out / name for name in INDEX_MARKERS]
     found += [*out.glob("refs/*.npy"), *out.glob("submaps/*.json"), *out.glob("submaps/*.npy")]
-    found += [*out.glob("gen-*/**/*"), *out.glob("update-work/**/*"), out / ".update.lock"]  # indices.update's
+    found += [*out.glob("gen-*/**/*"), *out.glob("seg-*/**/*"), *out.glob("tombstones-*.npy"),
+              *out.glob("removals-*.csv"), *out.glob("update-work/**/*"), out / ".update.lock"]  # indices.update's
     for folder in (out, out / "refs", out / "submaps"):
         found += folder.glob(".*.tmp")
     return [p for p in found if p.is_file() or p.is_symlink()]
@@ -179,6 +183,7 @@ def write_generation(
     ids = np.load(out / prefix / "refs/id.npy", mmap_mode="r")
     save("refs/id_order.npy", np.argsort(ids, kind="stable").astype(np.int64))  # row_of by binary search
     save("refs/lon.npy", lon)
+    reached("write:refs")
 
     desc_path = out / prefix / DESCRIPTORS_FILE
     save_rows(desc_path, n, (dim,), np.float16, lambda s, e: take(vectors, perm[s:e]))
@@ -195,6 +200,7 @@ def write_generation(
         save_rows(out / codes_rel, n, (store.code_size,), np.uint8, fill)
         files.append(codes_rel)
         primary_codes = np.load(out / codes_rel, mmap_mode="r")
+    reached("write:vectors")
 
     infos = []
     for i, s in enumerate(schemes):
@@ -222,25 +228,47 @@ def write_manifest(out: Path, manifest: Manifest, files: Sequence[str], reuse: d
     reuse = reuse or {}
     entries = {rel: reuse[rel] if rel in reuse else file_entry(out / rel) for rel in files}
     manifest = manifest.model_copy(update={"files": entries})
+    reached("manifest:before")
     atomic.write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+    reached("manifest:after")
     return manifest
 
 
 def remove_stale(out: Path, old_files: set[str], keep: set[str]) -> None:
-    """Delete files an earlier index listed that the current one does not, and empty generation folders."""
-    for rel in sorted(old_files - keep):
+    """Delete files an earlier index listed that the current one does not, and empty generation
+    and segment folders."""
+    for i, rel in enumerate(sorted(old_files - keep)):
         stale = out / rel
         if stale.resolve().is_relative_to(out.resolve()):  # a tampered manifest must not reach outside
             stale.unlink(missing_ok=True)
+        if i == 0:
+            reached("stale:partial")
     for folder in (out / "refs", out / "submaps"):  # the build's, once a generation replaced it
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    for folder in sorted(out.glob("gen-*"), reverse=True):
+    for folder in sorted([*out.glob("gen-*"), *out.glob("seg-*")], reverse=True):
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(sub.iterdir()):
                 sub.rmdir()
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+SHARED_FILES = {MANIFEST_NAME, STATE_FILE, STORE_FILE, "faiss.index", ".update.lock"}  # never an update's to delete
+
+
+def remove_unlisted(out: Path, manifest: Manifest) -> list[str]:
+    """Delete what an interrupted update or compaction left behind: data files, segment and
+    generation folders and temporary files the current manifest does not list (never the learned
+    files, the lock or ``update-work/``, an add's resumable chunks). Returns what was deleted."""
+    listed = set(manifest.files) | SHARED_FILES
+    stale = []
+    for p in index_files(out):
+        rel = p.relative_to(out).as_posix()
+        if rel not in listed and not rel.startswith("update-work/"):
+            stale.append(rel)
+    remove_stale(out, set(stale), set())
+    return stale
 
 
 def as_parts(descriptors: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

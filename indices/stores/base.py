@@ -122,7 +122,11 @@ class Store(ABC):
 
     @property
     def _ivf(self) -> faiss.IndexIVF:
-        return faiss.downcast_index(faiss.extract_index_ivf(self._require()))
+        index = self._require()
+        cached = self.__dict__.get("_ivf_cache")
+        if cached is None or cached[0] is not index:  # two SWIG calls saved per scan (a few us each)
+            cached = self.__dict__["_ivf_cache"] = (index, faiss.downcast_index(faiss.extract_index_ivf(index)))
+        return cached[1]
 
     @property
     def code_size(self) -> int:
@@ -144,25 +148,35 @@ class Store(ABC):
             self._ivf.encode_vectors(len(xt), faiss.swig_ptr(xt), faiss.swig_ptr(lists), faiss.swig_ptr(codes), False)
         return codes
 
-    def scan(self, query: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def scanner(self, query: np.ndarray) -> tuple[Any, np.ndarray]:
+        """A scanner set to ``query`` (and the transformed query it points into, kept alive with
+        it), for ``scan`` to reuse over several blocks of one search."""
+        q = self._transform(query.reshape(1, -1))
+        scanner = self._ivf.get_InvertedListScanner(True, None, None)  # store_pairs: label = position
+        scanner.set_query(faiss.swig_ptr(q[0]))
+        scanner.set_list(0, 0.0)
+        return scanner, q
+
+    def scan(self, query: np.ndarray, codes: np.ndarray, k: int,
+             scanner: tuple[Any, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` of a C-contiguous block of codes by (approximate) inner product with ``query``.
 
-        Returns (scores, positions in the block), best first. Thread-safe: a scanner per call.
+        Returns (scores, positions in the block), best first. Thread-safe: a scanner per call, or
+        per search when the caller passes one from ``scanner(query)`` (never shared by threads).
         """
         n = len(codes)
         k = min(k, n)
         if k <= 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         codes = np.ascontiguousarray(codes)  # a row slice of a memory-mapped file already is: no copy
-        q = self._transform(query.reshape(1, -1))
-        scanner = self._ivf.get_InvertedListScanner(True, None, None)  # store_pairs: label = position
-        scanner.set_query(faiss.swig_ptr(q[0]))
-        scanner.set_list(0, 0.0)
+        scanner = (scanner or self.scanner(query))[0]
         scores = np.full(k, -np.inf, dtype=np.float32)  # a min-heap of the k best, as FAISS keeps it
         pos = np.full(k, -1, dtype=np.int64)
         scanner.scan_codes(n, faiss.swig_ptr(codes), None, faiss.swig_ptr(scores), faiss.swig_ptr(pos), k)
         order = np.argsort(-scores, kind="stable")
         scores, pos = scores[order], pos[order]
+        if pos[-1] >= 0:  # every slot filled (the usual case): nothing to drop
+            return scores, pos
         valid = pos >= 0
         return scores[valid], pos[valid]
 

@@ -1,4 +1,5 @@
-"""index add / remove / verify: new photos found, removed ones gone, readers undisturbed, resumable."""
+"""index add / remove / compact / verify: new photos found, removed ones gone, readers undisturbed,
+resumable. Crash safety with real killed processes: tests/unit/test_index_segments.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from app.cli import main
 from indices.build import BuildConfig, build_index
 from indices.manifest import IndexFormatError
 from indices.store import ReferenceIndex
-from indices.update import REMOVED, UpdateError, add_references, ids_of_author, remove_references
+from indices.update import UpdateError, add_references, compact_index, ids_of_author, remove_references
 from tests.synthetic import PLACES, place_image
 
 CONFIG = BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5)
@@ -38,8 +39,12 @@ def test_add_then_search_finds_the_new_photos(idx):
     rep = add_references(out, samples[18:])
     assert rep.n_added == 6 and rep.generation == 1 and rep.n_references == 24
     index = ReferenceIndex(out)
-    m = index.manifest
-    assert m.data_dir == "gen-000001" and m.build_key is None
+    m, old = index.manifest, before.manifest
+    assert m.data_dir == "" and [s.data_dir for s in m.segments] == ["seg-000001"] and m.build_key is None
+    assert m.schema_version == 3 and m.n_rows == 24 and m.n_base_rows == 18
+    # only the new segment was written: every old file is listed with the same checksum, untouched
+    assert {k: v for k, v in m.files.items() if k in old.files} == old.files
+    assert all(k.startswith("seg-000001/") for k in set(m.files) - set(old.files))
     assert any("kmeans-3 centroids" in f for f in m.frozen)
     assert _search(index, 7)[0].startswith("tokyo")  # Tokyo was not in the build
     assert sorted(_search(index, 7, "country:JP", k=10)) == ["tokyo_0.jpg", "tokyo_1.jpg", "tokyo_2.jpg"]
@@ -47,11 +52,16 @@ def test_add_then_search_finds_the_new_photos(idx):
     assert sum(s.size for s in index.list_submaps("kmeans-3")) == 24
     # the index opened before the add still answers, from the old generation it mapped
     assert len(before) == 18 and not _search(before, 7)[0].startswith("tokyo")
-    assert before.row_of("paris_0.jpg") == before.row_of("paris_0.jpg") is not None  # its files are gone; its maps stay
-    assert before.row_of("tokyo_0.jpg") is None and index.row_of("tokyo_0.jpg") is not None
-    assert not (out / "refs").exists() and not (out / "descriptors.f16.npy").exists()  # generation 0 is gone
+    assert before.row_of("paris_0.jpg") == index.row_of("paris_0.jpg") is not None  # rows never move
+    assert before.row_of("tokyo_0.jpg") is None and index.row_of("tokyo_0.jpg") >= 18  # in the segment
     again = add_references(out, samples[18:])  # the same add again: nothing to do
     assert again.n_added == 0 and again.n_skipped == 6 and again.generation == 1
+    compact_index(out)
+    compacted = ReferenceIndex(out, verify=True)
+    assert compacted.manifest.data_dir == "gen-000002" and not compacted.manifest.segments
+    assert not (out / "refs").exists() and not (out / "seg-000001").exists()  # the old base and segment are gone
+    assert _search(compacted, 7) == _search(index, 7) and len(compacted) == 24
+    assert not _search(before, 7)[0].startswith("tokyo")  # the first reader still answers, from its maps
 
 
 def test_remove_then_they_are_gone_and_recorded(idx):
@@ -63,7 +73,8 @@ def test_remove_then_they_are_gone_and_recorded(idx):
     assert index.row_of("paris_0.jpg") is None and index.row_of("paris_2.jpg") is not None
     assert all(not r.startswith(("paris_0", "paris_1")) for r in _search(index, 0, k=16))
     assert index.manifest.removals[-1].reason == "test: leakage" and index.manifest.removals[-1].n == 2
-    with open(out / index.manifest.data(REMOVED), newline="") as f:
+    assert index.manifest.tombstones.n == 2 and index.n_rows == 18  # rows stay until a compaction
+    with open(out / index.manifest.removals_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == ["paris_0.jpg", "paris_1.jpg"] and rows[0]["reason"] == "test: leakage"
     assert _search(before, 0)[0].startswith("paris")  # the old reader still sees its generation
@@ -72,10 +83,16 @@ def test_remove_then_they_are_gone_and_recorded(idx):
     remove_references(out, author, reason="author asked")
     index = ReferenceIndex(out, verify=True)
     assert len(index) == 14 and index.manifest.generation == 2
-    with open(out / index.manifest.data(REMOVED), newline="") as f:
+    with open(out / index.manifest.removals_path, newline="") as f:
         assert len(list(csv.DictReader(f))) == 4  # the record carries over generations
+    assert not (out / "tombstones-000001.npy").exists()  # replaced by generation 2's
     with pytest.raises(UpdateError, match="empty index"):
-        remove_references(out, [index.row(i)["ref_id"] for i in range(len(index))], reason="all")
+        remove_references(out, [index.row(int(i))["ref_id"] for i in index.live_rows()], reason="all")
+    compact_index(out)
+    index = ReferenceIndex(out, verify=True)
+    assert len(index) == index.n_rows == 14 and index.manifest.tombstones is None
+    with open(out / index.manifest.removals_path, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4  # and over a compaction
 
 
 def test_an_interrupted_add_resumes_from_its_chunks(idx):
@@ -106,9 +123,13 @@ def test_add_and_remove_keep_search_identical_to_a_fresh_build(idx, tmp_path):
     a, b = ReferenceIndex(out), ReferenceIndex(fresh)
     for place in range(len(PLACES)):
         assert _search(a, place, k=5) == _search(b, place, k=5)
-    ids = lambda ix: sorted(ix.row(i)["ref_id"] for i in range(len(ix)))  # noqa: E731
+    ids = lambda ix: sorted(ix.row(int(i))["ref_id"] for i in ix.live_rows())  # noqa: E731
     assert ids(a) == ids(b)
-    np.testing.assert_array_equal(a.refs["country"][:], b.refs["country"][:])
+    assert {s.id: s.size for s in a.list_submaps("country")} == {s.id: s.size for s in b.list_submaps("country")}
+    compact_index(out)
+    a = ReferenceIndex(out)
+    np.testing.assert_array_equal(a.refs["country"][:], b.refs["country"][:])  # the same storage order
+    np.testing.assert_array_equal(a.refs["id"][:], b.refs["id"][:])
 
 
 def test_index_commands_add_remove_verify(idx, tmp_path, capsys, synthetic_refs):
@@ -127,6 +148,7 @@ def test_index_commands_add_remove_verify(idx, tmp_path, capsys, synthetic_refs)
     assert main(["index", "info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "generation 3, 4 removed" in info and "kmeans-3 centroids" in info
+    assert "1 added segments (6 rows), 4 removed rows kept as tombstones" in info
     m = ReferenceIndex(out).manifest
     path = out / m.data("descriptors.f16.npy")
     data = bytearray(path.read_bytes())
@@ -135,7 +157,7 @@ def test_index_commands_add_remove_verify(idx, tmp_path, capsys, synthetic_refs)
     capsys.readouterr()
     assert main(["index", "verify", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("geoguide: error:") and "checksum mismatch for gen-000003/descriptors.f16.npy" in err[-1]
+    assert err[-1].startswith("geoguide: error:") and "checksum mismatch for descriptors.f16.npy" in err[-1]
     with pytest.raises(IndexFormatError):
         ReferenceIndex(out, verify=True)
 
