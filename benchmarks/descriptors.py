@@ -98,6 +98,8 @@ def main() -> None:
         for threads in (1, 2):
             speed[f"{name} ({threads} thread{'s' * (threads > 1)})"] = throughput(name, paths, args.throughput_images, threads)
         index = ReferenceIndex(out)
+        if index.n_rows != len(index):  # rows are numbered 0..n-1 below: no segments or removed rows
+            raise SystemExit(f"{out}: has added segments or removed rows; run geoguide index compact first")
         lat, lon = np.asarray(index.refs["lat"]), np.asarray(index.refs["lon"])
         summaries[f"retrieval only, {name}"] = summarize(retrieval_errors(index), lat, lon, by_continent=False)
     if index is not None:

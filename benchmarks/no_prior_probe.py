@@ -368,6 +368,8 @@ def main() -> None:
     t_start = time.time()
     data = Path(args.data)
     index = ReferenceIndex(args.index)
+    if index.n_rows != len(index):  # rows are numbered 0..n-1 below: no segments or removed rows
+        raise SystemExit(f"{args.index}: has added segments or removed rows; run geoguide index compact first")
     m = Map(index, no_prior_ids(data / "prior_gemini-2.0-flash.csv"))
     dev, test = ~m.test, m.test
     print(f"{dev.sum()} dev photos (with a prior), {test.sum()} test photos (without)", file=sys.stderr)

@@ -51,7 +51,6 @@ import bisect
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -62,10 +61,22 @@ import numpy as np
 from indices.descriptors import Descriptor, get_descriptor
 from indices.errors import GeoguideError
 from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
-from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest, SchemeInfo, verify_files
+from indices.manifest import IndexFormatError, Manifest, SchemeInfo, verify_files
+from indices.parts import (
+    ConcatRows,
+    Part,
+    SchemePart,
+    SchemeTable,
+    Selection,
+    decode,
+    merged_submaps,
+    plain,
+    read_manifest,
+    search_sorted_ids,
+)
 from indices.stores import Store, StoreSpecError, parse_store
 from indices.stores.base import STORE_FILE, RowReader
-from indices.submaps import Submap, SubmapScheme, parse_scheme
+from indices.submaps import Submap, parse_scheme
 from indices.submaps.radius import parse_radius_label
 
 REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
@@ -76,184 +87,6 @@ GATHERED_KEPT = 1_024  # gathered segment pieces kept per opened index (at most 
 
 class SubmapError(GeoguideError, ValueError):
     """An unknown or malformed submap id; the message lists what is valid."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A set of reference rows: global row ranges (each within one part, a slice of its storage
-    order), slices of a part's copy in another scheme's order, or rows."""
-
-    ranges: tuple[tuple[int, int], ...] = ()
-    rows: np.ndarray | None = None
-    permuted: tuple[tuple[str, int, int, int], ...] = ()  # (scheme prefix, part, start, end) in that order
-
-    @property
-    def size(self) -> int:
-        n = sum(b - a for a, b in self.ranges) + sum(b - a for _, _, a, b in self.permuted)
-        return n + (0 if self.rows is None else len(self.rows))
-
-
-@dataclass
-class SchemePart:
-    """One scheme's table in one part (the base or a segment): label -> [start, end) in ``order``."""
-
-    offset: int  # global row of the part's first row
-    spans: dict[str, tuple[int, int]]
-    order: np.ndarray | None  # None: the part's storage order
-    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
-
-
-@dataclass
-class SchemeTable:
-    """One scheme's submaps: label -> metadata (live sizes) and where its rows are.
-
-    ``spans``, ``order`` and ``codes`` are the base's (``spans`` has every label with live
-    references; (0, 0) for one only segments hold); ``parts`` has the base's and each segment's.
-    """
-
-    scheme: SubmapScheme
-    submaps: dict[str, Submap]  # by label
-    spans: dict[str, tuple[int, int]]
-    order: np.ndarray | None
-    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
-    parts: list[SchemePart] = field(default_factory=list)
-    dead: np.ndarray | None = None  # tombstoned global rows, sorted
-
-    def __post_init__(self) -> None:
-        if not self.parts:
-            self.parts = [SchemePart(0, self.spans, _plain(self.order), _plain(self.codes))]
-
-    def selection(self, labels: list[str]) -> Selection:
-        ranges: list[tuple[int, int]] = []
-        permuted: list[tuple[str, int, int, int]] = []
-        gathered: list[np.ndarray] = []
-        for pi, part in enumerate(self.parts):
-            spans = sorted(part.spans[lab] for lab in labels if lab in part.spans)
-            if not spans:
-                continue
-            if part.order is None:
-                ranges += [(part.offset + a, part.offset + b) for a, b in spans]
-            elif part.codes is not None:
-                permuted += [(self.scheme.prefix, pi, a, b) for a, b in spans]
-            else:
-                gathered += [part.offset + np.asarray(part.order[a:b], dtype=np.int64) for a, b in spans]
-        rows = np.sort(np.concatenate(gathered)) if gathered else None
-        return Selection(ranges=tuple(ranges), rows=rows, permuted=tuple(permuted))
-
-    def rows(self, label: str) -> np.ndarray:
-        """Global rows of one label's live references, in every part."""
-        out = []
-        for part in self.parts:
-            if label in part.spans:
-                a, b = part.spans[label]
-                local = np.arange(a, b) if part.order is None else np.asarray(part.order[a:b], dtype=np.int64)
-                out.append(part.offset + local)
-        rows = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-        if self.dead is not None and len(self.dead):
-            rows = rows[~np.isin(rows, self.dead)]
-        return rows
-
-
-class ConcatRows:
-    """Row-wise concatenation of memory-mapped arrays (the base's and each segment's), read in place.
-
-    Indexing by an int, a slice or an array of rows reads only those rows (nothing is joined up
-    front); ``np.asarray`` joins all of it. Byte-string columns come out as wide as the widest part.
-    """
-
-    def __init__(self, parts: list[np.ndarray]):
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-        dt = parts[0].dtype
-        if dt.kind == "S":
-            dt = np.dtype(f"S{max(p.dtype.itemsize for p in parts)}")
-        self.dtype = dt
-        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __iter__(self) -> Iterator:
-        for p in self.parts:
-            yield from p
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            return self[key[0]][(slice(None), *key[1:])] if not isinstance(key[0], (int, np.integer)) \
-                else self[key[0]][key[1:]]
-        n = len(self)
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (n if key < 0 else 0)
-            if not 0 <= i < n:
-                raise IndexError(f"row {key} out of range for {n} rows")
-            j = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            return self.parts[j][i - self.offsets[j]]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step != 1:
-                return self[np.arange(start, stop, step)]
-            pieces = []
-            for j, p in enumerate(self.parts):
-                a, b = max(start, self.offsets[j]), min(stop, self.offsets[j + 1])
-                if b > a:
-                    pieces.append(np.asarray(p[a - self.offsets[j] : b - self.offsets[j]]))
-            if not pieces:
-                return np.empty((0, *self.shape[1:]), dtype=self.dtype)
-            return np.concatenate(pieces).astype(self.dtype, copy=False)
-        idx = np.asarray(key)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
-        for j, p in enumerate(self.parts):
-            mask = which == j
-            if mask.any():
-                out[mask] = p[idx[mask] - self.offsets[j]]
-        return out
-
-
-@dataclass
-class _Part:
-    """The base or one segment, opened: its memory maps and where its rows start."""
-
-    offset: int
-    n: int
-    refs: dict[str, np.ndarray]
-    descriptors: np.ndarray
-    codes: np.ndarray
-    scan: np.ndarray  # the same codes as a plain ndarray view: slicing a memmap costs microseconds per query
-    reader: RowReader
-    id_order: np.ndarray | None
-    tables: dict[str, SchemePart]
-    mapped: dict[str, tuple[np.ndarray | None, np.ndarray | None]]  # each scheme's order and codes, the memory maps
-    metas: dict[str, dict[str, Submap]]
-    states: dict[str, dict]
-
-
-def _plain(a: np.ndarray | None) -> np.ndarray | None:
-    """A memory map as a plain ndarray view of the same pages (no copy; cheaper to slice)."""
-    return None if a is None else np.asarray(a)
-
-
-def _decode(b: bytes) -> str:
-    return b.decode("utf-8")
-
-
-def read_manifest(root: Path) -> Manifest:
-    mpath = root / MANIFEST_NAME
-    if not mpath.exists():
-        hint = " (an interrupted build? run the same build command again to resume)" if (root / "work").exists() else ""
-        raise IndexFormatError(f"{root}: not a geoguide index (no {MANIFEST_NAME}){hint}")
-    try:
-        return Manifest.model_validate_json(mpath.read_text())
-    except ValueError as e:
-        raise IndexFormatError(f"{mpath}: unreadable or unsupported manifest ({str(e).splitlines()[0]})") from None
 
 
 class ReferenceIndex:
@@ -313,13 +146,13 @@ class ReferenceIndex:
                 self.schemes[info.prefix] = SchemeTable(scheme=scheme, submaps=parts[0].metas[info.prefix],
                                                         spans=base.spans, order=order, codes=codes, parts=[base])
                 continue
-            submaps = _merged_submaps([p.metas[info.prefix] for p in parts], dead_per_label.get(info.prefix, {}))
+            submaps = merged_submaps([p.metas[info.prefix] for p in parts], dead_per_label.get(info.prefix, {}))
             self.schemes[info.prefix] = SchemeTable(
                 scheme=scheme, submaps=submaps, spans={lab: base.spans.get(lab, (0, 0)) for lab in submaps},
                 order=order, codes=codes, parts=[p.tables[info.prefix] for p in parts], dead=self._dead)
 
     def _open_part(self, m: Manifest, offset: int, n: int, data, codes_rel: str | None,
-                   schemes: list[SchemeInfo]) -> _Part:
+                   schemes: list[SchemeInfo]) -> Part:
         """Map one part's files (every one now, not on first use: a compaction may delete them later)."""
         dim = m.descriptor.dim
         refs = {c: np.load(self.root / data(f"refs/{c}.npy"), mmap_mode="r") for c in REF_COLUMNS}
@@ -340,11 +173,11 @@ class ReferenceIndex:
             if copy is not None and copy.shape != codes.shape:
                 raise IndexFormatError(f"{self.root}: {info.codes} does not match the store's codes; rebuild it")
             tables[info.prefix] = SchemePart(offset, {s["label"]: tuple(s["span"]) for s in meta["submaps"]},
-                                             _plain(order), _plain(copy))
+                                             plain(order), plain(copy))
             mapped[info.prefix] = (order, copy)
             metas[info.prefix] = {s["label"]: Submap.model_validate(s["submap"]) for s in meta["submaps"]}
             states[info.prefix] = meta.get("state", {})
-        return _Part(offset=offset, n=n, refs=refs, descriptors=descriptors, codes=codes, scan=np.asarray(codes),
+        return Part(offset=offset, n=n, refs=refs, descriptors=descriptors, codes=codes, scan=np.asarray(codes),
                      reader=RowReader(descriptors), id_order=id_order, tables=tables, mapped=mapped, metas=metas,
                      states=states)
 
@@ -466,10 +299,10 @@ class ReferenceIndex:
         r = self.refs
         return {
             "row": int(i),
-            "ref_id": _decode(r["id"][i]),
-            "author": _decode(r["author"][i]),
-            "country": _decode(r["country"][i]),
-            "path": _decode(r["path"][i]),
+            "ref_id": decode(r["id"][i]),
+            "author": decode(r["author"][i]),
+            "country": decode(r["country"][i]),
+            "path": decode(r["path"][i]),
             "lat": float(r["lat"][i]),
             "lon": float(r["lon"][i]),
         }
@@ -477,7 +310,7 @@ class ReferenceIndex:
     def _ids_of(self, part: int) -> dict[str, int]:
         cache = self.__dict__.setdefault("_id_dicts", {})
         if part not in cache:
-            cache[part] = {_decode(b): i for i, b in enumerate(self._parts[part].refs["id"])}
+            cache[part] = {decode(b): i for i, b in enumerate(self._parts[part].refs["id"])}
         return cache[part]
 
     def _find_local(self, part: int, ref_id: str) -> int | None:
@@ -517,7 +350,7 @@ class ReferenceIndex:
                 found = self._ids_of(j)
                 local = np.array([found.get(k.decode("utf-8"), -1) for k in keys[todo]], dtype=np.int64)
             else:
-                local = _search_sorted_ids(p.refs["id"], p.id_order, keys[todo])
+                local = search_sorted_ids(p.refs["id"], p.id_order, keys[todo])
             hit = local >= 0
             rows = p.offset + local[hit]
             live = ~self.is_dead(rows)
@@ -749,42 +582,3 @@ class ReferenceIndex:
             if keep.sum() >= k or shortlist >= n:
                 return rows[keep][:k], scores[keep][:k]
             fetch = min(n, fetch * 4)
-
-
-def _search_sorted_ids(ids: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Local rows of ``keys`` (bytes) by binary search through ``ids`` in ``order``; -1 where absent."""
-    n = len(order)
-    lo, hi = np.zeros(len(keys), dtype=np.int64), np.full(len(keys), n, dtype=np.int64)
-    while True:
-        idx = np.flatnonzero(lo < hi)
-        if not len(idx):
-            break
-        mid = (lo[idx] + hi[idx]) // 2
-        less = ids[np.asarray(order[mid])] < keys[idx]
-        lo[idx[less]] = mid[less] + 1
-        hi[idx[~less]] = mid[~less]
-    found = np.full(len(keys), -1, dtype=np.int64)
-    inside = np.flatnonzero(lo < n)
-    cand = np.asarray(order[lo[inside]], dtype=np.int64)
-    match = ids[cand] == keys[inside]
-    found[inside[match]] = cand[match]
-    return found
-
-
-def _merged_submaps(parts: list[dict[str, Submap]], dead: dict[str, int]) -> dict[str, Submap]:
-    """Every part's submaps of one scheme as one table: live sizes; centroid weighted by the parts'
-    sizes and the largest 90% radius (removed rows do not move a centroid until compaction)."""
-    out: dict[str, Submap] = {}
-    for label in dict.fromkeys(lab for p in parts for lab in p):
-        pieces = [p[label] for p in parts if label in p]
-        size = sum(x.size for x in pieces) - dead.get(label, 0)
-        if size <= 0:
-            continue  # every reference removed: gone, as from a fresh build
-        if len(pieces) == 1:
-            out[label] = pieces[0] if size == pieces[0].size else pieces[0].model_copy(update={"size": size})
-            continue
-        lat, lon = spherical_centroid([x.lat for x in pieces], [x.lon for x in pieces], [x.size for x in pieces])
-        radii = [x.radius_km for x in pieces if x.radius_km is not None]
-        out[label] = pieces[0].model_copy(update={"lat": round(lat, 6), "lon": round(lon, 6), "size": size,
-                                                  "radius_km": max(radii) if radii else None})
-    return out
