@@ -125,7 +125,7 @@ class GeoCLIPBackend(LocalPriorBackend):
     @classmethod
     def availability(cls) -> Availability:
         try:
-            from agent.backends.geoclip_model import package_weights_digest
+            from agent.backends._geoclip_model import package_weights_digest
 
             package_weights_digest()
         except Exception as e:  # noqa: BLE001 - reported, not raised
@@ -135,19 +135,19 @@ class GeoCLIPBackend(LocalPriorBackend):
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
-        from agent.backends.geoclip_model import package_weights_digest
+        from agent.backends._geoclip_model import package_weights_digest
 
         package_weights_digest()  # the geoclip package's files are checked now, not at the first photo
         self._parts: Any = None  # GeoCLIPHead, loaded with the first photo
 
     def identity(self) -> dict[str, Any]:
-        from agent.backends.geoclip_model import package_weights_digest
+        from agent.backends._geoclip_model import package_weights_digest
 
         return {**super().identity(), "geoclip_weights": package_weights_digest(), "top_k": GEOCLIP_TOP_K}
 
     def _predict(self, image: Any) -> Perception:
         if self._parts is None:
-            from agent.backends.geoclip_model import GeoCLIPHead
+            from agent.backends._geoclip_model import GeoCLIPHead
 
             self._parts = GeoCLIPHead(self.folder, self.device, self.cache.path.parent if self.cache is not None else None)
         lat, lon, prob = self._parts.top_k([image], GEOCLIP_TOP_K)[0]
@@ -190,7 +190,7 @@ class ClipZeroShotBackend(LocalPriorBackend):
 
     def _predict(self, image: Any) -> Perception:
         if self._model is None:
-            from agent.backends.geoclip_model import ZeroShotCountries
+            from agent.backends._geoclip_model import ZeroShotCountries
 
             self._model = ZeroShotCountries(Path(self.folder), self.TEMPLATE, self.countries, self.device)
         codes, probs = self._model.rank(image)

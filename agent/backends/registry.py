@@ -20,15 +20,14 @@ if TYPE_CHECKING:
 
 BackendT = TypeVar("BackendT", bound="Backend")
 
-# prefix -> class; ``cls.from_spec(rest, **options)`` builds one. The built-in modules are imported
-# on the first lookup, not at import, so ``--help`` stays fast; heavy dependencies (torch,
-# transformers) are imported inside them only when a model is actually loaded. Listed, not found
-# by listing the package, because some modules here (``geoclip_model``) import torch at the top.
+# prefix -> class; ``cls.from_spec(rest, **options)`` builds one. Every public module of this
+# package is imported on the first lookup, not at import, so ``--help`` stays fast and a new
+# backend is one file with one decorator line; heavy dependencies (torch, transformers) are imported
+# inside a module only when a model is actually loaded, and a module that needs them at its top is
+# private (``_geoclip_model``: a network, not a backend) and never scanned.
 BACKENDS: Registry[type[Backend]] = Registry(
-    "backend", key=None, error=BackendConfigError,
+    "backend", key=None, error=BackendConfigError, package="agent.backends",
     unknown="unknown backend {name!r} in spec {spec!r}; available: {available}",
-    builtins=("agent.backends.openai_backend", "agent.backends.llava", "agent.backends.offline",
-              "agent.backends.local_priors"),
 )
 _load_builtins = BACKENDS.load  # kept for callers that load the built-ins explicitly (``geoguide models``)
 

@@ -52,7 +52,7 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_gallery(tmp_path, monkeypatch) -> Path:
     """Every 50th point of GeoCLIP's gallery (2,000): the 100K take minutes to embed on 2 cores."""
-    from agent.backends.geoclip_model import package_dir
+    from agent.backends._geoclip_model import package_dir
 
     rows = (package_dir() / "gps_gallery" / "coordinates_100K.csv").read_text().splitlines()
     path = tmp_path / "gallery.csv"
@@ -66,7 +66,7 @@ def test_our_location_encoder_and_head_match_the_geoclip_package(small_gallery):
     pytest.importorskip("pandas", reason="the geoclip package's own modules import pandas")
     from geoclip.model.location_encoder import LocationEncoder as Theirs
 
-    from agent.backends.geoclip_model import LocationEncoder, load_gallery, load_strict, package_dir
+    from agent.backends._geoclip_model import LocationEncoder, load_gallery, load_strict, package_dir
 
     ours = LocationEncoder()
     load_strict(ours, package_dir() / "weights" / "location_encoder_weights.pth")

@@ -181,3 +181,24 @@ def test_every_plugin_kind_uses_the_helper(kind: str, builtin: str) -> None:
     reg = _registries()[kind]
     assert isinstance(reg, Registry) and reg.kind == kind
     assert builtin in reg and builtin in sorted(reg)
+
+
+def test_finding_the_backends_imports_no_torch():
+    """Backends are found by listing their package: the lookup must not pull in torch (a module
+    that needs it at its top is private, ``_geoclip_model``, and is not scanned)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from agent.backends import available_backends; names = available_backends(); "
+            "print(','.join(names), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    names, torch_loaded = r.stdout.split()
+    assert {"openai", "openai-compatible", "llava", "replay", "none", "geoclip", "clip-zeroshot"} <= set(names.split(","))
+    assert torch_loaded == "False", r.stderr
+
+
+def test_the_dataset_loaders_use_the_registry_helper():
+    from eval.datasets import DATASETS
+
+    assert isinstance(DATASETS, Registry) and "csv" in DATASETS
