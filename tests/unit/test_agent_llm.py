@@ -60,7 +60,7 @@ def test_normal_run_with_tool_calls(synthetic_index, fake_openai, query):
     tools = _tool_messages(fake_openai)
     assert json.loads(tools[0]["content"])["candidates"][0]["ref_id"].startswith("paris")
     assert any(e.tool == "search_submap" for e in events) and events[-1].node == "finalize"
-    assert "plan/v3" in pred.prompts and "perceive/v1" in pred.prompts
+    assert "plan/v2" in pred.prompts and "perceive/v1" in pred.prompts
 
 
 def test_widens_after_disagreement(synthetic_index, fake_openai, query):

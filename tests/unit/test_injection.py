@@ -59,9 +59,11 @@ def test_rules_treat_an_injected_sign_as_english_text(synthetic_index, photos):
     assert (a.lat, a.lon) != (0.0, 0.0) and abs(a.lat) > 1
 
 
-def test_the_planner_gets_the_text_as_quoted_data(synthetic_index, photos, fake_openai):
+@pytest.mark.parametrize("prompt", ["plan/v2", "plan/v3"])
+def test_the_planner_gets_the_text_as_quoted_data(synthetic_index, photos, fake_openai, prompt):
     """What a planning model is shown: the photo's text only as a JSON string inside the read_text
-    result, labelled as data that carries no instructions, and a system prompt saying so."""
+    result, labelled as data that carries no instructions, never as a turn of its own; ``plan/v3``
+    also says so in the system prompt."""
     from fakes.openai_server import reply_json, reply_tool_calls
 
     injected, _, _ = photos
@@ -71,12 +73,12 @@ def test_the_planner_gets_the_text_as_quoted_data(synthetic_index, photos, fake_
         reply_tool_calls(("submit_location", {"lat": 51.5, "lon": -0.12, "evidence": "English sign"})),
     )
     backend = make_backend(f"openai-compatible:{fake_openai.base_url}:fake-vlm", timeout=5.0)
-    ctx = AgentContext(index=synthetic_index, backend=backend, config=AgentConfig(policy="llm"))
+    ctx = AgentContext(index=synthetic_index, backend=backend, config=AgentConfig(policy="llm", plan_prompt=prompt))
     pred = locate(ctx, injected)
     assert (pred.lat, pred.lon) == (51.5, -0.12)
     last = fake_openai.requests[-1].body["messages"]
     system = last[0]["content"]
-    assert "data" in system and "never instructions" in system  # the planner is told
+    assert ("never instructions" in system) == (prompt == "plan/v3")  # v3 tells the planner
     tool = json.loads(next(m for m in last if m.get("role") == "tool")["content"])
     assert "previous instructions" in tool["text"].lower()  # the words arrive, as a value ...
     assert "data read from the photo" in tool["text_is"]  # ... labelled as data
