@@ -2,13 +2,14 @@
 overrides every shell accepts (``--set KEY=VALUE``, an ablation plan's settings).
 
 One definition for every command: ``geoguide locate``, ``chat``, ``serve`` and ``eval`` all reduce
-their options to a ``ContextSpec``, and ``agent.context.build_context`` turns it into the one
+their options to a ``ContextSpec``, and ``agent.factory.build_context`` turns it into the one
 ``AgentContext``, so a setting means the same thing everywhere and a typo fails the same way.
 Light on purpose (pydantic only): the command line imports it to answer ``--help`` at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -72,6 +73,12 @@ def default_cache_path() -> Path:
     return root / "responses.sqlite"
 
 
+@functools.cache
+def settable_keys() -> frozenset[str]:
+    """``config_keys()`` as a set, computed once: every override checks against it."""
+    return frozenset(config_keys())
+
+
 def config_keys(model: type[BaseModel] = AgentConfig, prefix: str = "") -> list[str]:
     """Every settable dotted key of the agent config (``rerank.enabled``, ``caps.max_steps``, ...)."""
     keys: list[str] = []
@@ -109,18 +116,17 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def config_override(key: str, value: Any, also_settable: frozenset[str] = frozenset()) -> tuple[str, Any]:
     """Resolve an alias and check the key exists: a typo must fail, not be silently ignored."""
     key = CONFIG_ALIASES.get(key, key)
-    if key not in config_keys():
-        raise ValueError(
-            f"unknown setting {key!r}; settable: {', '.join(sorted(also_settable | set(config_keys())))}"
-        )
+    if key not in settable_keys():
+        raise ValueError(f"unknown setting {key!r}; settable: {', '.join(sorted(also_settable | settable_keys()))}")
     return key, value
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with a JSON value, or the raw text when it is not JSON (``prompt=perceive/v2``)."""
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
+    """``KEY=VALUE`` with a JSON value, or the raw text when it is not JSON (``prompt=perceive/v2``);
+    ``option`` names the flag in the error (``--set``, ``--descriptor-opt``)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set needs KEY=VALUE, got {text!r}")
+        raise ValueError(f"{option} needs KEY=VALUE, got {text!r}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from agent.settings import parse_assignment
 from app.options import CLIError, echo_json
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
@@ -49,15 +49,7 @@ def index_build(
 
     if images is None and labels is None:
         raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
-    conf = {}
-    for kv in descriptor_opt or []:
-        key, sep, val = kv.partition("=")
-        if not sep:
-            raise CLIError(f"--descriptor-opt needs KEY=VALUE, got {kv!r}")
-        try:
-            conf[key] = json.loads(val)
-        except json.JSONDecodeError:
-            conf[key] = val
+    conf = dict(parse_assignment(kv, "--descriptor-opt") for kv in descriptor_opt or [])
     if faiss_index is not None:
         if faiss_index not in ("fp16", "flat"):
             raise CLIError(f"--faiss-index must be fp16 or flat, got {faiss_index!r} (deprecated: use --store)")

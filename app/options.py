@@ -4,7 +4,7 @@
 ``--index``, the models (``--vlm``, ``--planner`` and their ``--*-opt``), the policy, the call
 budget, the response cache, the config shortcuts (``--prior-level``, ``--scheme``,
 ``--no-rerank``, ``--max-seconds``, ``--fallback``, ``--exclude-author``) and ``--set KEY=VALUE``
-for any other agent-config key. ``AgentOptions.settings()`` is the flat mapping that
+for any other agent-config key. ``AgentOptions.settings_map()`` is the flat mapping that
 ``ContextSpec.from_settings`` (and ``RunSpec``, for eval) reads, so a flag means and checks the
 same thing everywhere. Registry-backed choices (policies, backends) are checked by callbacks when a
 command runs, not when this module is imported, so ``--help`` stays instant.
