@@ -313,37 +313,24 @@ class ReferenceIndex:
             cache[part] = {decode(b): i for i, b in enumerate(self._parts[part].refs["id"])}
         return cache[part]
 
-    def _find_local(self, part: int, ref_id: str) -> int | None:
-        p = self._parts[part]
-        if p.id_order is None:
-            return self._ids_of(part).get(ref_id)
-        ids, order, key = p.refs["id"], p.id_order, ref_id.encode("utf-8")
-        lo, hi = 0, len(order)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ids[order[mid]] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return int(order[lo]) if lo < len(order) and ids[order[lo]] == key else None
-
     def row_of(self, ref_id: str) -> int | None:
         """The row of a live reference id: a binary search through each part's ``refs/id_order.npy``
         (memory-mapped, ~25 reads at 20M rows); indices written before it build an id -> row dict
         once. A removed id is None, even while its row is still on disk."""
-        for j, p in enumerate(self._parts):
-            local = self._find_local(j, ref_id)
-            if local is not None and not (len(self._dead) and self.is_dead(np.array([p.offset + local]))[0]):
-                return p.offset + local
-        return None
+        row = int(self.rows_of([ref_id])[0])
+        return None if row < 0 else row
 
     def rows_of(self, ref_ids: Sequence[str]) -> np.ndarray:
-        """``row_of`` for many ids at once (-1: not in the index, or removed): the binary searches
-        run side by side, one numpy gather per step instead of a Python loop per id."""
-        keys = np.array([i.encode("utf-8") for i in ref_ids] or [b""], dtype=bytes)[: len(ref_ids)]
+        """The rows of many ids at once (-1: not in the index, or removed): the binary searches run
+        side by side, one numpy gather per step instead of a Python loop per id."""
+        encoded = [i.encode("utf-8") for i in ref_ids]
+        keys = np.array(encoded or [b""], dtype=bytes)[: len(ref_ids)]
         out = np.full(len(keys), -1, dtype=np.int64)
+        # numpy's fixed-width bytes drop trailing NULs, so "a.jpg\0" would match "a.jpg"; no stored id
+        # can end in one (the same arrays hold them), so such a key is simply not in the index
+        searchable = np.array([not k.endswith(b"\0") for k in encoded], dtype=bool)
         for j, p in enumerate(self._parts):
-            todo = np.flatnonzero(out < 0)
+            todo = np.flatnonzero((out < 0) & searchable)
             if not len(todo):
                 break
             if p.id_order is None:

@@ -358,8 +358,7 @@ def add_references(index_dir: str | Path, records: Sequence, *, source: SourceIn
     root = Path(index_dir)
     with _exclusive(root):
         index = _open_for_update(root)
-        unique = list(dict((r.image_id, r) for r in records).values())
-        fresh = [r for r, row in zip(unique, index.rows_of([r.image_id for r in unique]), strict=True) if row < 0]
+        fresh = [records[i] for i in _fresh(index, records)]
         report = _report(index, n_skipped=len(records) - len(fresh), problems=list(source.problems if source else []))
         if not fresh:
             shutil.rmtree(root / WORK, ignore_errors=True)
@@ -384,13 +383,21 @@ def add_references(index_dir: str | Path, records: Sequence, *, source: SourceIn
                        problems=(report.problems + problems)[:20])
 
 
+def _fresh(index: ReferenceIndex, records: Sequence) -> list[int]:
+    """Positions of the records to add: the last of each id (an id given twice is added once), and
+    none whose id the index already holds (an add repeated after it finished changes nothing)."""
+    last = list(dict((r.image_id, i) for i, r in enumerate(records)).values())
+    there = index.rows_of([records[i].image_id for i in last])
+    return [i for i, row in zip(last, there, strict=True) if row < 0]
+
+
 def add_described(index_dir: str | Path, records: Sequence, vectors: np.ndarray) -> UpdateReport:
     """``add_references`` for records already described with the index's descriptor (``vectors``,
     one row each): the index update alone, as ``benchmarks/update.py`` times it."""
     root = Path(index_dir)
     with _exclusive(root):
         index = _open_for_update(root)
-        keep = np.flatnonzero(index.rows_of([r.image_id for r in records]) < 0).tolist()
+        keep = _fresh(index, records)
         if not keep:
             return _report(index, n_skipped=len(records))
         m = append_segment(index, [records[i] for i in keep], np.asarray(vectors)[keep])

@@ -362,3 +362,27 @@ def test_serve_keeps_answering_from_the_index_it_opened(segmented, tmp_path, syn
         marker.unlink()
         assert proc.wait(timeout=60) == 0
         assert ask() == first
+
+
+def test_an_id_given_twice_in_one_add_is_added_once(refs, tmp_path):
+    """``add_described`` (vectors already made) keeps ``add_references``' rule: one row per id, the
+    last record given for it, and none for an id the index already holds."""
+    from indices.update import add_described
+
+    out = tmp_path / "idx"
+    build_index(refs[:18], out, CONFIG, progress=False)
+    index = ReferenceIndex(out)
+    new = refs[18]
+    vecs = index.descriptor().extract([place_image(0)] * 3)
+    rep = add_described(out, [new, new, refs[0]], vecs)
+    after = ReferenceIndex(out)
+    assert (rep.n_added, rep.n_skipped) == (1, 2) and len(after) == 19
+    assert _live_ids(after).count(new.image_id) == 1
+
+
+def test_an_id_with_a_trailing_nul_is_not_another_id(segmented):
+    """numpy's fixed-width bytes drop trailing NULs: the id lookups must not read "x.jpg\\0" as "x.jpg"."""
+    index = ReferenceIndex(segmented)
+    known = _live_ids(index)[0]
+    assert index.rows_of([known, known + "\0"]).tolist()[1] == -1 and index.row_of(known + "\0") is None
+    assert index.row_of(known) is not None
