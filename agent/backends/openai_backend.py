@@ -41,7 +41,7 @@ Per-model options (``--vlm-opt key=value``, see ``agent.backends.options``) and 
 - ``strict_tools``: native tools are sent with strict schemas and ``"strict": true`` (default on
   for ``openai``, off for compatible servers, which may refuse the field).
 - ``vision``: False for a text-only planner: image parts are replaced by a one-line note. Left on
-  (the default), a chat call that the server refuses because it cannot take images (``IMAGE_REFUSALS``:
+  (the default), a chat call that the server refuses because it cannot take images (``retry._NO_VISION``:
   llama.cpp's HTTP 500 "image input is not supported - hint: ... mmproj", the OpenAI API's HTTP 400
   "Invalid content type. image_url is only supported by certain models.", vLLM's HTTP 400 "... is
   not a multimodal model") is asked again without the image and the backend stays text-only from
@@ -154,27 +154,13 @@ def _rejects_response_format(exc: openai.APIStatusError) -> bool:
     return exc.status_code in (400, 422) and any(w in text for w in ("response_format", "json_schema", "json_object"))
 
 
-# What servers answer to an image sent to a model that cannot see (status, then the words matched,
-# lower-cased): llama.cpp 500 "image input is not supported - hint: if this is unexpected, you may
-# need to provide the mmproj" (measured with xllamacpp and SmolLM2); the OpenAI API 400 "Invalid
-# content type. image_url is only supported by certain models."; vLLM 400 "<model> is not a
-# multimodal model". ``retry.lacks_vision`` knows the llama.cpp wording too (so it is not retried).
-IMAGE_REFUSALS: tuple[str, ...] = (
-    "image input is not supported",
-    "image_url is only supported by certain models",
-    "is not a multimodal model",
-    "does not support image",
-    "image_url is not supported",
-)
-
-
 def refuses_images(exc: BaseException) -> str | None:
     """The server's own words when ``exc`` (a ``CallFailed`` or an HTTP error) says it cannot take
     images, else None. Only HTTP errors count: a timeout that mentions nothing is not a refusal."""
     cause = exc.__cause__ if isinstance(exc, CallFailed) else exc
     if not isinstance(cause, openai.APIStatusError):
         return None
-    if not (lacks_vision(cause) or any(w in _error_text(cause) for w in IMAGE_REFUSALS)):
+    if not lacks_vision(cause):  # the wordings of llama.cpp, OpenAI and vLLM: retry._NO_VISION
         return None
     body = cause.body
     message = body.get("message") if isinstance(body, dict) else None

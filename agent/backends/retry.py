@@ -58,7 +58,11 @@ def _status(exc: BaseException) -> int | None:
 
 # Server faults that are really a request the model can never serve: llama.cpp answers HTTP 500
 # "image input is not supported" to a photo sent to a text-only model (measured with xllamacpp).
-_NO_VISION = ("image input is not supported", "mmproj", "does not support image", "image_url is not supported")
+# A server that cannot take images, in its own words: llama.cpp's 500 ("image input is not supported
+# ... mmproj"), OpenAI's 400 ("image_url is only supported by certain models"), vLLM's 400 ("<model>
+# is not a multimodal model"). Not retried; the planner goes on text-only (openai_backend.refuses_images).
+_NO_VISION = ("image input is not supported", "mmproj", "does not support image", "image_url is not supported",
+              "image_url is only supported by certain models", "is not a multimodal model")
 
 
 # A 400 about this request, not the setup (OpenAI error codes and llama.cpp's message).
