@@ -29,6 +29,7 @@ from agent.policies import make_policy
 from agent.rerank import Evidence, answer
 from agent.state import AgentState, Answer, Event, Prediction
 from agent.toolbox import tool_node
+from indices.geography import prior_country
 from indices.images import file_sha256
 from prompts.loader import load_prompt
 from tools.base import ToolError
@@ -40,13 +41,6 @@ STEPS_PER_PLAN = 2  # a plan step and its tools step, in LangGraph's recursion c
 def emit(event: Event) -> None:
     """Send a progress event on the ``custom`` stream (a no-op outside a streamed run)."""
     get_stream_writer()(event)
-
-
-def prior_country(state: AgentState) -> str | None:
-    """The prior's country, derived once per photo (``indices.geography.prior_country``)."""
-    from indices.geography import prior_country as country_of_prior
-
-    return country_of_prior(state.perception)
 
 
 def service_message(spec: str, error: str | None) -> str:
@@ -65,8 +59,7 @@ def perceive(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     if outcome.failure in FATAL_FAILURES and cfg.fallback == "none":
         raise ModelServiceError(service_message(ctx.backend.spec, outcome.error))
     perception = outcome.perception
-    draft = state.model_copy(update={"perception": perception})
-    country = prior_country(draft)
+    country = prior_country(perception)  # derived once per photo, before a country-level prior drops its point
     if perception is not None and cfg.prior_level == "country":
         # The paper's setting: only the prior's country is used, not its point.
         perception = perception.model_copy(update={"lat": None, "lon": None})

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.settings import flatten
 from eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
 from eval.records import PREDICTIONS, RunSummary, load_records
-from eval.spec import RunSpec, dataset_for, spec_from_settings
+from eval.spec import RunSpec, dataset_for
 from indices import atomic
 
 if sys.version_info >= (3, 11):
@@ -113,7 +113,7 @@ def load_plan(path: str | Path) -> list[Variant]:
                 raise ValueError(f"{path}: variant name {full!r} must be letters, digits and ._=+,- only")
             settings = {**overrides, **combo}
             try:
-                spec = spec_from_settings({**base, **settings})
+                spec = RunSpec.from_settings({**base, **settings})
             except ValueError as exc:
                 raise ValueError(f"{path}: variant {full!r}: {exc}") from None
             variants.append(Variant(name=full, spec=spec, settings=settings, row=name, grid=combo))

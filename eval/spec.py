@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -49,11 +49,6 @@ class RunSpec(ContextSpec):
         return CorruptionSpec(
             p=self.corrupt_prior, mode=self.corrupt_mode, noise_km=self.corrupt_noise_km, seed=self.seed
         )
-
-
-def spec_from_settings(settings: dict[str, Any]) -> RunSpec:
-    """A flat mapping (a plan's [base] + variant, or CLI options) -> RunSpec, settings routed by name."""
-    return RunSpec.from_settings(settings)
 
 
 # ---------------------------------------------------------------------------------- execution
