@@ -13,8 +13,9 @@ setup: $(STAMP)
 # torch is installed first and alone: any other torch requirement pulls gigabytes of CUDA.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	# Every extra ([all]) and the test tools; the package is editable: its folders map to geoguide.*
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# geoclip ships the 100K GPS gallery used by the scaling benchmark; its declared
 	# torchvision requirement has no CPU wheel here, so it goes in without deps.
@@ -38,10 +39,10 @@ test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check app agent tools prompts indices eval tests benchmarks
+	$(BIN)/ruff check geoguide core geo app agent tools prompts indices eval tests benchmarks
 
 demo: setup
-	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m app.demo
+	GEOGUIDE_DATA=$(GEOGUIDE_DATA) $(BIN)/python -m geoguide.app.demo
 
 # Long measurements (minutes; not part of `make test`): descriptor throughput and retrieval-only
 # accuracy on the shared split, then search latency and memory at 100k / 1M / 5M references.

@@ -27,10 +27,10 @@ from langgraph.checkpoint.serde import jsonplus
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ValidationError
 
-from agent.context import AgentContext
-from agent.followup import summary
-from agent.graph import build_graph, locate
-from agent.state import AgentState, Event, Prediction
+from geoguide.agent.context import AgentContext
+from geoguide.agent.followup import summary
+from geoguide.agent.graph import build_graph, locate
+from geoguide.agent.state import AgentState, Event, Prediction
 
 # ---- session files ---------------------------------------------------------------------------
 
@@ -58,6 +58,22 @@ def _session_models() -> dict[tuple[str, str], type[BaseModel]]:
         for field in cls.model_fields.values():
             todo += _models_in(field.annotation)
     return found
+
+
+# geoguide 0.1.0 installed six top-level packages; sessions it wrote name their models' modules so
+# (``agent.state``), and some of those modules have moved since. Maps an old name to today's.
+_RELEASE_0_1_MOVES = {"indices.geography": "geo", "indices.geometry": "geo.geometry"}
+_RELEASE_0_1_TOP = frozenset({"agent", "app", "eval", "indices", "prompts", "tools"})
+
+
+def current_module(module: str) -> str:
+    """Today's module path for one a session stored: ``agent.state`` -> ``geoguide.agent.state``."""
+    if module.split(".", 1)[0] not in _RELEASE_0_1_TOP:
+        return module
+    for old, new in _RELEASE_0_1_MOVES.items():
+        if module == old or module.startswith(old + "."):
+            module = new + module[len(old):]
+    return "geoguide." + module
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -120,7 +136,8 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
         if not (isinstance(tup, list | tuple) and len(tup) >= 3 and isinstance(tup[2], dict)):
             raise SessionError("a malformed model record")
         module, name, fields = tup[0], tup[1], tup[2]
-        cls = _session_models().get((module, name)) if isinstance(module, str) and isinstance(name, str) else None
+        cls = (_session_models().get((current_module(module), name))
+               if isinstance(module, str) and isinstance(name, str) else None)
         if cls is None:
             raise SessionError(f"it asks to rebuild {module}.{name}, which is not part of a geoguide session")
         try:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.backends import Backend
-from agent.config import AgentConfig
-from indices.images import load_image
-from indices.store import ReferenceIndex
+from geoguide.agent.backends import Backend
+from geoguide.agent.config import AgentConfig
+from geoguide.core.images import load_image
+from geoguide.indices.store import ReferenceIndex
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.backends import Backend, make_backend, parse_backend_options
-from agent.context import AgentContext
-from agent.policies import make_policy
-from agent.settings import ContextSpec, default_cache_path
-from indices.store import ReferenceIndex
+from geoguide.agent.backends import Backend, make_backend, parse_backend_options
+from geoguide.agent.context import AgentContext
+from geoguide.agent.policies import make_policy
+from geoguide.agent.settings import ContextSpec, default_cache_path
+from geoguide.indices.store import ReferenceIndex
 
 
 def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int,

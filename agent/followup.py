@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import re
 
-from agent.backends import BackendError, NotSupportedError
-from agent.context import AgentContext
-from agent.rerank import Evidence
-from agent.rerank import answer as answer_from
-from agent.schemas import Perception
-from agent.state import AgentState, Prediction, SearchStep
-from agent.toolbox import run_search
-from indices.geometry import haversine_km
-from indices.submaps.radius import radius_id
-from prompts.loader import load_prompt
-from tools import gazetteer, retrieval
-from tools.base import ToolError
+from geoguide.agent.backends import BackendError, NotSupportedError
+from geoguide.agent.context import AgentContext
+from geoguide.agent.rerank import Evidence
+from geoguide.agent.rerank import answer as answer_from
+from geoguide.agent.schemas import Perception
+from geoguide.agent.state import AgentState, Prediction, SearchStep
+from geoguide.agent.toolbox import run_search
+from geoguide.geo.geometry import haversine_km
+from geoguide.indices.submaps.radius import radius_id
+from geoguide.prompts.loader import load_prompt
+from geoguide.tools import gazetteer, retrieval
+from geoguide.tools.base import ToolError
 
 NEAR = re.compile(r"\b(?:near|around|close to|in)\s+(?P<place>[^?.!]+?)\s*(?:instead|then|please)?\s*[?.!]*$", re.I)
 SEARCH_VERBS = re.compile(r"\b(look|search|try|check|what about)\b", re.I)
@@ -169,7 +169,7 @@ def why_not(st: AgentState, place: str) -> str:
     """What the record says about another country: the prior's view and the retrieval evidence.
     A place that is not a country name is read as the country it lies in, and the reply says so;
     an unknown name or a continent gets a reply saying that, never another place's answer."""
-    from indices.geography import country_name, lookup_country
+    from geoguide.geo import country_name, lookup_country
 
     iso = lookup_country(place)
     pred = st.prediction

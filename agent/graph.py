@@ -23,16 +23,16 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agent.backends.errors import FATAL_FAILURES, SERVICE_FAILURES, ModelServiceError
-from agent.context import AgentContext
-from agent.policies import make_policy
-from agent.rerank import Evidence, answer
-from agent.state import AgentState, Answer, Event, Prediction
-from agent.toolbox import tool_node
-from indices.geography import prior_country
-from indices.images import file_sha256
-from prompts.loader import load_prompt
-from tools.base import ToolError
+from geoguide.agent.backends.errors import FATAL_FAILURES, SERVICE_FAILURES, ModelServiceError
+from geoguide.agent.context import AgentContext
+from geoguide.agent.policies import make_policy
+from geoguide.agent.rerank import Evidence, answer
+from geoguide.agent.state import AgentState, Answer, Event, Prediction
+from geoguide.agent.toolbox import tool_node
+from geoguide.core.images import file_sha256
+from geoguide.geo import prior_country
+from geoguide.prompts.loader import load_prompt
+from geoguide.tools.base import ToolError
 
 PERCEIVE_VARS = {"max_countries": 3}
 STEPS_PER_PLAN = 2  # a plan step and its tools step, in LangGraph's recursion count
@@ -114,7 +114,7 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
 def follow_up(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """A question about the photo already located on this thread: answered from the trail, the
     candidates and the prior (searching again near a place the user names), for every policy."""
-    from agent.followup import answer_follow_up
+    from geoguide.agent.followup import answer_follow_up
 
     text = (state.question or "").strip()
     reply, new = answer_follow_up(runtime.context, state, text)
@@ -183,7 +183,7 @@ def _cap_reached(state: AgentState, ctx: AgentContext) -> str | None:
 
 
 def _prediction(state: AgentState, ctx: AgentContext, chosen: Answer | None, scored) -> Prediction:
-    from tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
+    from geoguide.tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     country = name = city = None
     if chosen is not None:
@@ -241,7 +241,7 @@ def locate(
 
     The photo is decoded once, here, before any model is called (a clear ``ImageLoadError`` for a
     file that is not one): the context caches it by hash, and ``perceive`` reads it from there."""
-    from indices.images import load_image
+    from geoguide.core.images import load_image
 
     try:
         sha = file_sha256(Path(image_path))

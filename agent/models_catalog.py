@@ -1,6 +1,6 @@
 """``geoguide models``: every descriptor and prior backend, whether it can run on this machine,
 where it looks for weights and how to get them. Each class answers for itself through its
-``availability()`` classmethod (``indices.availability``); nothing here reaches the network."""
+``availability()`` classmethod (``core.availability``); nothing here reaches the network."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from indices.availability import NO_WEIGHTS, Availability
+from geoguide.core.availability import NO_WEIGHTS, Availability
 
 
 class ModelEntry(Availability):
@@ -26,9 +26,9 @@ def _first_line(cls: type) -> str:
 
 
 def catalog() -> Catalog:
-    import indices.descriptors  # noqa: F401 - registers the built-in descriptors
-    from agent.backends.registry import BACKENDS, _load_builtins
-    from indices.descriptors.registry import DESCRIPTORS
+    import geoguide.indices.descriptors  # noqa: F401 - registers the built-in descriptors
+    from geoguide.agent.backends.registry import BACKENDS, _load_builtins
+    from geoguide.indices.descriptors.registry import DESCRIPTORS
 
     _load_builtins()
     entries = []

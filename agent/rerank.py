@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agent.config import AgentConfig, NoPriorConfig
-from agent.schemas import Perception
-from agent.state import Answer, ScoredCandidate
-from indices.geometry import haversine_km
-from tools.retrieval import Candidate
+from geoguide.agent.config import AgentConfig, NoPriorConfig
+from geoguide.agent.schemas import Perception
+from geoguide.agent.state import Answer, ScoredCandidate
+from geoguide.geo.geometry import haversine_km
+from geoguide.tools.retrieval import Candidate
 
 
 def dedupe(cands: list[Candidate]) -> list[Candidate]:
@@ -113,7 +113,7 @@ def choose_answer(
                       why=f"medoid of the {len(cluster)} {via}candidate(s) around the best match "
                           f"({top.ref_id}, similarity {top.similarity:.2f})")
     if prior_country:
-        from indices.geography import countries
+        from geoguide.geo import countries
 
         c = countries().get(prior_country)
         if c is not None:

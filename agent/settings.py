@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.config import AgentConfig
+from geoguide.agent.config import AgentConfig
 
 DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS = 60.0, 4
 

@@ -17,8 +17,8 @@ from langgraph.graph import add_messages
 from langgraph.managed import RemainingSteps
 from pydantic import BaseModel, Field
 
-from agent.schemas import Perception, PriorFailure, Usage
-from tools.retrieval import Candidate, SearchSummary
+from geoguide.agent.schemas import Perception, PriorFailure, Usage
+from geoguide.tools.retrieval import Candidate, SearchSummary
 
 # Why a search was made. The rules policy reads these; the search tool pools every search's
 # candidates except a probe's, and ``finalize`` treats ``contradiction`` searches as licence to move far.

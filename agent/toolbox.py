@@ -22,11 +22,11 @@ from langgraph.prebuilt.tool_node import ToolInvocationError
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
-from agent.context import AgentContext
-from agent.state import AgentState, Answer, Event, SearchIntent, SearchStep
-from indices.registry import Registry
-from tools import gazetteer, read_text, retrieval
-from tools.base import ToolError
+from geoguide.agent.context import AgentContext
+from geoguide.agent.state import AgentState, Answer, Event, SearchIntent, SearchStep
+from geoguide.core.registry import Registry
+from geoguide.tools import gazetteer, read_text, retrieval
+from geoguide.tools.base import ToolError
 
 
 class SubmitLocationArgs(BaseModel):

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from agent.settings import default_cache_path
-from app.locate import check_service, format_prediction, print_event
-from app.options import AgentOptions, agent_options
-from indices.errors import GeoguideError
+from geoguide.agent.settings import default_cache_path
+from geoguide.app.locate import check_service, format_prediction, print_event
+from geoguide.app.options import AgentOptions, agent_options
+from geoguide.core.errors import GeoguideError
 
 commands = typer.Typer()
 
@@ -40,10 +40,10 @@ def chat_cmd(
     opts: AgentOptions,
 ) -> None:
     """A terminal chat: attach a photo, watch the steps, ask follow-ups; sessions survive restarts."""
-    from agent.backends import BackendError
-    from agent.chat import ChatSession, summary
-    from agent.factory import build_context
-    from indices.images import ImageLoadError
+    from geoguide.agent.backends import BackendError
+    from geoguide.agent.chat import ChatSession, summary
+    from geoguide.agent.factory import build_context
+    from geoguide.core.images import ImageLoadError
 
     ctx = build_context(opts.context_spec())
     chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event,

@@ -11,19 +11,36 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 
-from app import chat, evaluate, locate, serve
-from app.index import index_app
-from app.options import CLIError
+from geoguide.app import chat, evaluate, llama, locate, serve
+from geoguide.app.index import index_app
+from geoguide.app.options import CLIError
 
 __all__ = ["CLIError", "app", "entry", "main"]
 
 app = typer.Typer(add_completion=False, help="Where was this photo taken?")
-for module in (locate, chat, serve, evaluate):
+for module in (locate, chat, serve, evaluate, llama):
     app.registered_commands += module.commands.registered_commands
 app.add_typer(index_app, name="index")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from geoguide.core.version import provenance
+
+        p = provenance()
+        where = f" (checkout {p.commit[:12]}{', modified' if p.dirty else ''})" if p.commit else ""
+        typer.echo(f"geoguide {p.version}{where}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                help="print geoguide's version and exit")] = False) -> None:
+    """Where was this photo taken?"""
 
 
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in geoguide, never a user's mistake
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     needs it, so ``--help`` answers at once."""
     import os
 
-    from indices.errors import GeoguideError
+    from geoguide.core.errors import GeoguideError
 
     logging.basicConfig(level=logging.WARNING, format="geoguide: %(levelname)s: %(message)s")
     usage_error, exit_request, abort = _click_exceptions()

@@ -28,13 +28,13 @@ def main() -> int:
               f"(IMG_ID,AUTHOR,LAT,LON) and {PRIOR_FILE}, e.g.\n"
               "  make demo GEOGUIDE_DATA=/path/to/shared/data/im2gps3k", file=sys.stderr)
         return 2
-    from agent.factory import build_context
-    from agent.graph import locate
-    from agent.settings import ContextSpec
-    from eval.datasets import load_dataset
-    from indices.build import BuildConfig, build_index
-    from indices.geometry import haversine_km
-    from tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
+    from geoguide.agent.factory import build_context
+    from geoguide.agent.graph import locate
+    from geoguide.agent.settings import ContextSpec
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.geo.geometry import haversine_km
+    from geoguide.indices.build import BuildConfig, build_index
+    from geoguide.tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     samples = load_dataset("csv", labels=data / "labels.csv", images=data / "images").samples
     out = Path(os.environ.get("GEOGUIDE_DEMO_OUT", "demo_out")) / "index-effnet-gem"

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from app.options import AgentOptions, CLIError, agent_options
+from geoguide.app.options import AgentOptions, CLIError, agent_options
 
 if TYPE_CHECKING:
-    from eval.records import RunSummary
-    from eval.spec import RunSpec
+    from geoguide.eval.records import RunSummary
+    from geoguide.eval.spec import RunSpec
 
 commands = typer.Typer()
 
@@ -48,8 +48,8 @@ def eval_cmd(
     opts: AgentOptions,
 ) -> None:
     """Benchmark the agent on a labelled photo set: predictions.jsonl, summary.json/.md, run.json."""
-    from eval.records import summary_markdown
-    from eval.spec import RunSpec
+    from geoguide.eval.records import summary_markdown
+    from geoguide.eval.spec import RunSpec
 
     spec = RunSpec.from_settings({
         **opts.settings_map(), "images": images, "labels": labels, "dataset": dataset,
@@ -62,8 +62,8 @@ def eval_cmd(
 
 
 def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:
-    from eval.runner import EvalError
-    from eval.spec import execute
+    from geoguide.eval.runner import EvalError
+    from geoguide.eval.spec import execute
 
     try:
         return execute(spec, out, restart=restart, progress=True)
@@ -88,7 +88,7 @@ def ablate_cmd(
     kmeans_clusters, perceive_prompt; aliases rerank, rerank_weight, prompt). Relative paths are
     relative to the current directory, as on the command line.
     """
-    from eval.ablation import load_plan, run_plan
+    from geoguide.eval.ablation import load_plan, run_plan
 
     variants = load_plan(plan)
     typer.echo(f"{len(variants)} variant(s): {', '.join(v.name for v in variants)}", err=True)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from agent.settings import parse_assignment
-from app.options import CLIError, echo_json
+from geoguide.agent.settings import parse_assignment
+from geoguide.app.options import CLIError, echo_json
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and inspect reference indices.")
 
@@ -41,11 +41,11 @@ def index_build(
     km: Annotated[float, typer.Option("--km", help="with --exclude-near: the separation in km (OSV-5M: 1)")] = 1.0,
 ) -> None:
     """Describe reference photos and write a searchable, submap-partitioned index."""
-    from eval.datasets import load_dataset
-    from indices.build import BuildConfig, build_index, validate_build_config
-    from indices.distributed import RayOptions
-    from indices.filtering import REMOVED_NAME, read_removed, rule_counts
-    from indices.manifest import SourceInfo
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.build import BuildConfig, build_index, validate_build_config
+    from geoguide.indices.distributed import RayOptions
+    from geoguide.indices.filtering import REMOVED_NAME, read_removed, rule_counts
+    from geoguide.indices.manifest import SourceInfo
 
     if images is None and labels is None:
         raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
@@ -86,8 +86,8 @@ def load_query_points(labels: Path, km: float):
     """A benchmark's query locations (any labels layout ``eval.datasets`` reads) for the leakage rule."""
     import logging
 
-    from eval.datasets import load_dataset
-    from indices.filtering import query_points
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.filtering import query_points
 
     data = load_dataset("csv", labels=labels)
     if data.report.n_bad:
@@ -100,7 +100,7 @@ def load_query_points(labels: Path, km: float):
 
 def _filter_config(dedupe: bool, dedupe_bits: int, exclude_near: Path | None, km: float):
     """The filter options as a ``FilterConfig`` (the query file is read here, so a bad one fails first)."""
-    from indices.filtering import FilterConfig
+    from geoguide.indices.filtering import FilterConfig
 
     points = load_query_points(exclude_near, km) if exclude_near is not None else None
     return FilterConfig(dedupe=dedupe, max_hamming=dedupe_bits, exclude_near=points.spec if points else None,
@@ -119,8 +119,8 @@ def index_filter(
     workers: Annotated[int, typer.Option("--workers", min=1, help="threads reading photos for --dedupe")] = 2,
 ) -> None:
     """Remove near-duplicate references and references near a benchmark's queries from a built index."""
-    from indices.filtering import filter_index, write_removed_ids
-    from indices.update import apply_filter
+    from geoguide.indices.filtering import filter_index, write_removed_ids
+    from geoguide.indices.update import apply_filter
 
     if not dedupe and exclude_near is None:
         raise CLIError("give --dedupe and/or --exclude-near CSV [--km R]")
@@ -145,7 +145,7 @@ def index_info(
     top: Annotated[int, typer.Option("--top", help="largest submaps shown per scheme")] = 5,
 ) -> None:
     """Counts per scheme, largest submaps, descriptor and size on disk."""
-    from indices.store import ReferenceIndex
+    from geoguide.indices.store import ReferenceIndex
 
     index = ReferenceIndex(index_dir)
     m = index.manifest
@@ -215,9 +215,9 @@ def index_add(
 
     Only the new rows are written; learned parts stay frozen. Run it again after an interruption.
     """
-    from eval.datasets import load_dataset
-    from indices.manifest import SourceInfo
-    from indices.update import add_references
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.manifest import SourceInfo
+    from geoguide.indices.update import add_references
 
     if labels is not None:
         data = load_dataset("csv", labels=labels, images=images, require_images=True)
@@ -247,7 +247,7 @@ def index_remove(
 
     Removed rows become tombstones: nothing else is rewritten until index compact.
     """
-    from indices.update import ids_of_author, remove_references
+    from geoguide.indices.update import ids_of_author, remove_references
 
     if (ids is None) == (author is None):
         raise CLIError("give exactly one of --ids FILE or --author ID")
@@ -275,7 +275,7 @@ def index_compact(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", hel
     """
     import time
 
-    from indices.update import compact_index
+    from geoguide.indices.update import compact_index
 
     t = time.perf_counter()
     rep = compact_index(index_dir)
@@ -294,7 +294,7 @@ def index_verify(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help
     """
     import time
 
-    from indices.store import ReferenceIndex
+    from geoguide.indices.store import ReferenceIndex
 
     t = time.perf_counter()
     index = ReferenceIndex(index_dir, verify=True)

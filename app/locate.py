@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.options import AgentOptions, CLIError, agent_options, echo_json
+from geoguide.app.options import AgentOptions, CLIError, agent_options, echo_json
 
 commands = typer.Typer()
 
@@ -22,10 +22,10 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Visual place recognition: the most similar references inside one submap."""
-    from indices.images import load_image
-    from indices.store import ReferenceIndex
-    from tools.base import ToolError
-    from tools.retrieval import SearchArgs, search_submap
+    from geoguide.core.images import load_image
+    from geoguide.indices.store import ReferenceIndex
+    from geoguide.tools.base import ToolError
+    from geoguide.tools.retrieval import SearchArgs, search_submap
 
     img = load_image(image)
     index = ReferenceIndex(index_dir)
@@ -71,7 +71,7 @@ def format_prediction(pred) -> str:
 def check_service(pred) -> None:
     """A prediction made while the model was failing is not what was asked for, unless the user
     accepted a retrieval fallback: the answer is printed, then this makes the exit non-zero."""
-    from agent.backends.errors import ModelServiceError
+    from geoguide.agent.backends.errors import ModelServiceError
 
     failure = pred.model_failure()
     if failure:
@@ -82,15 +82,31 @@ def check_service(pred) -> None:
 @commands.command("locate")
 @agent_options
 def locate_cmd(
-    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="the photo")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction as JSON")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not stream the steps")] = False,
+    photos: Annotated[list[str], typer.Argument(metavar="PHOTO|DIR|GLOB...", help=(
+        "a photo; several, a folder (searched recursively) or a quoted glob make a batch"))],
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction (a batch: one JSON row "
+                                                         "per photo) as JSON")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not stream the steps or the progress bar")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help=(
+        "write one row per photo to .csv, .jsonl, .geojson or .kml; a re-run skips the photos already located"))] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="photos located at once (worth it for remote "
+                                                                   "models)")] = 1,
     *,
     opts: AgentOptions,
 ) -> None:
-    """Where was this photo taken? Streams the agent's steps, then the answer and its evidence."""
-    from agent.factory import build_context
-    from agent.graph import locate
+    """Where was this photo taken? Streams the agent's steps, then the answer and its evidence.
+    Several photos, a folder or a glob: a batch, with a row per photo and a summary at the end."""
+    import glob
+
+    if out is None and len(photos) == 1 and not glob.has_magic(photos[0]) and not Path(photos[0]).is_dir():
+        _locate_one(Path(photos[0]), as_json, quiet, opts)
+    else:
+        _locate_batch(photos, out, workers, as_json, quiet, opts)
+
+
+def _locate_one(image: Path, as_json: bool, quiet: bool, opts: AgentOptions) -> None:
+    from geoguide.agent.factory import build_context
+    from geoguide.agent.graph import locate
 
     ctx = build_context(opts.context_spec())
     try:
@@ -101,12 +117,37 @@ def locate_cmd(
     check_service(pred)
 
 
+def _locate_batch(photos: list[str], out: Path | None, workers: int, as_json: bool, quiet: bool,
+                  opts: AgentOptions) -> None:
+    from geoguide.api import Geolocator
+    from geoguide.batch import check_out, expand_photos, run_batch
+
+    if out is not None:
+        check_out(out)  # a format geoguide cannot write fails before any model loads
+    paths = expand_photos(photos)
+
+    def show(row) -> None:
+        if as_json:
+            typer.echo(row.model_dump_json())
+        elif row.status == "located":
+            typer.echo(f"{row.photo}\t{row.lat:.5f}, {row.lon:.5f}\t{row.place or ''}\t{row.source}"
+                       + ("\t(EXIF has GPS)" if row.exif_gps else ""))
+        else:
+            typer.echo(f"{row.photo}\tfailed: {row.error}")
+
+    with Geolocator.from_spec(opts.context_spec()) as g:
+        s = run_batch(g, paths, out, workers=workers, progress=not quiet, emit=show if out is None else None)
+    where = f" -> {s.out}" if s.out else ""
+    typer.echo(f"located {s.located} of {s.photos} photos ({s.failed} failed, {s.skipped} already done, "
+               f"{s.exif_gps} with GPS in their EXIF){where}", err=True)
+
+
 @commands.command("models")
 def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Every descriptor and prior backend: can it run here, where it looks for weights, how to get them."""
-    from agent.models_catalog import catalog
+    from geoguide.agent.models_catalog import catalog
 
     cat = catalog()
     if as_json:

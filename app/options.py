@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel
 
-from agent.settings import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, ContextSpec, parse_assignment
-from indices.errors import GeoguideError
+from geoguide.agent.settings import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, ContextSpec, parse_assignment
+from geoguide.core.errors import GeoguideError
 
 
 class CLIError(GeoguideError):
@@ -36,7 +36,7 @@ def echo_json(obj: Any) -> None:
 
 def _known_policy(value: str) -> str:
     """Check ``--policy`` against the registry when the command runs (not at ``--help`` time)."""
-    from agent.policies import POLICIES
+    from geoguide.agent.policies import POLICIES
 
     if value not in POLICIES:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, sorted(POLICIES)))}")
@@ -44,7 +44,7 @@ def _known_policy(value: str) -> str:
 
 
 def _known_backend(value: str | None) -> str | None:
-    from agent.backends import available_backends, parse_spec
+    from geoguide.agent.backends import available_backends, parse_spec
 
     if value is not None and parse_spec(value)[0] not in available_backends():
         raise typer.BadParameter(

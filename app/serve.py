@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from agent.settings import default_cache_path
-from app.options import AgentOptions, agent_options
+from geoguide.agent.settings import default_cache_path
+from geoguide.app.options import AgentOptions, agent_options
 
 commands = typer.Typer()
 
@@ -28,17 +28,21 @@ def serve_cmd(
     opts: AgentOptions,
 ) -> None:
     """The web page (http://HOST:PORT/) and the HTTP API (OpenAPI at /docs)."""
+    from geoguide.core.extras import require
+
+    for module in ("fastapi", "uvicorn", "multipart", "fastapi_offline"):
+        require(module, "serve", "geoguide serve")
     import uvicorn
 
-    from agent.factory import build_context
-    from app.server import check_binding, create_app, warm_up
-    from app.web_sessions import Truth
+    from geoguide.agent.factory import build_context
+    from geoguide.app.server import check_binding, create_app, warm_up
+    from geoguide.app.web_sessions import Truth
 
     for warning in check_binding(host, token, insecure):
         typer.echo(f"geoguide: warning: {warning}", err=True)
     truth = None
     if labels is not None:
-        from eval.datasets import load_dataset
+        from geoguide.eval.datasets import load_dataset
 
         truth = {s.image_id: Truth(lat=s.lat, lon=s.lon, author=s.author)
                  for s in load_dataset("csv", labels=labels).samples}

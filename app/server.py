@@ -36,11 +36,11 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from agent.backends.errors import ModelServiceError
-from agent.context import AgentContext, SerialDescriptor
-from agent.state import Event, Prediction
-from app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
-from indices.images import ImageLoadError, decode_image, load_image
+from geoguide.agent.backends.errors import ModelServiceError
+from geoguide.agent.context import AgentContext, SerialDescriptor
+from geoguide.agent.state import Event, Prediction
+from geoguide.app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
+from geoguide.core.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
 THUMBNAIL_SIDE = 256
@@ -282,7 +282,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
 
     @app.get("/api/countries.geojson")
     def countries() -> JSONResponse:
-        from indices.outlines import countries_geojson
+        from geoguide.geo.outlines import countries_geojson
 
         return JSONResponse(countries_geojson(), media_type="application/geo+json",
                             headers={"Cache-Control": "public, max-age=86400"})
@@ -337,9 +337,9 @@ def warm_up(ctx: AgentContext) -> None:
     """Load what the first request would otherwise pay for (the descriptor model, the country
     polygons and neighbours, the gazetteer, the map outlines): measured 7.9 s on the shared
     split's effnet index."""
-    from indices.geography import country_at, neighbours
-    from indices.outlines import countries_geojson
-    from tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
+    from geoguide.geo import country_at, neighbours
+    from geoguide.geo.outlines import countries_geojson
+    from geoguide.tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     ctx.index.descriptor().extract([Image.new("RGB", (64, 64))])
     country_at(48.85, 2.35)
@@ -350,7 +350,7 @@ def warm_up(ctx: AgentContext) -> None:
 
 def check_binding(host: str, token: str | None, insecure: bool) -> list[str]:
     """Refuse an open binding without a token; returns warnings to print."""
-    from indices.errors import GeoguideError
+    from geoguide.core.errors import GeoguideError
 
     local = host in ("127.0.0.1", "localhost", "::1")
     if local or token:

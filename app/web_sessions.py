@@ -22,10 +22,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent.chat import ChatSession, SessionError
-from agent.context import AgentContext, SerialDescriptor
-from agent.state import Event, Prediction
-from indices.geometry import haversine_km
+from geoguide.agent.chat import ChatSession, SessionError
+from geoguide.agent.context import AgentContext, SerialDescriptor
+from geoguide.agent.state import Event, Prediction
+from geoguide.geo.geometry import haversine_km
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -147,7 +147,15 @@ class SessionStore:
             chat.close()
             raise UnknownSession(f"session {session_id!r} has no photo")
         chat.ctx = self._context(st.image_id, self._excluded(chat))
+        self._relocate_photo(chat, Path(st.image_path))
         return chat
+
+    def _relocate_photo(self, chat: ChatSession, stored: Path) -> None:
+        """A session's photo lives in its own upload folder; when the state folder was moved (a new
+        disk, a restored backup) the absolute path stored then is stale: point it here once."""
+        here = self.uploads / chat.session_id / stored.name
+        if stored != here and here.is_file():  # never reach back into the folder it was moved from
+            chat.graph.update_state(chat._config, {"image_path": str(here)}, as_node="finalize")
 
     def _excluded(self, chat: ChatSession) -> str | None:
         base = set(self.ctx.config.exclude_authors)

@@ -32,7 +32,7 @@ TARGET_S = 0.5
 
 def time_once(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, check=False)
+    subprocess.run([sys.executable, "-m", "geoguide", *args], cwd=REPO, capture_output=True, check=False)
     return time.perf_counter() - start
 
 

@@ -27,8 +27,8 @@ def throughput(name: str, paths: list[Path], n: int = 100, threads: int = 1) -> 
     import faiss
     import torch
 
-    from indices.descriptors import get_descriptor
-    from indices.images import load_image
+    from geoguide.core.images import load_image
+    from geoguide.indices.descriptors import get_descriptor
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -46,7 +46,7 @@ def throughput(name: str, paths: list[Path], n: int = 100, threads: int = 1) -> 
 
 def retrieval_errors(index) -> np.ndarray:
     """Top-1 leave-one-photographer-out error (km) of every reference, searching the whole map."""
-    from indices.geometry import haversine_km
+    from geoguide.geo.geometry import haversine_km
 
     sel = index.resolve("global")
     errors = np.empty(len(index))
@@ -60,7 +60,7 @@ def retrieval_errors(index) -> np.ndarray:
 
 
 def oracle_errors(index) -> np.ndarray:
-    from indices.geometry import haversine_km
+    from geoguide.geo.geometry import haversine_km
 
     lat, lon = np.asarray(index.refs["lat"]), np.asarray(index.refs["lon"])
     authors = np.asarray(index.refs["author"])
@@ -80,10 +80,10 @@ def main() -> None:
     ap.add_argument("--throughput-images", type=int, default=96)
     args = ap.parse_args()
 
-    from eval.datasets import load_dataset
-    from eval.metrics import markdown_table, summarize
-    from indices.build import BuildConfig, build_index
-    from indices.store import ReferenceIndex
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.eval.metrics import markdown_table, summarize
+    from geoguide.indices.build import BuildConfig, build_index
+    from geoguide.indices.store import ReferenceIndex
 
     data = Path(args.data)
     samples = load_dataset("csv", labels=data / "labels.csv", images=data / "images").samples

@@ -41,8 +41,8 @@ VARIANTS = {
 
 
 def threshold(data: Path, n: int, bits: int) -> dict:
-    from indices.filtering import dhash128
-    from indices.images import load_image
+    from geoguide.core.images import load_image
+    from geoguide.indices.filtering import dhash128
 
     paths = sorted((data / "images").glob("*.jpg"))[:n]
     images = [load_image(p) for p in paths]
@@ -60,7 +60,7 @@ def threshold(data: Path, n: int, bits: int) -> dict:
 
 
 def speed(n_refs: int, n_queries: int, km: float, n_codes: int, bits: int) -> dict:
-    from indices.filtering import ExcludeNear, QueryPoints, _near_code_pairs, near_queries
+    from geoguide.indices.filtering import ExcludeNear, QueryPoints, _near_code_pairs, near_queries
 
     rng = np.random.default_rng(0)
 
@@ -123,7 +123,7 @@ def main() -> None:
     print(f"duplicate search: {dd['codes']:,} codes, {dd['planted']:,} near copies planted "
           f"({dd['bits']} bits flipped): {dd['pairs_found']:,} pairs found in {dd['seconds']} s (one thread)")
     if args.json:
-        from indices import atomic
+        from geoguide.core import atomic
 
         atomic.write_json(args.json, result)
 

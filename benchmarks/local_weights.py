@@ -30,9 +30,9 @@ def write_checkpoint(name: str, folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from indices.descriptors.local_weights import shapes
-    from indices.descriptors.megaloc_model import MegaLoc
-    from indices.descriptors.netvlad_model import NetVLAD
+    from geoguide.indices.descriptors.local_weights import shapes
+    from geoguide.indices.descriptors.megaloc_model import MegaLoc
+    from geoguide.indices.descriptors.netvlad_model import NetVLAD
 
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -49,7 +49,7 @@ def measure(name: str, threads: int, photos: int) -> dict:
     """Load + describe ``photos`` 640 x 480 photos with the default options, in this process."""
     import numpy as np
 
-    from indices.descriptors import get_descriptor
+    from geoguide.indices.descriptors import get_descriptor
     from tests.synthetic import place_image
 
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:

@@ -39,12 +39,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.config import NoPriorConfig  # noqa: E402
-from agent.rerank import vote  # noqa: E402
-from indices.geography import continent_of  # noqa: E402
-from indices.geometry import haversine_km  # noqa: E402
-from indices.store import ReferenceIndex  # noqa: E402
-from tools.retrieval import Candidate  # noqa: E402
+from geoguide.agent.config import NoPriorConfig  # noqa: E402
+from geoguide.agent.rerank import vote  # noqa: E402
+from geoguide.geo import continent_of  # noqa: E402
+from geoguide.geo.geometry import haversine_km  # noqa: E402
+from geoguide.indices.store import ReferenceIndex  # noqa: E402
+from geoguide.tools.retrieval import Candidate  # noqa: E402
 
 THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -76,8 +76,8 @@ def imagenet_probs(index: ReferenceIndex, data: Path, cache: Path) -> np.ndarray
         return np.load(cache)
     from PIL import Image
 
-    from indices.descriptors.efficientnet_lite import default_weights_path
-    from indices.descriptors.effnet_gem import EffNetGeM, _inference_model
+    from geoguide.indices.descriptors.efficientnet_lite import default_weights_path
+    from geoguide.indices.descriptors.effnet_gem import EffNetGeM, _inference_model
 
     model = _inference_model(str(default_weights_path()))
     torch.set_num_threads(1)

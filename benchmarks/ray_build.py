@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def timed_build(samples, out: Path, config, ray_options) -> dict:
-    from indices.build import build_index
+    from geoguide.indices.build import build_index
 
     shards: list[float] = []
     shutil.rmtree(out, ignore_errors=True)
@@ -92,9 +92,9 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from eval.datasets import load_dataset
-    from indices.build import BuildConfig
-    from indices.distributed import RayOptions
+    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.build import BuildConfig
+    from geoguide.indices.distributed import RayOptions
 
     samples = load_dataset("csv", labels=args.data / "labels.csv", images=args.data / "images").samples[: args.n]
     # One torch thread per describer, in-process too, so the runs compare workers, not thread pools.
@@ -137,7 +137,7 @@ def main() -> None:
     print(f"  control (the same pipeline, {pipeline['chunks']} chunks sleeping {pipeline['sleep_s']} s, no CPU): "
           f"1 actor {pipeline['ray_1_s']} s, 2 actors {pipeline['ray_2_s']} s = {pipeline['ratio_2_to_1']}x")
     if args.json:
-        from indices import atomic
+        from geoguide.core import atomic
 
         atomic.write_json(args.json, result)
 

@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from indices.geography import country_at  # noqa: E402
-from indices.images import ImageLoadError  # noqa: E402
-from tools.base import ToolError  # noqa: E402
-from tools.read_text import read_text_file  # noqa: E402
+from geoguide.core.images import ImageLoadError  # noqa: E402
+from geoguide.geo import country_at  # noqa: E402
+from geoguide.tools.base import ToolError  # noqa: E402
+from geoguide.tools.read_text import read_text_file  # noqa: E402
 
 
 def no_prior_ids(data: Path) -> set[str]:
@@ -50,8 +50,8 @@ def summarize(rows: list[dict], subset: set[str] | None = None) -> dict:
 def runs_table(runs: list[Path], data: Path) -> str:
     """Markdown: % within 1 / 25 / 200 / 750 / 2500 km of each eval run, on all photos, on those
     with a prior and on those without (a photo the run did not answer counts as a miss)."""
-    from eval.metrics import THRESHOLDS_KM, accuracy_at
-    from eval.records import PREDICTIONS, load_records
+    from geoguide.eval.metrics import THRESHOLDS_KM, accuracy_at
+    from geoguide.eval.records import PREDICTIONS, load_records
 
     ids = [r["IMG_ID"] for r in csv.DictReader((data / "labels.csv").open())]
     without = no_prior_ids(data)
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = [x for x in labels if x["IMG_ID"] in wanted]
     where = None
     if args.index:  # countries ranked by the map's photos, as the agent ranks them
-        from indices.store import ReferenceIndex
-        from tools.read_text import photos_per_country
+        from geoguide.indices.store import ReferenceIndex
+        from geoguide.tools.read_text import photos_per_country
 
         where = photos_per_country(ReferenceIndex(args.index))
     rows, bad, times = [], [], []

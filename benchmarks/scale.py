@@ -39,8 +39,8 @@ N_COMPONENTS, N_PLACES = 32, 4096
 BUILD_CHUNK = 250_000
 FLAT_MAX = 2_000_000  # above it, the in-RAM FAISS comparison index would crowd a 24 GB machine
 
-from indices import atomic  # noqa: E402
-from indices.descriptors.base import Descriptor  # noqa: E402
+from geoguide.core import atomic  # noqa: E402
+from geoguide.indices.descriptors.base import Descriptor  # noqa: E402
 
 
 class SyntheticDescriptor(Descriptor):
@@ -121,10 +121,10 @@ class GeneratedRows:
 
 
 def build(n: int, dim: int, store: str, out: Path) -> float:
-    from indices.geography import countries_at
-    from indices.manifest import SourceInfo
-    from indices.submaps import parse_schemes
-    from indices.writer import write_index
+    from geoguide.geo import countries_at
+    from geoguide.indices.manifest import SourceInfo
+    from geoguide.indices.submaps import parse_schemes
+    from geoguide.indices.writer import write_index
 
     rng = np.random.default_rng(0)
     g = gallery()
@@ -173,7 +173,7 @@ def measure(index_dir: str, n_queries: int) -> dict:
     import faiss
     import psutil
 
-    from indices.store import ReferenceIndex
+    from geoguide.indices.store import ReferenceIndex
 
     faiss.omp_set_num_threads(1)
     t = time.perf_counter()

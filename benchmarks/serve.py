@@ -110,7 +110,7 @@ def main() -> int:
     if len(rows) < need:
         raise SystemExit(f"{a.data} has {len(rows)} photos; this run needs {need}")
     state = tempfile.mkdtemp(prefix="geoguide-bench-serve-")
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--index", str(a.index), "--port", str(a.port),
+    server = subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(a.index), "--port", str(a.port),
                                "--vlm", f"replay:{a.data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
                                "--rate-limit", "100000"], cwd=REPO)
     try:

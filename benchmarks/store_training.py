@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indices import atomic  # noqa: E402
-from indices.stores import parse_store  # noqa: E402
+from geoguide.core import atomic  # noqa: E402
+from geoguide.indices.stores import parse_store  # noqa: E402
 
 
 def train_seconds(spec: str, sample: np.ndarray, polysemous: bool) -> float:

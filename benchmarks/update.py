@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from indices import atomic  # noqa: E402
+from geoguide.core import atomic  # noqa: E402
 
 
 @dataclass
@@ -76,7 +76,7 @@ def searches(a_dir: Path, b_dir: Path, queries: np.ndarray, targets: dict[str, s
              rounds: int) -> dict[str, tuple[float, float]]:
     """p50 ms of each target on index a and index b, timed alternately query by query (the shared
     machine's load drifts; alternating puts the same drift on both), after one untimed pass."""
-    from indices.store import ReferenceIndex
+    from geoguide.indices.store import ReferenceIndex
 
     a, b = ReferenceIndex(a_dir), ReferenceIndex(b_dir)
     out = {}
@@ -98,8 +98,8 @@ def run(n: int, dim: int, work: Path, n_update: int, n_queries: int, rounds: int
     import faiss
     import scale
 
-    from indices.store import ReferenceIndex
-    from indices.update import add_described, compact_index, remove_references
+    from geoguide.indices.store import ReferenceIndex
+    from geoguide.indices.update import add_described, compact_index, remove_references
 
     faiss.omp_set_num_threads(1)
     out = work / f"n{n}-d{dim}-fp16"
@@ -161,7 +161,7 @@ def warm_up(work: Path, dim: int) -> None:
     """An untimed add and remove on a small scratch map: the process's one-time costs, paid here."""
     import scale
 
-    from indices.update import add_described, remove_references
+    from geoguide.indices.update import add_described, remove_references
 
     scratch = work / "warm-up"
     shutil.rmtree(scratch, ignore_errors=True)

@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from agent.settings import flatten
-from eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
-from eval.records import PREDICTIONS, RunSummary, load_records
-from eval.spec import RunSpec, dataset_for
-from indices import atomic
+from geoguide.agent.settings import flatten
+from geoguide.core import atomic
+from geoguide.eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
+from geoguide.eval.records import PREDICTIONS, RunSummary, load_records
+from geoguide.eval.spec import RunSpec, dataset_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -227,8 +227,9 @@ def save_plot(
     target: Path, plot: Callable[[Any, Sequence[VariantResult]], bool], results: Sequence[VariantResult]
 ) -> bool:
     """Draw with ``plot(fig, results)``; False (nothing written) when it does not apply."""
-    import matplotlib
+    from geoguide.core.extras import require
 
+    matplotlib = require("matplotlib", "plots", "ablate's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

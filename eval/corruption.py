@@ -21,15 +21,15 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from agent.backends.base import Backend
-from agent.backends.media import ImageInput
-from agent.schemas import AssistantTurn, CountryGuess, Perception, PerceptionOutcome
-from indices.geometry import EARTH_RADIUS_KM, latlon_to_unit, unit_to_latlon
+from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.media import ImageInput
+from geoguide.agent.schemas import AssistantTurn, CountryGuess, Perception, PerceptionOutcome
+from geoguide.geo.geometry import EARTH_RADIUS_KM, latlon_to_unit, unit_to_latlon
 
 
 def _random_country(iso2: str | None, rng: np.random.Generator) -> str:
     """Any other country, uniformly."""
-    from indices.geography import countries
+    from geoguide.geo import countries
 
     pool = sorted(c for c in countries() if c != iso2)
     return pool[int(rng.integers(len(pool)))]
@@ -38,7 +38,7 @@ def _random_country(iso2: str | None, rng: np.random.Generator) -> str:
 def _neighbour_country(iso2: str | None, rng: np.random.Generator) -> str:
     """A land neighbour on the same continent (France -> Spain, not French Guiana's Brazil);
     any neighbour if none shares the continent; a random country for islands and unknowns."""
-    from indices.geography import all_neighbours, continent_of
+    from geoguide.geo import all_neighbours, continent_of
 
     near = all_neighbours(iso2)
     same = [c for c in near if continent_of(c) == continent_of(iso2)]
@@ -109,7 +109,7 @@ def corrupt_perception(
     perception: Perception, spec: CorruptionSpec, rng: np.random.Generator
 ) -> tuple[Perception, CorruptionApplied]:
     """The corrupted prior and what changed. The rationale is replaced: it names the true place."""
-    from indices.geography import countries, country_at, prior_country
+    from geoguide.geo import countries, country_at, prior_country
 
     top = perception.top_country
     iso = prior_country(perception)

@@ -70,13 +70,12 @@ from typing import ClassVar, TypeVar
 from PIL import ExifTags, Image
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from indices.errors import GeoguideError
-from indices.geometry import validate_latlon
-from indices.registry import Registry
+from geoguide.core.errors import GeoguideError
+from geoguide.core.registry import Registry
+from geoguide.geo.geometry import validate_latlon
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PROBLEMS = 20  # enough to diagnose a bad file without flooding a log or a run summary
 MAX_DROPPED = 1000  # dropped rows listed one by one in a report; the counts are always exact
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -258,7 +257,7 @@ class DatasetLoader(ABC):
     def load(self) -> LoadedDataset: ...
 
 
-# The loaders of this module, by name (the one registry idiom: ``indices.registry``).
+# The loaders of this module, by name (the one registry idiom: ``core.registry``).
 DATASETS: Registry[type[DatasetLoader]] = Registry("dataset", key=None,
                                                    unknown="unknown dataset {name!r}; registered: {available}")
 
@@ -284,9 +283,13 @@ def load_dataset(
 
 
 def shared_data_root() -> Path:
-    """The shared development split: ``$GEOGUIDE_DATA`` or ``<repo>/../shared/data/im2gps3k``."""
+    """The shared development split's folder: ``$GEOGUIDE_DATA``. Never guessed from where the
+    package sits: installed, that is site-packages (the tests and ``make demo`` set the variable)."""
     env = os.environ.get("GEOGUIDE_DATA")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data" / "im2gps3k"
+    if not env:
+        raise LabelsError("no data folder: pass --labels (and --images), or set GEOGUIDE_DATA to a folder "
+                           "with labels.csv and images/ (e.g. shared/data/im2gps3k)")
+    return Path(env).expanduser()
 
 
 # --------------------------------------------------------------------------------------- table files

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indices.geometry import haversine_km
+from geoguide.geo.geometry import haversine_km
 
 THRESHOLDS_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
 """Street / city / region / country / continent."""
@@ -145,12 +145,12 @@ def bootstrap_ci(
 
 
 def continents_for(lats: Sequence[float], lons: Sequence[float]) -> list[str]:
-    """Continent of each ground-truth point via ``indices.geography`` (imported lazily: it loads polygons).
+    """Continent of each ground-truth point via ``geo`` (imported lazily: it loads polygons).
 
     Points outside every country (open sea) are ``"unknown"``. Repeated coordinates are looked up once,
     which matters because photographers shoot the same spot many times.
     """
-    from indices.geography import continent_of, country_at
+    from geoguide.geo import continent_of, country_at
 
     cache: dict[tuple[float, float], str] = {}
     out: list[str] = []
@@ -212,7 +212,7 @@ def summarize(
     """All headline metrics for one run, plus a breakdown by the ground truth's continent.
 
     ``continents`` (one label per image) skips the geography lookup, e.g. when cached. Without it the
-    labels come from ``indices.geography``; if that module cannot be imported the breakdown is left out
+    labels come from ``geo``; if that module cannot be imported the breakdown is left out
     with a warning rather than failing the whole evaluation.
     """
     err = as_errors(errors)

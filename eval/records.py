@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.schemas import Usage
-from agent.state import Prediction
-from eval.corruption import CorruptionApplied
-from eval.datasets import Sample
-from eval.metrics import Summary, distance_km, markdown_table, summarize
-from indices import atomic
+from geoguide.agent.schemas import Usage
+from geoguide.agent.state import Prediction
+from geoguide.core import atomic
+from geoguide.eval.corruption import CorruptionApplied
+from geoguide.eval.datasets import Sample
+from geoguide.eval.metrics import Summary, distance_km, markdown_table, summarize
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def summarize_records(
     errors = [r.error_km for r in recs] + [None] * missing
     lats, lons = [r.true_lat for r in recs], [r.true_lon for r in recs]
     if missing and options.get("by_continent", True) and "continents" not in options:
-        from eval.metrics import continents_for
+        from geoguide.eval.metrics import continents_for
 
         options["continents"] = [*continents_for(lats, lons), *["(not evaluated)"] * missing]
     base = summarize(errors, lats + [0.0] * missing, lons + [0.0] * missing, **options)

@@ -29,23 +29,26 @@ import itertools
 import json
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from agent.backends.errors import ModelServiceError
-from agent.config import AgentConfig
-from agent.context import AgentContext, SerialDescriptor
-from agent.graph import locate
-from eval.corruption import CorruptedPriorBackend, CorruptionSpec
-from eval.datasets import LoadReport, Sample
-from eval.records import (
+from geoguide.agent.backends.errors import ModelServiceError
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext, SerialDescriptor
+from geoguide.agent.graph import locate
+from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
+from geoguide.core.pool import bounded_map
+from geoguide.core.progress import Progress
+from geoguide.core.version import provenance
+from geoguide.eval.corruption import CorruptedPriorBackend, CorruptionSpec
+from geoguide.eval.datasets import LoadReport, Sample
+from geoguide.eval.records import (
     PREDICTIONS,
     SUMMARY_JSON,
     SUMMARY_MD,
@@ -58,10 +61,7 @@ from eval.records import (
     record_from_prediction,
     write_summary,
 )
-from indices import atomic
-from indices.errors import GeoguideError
-from indices.progress import Progress
-from indices.store import ReferenceIndex
+from geoguide.indices.store import ReferenceIndex
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +110,6 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 
 # -------------------------------------------------------------------------------- provenance
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -239,7 +223,8 @@ class _Run:
                 "config": self.identity,
                 **_jsonable(self.extra),
                 "prompts": prompts,
-                "git_commit": git_commit(),
+                "git_commit": provenance().commit,
+                "geoguide": provenance().model_dump(),
                 "versions": package_versions(),
                 "started_utc": sessions[0]["started_utc"],
                 "finished_utc": session.get("finished_utc"),
@@ -351,23 +336,8 @@ class _Run:
 def _run_pool(it: Iterator[Sample], evaluate: Callable, finish: Callable, workers: int) -> None:
     """Photos in flight on ``workers`` threads, each result finished (written) as it completes;
     on an interruption the photos already done are still written before it propagates."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
-        running = {pool.submit(evaluate, s) for s in _take(it, 2 * workers)}
-        try:
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    finish(f.result())
-                running |= {pool.submit(evaluate, s) for s in _take(it, len(finished))}
-        except BaseException:
-            for f in running:
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for f in running:
-                if f.done() and not f.cancelled() and f.exception() is None:
-                    with contextlib.suppress(BaseException):
-                        finish(f.result())
-            raise
+    for result in bounded_map(evaluate, it, workers, name="eval", salvage=finish):
+        finish(result)
 
 
 def _wants_run(rec: RunRecord | None) -> bool:

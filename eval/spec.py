@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from agent.settings import ContextSpec
+from geoguide.agent.settings import ContextSpec
 
 if TYPE_CHECKING:  # the runner pulls in langgraph and faiss: imported when a command runs, not for --help
-    from eval.corruption import CorruptionSpec
-    from eval.datasets import LoadedDataset
-    from eval.records import RunSummary
-    from eval.runner import DatasetRef
+    from geoguide.eval.corruption import CorruptionSpec
+    from geoguide.eval.datasets import LoadedDataset
+    from geoguide.eval.records import RunSummary
+    from geoguide.eval.runner import DatasetRef
 
 
 class RunSpec(ContextSpec):
@@ -30,7 +30,7 @@ class RunSpec(ContextSpec):
     images: Path | None = Field(None, description="folder of query photos")
     labels: Path | None = Field(None, description="ground-truth file (IMG_ID,AUTHOR,LAT,LON)")
     dataset: str | None = Field(
-        None, description="eval.datasets loader; default csv with labels, else shared"
+        None, description="geoguide.eval.datasets loader; default csv with labels, else shared"
     )
     exclude_same_author: bool = False
     limit: int | None = Field(None, ge=1)
@@ -42,7 +42,7 @@ class RunSpec(ContextSpec):
     oracle: bool = Field(False, description="the nearest other photographer's reference by GPS: the ceiling")
 
     def corruption(self) -> CorruptionSpec | None:
-        from eval.corruption import CorruptionSpec
+        from geoguide.eval.corruption import CorruptionSpec
 
         if self.corrupt_prior <= 0:
             return None
@@ -56,13 +56,13 @@ class RunSpec(ContextSpec):
 
 @lru_cache(maxsize=8)
 def _dataset(name: str, labels: str | None, images: str | None) -> LoadedDataset:
-    from eval.datasets import load_dataset
+    from geoguide.eval.datasets import load_dataset
 
     return load_dataset(name, labels=labels, images=images)
 
 
 def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
-    from eval.runner import DatasetRef
+    from geoguide.eval.runner import DatasetRef
 
     name = spec.dataset or ("csv" if spec.labels else "shared")
     labels = str(spec.labels.resolve()) if spec.labels else None
@@ -73,10 +73,10 @@ def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
 
 def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:
     """Run ``spec`` into ``out`` (resuming what is there unless ``restart``)."""
-    from agent.factory import build_context
-    from eval.oracle import run_oracle
-    from eval.runner import run_eval
-    from indices.store import ReferenceIndex
+    from geoguide.agent.factory import build_context
+    from geoguide.eval.oracle import run_oracle
+    from geoguide.eval.runner import run_eval
+    from geoguide.indices.store import ReferenceIndex
 
     if spec.index is None:
         raise ValueError("give the reference index (--index DIR, or index = ... in the plan)")

@@ -36,12 +36,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indices import atomic
-from indices.describe import describe_chunk, load_many
-from indices.descriptors import Descriptor, get_descriptor
-from indices.distributed import RayOptions, check_ray
-from indices.errors import GeoguideError
-from indices.filtering import (
+from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
+from geoguide.core.progress import Progress
+from geoguide.indices.describe import describe_chunk, load_many
+from geoguide.indices.descriptors import Descriptor, get_descriptor
+from geoguide.indices.distributed import RayOptions, check_ray
+from geoguide.indices.filtering import (
     REMOVED_NAME,
     FilterConfig,
     duplicate_removals,
@@ -49,11 +50,17 @@ from indices.filtering import (
     is_removed_record,
     record_removals,
 )
-from indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
-from indices.progress import Progress
-from indices.stores import parse_store
-from indices.submaps import SubmapScheme, parse_schemes
-from indices.writer import INDEX_MARKERS, check_trainable, index_files, previous_files, take, write_index
+from geoguide.indices.manifest import MANIFEST_NAME, FailedImage, Manifest, SourceInfo
+from geoguide.indices.stores import parse_store
+from geoguide.indices.submaps import SubmapScheme, parse_schemes
+from geoguide.indices.writer import (
+    INDEX_MARKERS,
+    check_trainable,
+    index_files,
+    previous_files,
+    take,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS = 20
@@ -298,7 +305,7 @@ def _build(
                                              np.array([records[i].lon for i in keep]),
                                              sha, dhash, config.filters.max_hamming)
         keep, vecs, removals = keep[unique], [take(descs, np.flatnonzero(unique))], removals + dropped
-    from indices.geography import countries_at
+    from geoguide.geo import countries_at
 
     lat = np.array([records[i].lat for i in keep], dtype=np.float64)
     lon = np.array([records[i].lon for i in keep], dtype=np.float64)
@@ -366,7 +373,7 @@ def _describe(descriptor: Descriptor, paths: list[Path], chunk_dir: Path, config
         bar.update(sizes[ci])
 
     if ray is not None:
-        from indices.distributed import describe_on_ray
+        from geoguide.indices.distributed import describe_on_ray
 
         describe_on_ray([(ci, [str(p) for p in paths[s:e]]) for ci, s, e in todo], descriptor, chunk_dir,
                         config.load_workers, config.filters.dedupe, ray, finished)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indices.descriptors import Descriptor
-from indices.filtering import dhash128, hash_arrays
-from indices.images import ImageLoadError, file_sha256, load_image
+from geoguide.core.images import ImageLoadError, file_sha256, load_image
+from geoguide.indices.descriptors import Descriptor
+from geoguide.indices.filtering import dhash128, hash_arrays
 
 
 def load_many(paths: Sequence[Path], workers: int) -> list[tuple[Image.Image | None, str | None]]:

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indices import atomic
-from indices.descriptors import Descriptor
-from indices.errors import GeoguideError
+from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
+from geoguide.indices.descriptors import Descriptor
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def _ray():
         import ray.data  # noqa: F401 - ray without the data extra lacks it
     except ImportError as e:
         raise RayUnavailableError(
-            f"a distributed build needs Ray Data ({e.name or e}); install it with `pip install 'ray[data]'` "
-            "(make setup does), or build without --ray"
+            f"a distributed build needs Ray Data ({e.name or e}): pip install 'geoguide[ray]' (make setup does), "
+            "or build without --ray"
         ) from None
     return ray
 
@@ -102,14 +102,14 @@ class ChunkDescriber:
 
     def __init__(self, name: str, conf: dict[str, Any], state: dict[str, np.ndarray], load_workers: int,
                  hashes: bool) -> None:
-        from indices.descriptors import get_descriptor
+        from geoguide.indices.descriptors import get_descriptor
 
         self.descriptor = get_descriptor(name, conf)
         self.descriptor.load_state(state)
         self.load_workers, self.hashes = load_workers, hashes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from indices.describe import describe_chunk
+        from geoguide.indices.describe import describe_chunk
 
         shards = []
         for paths in batch["paths"]:

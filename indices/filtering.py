@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from indices import atomic
-from indices.errors import GeoguideError
-from indices.geometry import EARTH_RADIUS_KM, km_to_chord, latlon_to_unit
+from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
+from geoguide.geo.geometry import EARTH_RADIUS_KM, km_to_chord, latlon_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def _hash_photos(paths: Sequence[str], workers: int) -> tuple[np.ndarray, np.nda
     """(readable mask, SHA-256, dHash) of the photos at ``paths``, read on ``workers`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from indices.images import ImageLoadError, file_sha256, load_image
+    from geoguide.core.images import ImageLoadError, file_sha256, load_image
 
     def one(path: str):
         try:
@@ -327,7 +327,7 @@ def _hash_photos(paths: Sequence[str], workers: int) -> tuple[np.ndarray, np.nda
 
 def filter_index(index_dir: str | Path, config: FilterConfig, workers: int = 2) -> FilterPlan:
     """The references of a built index that ``config``'s rules remove (nothing is changed)."""
-    from indices.store import ReferenceIndex
+    from geoguide.indices.store import ReferenceIndex
 
     index = ReferenceIndex(index_dir)  # its live references: rows removed since a compaction are gone
     ids = [b.decode("utf-8") for b in index.live_column("id")]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
 SCHEMA_VERSION = 2  # 2: stores (``store``), generations (``data_dir``); version 1 still opens
 SEGMENTED_SCHEMA = 3  # 3: a base plus appended ``segments`` and ``tombstones``; written only when it has them

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indices.geometry import spherical_centroid
-from indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest
-from indices.stores.base import RowReader
-from indices.submaps import Submap, SubmapScheme
+from geoguide.geo.geometry import spherical_centroid
+from geoguide.indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest
+from geoguide.indices.stores.base import RowReader
+from geoguide.indices.submaps import Submap, SubmapScheme
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indices.descriptors import Descriptor, get_descriptor
-from indices.errors import GeoguideError
-from indices.geometry import km_to_chord, latlon_to_unit, spherical_centroid
-from indices.manifest import IndexFormatError, Manifest, SchemeInfo, verify_files
-from indices.parts import (
+from geoguide.core.errors import GeoguideError
+from geoguide.geo.geometry import km_to_chord, latlon_to_unit, spherical_centroid
+from geoguide.indices.descriptors import Descriptor, get_descriptor
+from geoguide.indices.manifest import IndexFormatError, Manifest, SchemeInfo, verify_files
+from geoguide.indices.parts import (
     ConcatRows,
     Part,
     SchemePart,
@@ -74,10 +74,10 @@ from indices.parts import (
     read_manifest,
     search_sorted_ids,
 )
-from indices.stores import Store, StoreSpecError, parse_store
-from indices.stores.base import STORE_FILE, RowReader
-from indices.submaps import Submap, parse_scheme
-from indices.submaps.radius import parse_radius_label
+from geoguide.indices.stores import Store, StoreSpecError, parse_store
+from geoguide.indices.stores.base import STORE_FILE, RowReader
+from geoguide.indices.submaps import Submap, parse_scheme
+from geoguide.indices.submaps.radius import parse_radius_label
 
 REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
 GATHER_CHUNK = 262_144  # rows of a radius submap gathered at a time (bounds the copy)
@@ -415,7 +415,7 @@ class ReferenceIndex:
         return table.selection(labels)
 
     def _continent(self, name: str) -> Selection:
-        from indices.geography import continent_of, continents
+        from geoguide.geo import continent_of, continents
 
         table = self.scheme_of("country")
         if table is None:

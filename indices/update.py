@@ -17,7 +17,7 @@ An index is a *base* plus append-only *segments* and a *tombstone* set (``indice
 Guarantees:
 
 * atomic and durable — every file is written under a temporary name, fsynced and renamed
-  (``indices.atomic``), the manifest last: until it is replaced the index is the old one,
+  (``core.atomic``), the manifest last: until it is replaced the index is the old one,
   whole; after, the new one. SIGKILL at any moment leaves at most files the manifest does not
   list (a half-written segment or generation, a tombstone file, temporaries); the next update
   deletes them first (``writer.remove_unlisted``), ``index verify`` checks only listed files, and
@@ -64,16 +64,23 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indices import atomic
-from indices.crashpoints import reached
-from indices.describe import describe_chunk
-from indices.errors import GeoguideError
-from indices.filtering import FilterPlan, read_removed, write_removed
-from indices.manifest import SEGMENTED_SCHEMA, Manifest, Removal, SegmentInfo, SourceInfo, TombstoneInfo
-from indices.progress import Progress
-from indices.store import ReferenceIndex
-from indices.stores.base import STORE_FILE
-from indices.writer import (
+from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
+from geoguide.core.progress import Progress
+from geoguide.indices.crashpoints import reached
+from geoguide.indices.describe import describe_chunk
+from geoguide.indices.filtering import FilterPlan, read_removed, write_removed
+from geoguide.indices.manifest import (
+    SEGMENTED_SCHEMA,
+    Manifest,
+    Removal,
+    SegmentInfo,
+    SourceInfo,
+    TombstoneInfo,
+)
+from geoguide.indices.store import ReferenceIndex
+from geoguide.indices.stores.base import STORE_FILE
+from geoguide.indices.writer import (
     NO_COUNTRY,
     STATE_FILE,
     TEXT_COLUMNS,
@@ -407,7 +414,7 @@ def add_described(index_dir: str | Path, records: Sequence, vectors: np.ndarray)
 def append_segment(index: ReferenceIndex, new: Sequence, vecs: np.ndarray) -> Manifest:
     """Write ``new`` records (``image_id``, ``image_path``, ``lat``, ``lon``, ``author``) with their
     described ``vecs`` as one new segment and swap the manifest. The caller holds the update lock."""
-    from indices.geography import countries_at
+    from geoguide.geo import countries_at
 
     root, old = index.root, index.manifest
     gen = old.generation + 1

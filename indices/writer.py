@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indices import atomic
-from indices.crashpoints import reached
-from indices.descriptors import Descriptor
-from indices.geometry import haversine_km, latlon_to_unit, unit_to_latlon
-from indices.manifest import (
+from geoguide.core import atomic
+from geoguide.geo.geometry import haversine_km, latlon_to_unit, unit_to_latlon
+from geoguide.indices.crashpoints import reached
+from geoguide.indices.descriptors import Descriptor
+from geoguide.indices.manifest import (
     MANIFEST_NAME,
     DescriptorInfo,
     Manifest,
@@ -40,9 +40,9 @@ from indices.manifest import (
     StoreInfo,
     file_entry,
 )
-from indices.stores import DEPRECATED_FAISS_INDEX, Store, StoreSpecError, parse_store
-from indices.stores.base import STORE_FILE
-from indices.submaps import Submap, SubmapScheme
+from geoguide.indices.stores import DEPRECATED_FAISS_INDEX, Store, StoreSpecError, parse_store
+from geoguide.indices.stores.base import STORE_FILE
+from geoguide.indices.submaps import Submap, SubmapScheme
 
 COPY_CHUNK = 65_536
 NO_COUNTRY = "XX"

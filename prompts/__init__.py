@@ -1,5 +1,5 @@
 """Versioned prompt templates; see ``prompts.loader``."""
 
-from prompts.loader import PromptError, PromptTemplate, list_prompts, load_prompt, parse_template
+from geoguide.prompts.loader import PromptError, PromptTemplate, list_prompts, load_prompt, parse_template
 
 __all__ = ["PromptError", "PromptTemplate", "list_prompts", "load_prompt", "parse_template"]

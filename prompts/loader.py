@@ -19,9 +19,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
-TEMPLATES_DIR = Path(str(resources.files("prompts") / "templates"))
+TEMPLATES_DIR = Path(str(resources.files("geoguide.prompts") / "templates"))
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = re.compile(r"^[a-z][a-z0-9_-]*/v[0-9][A-Za-z0-9_.-]*$")

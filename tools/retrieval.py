@@ -14,12 +14,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from indices.geometry import haversine_km, spherical_centroid, validate_latlon
-from indices.images import load_image
-from indices.store import ReferenceIndex, SubmapError
-from indices.submaps import Submap
-from indices.submaps.radius import MAX_RADIUS_KM, parse_radius_label, radius_id
-from tools.base import ToolError
+from geoguide.core.images import load_image
+from geoguide.geo.geometry import haversine_km, spherical_centroid, validate_latlon
+from geoguide.indices.store import ReferenceIndex, SubmapError
+from geoguide.indices.submaps import Submap
+from geoguide.indices.submaps.radius import MAX_RADIUS_KM, parse_radius_label, radius_id
+from geoguide.tools.base import ToolError
 
 # ----------------------------------------------------------------------------------------------
 # list_submaps
@@ -63,7 +63,7 @@ def list_submaps(index: ReferenceIndex, args: ListSubmapsArgs) -> ListSubmapsRes
     subs = list(table.submaps.values())
     total = len(subs)
     if args.country:
-        from indices.geography import lookup_country
+        from geoguide.geo import lookup_country
 
         iso = lookup_country(args.country)
         if iso is None:
@@ -273,7 +273,7 @@ def _wider_countries(
     """Land neighbours of the part of each country that holds the prior (its main part without one),
     and only neighbours whose own main part borders it back: France in Europe never grows into
     Brazil through French Guiana, and Brazil never grows into all of France's (European) photos."""
-    from indices.geography import continent_of, neighbours
+    from geoguide.geo import continent_of, neighbours
 
     present = set(table.spans)
     grown = list(labels)

@@ -6,12 +6,18 @@ shared options (cache, timeout, retries, sampling, image size, price). Per-model
 command line: ``parse_backend_options(["temperature=0.2", ...])`` -> kwargs for ``make_backend``.
 """
 
-from agent.backends.base import Backend, Completion, ModelBackend, parse_perception
-from agent.backends.cache import ResponseCache
-from agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
-from agent.backends.media import image_content_part, user_message, without_images
-from agent.backends.options import BackendOptions, option_help, parse_backend_options
-from agent.backends.registry import BACKENDS, available_backends, make_backend, parse_spec, register_backend
+from geoguide.agent.backends.base import Backend, Completion, ModelBackend, parse_perception
+from geoguide.agent.backends.cache import ResponseCache
+from geoguide.agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
+from geoguide.agent.backends.media import image_content_part, user_message, without_images
+from geoguide.agent.backends.options import BackendOptions, option_help, parse_backend_options
+from geoguide.agent.backends.registry import (
+    BACKENDS,
+    available_backends,
+    make_backend,
+    parse_spec,
+    register_backend,
+)
 
 __all__ = [
     "BACKENDS",

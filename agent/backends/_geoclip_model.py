@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.backends.errors import BackendConfigError
-from indices.descriptors.base import ModelLoadError, WeightsNotFoundError
+from geoguide.agent.backends.errors import BackendConfigError
+from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
 
 # Equal Earth projection constants (Šavrič et al. 2018), as GeoCLIP uses them.
 A1, A2, A3, A4, SF = 1.340264, -0.081106, 0.000893, 0.003796, 66.50336
@@ -115,7 +115,7 @@ class GeoCLIPHead:
     """CLIP tower + GeoCLIP head and the gallery's normalised location embeddings."""
 
     def __init__(self, clip_folder: Path, device: str, cache_dir: Path | None = None) -> None:
-        from indices.descriptors.clip import load_clip_vision
+        from geoguide.indices.descriptors.clip import load_clip_vision
 
         self.net, self.preprocess = load_clip_vision(str(clip_folder), device)
         width = int(self.net.config.projection_dim)
@@ -177,7 +177,7 @@ def cached_gallery_features(encoder: LocationEncoder, gallery: np.ndarray, cache
     log.warning("geoclip: embedding the %d-point GPS gallery once (about 2 min for 100K on 2 cores); "
                 "cached in %s", len(gallery), path)
     feats = gallery_features(encoder, gallery)
-    from indices.atomic import save_npy
+    from geoguide.core.atomic import save_npy
 
     save_npy(path, feats.numpy())
     return feats
@@ -197,11 +197,14 @@ class ZeroShotCountries:
     """CLIP's image embedding against "a photo taken in {country}." for each country."""
 
     def __init__(self, folder: Path, template: str, codes: list[str] | None, device: str) -> None:
+        from geoguide.core.extras import require
+
+        require("transformers", "geoclip", "the geoclip and clip-zeroshot priors")
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.utils import logging as hf_logging
 
-        from indices.descriptors.clip import clip_preprocess
-        from indices.geography import countries
+        from geoguide.geo import countries
+        from geoguide.indices.descriptors.clip import clip_preprocess
 
         known = countries()
         self.codes = [c for c in (codes or sorted(known)) if c in known]

@@ -21,14 +21,19 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from agent.backends.cache import ResponseCache, make_key, open_cache
-from agent.backends.errors import CallFailed, NotSupportedError
-from agent.backends.media import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, ImageInput, image_content_part
-from agent.backends.pricing import FREE, Price, cost_usd
-from agent.backends.retry import RetryPolicy, call_with_retries
-from agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
-from indices.availability import NO_WEIGHTS, Availability
-from prompts.loader import PromptTemplate, load_prompt
+from geoguide.agent.backends.cache import ResponseCache, make_key, open_cache
+from geoguide.agent.backends.errors import CallFailed, NotSupportedError
+from geoguide.agent.backends.media import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_SIDE,
+    ImageInput,
+    image_content_part,
+)
+from geoguide.agent.backends.pricing import FREE, Price, cost_usd
+from geoguide.agent.backends.retry import RetryPolicy, call_with_retries
+from geoguide.agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
+from geoguide.core.availability import NO_WEIGHTS, Availability
+from geoguide.prompts.loader import PromptTemplate, load_prompt
 
 log = logging.getLogger(__name__)
 

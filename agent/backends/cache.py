@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indices.sqlite import open_shared
+from geoguide.core.sqlite import open_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
 FailureKind = Literal["unreachable", "misconfigured", "exhausted", "rejected"]
 SERVICE_FAILURES: frozenset[str] = frozenset({"unreachable", "misconfigured", "exhausted"})

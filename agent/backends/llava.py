@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.backends.base import Completion, ModelBackend
-from agent.backends.errors import BackendConfigError, NotSupportedError
-from agent.backends.media import decode_data_url
-from agent.backends.registry import register_backend
-from indices.availability import Availability, hf_cached, local_weights
+from geoguide.agent.backends.base import Completion, ModelBackend
+from geoguide.agent.backends.errors import BackendConfigError, NotSupportedError
+from geoguide.agent.backends.media import decode_data_url
+from geoguide.agent.backends.registry import register_backend
+from geoguide.core.availability import Availability, hf_cached, local_weights
 
 
 def to_llava_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -97,6 +97,10 @@ class LlavaBackend(ModelBackend):
         """(processor, model), loaded once on first use: constructing the backend stays cheap."""
         if self._loaded is None:
             import torch
+
+            from geoguide.core.extras import require
+
+            require("transformers", "hf", "the llava backend")
             from transformers import AutoProcessor, LlavaForConditionalGeneration
 
             extra = {"dtype": getattr(torch, self.dtype)} if self.dtype else {}

@@ -27,12 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.backends.base import Backend
-from agent.backends.cache import ResponseCache, make_key, open_cache
-from agent.backends.media import ImageInput, as_image
-from agent.backends.registry import register_backend
-from agent.schemas import Clue, CountryGuess, Perception, PerceptionOutcome, Usage
-from indices.availability import Availability, local_weights
+from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.cache import ResponseCache, make_key, open_cache
+from geoguide.agent.backends.media import ImageInput, as_image
+from geoguide.agent.backends.registry import register_backend
+from geoguide.agent.schemas import Clue, CountryGuess, Perception, PerceptionOutcome, Usage
+from geoguide.core.availability import Availability, local_weights
 
 GEOCLIP_TOP_K = 100  # gallery points kept per photo: ~97% of the softmax mass on IM2GPS3k-like photos
 MAX_COUNTRIES = 5
@@ -52,7 +52,7 @@ class LocalPriorBackend(Backend):
         del timeout, max_attempts  # a local forward pass has no server to wait for
         model = model or os.environ.get(self.env_var, "") or self.hub_id
         super().__init__(model)
-        from indices.descriptors.clip import resolve_clip_weights
+        from geoguide.indices.descriptors.clip import resolve_clip_weights
 
         # WeightsNotFoundError (exit 2) names where to put them
         self.folder = resolve_clip_weights(model, f"{self.kind}:/path/to/folder or ${self.env_var}", self.kind)
@@ -63,7 +63,7 @@ class LocalPriorBackend(Backend):
 
     @classmethod
     def availability(cls) -> Availability:
-        from indices.descriptors.clip import resolve_clip_weights
+        from geoguide.indices.descriptors.clip import resolve_clip_weights
 
         return local_weights(option=f"{cls.kind}:FOLDER", env_var=cls.env_var, hub_id=cls.hub_id,
                              check=resolve_clip_weights, how_to_get=f"on a connected machine: huggingface-cli "
@@ -104,7 +104,7 @@ class LocalPriorBackend(Backend):
 
 def country_ranking(lats: np.ndarray, lons: np.ndarray, probs: np.ndarray) -> list[CountryGuess]:
     """Countries under the points, ranked by the probability mass they hold (renormalised)."""
-    from indices.geography import country_at
+    from geoguide.geo import country_at
 
     mass: dict[str, float] = {}
     for lat, lon, p in zip(lats, lons, probs, strict=True):
@@ -125,7 +125,7 @@ class GeoCLIPBackend(LocalPriorBackend):
     @classmethod
     def availability(cls) -> Availability:
         try:
-            from agent.backends._geoclip_model import package_weights_digest
+            from geoguide.agent.backends._geoclip_model import package_weights_digest
 
             package_weights_digest()
         except Exception as e:  # noqa: BLE001 - reported, not raised
@@ -135,24 +135,24 @@ class GeoCLIPBackend(LocalPriorBackend):
 
     def __init__(self, model: str, **options: Any) -> None:
         super().__init__(model, **options)
-        from agent.backends._geoclip_model import package_weights_digest
+        from geoguide.agent.backends._geoclip_model import package_weights_digest
 
         package_weights_digest()  # the geoclip package's files are checked now, not at the first photo
         self._parts: Any = None  # GeoCLIPHead, loaded with the first photo
 
     def identity(self) -> dict[str, Any]:
-        from agent.backends._geoclip_model import package_weights_digest
+        from geoguide.agent.backends._geoclip_model import package_weights_digest
 
         return {**super().identity(), "geoclip_weights": package_weights_digest(), "top_k": GEOCLIP_TOP_K}
 
     def _predict(self, image: Any) -> Perception:
         if self._parts is None:
-            from agent.backends._geoclip_model import GeoCLIPHead
+            from geoguide.agent.backends._geoclip_model import GeoCLIPHead
 
             self._parts = GeoCLIPHead(self.folder, self.device, self.cache.path.parent if self.cache is not None else None)
         lat, lon, prob = self._parts.top_k([image], GEOCLIP_TOP_K)[0]
         countries = country_ranking(lat, lon, prob)
-        from indices.geometry import haversine_km
+        from geoguide.geo.geometry import haversine_km
 
         # The answer is the best gallery point; its spread is the distance holding half the top-k mass.
         dist = haversine_km(lat[0], lon[0], lat, lon)
@@ -190,7 +190,7 @@ class ClipZeroShotBackend(LocalPriorBackend):
 
     def _predict(self, image: Any) -> Perception:
         if self._model is None:
-            from agent.backends._geoclip_model import ZeroShotCountries
+            from geoguide.agent.backends._geoclip_model import ZeroShotCountries
 
             self._model = ZeroShotCountries(Path(self.folder), self.TEMPLATE, self.countries, self.device)
         codes, probs = self._model.rank(image)

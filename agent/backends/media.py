@@ -3,7 +3,7 @@
 Every backend receives the photo the same way: re-encoded as JPEG with the long side capped
 (1024 px by default) inside an OpenAI-style ``image_url`` data URL. Re-encoding bounds request
 size and token cost, strips metadata (EXIF GPS tags would leak the answer), and makes local
-models see exactly the pixels the API models see. Decoding is ``indices.images``' (the one loader:
+models see exactly the pixels the API models see. Decoding is ``core.images``' (the one loader:
 EXIF orientation, every colour mode, the decompression-bomb guard); the graph hands backends the
 image it already loaded, so a path is decoded here only for a caller that has nothing loaded.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from indices.images import decode_image, load_image
+from geoguide.core.images import decode_image, load_image
 
 ImageInput = Image.Image | str | Path
 

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.backends.base import Backend
-from agent.backends.errors import BackendConfigError
-from agent.backends.media import ImageInput
-from agent.backends.registry import register_backend
-from agent.schemas import CountryGuess, Perception, PerceptionOutcome, Usage
-from indices.availability import Availability
+from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.errors import BackendConfigError
+from geoguide.agent.backends.media import ImageInput
+from geoguide.agent.backends.registry import register_backend
+from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome, Usage
+from geoguide.core.availability import Availability
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ NO_ANSWER = "no recorded answer"
 
 
 def _country_lookup() -> Callable[[float, float], Any] | None:
-    """``indices.geography.country_at`` if that module is present; the country guess is optional."""
+    """``geo.country_at`` if that module is present; the country guess is optional."""
     try:
-        from indices.geography import country_at
+        from geoguide.geo import country_at
     except Exception as exc:  # noqa: BLE001 - absent or broken: replay still works without countries
         log.info("replay: no offline country lookup (%s); priors will carry coordinates only", exc)
         return None

@@ -68,14 +68,14 @@ from typing import Any, ClassVar, get_args
 import openai
 from openai.types.chat import ChatCompletion
 
-from agent.backends.base import Completion, ModelBackend
-from agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
-from agent.backends.media import ImageInput, without_images
-from agent.backends.options import BackendOptions, ReasoningEffort, ToolMode
-from agent.backends.pricing import FREE, openai_price
-from agent.backends.registry import register_backend
-from agent.backends.retry import NotJSONReply, lacks_vision
-from agent.backends.structured import (
+from geoguide.agent.backends.base import Completion, ModelBackend
+from geoguide.agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
+from geoguide.agent.backends.media import ImageInput, without_images
+from geoguide.agent.backends.options import BackendOptions, ReasoningEffort, ToolMode
+from geoguide.agent.backends.pricing import FREE, openai_price
+from geoguide.agent.backends.registry import register_backend
+from geoguide.agent.backends.retry import NotJSONReply, lacks_vision
+from geoguide.agent.backends.structured import (
     CallDict,
     action_schema,
     json_mode_messages,
@@ -84,8 +84,8 @@ from agent.backends.structured import (
     strict_json_schema,
     strict_tools,
 )
-from agent.schemas import AssistantTurn, Perception, PerceptionOutcome, Usage
-from indices.availability import Availability
+from geoguide.agent.schemas import AssistantTurn, Perception, PerceptionOutcome, Usage
+from geoguide.core.availability import Availability
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.backends.errors import BackendConfigError
+from geoguide.agent.backends.errors import BackendConfigError
 
 ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 ToolMode = Literal["native", "json", "auto"]

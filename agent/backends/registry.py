@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent.backends.errors import BackendConfigError
-from agent.backends.options import BackendOptions
-from indices.registry import Registry
+from geoguide.agent.backends.errors import BackendConfigError
+from geoguide.agent.backends.options import BackendOptions
+from geoguide.core.registry import Registry
 
 if TYPE_CHECKING:
-    from agent.backends.base import Backend
+    from geoguide.agent.backends.base import Backend
 
 BackendT = TypeVar("BackendT", bound="Backend")
 
@@ -26,7 +26,7 @@ BackendT = TypeVar("BackendT", bound="Backend")
 # inside a module only when a model is actually loaded, and a module that needs them at its top is
 # private (``_geoclip_model``: a network, not a backend) and never scanned.
 BACKENDS: Registry[type[Backend]] = Registry(
-    "backend", key=None, error=BackendConfigError, package="agent.backends",
+    "backend", key=None, error=BackendConfigError, package="geoguide.agent.backends",
     unknown="unknown backend {name!r} in spec {spec!r}; available: {available}",
 )
 _load_builtins = BACKENDS.load  # kept for callers that load the built-ins explicitly (``geoguide models``)

@@ -20,7 +20,7 @@ from typing import TypeVar
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from agent.backends.errors import CallFailed, FailureKind
+from geoguide.agent.backends.errors import CallFailed, FailureKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

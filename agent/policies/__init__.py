@@ -2,6 +2,6 @@
 plans with tool calls) and ``prior`` (no retrieval: the VLM's answer alone, a baseline). Each module
 here registers one with ``@register_policy``; they are imported on the first lookup."""
 
-from agent.policies.base import POLICIES, Decision, Policy, make_policy, register_policy
+from geoguide.agent.policies.base import POLICIES, Decision, Policy, make_policy, register_policy
 
 __all__ = ["POLICIES", "Decision", "Policy", "make_policy", "register_policy"]

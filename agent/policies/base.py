@@ -8,13 +8,13 @@ from typing import Any, ClassVar
 from langchain_core.messages import AIMessage, AnyMessage
 from pydantic import BaseModel, Field
 
-from agent.context import AgentContext
-from agent.schemas import Usage
-from agent.state import AgentState, Event, SearchIntent
-from indices.registry import Registry
+from geoguide.agent.context import AgentContext
+from geoguide.agent.schemas import Usage
+from geoguide.agent.state import AgentState, Event, SearchIntent
+from geoguide.core.registry import Registry
 
 # Every module of this package is a built-in, imported on the first lookup (``--help`` imports none).
-POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="agent.policies")
+POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="geoguide.agent.policies")
 
 
 class Decision(BaseModel):

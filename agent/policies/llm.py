@@ -15,13 +15,13 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 
-from agent.backends import CallFailed, NotSupportedError, user_message
-from agent.backends.errors import SERVICE_FAILURES
-from agent.context import AgentContext
-from agent.policies.base import Decision, Policy, register_policy
-from agent.state import AgentState, Event
-from agent.toolbox import openai_tools
-from prompts.loader import load_prompt
+from geoguide.agent.backends import CallFailed, NotSupportedError, user_message
+from geoguide.agent.backends.errors import SERVICE_FAILURES
+from geoguide.agent.context import AgentContext
+from geoguide.agent.policies.base import Decision, Policy, register_policy
+from geoguide.agent.state import AgentState, Event
+from geoguide.agent.toolbox import openai_tools
+from geoguide.prompts.loader import load_prompt
 
 NUDGE = "Please continue by calling a tool; when you are done, call submit_location with your answer and evidence."
 
@@ -35,7 +35,7 @@ def submap_hint(state: AgentState, ctx: AgentContext) -> str:
     ids: list[str] = []
     table = ctx.index.scheme_of("country")
     if table is not None and state.prior_country:
-        from indices.geography import neighbours
+        from geoguide.geo import neighbours
 
         for iso in [state.prior_country, *neighbours(state.prior_country)]:
             if iso in table.spans and len(ids) < MAX_SUBMAP_HINTS:
@@ -113,7 +113,7 @@ def retrieval_takeover(state: AgentState, ctx: AgentContext) -> Decision:
     (the plan node marks the state ``planner_down`` on ``planner_failed`` and knows no more). The
     hypotheses are derived again each step rather than stored: they depend only on the prior, the
     config and the index."""
-    from agent.policies.rules import RulesPolicy, hypotheses
+    from geoguide.agent.policies.rules import RulesPolicy, hypotheses
 
     hyps = state.hypotheses or hypotheses(state, ctx)
     return RulesPolicy().decide(state.model_copy(update={"hypotheses": hyps}), ctx)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.context import AgentContext
-from agent.policies.base import Decision, Policy, register_policy
-from agent.state import AgentState
+from geoguide.agent.context import AgentContext
+from geoguide.agent.policies.base import Decision, Policy, register_policy
+from geoguide.agent.state import AgentState
 
 
 @register_policy

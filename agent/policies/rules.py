@@ -20,10 +20,10 @@ from __future__ import annotations
 from langchain_core.messages import AIMessage, ToolMessage
 from pydantic import ValidationError
 
-from agent.context import AgentContext
-from agent.policies.base import Decision, Policy, register_policy
-from agent.state import AgentState, Event, SearchIntent, SearchStep
-from tools.read_text import ReadTextResult
+from geoguide.agent.context import AgentContext
+from geoguide.agent.policies.base import Decision, Policy, register_policy
+from geoguide.agent.state import AgentState, Event, SearchIntent, SearchStep
+from geoguide.tools.read_text import ReadTextResult
 
 # The whole-map probe tests the prior; its candidates do not enter the answer's pool.
 PROBE_REASON = "whole-map probe to test the prior"
@@ -79,8 +79,8 @@ class RulesPolicy(Policy):
     def _widen(self, state: AgentState, current: SearchStep, ctx: AgentContext, n: int, reason: str,
                must_contain: str | None = None, contradiction: bool = False) -> Decision | None:
         """A search of the next wider area, or None when there is none (or it misses ``must_contain``)."""
-        from tools.base import ToolError
-        from tools.retrieval import WidenArgs, widen
+        from geoguide.tools.base import ToolError
+        from geoguide.tools.retrieval import WidenArgs, widen
 
         p = state.perception
         near = {"near_lat": p.lat, "near_lon": p.lon} if p is not None and p.has_point else {}
@@ -184,7 +184,7 @@ def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
             labels = [x for x in table.scheme.nearest_labels(p.lat, p.lon, cfg.kmeans_clusters * 4) if x in present]
             return [f"{table.scheme.prefix}:{','.join(labels[: cfg.kmeans_clusters])}"]
         if state.prior_country:
-            from tools.retrieval import ListSubmapsArgs, list_submaps
+            from geoguide.tools.retrieval import ListSubmapsArgs, list_submaps
 
             res = list_submaps(ctx.index, ListSubmapsArgs(scheme=table.scheme.prefix, country=state.prior_country, limit=500))
             if getattr(res, "submaps", None):
@@ -194,7 +194,7 @@ def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
     if table is None:
         raise ValueError("--scheme country needs an index built with the country submap scheme")
     out: list[str] = []
-    from indices.geography import named_countries
+    from geoguide.geo import named_countries
 
     codes = [state.prior_country] if state.prior_country else []
     for iso in codes + named_countries(p):
@@ -202,7 +202,7 @@ def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
             out.append(f"country:{iso}")
     if not out and p.has_point and cfg.prior_level == "point":
         # The prior's country has no references: search around its point instead.
-        from indices.submaps.radius import radius_id
+        from geoguide.indices.submaps.radius import radius_id
 
         out.append(radius_id(p.lat, p.lon, 500))
     return out

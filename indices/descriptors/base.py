@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
 
 class WeightsNotFoundError(GeoguideError, FileNotFoundError):

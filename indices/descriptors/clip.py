@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indices.availability import Availability, local_weights
-from indices.descriptors.base import Descriptor, ModelLoadError, WeightsNotFoundError, l2_normalize
-from indices.descriptors.pca import OptionalPCA
-from indices.descriptors.registry import register
+from geoguide.core.availability import Availability, local_weights
+from geoguide.indices.descriptors.base import Descriptor, ModelLoadError, WeightsNotFoundError, l2_normalize
+from geoguide.indices.descriptors.pca import OptionalPCA
+from geoguide.indices.descriptors.registry import register
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -145,6 +145,9 @@ def load_clip_vision(folder: str, device: str) -> tuple[torch.nn.Module, ClipPre
     ``folder`` is what ``resolve_clip_weights`` returned. Accepts a full CLIP checkpoint (e.g.
     ``openai/clip-vit-large-patch14``) or a vision-only one.
     """
+    from geoguide.core.extras import require
+
+    require("transformers", "hf", "the clip descriptor")
     from transformers import CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
 

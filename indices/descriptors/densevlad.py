@@ -25,9 +25,9 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from indices.descriptors.base import Descriptor, l2_normalize
-from indices.descriptors.pca import OptionalPCA
-from indices.descriptors.registry import register
+from geoguide.indices.descriptors.base import Descriptor, l2_normalize
+from geoguide.indices.descriptors.pca import OptionalPCA
+from geoguide.indices.descriptors.registry import register
 
 _N_ORI = 8  # orientation bins per spatial bin
 _N_SPATIAL = 4  # spatial bins per side: 4 x 4 x 8 = 128-D, as SIFT

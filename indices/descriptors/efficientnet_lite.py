@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
 # TF-lite preprocessing the checkpoint was trained with: (x - 127) / 128 on 0..255 pixels.
 INPUT_MEAN = 127.0 / 255.0

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indices.availability import Availability
-from indices.descriptors.base import Descriptor, l2_normalize
-from indices.descriptors.efficientnet_lite import (
+from geoguide.core.availability import Availability
+from geoguide.indices.descriptors.base import Descriptor, l2_normalize
+from geoguide.indices.descriptors.efficientnet_lite import (
     FEATURE_DIM,
     INPUT_MEAN,
     INPUT_STD,
@@ -33,8 +33,8 @@ from indices.descriptors.efficientnet_lite import (
     default_weights_path,
     load_efficientnet_lite0,
 )
-from indices.descriptors.pca import OptionalPCA
-from indices.descriptors.registry import register
+from geoguide.indices.descriptors.pca import OptionalPCA
+from geoguide.indices.descriptors.registry import register
 
 RESIZE_MODES = ("long", "short", "square")
 # Sides are rounded to the network stride so photos of similar aspect share a batch shape

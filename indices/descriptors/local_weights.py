@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from indices.descriptors.base import ModelLoadError, WeightsNotFoundError
-from indices.descriptors.efficientnet_lite import load_state_dict_strict
+from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
+from geoguide.indices.descriptors.efficientnet_lite import load_state_dict_strict
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt", ".torch")
 

@@ -30,10 +30,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from indices.descriptors.local_weights import load_into, read_state_dict
-from indices.descriptors.megaloc_model import MEGALOC_OFFICIAL, MEGALOC_TINY, PATCH, MegaLoc, MegaLocSpec
-from indices.descriptors.registry import register
-from indices.descriptors.torch_network import IMAGENET, LocalNetworkDescriptor, PixelNorm
+from geoguide.indices.descriptors.local_weights import load_into, read_state_dict
+from geoguide.indices.descriptors.megaloc_model import (
+    MEGALOC_OFFICIAL,
+    MEGALOC_TINY,
+    PATCH,
+    MegaLoc,
+    MegaLocSpec,
+)
+from geoguide.indices.descriptors.registry import register
+from geoguide.indices.descriptors.torch_network import IMAGENET, LocalNetworkDescriptor, PixelNorm
 
 ENV_VAR = "GEOGUIDE_MEGALOC_WEIGHTS"
 HOW_TO_GET = (

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from indices.descriptors.base import ModelLoadError
-from indices.descriptors.local_weights import load_into, read_state_dict
-from indices.descriptors.netvlad_model import (
+from geoguide.indices.descriptors.base import ModelLoadError
+from geoguide.indices.descriptors.local_weights import load_into, read_state_dict
+from geoguide.indices.descriptors.netvlad_model import (
     NETVLAD_OFFICIAL,
     NETVLAD_TINY,
     STRIDE,
@@ -42,8 +42,8 @@ from indices.descriptors.netvlad_model import (
     NetVLADSpec,
     vgg16_conv5_3,
 )
-from indices.descriptors.registry import register
-from indices.descriptors.torch_network import IMAGENET, LocalNetworkDescriptor, PixelNorm
+from geoguide.indices.descriptors.registry import register
+from geoguide.indices.descriptors.torch_network import IMAGENET, LocalNetworkDescriptor, PixelNorm
 
 ENV_VAR = "GEOGUIDE_NETVLAD_WEIGHTS"
 HOW_TO_GET = (

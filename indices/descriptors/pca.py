@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from indices.descriptors.base import l2_normalize
+from geoguide.indices.descriptors.base import l2_normalize
 
 
 class PCAWhitening:

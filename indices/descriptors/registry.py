@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from indices.descriptors.base import Descriptor
-from indices.registry import Registry
+from geoguide.core.registry import Registry
+from geoguide.indices.descriptors.base import Descriptor
 
-DESCRIPTORS: Registry[type[Descriptor]] = Registry("descriptor", key="name", package="indices.descriptors")
+DESCRIPTORS: Registry[type[Descriptor]] = Registry("descriptor", key="name", package="geoguide.indices.descriptors")
 
 
 def register(cls: type[Descriptor]) -> type[Descriptor]:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from indices.descriptors.base import Descriptor, l2_normalize
-from indices.descriptors.registry import register
+from geoguide.indices.descriptors.base import Descriptor, l2_normalize
+from geoguide.indices.descriptors.registry import register
 
 
 @register

@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from indices.availability import Availability, local_weights
-from indices.descriptors.base import Descriptor
-from indices.descriptors.local_weights import file_identity, resolve_weights_file
+from geoguide.core.availability import Availability, local_weights
+from geoguide.indices.descriptors.base import Descriptor
+from geoguide.indices.descriptors.local_weights import file_identity, resolve_weights_file
 
 RESIZE_MODES = ("short", "long", "square")
 
@@ -125,7 +125,7 @@ class LocalNetworkDescriptor(Descriptor):
     @classmethod
     def availability(cls) -> Availability:
         """``geoguide models``: the weights file from ``$env_var`` (the option is per build)."""
-        from indices.descriptors.local_weights import resolve_weights_file
+        from geoguide.indices.descriptors.local_weights import resolve_weights_file
 
         return local_weights(option="--descriptor-opt weights=FILE", env_var=cls.env_var, hub_id=None,
                              check=lambda where: resolve_weights_file(cls.name, where, cls.env_var, cls.how_to_get),

@@ -1,7 +1,7 @@
 """Vector stores: how an index keeps its descriptors and scans a submap of them (see base.py)."""
 
-from indices.stores.base import Store
-from indices.stores.registry import (
+from geoguide.indices.stores.base import Store
+from geoguide.indices.stores.registry import (
     DEPRECATED_FAISS_INDEX,
     STORES,
     StoreSpecError,

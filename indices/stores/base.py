@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from indices.manifest import IndexFormatError
+from geoguide.indices.manifest import IndexFormatError
 
 STORE_FILE = "store.faiss"  # the trained, empty quantizer (absent for stores that learn nothing)
 

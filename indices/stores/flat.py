@@ -9,8 +9,8 @@ products of the fp16 values, the same as today's ``IndexScalarQuantizer`` (and a
 
 from __future__ import annotations
 
-from indices.stores.base import Store
-from indices.stores.registry import register_store
+from geoguide.indices.stores.base import Store
+from geoguide.indices.stores.registry import register_store
 
 
 @register_store

@@ -10,8 +10,8 @@ in the manifest.
 
 from __future__ import annotations
 
-from indices.stores.base import Store
-from indices.stores.registry import register_store
+from geoguide.indices.stores.base import Store
+from geoguide.indices.stores.registry import register_store
 
 
 def _positive_int(param: str | None, default: int, what: str) -> int:

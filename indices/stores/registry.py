@@ -3,9 +3,9 @@ in a module of this package (found on the first lookup, no import line needed)."
 
 from __future__ import annotations
 
-from indices.errors import GeoguideError
-from indices.registry import Registry
-from indices.stores.base import Store
+from geoguide.core.errors import GeoguideError
+from geoguide.core.registry import Registry
+from geoguide.indices.stores.base import Store
 
 DEPRECATED_FAISS_INDEX = {"fp16": "fp16", "flat": "fp16"}  # --faiss-index values -> their --store
 
@@ -15,7 +15,7 @@ class StoreSpecError(GeoguideError, ValueError):
 
 
 # Listed by usage (``pq:M``), not bare kind, so the error shows how to write each one.
-STORES: Registry[type[Store]] = Registry("store", key="kind", package="indices.stores", error=StoreSpecError,
+STORES: Registry[type[Store]] = Registry("store", key="kind", package="geoguide.indices.stores", error=StoreSpecError,
                                          unknown="unknown store {spec!r}; available: {available}",
                                          label=lambda cls: cls.usage)
 

@@ -1,6 +1,6 @@
 """Submap schemes; each module here registers one, found on the first lookup (``parse_scheme``)."""
 
-from indices.submaps.base import Submap, SubmapScheme
-from indices.submaps.registry import SCHEMES, parse_scheme, parse_schemes, register_scheme
+from geoguide.indices.submaps.base import Submap, SubmapScheme
+from geoguide.indices.submaps.registry import SCHEMES, parse_scheme, parse_schemes, register_scheme
 
 __all__ = ["SCHEMES", "Submap", "SubmapScheme", "parse_scheme", "parse_schemes", "register_scheme"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from indices.submaps.base import SubmapScheme
-from indices.submaps.registry import register_scheme
+from geoguide.indices.submaps.base import SubmapScheme
+from geoguide.indices.submaps.registry import register_scheme
 
 
 @register_scheme
@@ -23,6 +23,6 @@ class CountryScheme(SubmapScheme):
         return np.asarray(country).astype(str)
 
     def label_name(self, label: str, lat: float, lon: float) -> str:
-        from indices.geography import country_name
+        from geoguide.geo import country_name
 
         return f"{label} — {country_name(label) or 'unknown'}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from indices.submaps.base import SubmapScheme
-from indices.submaps.registry import register_scheme
+from geoguide.indices.submaps.base import SubmapScheme
+from geoguide.indices.submaps.registry import register_scheme
 
 
 @register_scheme

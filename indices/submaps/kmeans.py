@@ -11,9 +11,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indices.geometry import latlon_to_unit, unit_to_latlon
-from indices.submaps.base import SubmapScheme
-from indices.submaps.registry import register_scheme
+from geoguide.geo.geometry import latlon_to_unit, unit_to_latlon
+from geoguide.indices.submaps.base import SubmapScheme
+from geoguide.indices.submaps.registry import register_scheme
 
 
 @register_scheme
@@ -64,7 +64,7 @@ class KMeansScheme(SubmapScheme):
         return float(la[0]), float(lo[0])
 
     def label_name(self, label: str, lat: float, lon: float) -> str:
-        from indices.geography import landmark_city
+        from geoguide.geo import landmark_city
 
         return f"{self.prefix}/{label} — around {landmark_city(lat, lon)}"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from indices.geometry import validate_latlon
-from indices.submaps.base import SubmapScheme
-from indices.submaps.registry import register_scheme
+from geoguide.geo.geometry import validate_latlon
+from geoguide.indices.submaps.base import SubmapScheme
+from geoguide.indices.submaps.registry import register_scheme
 
 MAX_RADIUS_KM = 20_038.0  # half the Earth's circumference: beyond it a radius is the globe
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from indices.registry import Registry
-from indices.submaps.base import SubmapScheme
+from geoguide.core.registry import Registry
+from geoguide.indices.submaps.base import SubmapScheme
 
-SCHEMES: Registry[type[SubmapScheme]] = Registry("submap scheme", key="kind", package="indices.submaps",
+SCHEMES: Registry[type[SubmapScheme]] = Registry("submap scheme", key="kind", package="geoguide.indices.submaps",
                                                  unknown="unknown submap scheme {spec!r}; available: {available}")
 
 

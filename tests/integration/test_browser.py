@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends import make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from app.server import create_app
-from app.web_sessions import Truth
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.app.server import create_app
+from geoguide.app.web_sessions import Truth
 from tests.serving import serving
 from tests.synthetic import place_image
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from eval.datasets import shared_data_root
-from tools.read_text import TextReader, read_text_file
+from geoguide.eval.datasets import shared_data_root
+from geoguide.tools.read_text import TextReader, read_text_file
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("rapidocr_onnxruntime", reason="rapidocr-onnxruntime (make setup installs it) is not installed")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from eval.datasets import shared_data_root
+from geoguide.app.cli import main
+from geoguide.eval.datasets import shared_data_root
 from tests.llama_server import llama_server  # noqa: F401  (the session fixture)
 
 ROOT = shared_data_root()
@@ -55,7 +55,7 @@ def _queries(n: int) -> list[dict]:
 
 def _geoguide(*args, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": os.environ.get("PYTEST_TMP", "/tmp")}
-    return subprocess.run([sys.executable, "-m", "app", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "geoguide", *map(str, args)], capture_output=True, text=True,
                           input=stdin, timeout=timeout, env=env, cwd=REPO)
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from app.cli import main
-from eval.datasets import shared_data_root
+from geoguide.app.cli import main
+from geoguide.eval.datasets import shared_data_root
 
 ROOT = shared_data_root()
 pytestmark = [

@@ -10,8 +10,8 @@ import csv
 
 import pytest
 
-from eval.datasets import load_dataset, shared_data_root
-from eval.metrics import distance_km, summarize
+from geoguide.eval.datasets import load_dataset, shared_data_root
+from geoguide.eval.metrics import distance_km, summarize
 
 pytestmark = pytest.mark.integration
 

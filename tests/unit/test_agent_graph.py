@@ -7,11 +7,11 @@ import sqlite3
 
 from fakes.openai_server import reply_json, reply_tool_calls
 
-from agent.backends import make_backend
-from agent.chat import ChatSession
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from agent.graph import compiled_graph, locate
+from geoguide.agent.backends import make_backend
+from geoguide.agent.chat import ChatSession
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.agent.graph import compiled_graph, locate
 from tests.synthetic import PLACES, place_image
 
 TOKYO, PARIS = PLACES[7], PLACES[0]
@@ -140,7 +140,7 @@ def test_two_submissions_in_one_turn_keep_the_first(synthetic_index, fake_openai
 def test_a_failed_image_keeps_the_session_on_its_photo(synthetic_index, tmp_path):
     import pytest
 
-    from indices.images import ImageLoadError
+    from geoguide.core.images import ImageLoadError
 
     photos = _photos(tmp_path)
     bad = tmp_path / "bad.jpg"

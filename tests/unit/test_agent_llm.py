@@ -7,10 +7,10 @@ import json
 import pytest
 from fakes.openai_server import delayed, http_error, reply_json, reply_text, reply_tool_calls
 
-from agent.backends import make_backend
-from agent.config import AgentConfig, Caps
-from agent.context import AgentContext
-from agent.graph import locate
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig, Caps
+from geoguide.agent.context import AgentContext
+from geoguide.agent.graph import locate
 from tests.synthetic import PLACES, place_image
 
 PARIS = PLACES[0]

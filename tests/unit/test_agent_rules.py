@@ -6,11 +6,11 @@ import csv
 
 import pytest
 
-from agent.backends import make_backend
-from agent.config import AgentConfig, Caps
-from agent.context import AgentContext
-from agent.graph import locate
-from indices.geometry import haversine_km
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig, Caps
+from geoguide.agent.context import AgentContext
+from geoguide.agent.graph import locate
+from geoguide.geo.geometry import haversine_km
 from tests.synthetic import PLACES, place_image
 
 PARIS, MADRID, TOKYO = PLACES[0], PLACES[2], PLACES[7]
@@ -69,7 +69,7 @@ def test_wrong_prior_recovers_when_switch_allowed(synthetic_index, queries, tmp_
     replay = tmp_path / "two.csv"
     replay.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n")
     ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{replay}"), config=AgentConfig())
-    from agent.schemas import CountryGuess, Perception, PerceptionOutcome
+    from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome
 
     wrong = Perception(countries=[CountryGuess(iso2="ES", probability=0.6), CountryGuess(iso2="JP", probability=0.3)],
                        lat=MADRID[1], lon=MADRID[2])

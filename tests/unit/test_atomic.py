@@ -1,4 +1,4 @@
-"""indices.atomic: what a reader sees during and after a write, and the permissions files get."""
+"""geoguide.core.atomic: what a reader sees during and after a write, and the permissions files get."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indices import atomic
+from geoguide.core import atomic
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from fakes.openai_server import (
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from agent.backends import (
+from geoguide.agent.backends import (
     BackendConfigError,
     CallFailed,
     NotSupportedError,
@@ -30,17 +30,17 @@ from agent.backends import (
     parse_backend_options,
     user_message,
 )
-from agent.backends.media import NO_VISION_TEXT
-from agent.backends.openai_backend import PROBE_MAX_TOKENS, OpenAIBackend, is_reasoning_model
-from agent.backends.structured import (
+from geoguide.agent.backends.media import NO_VISION_TEXT
+from geoguide.agent.backends.openai_backend import PROBE_MAX_TOKENS, OpenAIBackend, is_reasoning_model
+from geoguide.agent.backends.structured import (
     action_schema,
     parse_action_reply,
     parse_tool_call_blocks,
     strict_json_schema,
     strict_tools,
 )
-from agent.schemas import Perception
-from agent.toolbox import openai_tools
+from geoguide.agent.schemas import Perception
+from geoguide.agent.toolbox import openai_tools
 
 FAST = {"timeout": 2.0, "retry_initial_s": 0.01, "retry_max_s": 0.05, "max_attempts": 2}
 GOOD = {

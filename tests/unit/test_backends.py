@@ -23,7 +23,7 @@ from fakes.openai_server import (
 )
 from PIL import Image
 
-from agent.backends import (
+from geoguide.agent.backends import (
     BackendConfigError,
     CallFailed,
     NotSupportedError,
@@ -33,10 +33,10 @@ from agent.backends import (
     parse_perception,
     parse_spec,
 )
-from agent.backends import offline as offline_mod
-from agent.backends.openai_backend import OpenAIBackend, split_base_url
-from agent.backends.retry import retry_after_s
-from agent.schemas import Perception, Usage
+from geoguide.agent.backends import offline as offline_mod
+from geoguide.agent.backends.openai_backend import OpenAIBackend, split_base_url
+from geoguide.agent.backends.retry import retry_after_s
+from geoguide.agent.schemas import Perception, Usage
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 GOOD = {

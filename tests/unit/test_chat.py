@@ -12,7 +12,7 @@ from tests.synthetic import place_image
 
 
 def _chat(args: list[str], stdin: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", "chat", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "geoguide", "chat", *args], input=stdin, capture_output=True,
                           text=True, timeout=240)
 
 

@@ -14,10 +14,10 @@ import ormsgpack
 import pytest
 from langgraph.checkpoint.serde import jsonplus
 
-from agent.backends import make_backend
-from agent.chat import ChatSession, SessionError
-from agent.config import AgentConfig
-from agent.context import AgentContext
+from geoguide.agent.backends import make_backend
+from geoguide.agent.chat import ChatSession, SessionError
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
 from tests.synthetic import PLACES, place_image
 
 PARIS, MADRID = PLACES[0], PLACES[2]
@@ -108,7 +108,7 @@ def _evil_cases(marker: Path) -> dict[str, Callable[[dict[str, Any]], None]]:
             pred = ormsgpack.unpackb(pred.data, ext_hook=_keep_ext, option=OPT)[2]
         pred["why"] = _ext(jsonplus.EXT_CONSTRUCTOR_POS_ARGS, ("os", "system", [cmd]))
         values["prediction"] = _ext(
-            jsonplus.EXT_PYDANTIC_V2, ("agent.state", "Prediction", pred, "model_validate_json")
+            jsonplus.EXT_PYDANTIC_V2, ("geoguide.agent.state", "Prediction", pred, "model_validate_json")
         )
 
     return {

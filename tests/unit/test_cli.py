@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.cli import main
+from geoguide.app.cli import main
 from tests.synthetic import make_reference_set
 
 
@@ -76,8 +76,8 @@ def test_errors_are_one_line(built, capsys, argv, message):
 
 def test_console_script_runs(built):
     root, out = built
-    r = subprocess.run([sys.executable, "-m", "app", "index", "info", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "geoguide", "index", "info", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and "references" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "app", "search", "/nonexistent.jpg", "--index", str(out)],
+    r = subprocess.run([sys.executable, "-m", "geoguide", "search", "/nonexistent.jpg", "--index", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("geoguide: error:") and "Traceback" not in r.stderr

@@ -57,7 +57,7 @@ def geoguide(home: Path, *args, timeout: float = 120, **kw) -> subprocess.Comple
     env = {**os.environ, "OPENAI_API_KEY": "sk-test", "XDG_CACHE_HOME": str(home / "cache"),
            "PYTHONPATH": str(REPO)}
     env.pop("GEOGUIDE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "app", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "geoguide", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=home, **kw)
 
 
@@ -212,7 +212,7 @@ def test_ctrl_c_exits_130_and_keeps_the_summary(world, fake_openai, tmp_path):
            "PYTHONPATH": str(REPO)}
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "eval", "--out", str(out), "--index", str(idx), "--labels", str(labels),
+        [sys.executable, "-m", "geoguide", "eval", "--out", str(out), "--index", str(idx), "--labels", str(labels),
          "--images", str(root / "images"), "--vlm", f"openai-compatible:{fake_openai.base_url}:m",
          "--cache", "none", "--timeout", "50", "--exclude-same-author"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
@@ -263,15 +263,15 @@ def test_invalid_config_value_names_the_setting(world, tmp_path):
 
 def test_programming_error_is_one_line_with_a_distinct_code(world, monkeypatch, capsys):
     """A bug is not a user error: exit 70, one line, and the hint; the traceback with GEOGUIDE_DEBUG=1."""
-    import indices.store
-    from app.cli import INTERNAL_ERROR, main
+    import geoguide.indices.store
+    from geoguide.app.cli import INTERNAL_ERROR, main
 
     _, _, idx = world
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(indices.store, "ReferenceIndex", broken)
+    monkeypatch.setattr(geoguide.indices.store, "ReferenceIndex", broken)
     monkeypatch.delenv("GEOGUIDE_DEBUG", raising=False)
     assert main(["index", "info", str(idx)]) == INTERNAL_ERROR == 70
     err = capsys.readouterr().err
@@ -283,7 +283,7 @@ def test_programming_error_is_one_line_with_a_distinct_code(world, monkeypatch, 
 
 def test_help_imports_nothing_heavy():
     """``--help`` must answer at once: the CLI module may not pull in torch, faiss, openai or langgraph."""
-    code = ("import sys, app.cli; heavy = [m for m in ('torch', 'faiss', 'openai', 'langgraph', 'transformers', "
+    code = ("import sys, geoguide.app.cli; heavy = [m for m in ('torch', 'faiss', 'openai', 'langgraph', 'transformers', "
             "'cv2') if m in sys.modules]; print(','.join(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
@@ -293,7 +293,7 @@ def test_help_imports_nothing_heavy():
 
 
 def test_build_refuses_another_index_unless_overwrite(world, tmp_path, capsys):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     root, labels, idx = world
     import shutil
@@ -312,7 +312,7 @@ def test_build_refuses_another_index_unless_overwrite(world, tmp_path, capsys):
 
 
 def test_unreadable_images_are_named_by_build_and_info(tmp_path, capsys):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     labels = make_reference_set(tmp_path)
     (tmp_path / "images" / "rome_1.jpg").write_bytes(b"\x89PNG garbage")
@@ -333,7 +333,7 @@ def test_unreadable_images_are_named_by_build_and_info(tmp_path, capsys):
     ],
 )
 def test_bad_labels_files_get_precise_messages(tmp_path, capsys, make, says):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     make_reference_set(tmp_path)
     bad = make(tmp_path / "bad.csv")
@@ -345,7 +345,7 @@ def test_bad_labels_files_get_precise_messages(tmp_path, capsys, make, says):
 
 
 def test_labels_without_images_is_a_precise_error(tmp_path, capsys):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     labels = make_reference_set(tmp_path)
     rc = main(["index", "build", "--labels", str(labels), "--out", str(tmp_path / "idx"), "--descriptor", "thumbnail"])

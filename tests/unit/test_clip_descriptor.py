@@ -20,10 +20,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from indices.descriptors.base import ModelLoadError, WeightsNotFoundError
-from indices.descriptors.clip import CLIPDescriptor, ClipPreprocess
-from indices.descriptors.registry import DESCRIPTORS, get_descriptor
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
+from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
+from geoguide.indices.descriptors.clip import CLIPDescriptor, ClipPreprocess
+from geoguide.indices.descriptors.registry import DESCRIPTORS, get_descriptor
 
 VISION = {
     "hidden_size": 32,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
-from indices.descriptors import densevlad
-from indices.descriptors.densevlad import DenseVLAD, dense_rootsift, vlad
-from indices.descriptors.registry import DESCRIPTORS
+from geoguide.indices.descriptors import densevlad
+from geoguide.indices.descriptors.densevlad import DenseVLAD, dense_rootsift, vlad
+from geoguide.indices.descriptors.registry import DESCRIPTORS
 
 # Small images and vocabulary keep the whole file to a few seconds.
 CONF = {"max_side": 160, "n_clusters": 8, "max_descriptors_for_kmeans": 5000, "pca_dim": 8}

@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from indices.descriptors.efficientnet_lite import (
+from geoguide.indices.descriptors.efficientnet_lite import (
     EfficientNetLite0,
     WeightsLoadError,
     default_weights_path,
     load_efficientnet_lite0,
     load_state_dict_strict,
 )
-from indices.descriptors.effnet_gem import EffNetGeM, target_size
-from indices.descriptors.registry import DESCRIPTORS
+from geoguide.indices.descriptors.effnet_gem import EffNetGeM, target_size
+from geoguide.indices.descriptors.registry import DESCRIPTORS
 
 # Small inputs keep the file fast; the code paths are the same as at full size.
 FAST = {"image_size": 96, "batch_size": 4, "num_threads": 1}

@@ -16,18 +16,18 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-import eval.runner as runner
-from agent.backends import Backend, make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from agent.schemas import CountryGuess, Perception, PerceptionOutcome
-from app.cli import main
-from eval.corruption import CorruptedPriorBackend, CorruptionSpec
-from eval.datasets import load_dataset
-from eval.oracle import oracle_matches, run_oracle
-from eval.records import PREDICTIONS, load_records
-from eval.runner import RunMismatchError, run_eval
-from indices.geometry import haversine_km
+import geoguide.eval.runner as runner
+from geoguide.agent.backends import Backend, make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome
+from geoguide.app.cli import main
+from geoguide.eval.corruption import CorruptedPriorBackend, CorruptionSpec
+from geoguide.eval.datasets import load_dataset
+from geoguide.eval.oracle import oracle_matches, run_oracle
+from geoguide.eval.records import PREDICTIONS, load_records
+from geoguide.eval.runner import RunMismatchError, run_eval
+from geoguide.geo.geometry import haversine_km
 from tests.synthetic import PLACES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,7 +217,7 @@ def _corrupt(spec: CorruptionSpec, ids: list[str]) -> dict[str, Perception | Non
 
 
 def test_corruption_is_seeded_and_hits_about_p():
-    from indices.geography import countries
+    from geoguide.geo import countries
 
     ids = [f"img{i}.jpg" for i in range(400)]
     spec = CorruptionSpec(p=0.3, mode="random", seed=7)
@@ -394,7 +394,7 @@ def test_killed_eval_process_resumes_cleanly(synthetic_index, synthetic_refs, fa
     argv = [
         sys.executable,
         "-m",
-        "app",
+        "geoguide",
         *_eval_argv(
             root,
             synthetic_index.root,
@@ -487,8 +487,8 @@ def test_interrupted_run_writes_the_summary_of_what_finished(
 
 
 def test_dropped_label_rows_count_as_misses(synthetic_index, synthetic_refs, replay, tmp_path):
-    from eval.datasets import LoadReport
-    from eval.runner import DatasetRef
+    from geoguide.eval.datasets import LoadReport
+    from geoguide.eval.runner import DatasetRef
 
     _, samples = synthetic_refs
     report = LoadReport(dataset="csv", source="labels.csv", n_ok=len(samples), n_bad=2,

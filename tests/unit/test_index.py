@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from indices.build import BuildConfig, BuildError, IndexExistsError, build_index
-from indices.manifest import IndexFormatError
-from indices.store import ReferenceIndex, SubmapError
+from geoguide.indices.build import BuildConfig, BuildError, IndexExistsError, build_index
+from geoguide.indices.manifest import IndexFormatError
+from geoguide.indices.store import ReferenceIndex, SubmapError
 from tests.synthetic import PLACES, place_image
 
 CONFIG = BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5)
@@ -163,7 +163,7 @@ def test_unreadable_images_are_named_in_the_manifest(refset, tmp_path, monkeypat
         {"id": "bad2.jpg", "path": str(tmp_path / "bad2.jpg"), "reason": "not a recognised image format"},
     ]
     assert ReferenceIndex(tmp_path / "b").manifest.source.failed_images == m.source.failed_images  # stored
-    monkeypatch.setattr("indices.build.MAX_FAILED_IMAGES", 2)
+    monkeypatch.setattr("geoguide.indices.build.MAX_FAILED_IMAGES", 2)
     m = build_index(list(refset) + bad, tmp_path / "c", CONFIG, progress=False)
     assert m.source.n_failed_images == 3 and [f.id for f in m.source.failed_images] == ["bad0.jpg", "bad1.jpg"]
 
@@ -184,7 +184,7 @@ def test_a_build_that_fails_before_any_result_leaves_nothing_behind(refset, tmp_
     def interrupt(*args, **kwargs):
         raise Interrupted
 
-    monkeypatch.setattr("indices.describe.load_many", interrupt)  # dies while describing chunk 0
+    monkeypatch.setattr("geoguide.indices.describe.load_many", interrupt)  # dies while describing chunk 0
     out = tmp_path / "made" / "by" / "build"
     with pytest.raises(Interrupted):
         build_index(refset, out, CONFIG, progress=False)

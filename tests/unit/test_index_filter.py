@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli import main
-from app.index import load_query_points
-from indices.filtering import (
+from geoguide.app.cli import main
+from geoguide.app.index import load_query_points
+from geoguide.indices.filtering import (
     HASH_BYTES,
     FilterConfig,
     QueryPoints,
@@ -23,7 +23,7 @@ from indices.filtering import (
     near_queries,
     read_removed,
 )
-from indices.store import ReferenceIndex
+from geoguide.indices.store import ReferenceIndex
 from tests.synthetic import make_reference_set, place_image
 
 
@@ -53,7 +53,7 @@ def test_dhash_keeps_reencodes_close_and_other_photos_far():
 
 
 def _points(lat, lon, km):
-    from indices.filtering import ExcludeNear
+    from geoguide.indices.filtering import ExcludeNear
 
     spec = ExcludeNear(labels="q.csv", km=km, n_points=len(lat), digest="x")
     return QueryPoints(spec=spec, ids=[f"q{i}" for i in range(len(lat))], lat=lat, lon=lon)

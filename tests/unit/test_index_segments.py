@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from indices.build import BuildConfig, build_index
-from indices.crashpoints import ENV_AT, ENV_FILE
-from indices.manifest import IndexFormatError
-from indices.store import ReferenceIndex
-from indices.update import add_references, compact_index, remove_references
+from geoguide.app.cli import main
+from geoguide.indices.build import BuildConfig, build_index
+from geoguide.indices.crashpoints import ENV_AT, ENV_FILE
+from geoguide.indices.manifest import IndexFormatError
+from geoguide.indices.store import ReferenceIndex
+from geoguide.indices.update import add_references, compact_index, remove_references
 from tests.synthetic import PLACES, place_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def _env(point: str, marker: Path) -> dict[str, str]:
 def _start(argv: list[str], point: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """``python -m app ARGV`` stopped at ``point`` (it waits there until killed or let go)."""
     marker = tmp_path / f"paused-{uuid.uuid4().hex}"
-    proc = subprocess.Popen([sys.executable, "-m", "app", *argv], cwd=REPO, env=_env(point, marker),
+    proc = subprocess.Popen([sys.executable, "-m", "geoguide", *argv], cwd=REPO, env=_env(point, marker),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -265,7 +265,7 @@ def test_an_update_killed_anywhere_leaves_a_whole_index_and_completes_when_run_a
     if command == "compact":
         assert not index.manifest.segments and index.manifest.tombstones is None and _results(index) == results
     if command == "filter":
-        from indices.filtering import read_removed
+        from geoguide.indices.filtering import read_removed
 
         assert [r.id for r in read_removed(segmented)] == ["lisbon_0.jpg"] and index.row_of("lisbon_0.jpg") is None
 
@@ -293,7 +293,7 @@ def test_two_updates_at_once_one_fails_clearly_and_nothing_breaks(segmented, tmp
     add, after_add = commands["add"]
     proc, marker = _start(add, "manifest:before", tmp_path)  # holds the lock, every file but the manifest written
     for other in ("remove", "compact", "add"):
-        second = subprocess.run([sys.executable, "-m", "app", *commands[other][0]], cwd=REPO, capture_output=True,
+        second = subprocess.run([sys.executable, "-m", "geoguide", *commands[other][0]], cwd=REPO, capture_output=True,
                                 text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
         err = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(err) == 1, second.stderr
@@ -304,7 +304,7 @@ def test_two_updates_at_once_one_fails_clearly_and_nothing_breaks(segmented, tmp
     assert len(ReferenceIndex(segmented, verify=True)) == after_add
     # and truly at once: whichever takes the lock first runs, the other fails clearly or finds nothing to do
     remove, compact = commands["remove"][0], commands["compact"][0]
-    procs = [subprocess.Popen([sys.executable, "-m", "app", *argv], cwd=REPO, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "geoguide", *argv], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
              for argv in (remove, compact)]
     codes = [p.wait(timeout=120) for p in procs]
@@ -334,10 +334,10 @@ def test_a_reader_opened_before_updates_answers_the_same_during_and_after(segmen
 def test_serve_keeps_answering_from_the_index_it_opened(segmented, tmp_path, synthetic_refs):
     from fastapi.testclient import TestClient
 
-    from agent.backends import make_backend
-    from agent.config import AgentConfig
-    from agent.context import AgentContext
-    from app.server import create_app
+    from geoguide.agent.backends import make_backend
+    from geoguide.agent.config import AgentConfig
+    from geoguide.agent.context import AgentContext
+    from geoguide.app.server import create_app
 
     ctx = AgentContext(index=ReferenceIndex(segmented), backend=make_backend("none"), config=AgentConfig())
     client = TestClient(create_app(ctx, max_upload_bytes=200_000))
@@ -367,7 +367,7 @@ def test_serve_keeps_answering_from_the_index_it_opened(segmented, tmp_path, syn
 def test_an_id_given_twice_in_one_add_is_added_once(refs, tmp_path):
     """``add_described`` (vectors already made) keeps ``add_references``' rule: one row per id, the
     last record given for it, and none for an id the index already holds."""
-    from indices.update import add_described
+    from geoguide.indices.update import add_described
 
     out = tmp_path / "idx"
     build_index(refs[:18], out, CONFIG, progress=False)

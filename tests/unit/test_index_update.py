@@ -8,11 +8,17 @@ import csv
 import numpy as np
 import pytest
 
-from app.cli import main
-from indices.build import BuildConfig, build_index
-from indices.manifest import IndexFormatError
-from indices.store import ReferenceIndex
-from indices.update import UpdateError, add_references, compact_index, ids_of_author, remove_references
+from geoguide.app.cli import main
+from geoguide.indices.build import BuildConfig, build_index
+from geoguide.indices.manifest import IndexFormatError
+from geoguide.indices.store import ReferenceIndex
+from geoguide.indices.update import (
+    UpdateError,
+    add_references,
+    compact_index,
+    ids_of_author,
+    remove_references,
+)
 from tests.synthetic import PLACES, place_image
 
 CONFIG = BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5)

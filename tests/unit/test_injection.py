@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.backends import make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from agent.graph import locate
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.agent.graph import locate
 
 pytest.importorskip("rapidocr_onnxruntime", reason="rapidocr-onnxruntime (make setup installs it) is not installed")
 

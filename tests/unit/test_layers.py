@@ -1,9 +1,11 @@
 """The shape of the code, checked from the source: every import (in-function and TYPE_CHECKING ones
 counted) points down the layers, and no modules import each other in a circle.
 
-Layers, low to high: ``indices`` < ``prompts`` < ``tools`` < ``agent`` < ``eval`` < ``app``. The
-shells (``app``: the command line, the chat loop, the web server, the demo) sit on top, and
-nothing imports them.
+Layers, low to high: ``core`` (errors, registry, files) < ``geo`` (countries, places, distances) <
+``indices`` < ``prompts`` < ``tools`` < ``agent`` < ``eval`` < the Python API (the modules of the
+``geoguide/`` folder itself) < ``app``. The shells (``app``: the command line, the chat loop, the
+web server, the demo) sit on top, and nothing imports them. Every folder is a subpackage of the one
+import name ``geoguide`` (pyproject's package-dir), and every import spells it so.
 """
 
 from __future__ import annotations
@@ -14,18 +16,39 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = ["indices", "prompts", "tools", "agent", "eval", "app"]
+LAYERS = ["core", "geo", "indices", "prompts", "tools", "agent", "eval", "geoguide", "app"]
+# The root package (the API's lazy façade) and ``python -m geoguide`` sit above every layer.
+ENTRY_POINTS = {"geoguide", "geoguide.__main__"}
+OLD_NAMES = {"core", "geo", "indices", "prompts", "tools", "agent", "eval", "app"}
 
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[0] != "geoguide":
+        parts.insert(0, "geoguide")
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
+def _layer(module: str) -> str:
+    """``geoguide.agent.graph`` -> ``agent``; the root package's own modules -> ``geoguide``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in OLD_NAMES else "geoguide"
+
+
 def _modules() -> dict[str, Path]:
     return {_module_name(p): p for layer in LAYERS for p in sorted((REPO / layer).rglob("*.py"))}
+
+
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.append(node.module)
+    return names
 
 
 def _resolve(name: str, known: dict[str, Path]) -> str | None:
@@ -42,6 +65,8 @@ def import_graph() -> dict[str, set[str]]:
     known = _modules()
     graph: dict[str, set[str]] = {}
     for mod, path in known.items():
+        if mod in ENTRY_POINTS:
+            continue
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         edges: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -96,8 +121,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
     rank = {layer: i for i, layer in enumerate(LAYERS)}
-    return sorted(f"{a} -> {b}" for a, bs in graph.items() for b in bs
-                  if rank[b.split(".")[0]] > rank[a.split(".")[0]])
+    return sorted(f"{a} -> {b}" for a, bs in graph.items() for b in bs if rank[_layer(b)] > rank[_layer(a)])
 
 
 def test_no_import_points_up_the_layers():
@@ -110,7 +134,18 @@ def test_no_import_cycles_lazy_imports_counted():
 
 def test_nothing_imports_the_shells():
     graph = import_graph()
-    assert sorted(a for a, bs in graph.items() if not a.startswith("app") and any(b.startswith("app") for b in bs)) == []
+    assert sorted(a for a, bs in graph.items()
+                  if _layer(a) != "app" and any(_layer(b) == "app" for b in bs)) == []
+
+
+def test_every_import_spells_the_one_import_name():
+    """No module, test or benchmark imports a bare ``agent``, ``indices``, ... (the names a wheel
+    does not install): the code runs the same from a checkout and from site-packages."""
+    files = [p for folder in [*LAYERS, "tests", "benchmarks"] for p in sorted((REPO / folder).rglob("*.py"))
+             if "fixtures" not in p.parts]
+    bare = sorted(f"{p.relative_to(REPO)}: {name}" for p in files for name in _imports(p)
+                  if name.split(".")[0] in OLD_NAMES)
+    assert bare == []
 
 
 @pytest.mark.parametrize("graph, expected", [
@@ -123,4 +158,6 @@ def test_cycle_finder_finds_cycles(graph, expected):
 
 
 def test_upward_finder_flags_a_low_layer_importing_a_high_one():
-    assert upward({"indices.x": {"agent.y"}, "agent.y": {"indices.x"}}) == ["indices.x -> agent.y"]
+    assert upward({"geoguide.indices.x": {"geoguide.agent.y"}, "geoguide.agent.y": {"geoguide.indices.x"}}) == [
+        "geoguide.indices.x -> geoguide.agent.y"]
+    assert upward({"geoguide.core.x": {"geoguide.geo.y"}}) == ["geoguide.core.x -> geoguide.geo.y"]

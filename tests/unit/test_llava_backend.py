@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.backends import BackendConfigError, NotSupportedError, make_backend, user_message
-from agent.backends.llava import LlavaBackend, to_llava_conversation
+from geoguide.agent.backends import BackendConfigError, NotSupportedError, make_backend, user_message
+from geoguide.agent.backends.llava import LlavaBackend, to_llava_conversation
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"

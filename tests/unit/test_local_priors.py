@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from agent.backends import make_backend
-from indices.descriptors.base import ModelLoadError, WeightsNotFoundError
+from geoguide.agent.backends import make_backend
+from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
 from tests.synthetic import place_image
 
 pytest.importorskip("geoclip", reason="the geoclip package is not installed (make setup installs it --no-deps)")
@@ -52,7 +52,7 @@ def clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_gallery(tmp_path, monkeypatch) -> Path:
     """Every 50th point of GeoCLIP's gallery (2,000): the 100K take minutes to embed on 2 cores."""
-    from agent.backends._geoclip_model import package_dir
+    from geoguide.agent.backends._geoclip_model import package_dir
 
     rows = (package_dir() / "gps_gallery" / "coordinates_100K.csv").read_text().splitlines()
     path = tmp_path / "gallery.csv"
@@ -66,7 +66,7 @@ def test_our_location_encoder_and_head_match_the_geoclip_package(small_gallery):
     pytest.importorskip("pandas", reason="the geoclip package's own modules import pandas")
     from geoclip.model.location_encoder import LocationEncoder as Theirs
 
-    from agent.backends._geoclip_model import LocationEncoder, load_gallery, load_strict, package_dir
+    from geoguide.agent.backends._geoclip_model import LocationEncoder, load_gallery, load_strict, package_dir
 
     ours = LocationEncoder()
     load_strict(ours, package_dir() / "weights" / "location_encoder_weights.pth")
@@ -132,7 +132,7 @@ def test_clip_zeroshot_needs_the_text_tower(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["geoclip", "clip-zeroshot"])
 def test_locate_and_eval_with_a_local_prior(prefix, clip_dir, small_gallery, synthetic_index, synthetic_refs, tmp_path):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     root, samples = synthetic_refs
     photo = tmp_path / "q.jpg"

@@ -14,14 +14,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from indices.descriptors.base import ModelLoadError
-from indices.descriptors.efficientnet_lite import WeightsLoadError
-from indices.descriptors.local_weights import shapes
-from indices.descriptors.megaloc import ENV_VAR, MegaLocDescriptor
-from indices.descriptors.megaloc_model import MEGALOC_OFFICIAL, MEGALOC_TINY, PATCH, MegaLoc, log_sinkhorn
-from indices.descriptors.registry import DESCRIPTORS, get_descriptor
-from indices.descriptors.torch_network import input_size
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
+from geoguide.indices.descriptors.base import ModelLoadError
+from geoguide.indices.descriptors.efficientnet_lite import WeightsLoadError
+from geoguide.indices.descriptors.local_weights import shapes
+from geoguide.indices.descriptors.megaloc import ENV_VAR, MegaLocDescriptor
+from geoguide.indices.descriptors.megaloc_model import (
+    MEGALOC_OFFICIAL,
+    MEGALOC_TINY,
+    PATCH,
+    MegaLoc,
+    log_sinkhorn,
+)
+from geoguide.indices.descriptors.registry import DESCRIPTORS, get_descriptor
+from geoguide.indices.descriptors.torch_network import input_size
 from tests.synthetic import make_reference_set, place_image
 from tests.weights_checks import assert_no_weights_says_where, run_descriptor_commands
 

@@ -1,4 +1,4 @@
-"""eval.metrics against distances and scores worked out by hand, not by the code under test."""
+"""geoguide.eval.metrics against distances and scores worked out by hand, not by the code under test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from geoguide.eval.metrics import (
     GEOSCORE_MAX,
     THRESHOLDS_KM,
     Summary,
@@ -21,7 +21,7 @@ from eval.metrics import (
     markdown_table,
     summarize,
 )
-from indices.geometry import EARTH_RADIUS_KM
+from geoguide.geo.geometry import EARTH_RADIUS_KM
 
 R = EARTH_RADIUS_KM
 PARIS = (48.8566, 2.3522)
@@ -108,7 +108,7 @@ def test_bootstrap_ci_contains_estimate_and_is_reproducible():
 
 
 def test_bootstrap_chunking_matches_one_pass(monkeypatch):
-    import eval.metrics as m
+    import geoguide.eval.metrics as m
 
     errors = np.random.default_rng(2).uniform(0, 3000, size=300)
     whole = bootstrap_ci(errors, n_boot=64, seed=3)
@@ -145,10 +145,10 @@ def test_summary_json_shape_and_median_over_answered():
 
 
 def test_summary_continents_come_from_the_ground_truth_via_geography(monkeypatch):
-    fake = types.ModuleType("indices.geography")
+    fake = types.ModuleType("geoguide.geo")
     fake.country_at = lambda lat, lon: "FR" if lon > 0 else ("US" if lat > 0 else None)
     fake.continent_of = {"FR": "Europe", "US": "North America"}.get
-    monkeypatch.setitem(sys.modules, "indices.geography", fake)
+    monkeypatch.setitem(sys.modules, "geoguide.geo", fake)
     s = summarize([1.0, 2.0, 5000.0], [45, 40, -50], [2, -100, -100], n_boot=0)
     assert s.per_continent is not None
     assert {k: v.n for k, v in s.per_continent.items()} == {"Europe": 1, "North America": 1, "unknown": 1}

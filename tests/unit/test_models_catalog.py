@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from agent.backends import make_backend
-from app.cli import main
-from indices.descriptors.registry import get_descriptor
+from geoguide.agent.backends import make_backend
+from geoguide.app.cli import main
+from geoguide.indices.descriptors.registry import get_descriptor
 
 
 def _models(*args: str) -> dict[str, dict]:
@@ -22,8 +22,8 @@ def _models(*args: str) -> dict[str, dict]:
 
 
 def test_every_registered_model_is_listed_and_what_runs_here_constructs(monkeypatch):
-    from agent.backends.registry import BACKENDS
-    from indices.descriptors.registry import DESCRIPTORS
+    from geoguide.agent.backends.registry import BACKENDS
+    from geoguide.indices.descriptors.registry import DESCRIPTORS
 
     monkeypatch.delenv("GEOGUIDE_CLIP_DIR", raising=False)
     models = _models()

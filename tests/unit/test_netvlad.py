@@ -16,13 +16,13 @@ import scipy.io
 import torch
 from PIL import Image
 
-from indices.descriptors.base import ModelLoadError
-from indices.descriptors.efficientnet_lite import WeightsLoadError
-from indices.descriptors.local_weights import shapes
-from indices.descriptors.netvlad import ENV_VAR, NetVLADDescriptor
-from indices.descriptors.netvlad_model import NETVLAD_OFFICIAL, NETVLAD_TINY, NetVLAD
-from indices.descriptors.registry import DESCRIPTORS, get_descriptor
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
+from geoguide.indices.descriptors.base import ModelLoadError
+from geoguide.indices.descriptors.efficientnet_lite import WeightsLoadError
+from geoguide.indices.descriptors.local_weights import shapes
+from geoguide.indices.descriptors.netvlad import ENV_VAR, NetVLADDescriptor
+from geoguide.indices.descriptors.netvlad_model import NETVLAD_OFFICIAL, NETVLAD_TINY, NetVLAD
+from geoguide.indices.descriptors.registry import DESCRIPTORS, get_descriptor
 from tests.synthetic import make_reference_set, place_image
 from tests.weights_checks import assert_no_weights_says_where, run_descriptor_commands
 

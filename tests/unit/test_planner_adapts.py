@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fakes.openai_server import FakeOpenAIServer, reply_text
 
-from app.cli import main
+from geoguide.app.cli import main
 from tests.llama_server import llama_server  # noqa: F401 - the session fixture
 from tests.synthetic import PLACES, make_reference_set, place_image
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.schemas import CLUE_KINDS, Perception
-from prompts import PromptError, list_prompts, load_prompt, parse_template
-from prompts.loader import TEMPLATES_DIR
+from geoguide.agent.schemas import CLUE_KINDS, Perception
+from geoguide.prompts import PromptError, list_prompts, load_prompt, parse_template
+from geoguide.prompts.loader import TEMPLATES_DIR
 
 # A published template is frozen: runs record its sha256, so editing it would silently change
 # what old results mean. Make a new version (perceive/v2.md) and add its hash here instead.
@@ -59,8 +59,8 @@ def test_perceive_prompt_matches_the_schema() -> None:
 
 
 def test_plan_prompt_names_every_tool() -> None:
-    from agent.config import AgentConfig
-    from agent.toolbox import TOOL_DOCS
+    from geoguide.agent.config import AgentConfig
+    from geoguide.agent.toolbox import TOOL_DOCS
 
     text = load_prompt("plan/v1").render(max_steps=8)
     for tool in ("list_submaps", "search_submap", "widen", "geocode", "reverse_geocode", "submit_location"):

@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("ray.data", reason="ray[data] is not installed (make setup installs it); distributed builds untested")
 pytestmark = pytest.mark.slow
 
-from app.cli import main  # noqa: E402
+from geoguide.app.cli import main  # noqa: E402
 from tests.synthetic import make_reference_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def test_a_build_on_the_cluster_equals_the_single_process_build(refs, single, cl
 def test_a_killed_distributed_build_resumes_from_its_shards(refs, single, cluster):
     root, labels = refs
     out = root / "killed"
-    cmd = [sys.executable, "-m", "app", *_build_args(root, labels, out), "--ray-address", cluster,
+    cmd = [sys.executable, "-m", "geoguide", *_build_args(root, labels, out), "--ray-address", cluster,
            "--ray-workers", "1"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     chunks = out / "work" / "chunks"

@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.backends import make_backend
-from agent.config import AgentConfig, NoPriorConfig
-from agent.context import AgentContext
-from agent.graph import locate
-from agent.rerank import vote
-from indices.geometry import haversine_km
-from indices.images import ImageLoadError
-from tests.synthetic import PLACES
-from tools.base import ToolError
-from tools.read_text import (
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig, NoPriorConfig
+from geoguide.agent.context import AgentContext
+from geoguide.agent.graph import locate
+from geoguide.agent.rerank import vote
+from geoguide.core.images import ImageLoadError
+from geoguide.geo.geometry import haversine_km
+from geoguide.tools.base import ToolError
+from geoguide.tools.read_text import (
     LanguageGuess,
     TextReader,
     countries_for,
@@ -29,7 +28,8 @@ from tools.read_text import (
     read_text,
     read_text_file,
 )
-from tools.retrieval import Candidate
+from geoguide.tools.retrieval import Candidate
+from tests.synthetic import PLACES
 
 pytest.importorskip("rapidocr_onnxruntime", reason="rapidocr-onnxruntime (make setup installs it) is not installed")
 BERLIN = PLACES[4]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from indices.registry import Registry
+from geoguide.core.registry import Registry
 
 
 class Widget:
@@ -86,7 +86,7 @@ def _write(path: Path, text: str) -> None:
 
 def test_builtins_are_imported_on_the_first_lookup_not_at_import(plugin_dir: Path) -> None:
     _write(plugin_dir / "reg_holder.py", """
-        from indices.registry import Registry
+        from geoguide.core.registry import Registry
         REG = Registry("widget", builtins=("reg_plugin",))
     """)
     _write(plugin_dir / "reg_plugin.py", """
@@ -104,7 +104,7 @@ def test_builtins_are_imported_on_the_first_lookup_not_at_import(plugin_dir: Pat
 
 def test_a_package_registry_finds_every_public_module_of_the_package(plugin_dir: Path) -> None:
     _write(plugin_dir / "regpkg" / "__init__.py", """
-        from indices.registry import Registry
+        from geoguide.core.registry import Registry
         REG = Registry("gadget", package="regpkg")
     """)
     for name in ("one", "two"):
@@ -132,7 +132,7 @@ def test_a_builtin_that_fails_to_import_fails_every_lookup(plugin_dir: Path) -> 
 def test_a_lookup_while_another_thread_loads_waits_for_every_builtin(plugin_dir: Path) -> None:
     """Web sessions build backends in threads: none may see a half-loaded registry."""
     _write(plugin_dir / "reg_slow_holder.py", """
-        from indices.registry import Registry
+        from geoguide.core.registry import Registry
         REG = Registry("widget", builtins=("reg_slow",))
     """)
     _write(plugin_dir / "reg_slow.py", """
@@ -153,8 +153,8 @@ def test_a_lookup_while_another_thread_loads_waits_for_every_builtin(plugin_dir:
 
 def test_importing_the_packages_imports_no_plugin() -> None:
     """The CLI imports these packages to build ``--help``; their plugins (torch, langgraph) wait."""
-    code = ("import sys, indices.descriptors, indices.stores, indices.submaps, agent.backends, agent.policies; "
-            "print(sorted(m for m in sys.modules if m.startswith(('indices.', 'agent.')) and m.split('.')[-1] in "
+    code = ("import sys, geoguide.indices.descriptors, geoguide.indices.stores, geoguide.indices.submaps, geoguide.agent.backends, geoguide.agent.policies; "
+            "print(sorted(m for m in sys.modules if m.startswith(('geoguide.indices.', 'geoguide.agent.')) and m.split('.')[-1] in "
             "{'clip', 'thumbnail', 'flat', 'kmeans', 'llava', 'offline', 'rules', 'llm', 'toolbox'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
@@ -162,12 +162,12 @@ def test_importing_the_packages_imports_no_plugin() -> None:
 
 
 def _registries() -> dict[str, object]:
-    from agent.backends.registry import BACKENDS
-    from agent.policies.base import POLICIES
-    from agent.toolbox import TOOLS
-    from indices.descriptors.registry import DESCRIPTORS
-    from indices.stores.registry import STORES
-    from indices.submaps.registry import SCHEMES
+    from geoguide.agent.backends.registry import BACKENDS
+    from geoguide.agent.policies.base import POLICIES
+    from geoguide.agent.toolbox import TOOLS
+    from geoguide.indices.descriptors.registry import DESCRIPTORS
+    from geoguide.indices.stores.registry import STORES
+    from geoguide.indices.submaps.registry import SCHEMES
 
     return {"descriptor": DESCRIPTORS, "store": STORES, "submap scheme": SCHEMES, "backend": BACKENDS,
             "policy": POLICIES, "tool": TOOLS}
@@ -189,7 +189,7 @@ def test_finding_the_backends_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from agent.backends import available_backends; names = available_backends(); "
+    code = ("import sys; from geoguide.agent.backends import available_backends; names = available_backends(); "
             "print(','.join(names), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[2])
@@ -199,6 +199,6 @@ def test_finding_the_backends_imports_no_torch():
 
 
 def test_the_dataset_loaders_use_the_registry_helper():
-    from eval.datasets import DATASETS
+    from geoguide.eval.datasets import DATASETS
 
     assert isinstance(DATASETS, Registry) and "csv" in DATASETS

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.backends import make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from tests.synthetic import place_image
-from tools.base import ToolError  # noqa: F401
-from tools.retrieval import (
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.tools.base import ToolError  # noqa: F401
+from geoguide.tools.retrieval import (
     ListSubmapsArgs,
     SearchArgs,
     WidenArgs,
@@ -17,6 +16,7 @@ from tools.retrieval import (
     search_submap,
     widen,
 )
+from tests.synthetic import place_image
 
 
 @pytest.fixture
@@ -77,9 +77,9 @@ def _run_tools(ctx, path, calls):
     from langchain_core.messages import AIMessage
     from langgraph.graph import END, START, StateGraph
 
-    from agent.graph import initial_state
-    from agent.state import AgentState
-    from agent.toolbox import tool_node
+    from geoguide.agent.graph import initial_state
+    from geoguide.agent.state import AgentState
+    from geoguide.agent.toolbox import tool_node
 
     g = StateGraph(AgentState, context_schema=AgentContext)
     g.add_node("tools", tool_node())
@@ -119,7 +119,7 @@ def test_widening_a_country_never_jumps_continents_through_an_overseas_part():
     into all of France's (European) photos; a prior in Cayenne grows French Guiana's way."""
     from types import SimpleNamespace
 
-    from tools.retrieval import _wider_countries
+    from geoguide.tools.retrieval import _wider_countries
 
     spans = {c: (i, i + 1) for i, c in enumerate(["FR", "ES", "BR", "SR", "GF", "DE"])}
     table = SimpleNamespace(spans=spans, scheme=SimpleNamespace(prefix="country"))

@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from agent.backends import make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from app.server import check_binding, create_app
-from indices.errors import GeoguideError
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.app.server import check_binding, create_app
+from geoguide.core.errors import GeoguideError
 from tests.synthetic import place_image
 
 
@@ -128,7 +128,7 @@ def test_open_binding_needs_a_token_or_insecure():
 
 
 def test_warm_up_loads_what_the_first_request_needs(synthetic_index):
-    from app.server import warm_up
+    from geoguide.app.server import warm_up
 
     ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
     warm_up(ctx)
@@ -144,7 +144,7 @@ PARIS = (48.8566, 2.3522)
 def served(synthetic_index, tmp_path):
     """A server with a replayed prior for q_paris.jpg, labels (truth) for it, and a state dir that
     a second app (a restarted server) can reopen."""
-    from app.web_sessions import Truth
+    from geoguide.app.web_sessions import Truth
 
     prior = tmp_path / "prior.csv"
     prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
@@ -235,7 +235,7 @@ def test_the_page_and_its_offline_map(served):
     assert page.status_code == 200 and "/static/app.js" in page.text
     assert "http://" not in page.text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page.text
-    for asset in ("app.js", "map.js", "style.css"):
+    for asset in ("geoguide.app.js", "map.js", "style.css"):
         body = client.get(f"/static/{asset}").text
         assert "https://" not in body and "//cdn" not in body
     geo = client.get("/api/countries.geojson", headers={"Accept-Encoding": "gzip"})

@@ -12,10 +12,10 @@ import httpx
 import psutil
 import pytest
 
-from agent.backends import make_backend
-from agent.config import AgentConfig
-from agent.context import AgentContext
-from app.server import create_app
+from geoguide.agent.backends import make_backend
+from geoguide.agent.config import AgentConfig
+from geoguide.agent.context import AgentContext
+from geoguide.app.server import create_app
 from tests.serving import serving
 from tests.synthetic import place_image
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import typer
 
-from app.cli import app, main
-from app.options import SHARED, AgentOptions
-from eval.spec import RunSpec
+from geoguide.app.cli import app, main
+from geoguide.app.options import SHARED, AgentOptions
+from geoguide.eval.spec import RunSpec
 from tests.synthetic import place_image
 
 AGENT_COMMANDS = ["locate", "chat", "serve", "eval"]

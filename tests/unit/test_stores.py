@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from benchmarks.scale import SyntheticDescriptor
-from indices.manifest import SourceInfo
-from indices.store import ReferenceIndex
-from indices.stores import StoreSpecError, parse_store
-from indices.submaps import parse_schemes
-from indices.writer import write_index
+from geoguide.indices.manifest import SourceInfo
+from geoguide.indices.store import ReferenceIndex
+from geoguide.indices.stores import StoreSpecError, parse_store
+from geoguide.indices.submaps import parse_schemes
+from geoguide.indices.writer import write_index
 from tests.synthetic import PLACES
 
 N, DIM = 2000, 32
@@ -152,7 +152,7 @@ def test_row_of_finds_every_id_by_binary_search(built):
 
 
 def test_index_build_store_flags(synthetic_refs, tmp_path, capsys):
-    from app.cli import main
+    from geoguide.app.cli import main
 
     root, _ = synthetic_refs
     args = ["index", "build", "--images", str(root / "images"), "--labels", str(root / "labels.csv"),

@@ -25,15 +25,19 @@ NO_WEIGHTS = Availability(runs_here=True, detail="needs no downloaded weights")
 
 
 def hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # the core install has no transformers, so no Hugging Face cache reader
+        return os.environ.get("HF_HUB_CACHE", str(Path.home() / ".cache" / "huggingface" / "hub"))
     return str(constants.HF_HUB_CACHE)
 
 
 def hf_cached(repo_id: str) -> Path | None:
     """The folder of ``repo_id``'s snapshot in the local Hugging Face cache, if one is there."""
-    from huggingface_hub import try_to_load_from_cache
-
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
     try:
         found = try_to_load_from_cache(repo_id, "config.json")
     except ValueError:

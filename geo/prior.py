@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from indices.geography.names import lookup_country
-from indices.geography.points import country_at
+from geoguide.geo.names import lookup_country
+from geoguide.geo.points import country_at
 
 
 class NamedCountry(Protocol):

@@ -3,7 +3,7 @@
 Every country a coordinate gets in geoguide (reference labels, submaps, the prior's country, the
 answer's country, metrics per continent) comes from ``country_at`` / ``countries_at``, so they all
 agree. The test is exact (even-odd rule, ray to the east, over the Natural Earth 10m polygons of
-``indices.geography.world``); ``countries_at`` answers most points from a 0.05 degree raster and
+``geo.world``); ``countries_at`` answers most points from a 0.05 degree raster and
 leaves only those near a boundary (~6.5% of land points) to the exact test, with the same result.
 A sea point takes the country with the nearest coast within ``NEAREST_CAP_KM``.
 """
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indices.geography.world import countries, parts
-from indices.geometry import haversine_km, km_to_chord, latlon_to_unit, validate_latlon
+from geoguide.geo.geometry import haversine_km, km_to_chord, latlon_to_unit, validate_latlon
+from geoguide.geo.world import countries, parts
 
 if TYPE_CHECKING:  # scipy is imported where first needed: it costs ~0.5 s at import
     from scipy.spatial import cKDTree

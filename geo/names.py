@@ -1,7 +1,7 @@
 """Names -> codes: one folding of spellings, and the lookups built on it.
 
 ``normalize_names`` is the key every name lookup in geoguide shares (countries here, the
-gazetteer's 400k city names in ``indices.geography.places``), so that "Côte d'Ivoire", "cote
+gazetteer's 400k city names in ``geo.places``), so that "Côte d'Ivoire", "cote
 d'ivoire" and "COTE D IVOIRE" meet. ``lookup_country`` accepts names, ISO2/ISO3 codes, GeoNames'
 codes for territories the world model files under their sovereign (RE -> FR) and common aliases.
 """
@@ -12,7 +12,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from indices.geography.world import (
+from geoguide.geo.world import (
     GEONAMES_CONTINENTS,
     GEONAMES_ONLY,
     continents,

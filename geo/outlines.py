@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from indices.geography import country_name, country_rings
+from geoguide.geo import country_name, country_rings
 
 
 def decimate(ring: np.ndarray, step_deg: float) -> np.ndarray:
