@@ -31,6 +31,7 @@ from geoguide.agent.context import AgentContext
 from geoguide.agent.followup import summary
 from geoguide.agent.graph import build_graph, locate
 from geoguide.agent.state import AgentState, Event, Prediction
+from geoguide.core.validation import describe_validation
 
 # ---- session files ---------------------------------------------------------------------------
 
@@ -62,7 +63,10 @@ def _session_models() -> dict[tuple[str, str], type[BaseModel]]:
 
 # geoguide 0.1.0 installed six top-level packages; sessions it wrote name their models' modules so
 # (``agent.state``), and some of those modules have moved since. Maps an old name to today's.
-_RELEASE_0_1_MOVES = {"indices.geography": "geo", "indices.geometry": "geo.geometry"}
+_RELEASE_0_1_MOVES = {"indices.geography": "geo", "indices.geometry": "geo.geometry", "indices.outlines": "geo.outlines",
+                      "eval.datasets": "indices.photosets",
+                      **{f"indices.{m}": f"core.{m}" for m in ("errors", "registry", "sqlite", "atomic", "progress",
+                                                               "images", "availability")}}
 _RELEASE_0_1_TOP = frozenset({"agent", "app", "eval", "indices", "prompts", "tools"})
 
 
@@ -144,7 +148,7 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
             return cls.model_validate(fields)
         except ValidationError as e:
             raise SessionError(f"its {name} record does not match geoguide's format: "
-                               f"{e.errors()[0]['msg']} at {'.'.join(map(str, e.errors()[0]['loc']))}") from None
+                               f"{describe_validation(e, whole=name, limit=1)}") from None
 
 
 # ---- sessions --------------------------------------------------------------------------------

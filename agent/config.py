@@ -72,7 +72,9 @@ class AgentConfig(BaseModel):
     prior_level: Literal["point", "country"] = Field(
         "point", description="'country' uses only the prior's country, as in the paper; 'point' also its coordinates"
     )
-    scheme: Literal["country", "kmeans"] = Field("country", description="submap scheme the rules policy searches")
+    scheme: str = Field("country", pattern=r"^[a-z][a-z0-9_-]*$",
+                        description="the stored submap scheme whose hypotheses the rules policy searches: its kind "
+                        "(country, kmeans) or prefix (kmeans-100); the scheme decides what a prior's submaps are")
     kmeans_clusters: int = Field(3, ge=1, description="rules+kmeans: clusters nearest the prior point to search")
     k: int = Field(20, ge=1, le=500, description="candidates per search")
     max_switches: int = Field(2, ge=0, description="rules: switches to the next country hypothesis")

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoguide.agent.config import AgentConfig
+from geoguide.core.validation import describe_validation
 
 DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS = 60.0, 4
 
@@ -139,7 +140,4 @@ def validated(model: type[BaseModel], **values: Any) -> Any:
     try:
         return model(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or model.__name__}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"invalid settings: {problems}") from None
+        raise ValueError(f"invalid settings: {describe_validation(exc, whole=model.__name__)}") from None

@@ -89,8 +89,10 @@ def _second_ctrl_c_exits() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
+    from geoguide.core.validation import describe_validation
+
     if isinstance(exc, ValidationError):  # "1 validation error for AgentConfig" says nothing useful
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        return describe_validation(exc, limit=3)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -31,9 +31,9 @@ def main() -> int:
     from geoguide.agent.factory import build_context
     from geoguide.agent.graph import locate
     from geoguide.agent.settings import ContextSpec
-    from geoguide.eval.datasets import load_dataset
     from geoguide.geo.geometry import haversine_km
     from geoguide.indices.build import BuildConfig, build_index
+    from geoguide.indices.photosets import load_dataset
     from geoguide.tools.gazetteer import ReverseGeocodeArgs, reverse_geocode
 
     samples = load_dataset("csv", labels=data / "labels.csv", images=data / "images").samples

@@ -41,11 +41,11 @@ def index_build(
     km: Annotated[float, typer.Option("--km", help="with --exclude-near: the separation in km (OSV-5M: 1)")] = 1.0,
 ) -> None:
     """Describe reference photos and write a searchable, submap-partitioned index."""
-    from geoguide.eval.datasets import load_dataset
     from geoguide.indices.build import BuildConfig, build_index, validate_build_config
     from geoguide.indices.distributed import RayOptions
     from geoguide.indices.filtering import REMOVED_NAME, read_removed, rule_counts
     from geoguide.indices.manifest import SourceInfo
+    from geoguide.indices.photosets import load_dataset
 
     if images is None and labels is None:
         raise CLIError("give --images DIR (with --labels CSV, or photos carrying EXIF GPS)")
@@ -83,11 +83,11 @@ def index_build(
 
 
 def load_query_points(labels: Path, km: float):
-    """A benchmark's query locations (any labels layout ``eval.datasets`` reads) for the leakage rule."""
+    """A benchmark's query locations (any labels layout ``indices.photosets`` reads) for the leakage rule."""
     import logging
 
-    from geoguide.eval.datasets import load_dataset
     from geoguide.indices.filtering import query_points
+    from geoguide.indices.photosets import load_dataset
 
     data = load_dataset("csv", labels=labels)
     if data.report.n_bad:
@@ -215,8 +215,8 @@ def index_add(
 
     Only the new rows are written; learned parts stay frozen. Run it again after an interruption.
     """
-    from geoguide.eval.datasets import load_dataset
     from geoguide.indices.manifest import SourceInfo
+    from geoguide.indices.photosets import load_dataset
     from geoguide.indices.update import add_references
 
     if labels is not None:

@@ -74,8 +74,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
         "of images are detected on the first call"))], None),
     "prior_level": (Annotated[Literal["point", "country"] | None, typer.Option(
         "--prior-level", help="point | country (only the prior's country, as in the paper)")], None),
-    "scheme": (Annotated[Literal["country", "kmeans"] | None, typer.Option(
-        "--scheme", help="country | kmeans: the submaps the rules policy searches")], None),
+    "scheme": (Annotated[str | None, typer.Option(
+        "--scheme", help="country | kmeans | any stored scheme: the submaps the rules policy searches")], None),
     "rerank": (Annotated[bool, typer.Option("--rerank/--no-rerank", help="geographic re-ranking (the paper's ablation)")], True),
     "exclude_author": (Annotated[list[str] | None, typer.Option(
         "--exclude-author", help="never retrieve this photographer's photos; repeatable")], None),
@@ -107,7 +107,7 @@ class AgentOptions(BaseModel):
     planner: str | None = None
     planner_opt: list[str] | None = None
     prior_level: Literal["point", "country"] | None = None
-    scheme: Literal["country", "kmeans"] | None = None
+    scheme: str | None = None
     rerank: bool = True
     exclude_author: list[str] | None = None
     max_seconds: float | None = None

@@ -42,7 +42,7 @@ def serve_cmd(
         typer.echo(f"geoguide: warning: {warning}", err=True)
     truth = None
     if labels is not None:
-        from geoguide.eval.datasets import load_dataset
+        from geoguide.indices.photosets import load_dataset
 
         truth = {s.image_id: Truth(lat=s.lat, lon=s.lon, author=s.author)
                  for s in load_dataset("csv", labels=labels).samples}

@@ -92,7 +92,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.photosets import load_dataset
     from geoguide.indices.build import BuildConfig
     from geoguide.indices.distributed import RayOptions
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from geoguide.eval.datasets import Sample
 from geoguide.eval.records import RunRecord, RunSummary, TopRef, error_km_of
 from geoguide.eval.runner import DatasetRef, _Run, coverage_of, index_info
 from geoguide.geo.geometry import haversine_km, latlon_to_unit
+from geoguide.indices.photosets import Sample
 from geoguide.indices.store import ReferenceIndex
 
 

@@ -20,8 +20,8 @@ from geoguide.agent.schemas import Usage
 from geoguide.agent.state import Prediction
 from geoguide.core import atomic
 from geoguide.eval.corruption import CorruptionApplied
-from geoguide.eval.datasets import Sample
 from geoguide.eval.metrics import Summary, distance_km, markdown_table, summarize
+from geoguide.indices.photosets import Sample
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,6 @@ from geoguide.core.pool import bounded_map
 from geoguide.core.progress import Progress
 from geoguide.core.version import provenance
 from geoguide.eval.corruption import CorruptedPriorBackend, CorruptionSpec
-from geoguide.eval.datasets import LoadReport, Sample
 from geoguide.eval.records import (
     PREDICTIONS,
     SUMMARY_JSON,
@@ -61,6 +60,7 @@ from geoguide.eval.records import (
     record_from_prediction,
     write_summary,
 )
+from geoguide.indices.photosets import LoadReport, Sample
 from geoguide.indices.store import ReferenceIndex
 
 log = logging.getLogger(__name__)

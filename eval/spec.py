@@ -19,9 +19,9 @@ from geoguide.agent.settings import ContextSpec
 
 if TYPE_CHECKING:  # the runner pulls in langgraph and faiss: imported when a command runs, not for --help
     from geoguide.eval.corruption import CorruptionSpec
-    from geoguide.eval.datasets import LoadedDataset
     from geoguide.eval.records import RunSummary
     from geoguide.eval.runner import DatasetRef
+    from geoguide.indices.photosets import LoadedDataset
 
 
 class RunSpec(ContextSpec):
@@ -30,7 +30,7 @@ class RunSpec(ContextSpec):
     images: Path | None = Field(None, description="folder of query photos")
     labels: Path | None = Field(None, description="ground-truth file (IMG_ID,AUTHOR,LAT,LON)")
     dataset: str | None = Field(
-        None, description="geoguide.eval.datasets loader; default csv with labels, else shared"
+        None, description="geoguide.indices.photosets loader; default csv with labels, else shared"
     )
     exclude_same_author: bool = False
     limit: int | None = Field(None, ge=1)
@@ -56,7 +56,7 @@ class RunSpec(ContextSpec):
 
 @lru_cache(maxsize=8)
 def _dataset(name: str, labels: str | None, images: str | None) -> LoadedDataset:
-    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.photosets import load_dataset
 
     return load_dataset(name, labels=labels, images=images)
 

@@ -29,6 +29,7 @@ from geoguide.agent.settings import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT_S, Context
 from geoguide.agent.state import Prediction
 from geoguide.core.errors import GeoguideError
 from geoguide.core.pool import bounded_map
+from geoguide.core.validation import describe_validation
 from geoguide.tools.retrieval import SearchArgs, SearchResult
 
 __all__ = ["ConfigError", "Geolocator", "LocatedPhoto", "SearchError", "SearchHit"]
@@ -155,8 +156,6 @@ def _checked(make):
     except GeoguideError:
         raise
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        raise ConfigError(f"{where}: {err['msg']}" if where else err["msg"]) from None
+        raise ConfigError(describe_validation(e, limit=1)) from None
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(_first_line(e)) from None

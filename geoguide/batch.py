@@ -30,8 +30,8 @@ from geoguide.core import atomic
 from geoguide.core.errors import GeoguideError
 from geoguide.core.progress import Progress
 from geoguide.core.version import __version__
-from geoguide.eval.datasets import IMAGE_SUFFIXES, exif_gps
 from geoguide.eval.records import now_utc
+from geoguide.indices.photosets import IMAGE_SUFFIXES, exif_gps
 
 FORMATS = (".csv", ".jsonl", ".geojson", ".kml")
 

@@ -68,7 +68,7 @@ MAX_FAILED_IMAGES = 1000  # named in the manifest; enough to act on, small enoug
 
 
 class ReferenceRecord(Protocol):
-    """What a build needs of one reference photo (``eval.datasets.Sample`` satisfies it)."""
+    """What a build needs of one reference photo (``indices.photosets.Sample`` satisfies it)."""
 
     image_id: str
     image_path: str | Path | None

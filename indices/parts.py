@@ -9,7 +9,7 @@ into one array; without segments every array is the base's own memory map.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,83 +17,8 @@ import numpy as np
 from geoguide.geo.geometry import spherical_centroid
 from geoguide.indices.manifest import MANIFEST_NAME, IndexFormatError, Manifest
 from geoguide.indices.stores.base import RowReader
-from geoguide.indices.submaps import Submap, SubmapScheme
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A set of reference rows: global row ranges (each within one part, a slice of its storage
-    order), slices of a part's copy in another scheme's order, or rows."""
-
-    ranges: tuple[tuple[int, int], ...] = ()
-    rows: np.ndarray | None = None
-    permuted: tuple[tuple[str, int, int, int], ...] = ()  # (scheme prefix, part, start, end) in that order
-
-    @property
-    def size(self) -> int:
-        n = sum(b - a for a, b in self.ranges) + sum(b - a for _, _, a, b in self.permuted)
-        return n + (0 if self.rows is None else len(self.rows))
-
-
-@dataclass
-class SchemePart:
-    """One scheme's table in one part (the base or a segment): label -> [start, end) in ``order``."""
-
-    offset: int  # global row of the part's first row
-    spans: dict[str, tuple[int, int]]
-    order: np.ndarray | None  # None: the part's storage order
-    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
-
-
-@dataclass
-class SchemeTable:
-    """One scheme's submaps: label -> metadata (live sizes) and where its rows are.
-
-    ``spans``, ``order`` and ``codes`` are the base's (``spans`` has every label with live
-    references; (0, 0) for one only segments hold); ``parts`` has the base's and each segment's.
-    """
-
-    scheme: SubmapScheme
-    submaps: dict[str, Submap]  # by label
-    spans: dict[str, tuple[int, int]]
-    order: np.ndarray | None
-    codes: np.ndarray | None = None  # the codes in ``order`` (None: gather rows, as version-1 indices do)
-    parts: list[SchemePart] = field(default_factory=list)
-    dead: np.ndarray | None = None  # tombstoned global rows, sorted
-
-    def __post_init__(self) -> None:
-        if not self.parts:
-            self.parts = [SchemePart(0, self.spans, plain(self.order), plain(self.codes))]
-
-    def selection(self, labels: list[str]) -> Selection:
-        ranges: list[tuple[int, int]] = []
-        permuted: list[tuple[str, int, int, int]] = []
-        gathered: list[np.ndarray] = []
-        for pi, part in enumerate(self.parts):
-            spans = sorted(part.spans[lab] for lab in labels if lab in part.spans)
-            if not spans:
-                continue
-            if part.order is None:
-                ranges += [(part.offset + a, part.offset + b) for a, b in spans]
-            elif part.codes is not None:
-                permuted += [(self.scheme.prefix, pi, a, b) for a, b in spans]
-            else:
-                gathered += [part.offset + np.asarray(part.order[a:b], dtype=np.int64) for a, b in spans]
-        rows = np.sort(np.concatenate(gathered)) if gathered else None
-        return Selection(ranges=tuple(ranges), rows=rows, permuted=tuple(permuted))
-
-    def rows(self, label: str) -> np.ndarray:
-        """Global rows of one label's live references, in every part."""
-        out = []
-        for part in self.parts:
-            if label in part.spans:
-                a, b = part.spans[label]
-                local = np.arange(a, b) if part.order is None else np.asarray(part.order[a:b], dtype=np.int64)
-                out.append(part.offset + local)
-        rows = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-        if self.dead is not None and len(self.dead):
-            rows = rows[~np.isin(rows, self.dead)]
-        return rows
+from geoguide.indices.submaps import Submap
+from geoguide.indices.submaps.base import SchemePart
 
 
 class ConcatRows:
@@ -176,11 +101,6 @@ class Part:
     mapped: dict[str, tuple[np.ndarray | None, np.ndarray | None]]  # each scheme's order and codes, the memory maps
     metas: dict[str, dict[str, Submap]]
     states: dict[str, dict]
-
-
-def plain(a: np.ndarray | None) -> np.ndarray | None:
-    """A memory map as a plain ndarray view of the same pages (no copy; cheaper to slice)."""
-    return None if a is None else np.asarray(a)
 
 
 def decode(b: bytes) -> str:

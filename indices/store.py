@@ -27,10 +27,7 @@ the base's own memory map and search runs exactly as it always has.
 
 References are stored sorted by the *primary* scheme (the first one built), so each of its
 submaps is a contiguous slice of the codes; every other stored scheme keeps its own copy of the
-codes in its own order, so its submaps are slices too. A submap search hands exactly that slice
-to the store's scanner (``indices.stores``): it reads only the submap's own codes, in one
-sequential pass. Radius submaps are rows found at query time, gathered chunk by chunk. A union
-(what widening produces) is searched slice by slice and merged.
+codes in its own order, so its submaps are slices too, which ``indices.search`` scans in place.
 
 Measured with ``benchmarks/scale.py`` at 1M x 256-d fp16, one thread (see the README table):
 before, a country went through FAISS ``IDSelectorRange`` over one flat index, which still visits
@@ -47,50 +44,34 @@ removals files, which are read whole at open).
 
 from __future__ import annotations
 
-import bisect
 import json
 import threading
-from collections.abc import Iterator, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from geoguide.core.errors import GeoguideError
-from geoguide.geo.geometry import km_to_chord, latlon_to_unit, spherical_centroid
 from geoguide.indices.descriptors import Descriptor, get_descriptor
 from geoguide.indices.manifest import IndexFormatError, Manifest, SchemeInfo, verify_files
-from geoguide.indices.parts import (
-    ConcatRows,
-    Part,
-    SchemePart,
-    SchemeTable,
-    Selection,
-    decode,
-    merged_submaps,
-    plain,
-    read_manifest,
-    search_sorted_ids,
-)
+from geoguide.indices.parts import ConcatRows, Part, merged_submaps, read_manifest
+from geoguide.indices.rows import IndexRows
+from geoguide.indices.search import BlockedSearch
+from geoguide.indices.selection import SubmapSelection
 from geoguide.indices.stores import Store, StoreSpecError, parse_store
 from geoguide.indices.stores.base import STORE_FILE, RowReader
-from geoguide.indices.submaps import Submap, parse_scheme
-from geoguide.indices.submaps.radius import parse_radius_label
+from geoguide.indices.submaps import Submap, SubmapError, parse_scheme
+from geoguide.indices.submaps.base import SchemePart, SchemeTable, plain
 
 REF_COLUMNS = ("id", "author", "country", "path", "lat", "lon")
-GATHER_CHUNK = 262_144  # rows of a radius submap gathered at a time (bounds the copy)
-MERGE_ROWS = 2_048  # a submap's segment slices, up to this many rows in all, are gathered into one scan
-GATHERED_KEPT = 1_024  # gathered segment pieces kept per opened index (at most MERGE_ROWS rows each)
+__all__ = ["REF_COLUMNS", "ReferenceIndex", "SubmapError"]
 
 
-class SubmapError(GeoguideError, ValueError):
-    """An unknown or malformed submap id; the message lists what is valid."""
+class ReferenceIndex(IndexRows, SubmapSelection, BlockedSearch):
+    """An opened index directory: reference table, descriptors, store codes and submaps.
 
-
-class ReferenceIndex:
-    """An opened index directory: reference table, descriptors, store codes and submaps."""
+    A thin front: opening is here; rows and ids (``indices.rows``), submap ids -> rows
+    (``indices.selection``) and the blocked search (``indices.search``) each have their module.
+    """
 
     def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
@@ -207,70 +188,6 @@ class ReferenceIndex:
             store.shortlist_fraction = float(m.store.params.get("shortlist_fraction", store.shortlist_fraction))
         return store
 
-    @property
-    def n_rows(self) -> int:
-        """Physical rows, tombstoned ones included: global row numbers run from 0 to this."""
-        return int(self._offsets[-1])
-
-    @property
-    def n_dead(self) -> int:
-        return len(self._dead)
-
-    @property
-    def tombstones(self) -> np.ndarray:
-        """The removed (tombstoned) global rows, sorted; empty after a compaction."""
-        return self._dead
-
-    def part_arrays(self, name: str) -> list[np.ndarray]:
-        """The base's and each segment's ``descriptors`` or ``codes``, memory-mapped, in row order."""
-        return [getattr(p, name) for p in self._parts]
-
-    def live_rows(self) -> np.ndarray:
-        """Every row not removed, in row order (``arange(len(index))`` for an index without tombstones)."""
-        if not len(self._dead):
-            return np.arange(self.n_rows)
-        keep = np.ones(self.n_rows, dtype=bool)
-        keep[self._dead] = False
-        return np.flatnonzero(keep)
-
-    def live_column(self, name: str) -> np.ndarray:
-        """One reference column (``REF_COLUMNS``) for the live rows, in row order, as an array."""
-        col = self.refs[name]
-        return np.asarray(col) if not len(self._dead) else col[self.live_rows()]
-
-    def is_dead(self, rows: np.ndarray) -> np.ndarray:
-        """Which of ``rows`` were removed (tombstoned) and not compacted away yet."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if not len(self._dead):
-            return np.zeros(len(rows), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._dead, rows), len(self._dead) - 1)
-        return self._dead[pos] == rows
-
-    def _live(self, rows: np.ndarray) -> np.ndarray:
-        return rows if not len(self._dead) else rows[~self.is_dead(rows)]
-
-    def _dead_in(self, a: int, b: int) -> int:
-        """How many tombstoned rows lie in the global rows [a, b)."""
-        d = self._dead_list
-        return bisect.bisect_left(d, b) - bisect.bisect_left(d, a) if d else 0
-
-    def _part_of(self, row: int) -> int:
-        return bisect.bisect_right(self._starts, row) - 1
-
-    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
-        """fp16 descriptors of global rows, as float32, read with ``pread`` (see ``RowReader``)."""
-        if len(self._parts) == 1:
-            return self._rows.read(rows)
-        which = np.searchsorted(self._offsets, rows, side="right") - 1
-        out = np.empty((len(rows), self.manifest.descriptor.dim), dtype=np.float32)
-        for j in np.unique(which):
-            mask = which == j
-            out[mask] = self._parts[j].reader.read(rows[mask] - self._parts[j].offset)
-        return out
-
-    def __len__(self) -> int:
-        return self.manifest.n_references
-
     # ---- descriptors -------------------------------------------------------------------------
     def descriptor(self) -> Descriptor:
         """The descriptor exactly as the references were described (config + learned state);
@@ -293,279 +210,3 @@ class ReferenceIndex:
                 "(code or weights changed); rebuild the index"
             )
         return desc
-
-    # ---- reference table ---------------------------------------------------------------------
-    def row(self, i: int) -> dict[str, Any]:
-        r = self.refs
-        return {
-            "row": int(i),
-            "ref_id": decode(r["id"][i]),
-            "author": decode(r["author"][i]),
-            "country": decode(r["country"][i]),
-            "path": decode(r["path"][i]),
-            "lat": float(r["lat"][i]),
-            "lon": float(r["lon"][i]),
-        }
-
-    def _ids_of(self, part: int) -> dict[str, int]:
-        cache = self.__dict__.setdefault("_id_dicts", {})
-        if part not in cache:
-            cache[part] = {decode(b): i for i, b in enumerate(self._parts[part].refs["id"])}
-        return cache[part]
-
-    def row_of(self, ref_id: str) -> int | None:
-        """The row of a live reference id: a binary search through each part's ``refs/id_order.npy``
-        (memory-mapped, ~25 reads at 20M rows); indices written before it build an id -> row dict
-        once. A removed id is None, even while its row is still on disk."""
-        row = int(self.rows_of([ref_id])[0])
-        return None if row < 0 else row
-
-    def rows_of(self, ref_ids: Sequence[str]) -> np.ndarray:
-        """The rows of many ids at once (-1: not in the index, or removed): the binary searches run
-        side by side, one numpy gather per step instead of a Python loop per id."""
-        encoded = [i.encode("utf-8") for i in ref_ids]
-        keys = np.array(encoded or [b""], dtype=bytes)[: len(ref_ids)]
-        out = np.full(len(keys), -1, dtype=np.int64)
-        # numpy's fixed-width bytes drop trailing NULs, so "a.jpg\0" would match "a.jpg"; no stored id
-        # can end in one (the same arrays hold them), so such a key is simply not in the index
-        searchable = np.array([not k.endswith(b"\0") for k in encoded], dtype=bool)
-        for j, p in enumerate(self._parts):
-            todo = np.flatnonzero((out < 0) & searchable)
-            if not len(todo):
-                break
-            if p.id_order is None:
-                found = self._ids_of(j)
-                local = np.array([found.get(k.decode("utf-8"), -1) for k in keys[todo]], dtype=np.int64)
-            else:
-                local = search_sorted_ids(p.refs["id"], p.id_order, keys[todo])
-            hit = local >= 0
-            rows = p.offset + local[hit]
-            live = ~self.is_dead(rows)
-            out[todo[hit][live]] = rows[live]
-        return out
-
-    @cached_property
-    def _coord_index(self) -> faiss.IndexFlatL2:
-        index = faiss.IndexFlatL2(3)
-        index.add(latlon_to_unit(self.refs["lat"], self.refs["lon"]).astype(np.float32))
-        return index
-
-    # ---- submaps -----------------------------------------------------------------------------
-    def list_submaps(self, prefix: str) -> list[Submap]:
-        if prefix not in self.schemes:
-            raise SubmapError(f"no submap scheme {prefix!r} in this index; it has: {', '.join(self.schemes)}")
-        return sorted(self.schemes[prefix].submaps.values(), key=lambda s: -s.size)
-
-    def scheme_of(self, kind: str) -> SchemeTable | None:
-        return next((t for t in self.schemes.values() if t.scheme.kind == kind), None)
-
-    def describe_submap(self, submap_id: str, sel: Selection | None = None) -> Submap:
-        """Metadata of any id, including unions and radius ids (computed from their rows);
-        pass ``sel`` when the id is already resolved, so its rows are not looked up twice."""
-        prefix, _, label = submap_id.partition(":")
-        table = self.schemes.get(prefix)
-        if table is not None and label in table.submaps:
-            return table.submaps[label]
-        sel = sel if sel is not None else self.resolve(submap_id)
-        rows = self.selection_rows(sel)
-        lat, lon = spherical_centroid(self.refs["lat"][rows], self.refs["lon"][rows]) if len(rows) else (0.0, 0.0)
-        return Submap(id=submap_id, scheme=prefix, name=self._union_name(submap_id), lat=lat, lon=lon, size=len(rows))
-
-    def _union_name(self, submap_id: str) -> str:
-        if submap_id == "global":
-            return "global — the whole reference map"
-        prefix, _, label = submap_id.partition(":")
-        if prefix == "radius":
-            return parse_scheme("radius").label_name(label, 0, 0)
-        if prefix == "continent":
-            return f"{label} (continent)"
-        parts = label.split(",")
-        return f"{prefix}: {', '.join(parts[:8])}{' …' if len(parts) > 8 else ''} ({len(parts)} submaps)"
-
-    def resolve(self, submap_id: str) -> Selection:
-        """Submap id -> the rows it covers. Raises ``SubmapError`` with the valid forms."""
-        submap_id = submap_id.strip()
-        if submap_id == "global":
-            return Selection(ranges=tuple((p.offset, p.offset + p.n) for p in self._parts))
-        prefix, sep, label = submap_id.partition(":")
-        if not sep or not label:
-            raise SubmapError(self._unknown(submap_id))
-        if prefix == "radius":
-            try:
-                lat, lon, km = parse_radius_label(label)
-            except ValueError as e:
-                raise SubmapError(str(e)) from None
-            _, _, ids = self._coord_index.range_search(
-                latlon_to_unit([lat], [lon]).astype(np.float32), km_to_chord(km) ** 2
-            )
-            return Selection(rows=self._live(np.sort(ids.astype(np.int64))))
-        if prefix == "continent":
-            return self._continent(label)
-        table = self.schemes.get(prefix)
-        if table is None:
-            raise SubmapError(self._unknown(submap_id))
-        labels = [s.strip() for s in label.split(",") if s.strip()]
-        missing = [lab for lab in labels if lab not in table.spans]
-        if missing:
-            examples = ", ".join(table.scheme.submap_id(lab) for lab in list(table.spans)[:5])
-            raise SubmapError(
-                f"submap(s) {', '.join(table.scheme.submap_id(m) for m in missing)} do not exist in this index "
-                f"(no references there); e.g. {examples}; use list_submaps to see them"
-            )
-        return table.selection(labels)
-
-    def _continent(self, name: str) -> Selection:
-        from geoguide.geo import continent_of, continents
-
-        table = self.scheme_of("country")
-        if table is None:
-            raise SubmapError("continent submaps need an index built with the 'country' scheme")
-        known = {c.lower(): c for c in continents()}
-        if name.lower() not in known:
-            raise SubmapError(f"unknown continent {name!r}; valid: {', '.join(sorted(known.values()))}")
-        labels = [lab for lab in table.spans if continent_of(lab) == known[name.lower()]]
-        if not labels:
-            raise SubmapError(f"no references in continent {known[name.lower()]}")
-        return table.selection(labels)
-
-    def _unknown(self, submap_id: str) -> str:
-        forms = ["global", "radius:LAT,LON,KM", "continent:NAME"] + [f"{p}:LABEL[,LABEL...]" for p in self.schemes]
-        return f"unknown submap id {submap_id!r}; valid forms: {', '.join(forms)}"
-
-    def selection_rows(self, sel: Selection) -> np.ndarray:
-        """The live global rows of a selection."""
-        parts = [np.arange(a, b) for a, b in sel.ranges]
-        for prefix, j, a, b in sel.permuted:
-            t = self.schemes[prefix].parts[j]
-            order = np.asarray(t.order[a:b])
-            parts.append(order if t.offset == 0 else t.offset + order)
-        if sel.rows is not None:
-            parts.append(np.asarray(sel.rows))
-        return self._live(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-
-    # ---- search ------------------------------------------------------------------------------
-    def search(
-        self,
-        query: np.ndarray,
-        sel: Selection,
-        k: int,
-        exclude_authors: frozenset[str] = frozenset(),
-        exclude_ids: frozenset[str] = frozenset(),
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows of ``sel`` by inner product with ``query`` (D,), excluded ones dropped.
-
-        Returns (rows, scores), best first; scores are exact inner products for every store.
-        Exclusion is exact: candidates are over-fetched and the fetch grows until ``k``
-        admissible rows are found or the selection is exhausted.
-        """
-        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(-1))
-        bad_authors = {a.encode("utf-8") for a in exclude_authors}
-        bad_ids = {i.encode("utf-8") for i in exclude_ids}
-        scanner = self.store.scanner(q)  # one per search, shared by its blocks (not by threads)
-        results = [self._search_block(q, codes, rows_of, k, bad_authors, bad_ids, dead, scanner)
-                   for codes, rows_of, dead in self._blocks(sel, bad_authors, bad_ids)]
-        if not results:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        first_rows, first = results[0]
-        if len(results) == 1 or (len(first) >= k and all(not len(x) or x[0] <= first[k - 1] for _, x in results[1:])):
-            return first_rows[:k], first[:k]  # already best first, nothing else reaches its top k (ties: first wins)
-        rows = np.concatenate([r for r, _ in results])
-        scores = np.concatenate([s for _, s in results])
-        top = np.argsort(-scores, kind="stable")[:k]
-        return rows[top], scores[top]
-
-    def _blocks(self, sel: Selection, bad_authors, bad_ids) -> Iterator[tuple[np.ndarray, int | np.ndarray, int]]:
-        """(codes, rows, removed) pieces of a selection: slices of mapped codes, or gathered ones.
-
-        ``rows`` is the first row of a storage-order slice, or an array mapping positions to rows;
-        ``removed`` is how many tombstoned rows the piece holds (-1: some, how many not counted).
-        The base's slices are scanned in place; the segments' small slices of a submap (what was
-        added since the last compaction) are gathered into one piece, one scan for them all, and
-        the gathered piece is kept for the next search of the same submap (segments never change).
-        """
-        added: list[tuple] = []  # ("r", global start, end) or (scheme prefix, part, start, end)
-        for a, b in sel.ranges:
-            if b > a:
-                j = self._part_of(a)
-                if j == 0:
-                    yield self._parts[0].scan[a:b], a, self._dead_in(a, b)
-                else:
-                    added.append(("r", j, a, b))
-        for prefix, j, a, b in sel.permuted:
-            if b > a:
-                t = self.schemes[prefix].parts[j]
-                if j == 0:
-                    yield t.codes[a:b], np.asarray(t.order[a:b]), -1 if self._dead_in(0, self._parts[0].n) else 0
-                else:
-                    added.append((prefix, j, a, b))
-        if len(added) == 1 or sum(x[3] - x[2] for x in added) > MERGE_ROWS:
-            yield from map(self._segment_piece, added)  # whole segments (global, say): each scanned in place
-        elif added:
-            key = tuple(added)
-            piece = self._gathered.get(key)
-            if piece is None:
-                pieces = [self._segment_piece(x) for x in added]
-                removed = -1 if any(d < 0 for _, _, d in pieces) else sum(d for _, _, d in pieces)
-                rows = [np.arange(r, r + len(c)) if isinstance(r, int) else r for c, r, _ in pieces]
-                piece = (np.concatenate([c for c, _, _ in pieces]), np.concatenate(rows), removed)
-                if len(self._gathered) >= GATHERED_KEPT:
-                    self._gathered.clear()
-                self._gathered[key] = piece
-            yield piece
-        if sel.rows is not None and len(sel.rows):
-            rows = np.asarray(sel.rows)
-            rows = rows[self._admissible(rows, bad_authors, bad_ids)]  # removed rows too
-            which = np.searchsorted(self._offsets, rows, side="right") - 1 if len(self._parts) > 1 else None
-            for j, p in enumerate(self._parts):
-                mine = rows if which is None else rows[which == j]
-                for s in range(0, len(mine), GATHER_CHUNK):
-                    part = mine[s : s + GATHER_CHUNK]
-                    yield p.scan[part - p.offset if p.offset else part], part, 0
-
-    def _segment_piece(self, item: tuple) -> tuple[np.ndarray, int | np.ndarray, int]:
-        if item[0] == "r":
-            _, j, a, b = item
-            p = self._parts[j]
-            return p.scan[a - p.offset : b - p.offset], a, self._dead_in(a, b)
-        prefix, j, a, b = item
-        t, n = self.schemes[prefix].parts[j], self._parts[j].n
-        return t.codes[a:b], t.offset + np.asarray(t.order[a:b]), -1 if self._dead_in(t.offset, t.offset + n) else 0
-
-    def _admissible(self, rows: np.ndarray, bad_authors: set[bytes], bad_ids: set[bytes]) -> np.ndarray:
-        keep = np.ones(len(rows), dtype=bool)
-        if bad_authors:
-            keep &= ~np.isin(self.refs["author"][rows], list(bad_authors))
-        if bad_ids:
-            keep &= ~np.isin(self.refs["id"][rows], list(bad_ids))
-        if len(self._dead):
-            keep &= ~self.is_dead(rows)
-        return keep
-
-    def _search_block(self, q, codes: np.ndarray, rows_of, k: int, bad_authors, bad_ids,
-                      dead: int = 0, scanner=None) -> tuple[np.ndarray, np.ndarray]:
-        n = len(codes)
-        # Room for the removed rows the block holds, up to k/2 of them (a longer heap slows the scan:
-        # +5% from 10 to 30; more removed rows than that among the best is rare, and then the
-        # fetch grows below); with exclusions, room for those too.
-        room = max(4, k // 2)
-        extra = min(dead, room) if dead >= 0 else room
-        fetch = min(n, k + extra + (3 * k + 16 if bad_authors or bad_ids else 0))
-        exact = self.store.exact
-        while True:
-            shortlist = self.store.shortlist(fetch, n)
-            scores, pos = self.store.scan(q, codes, shortlist, scanner)
-            rows = rows_of + pos if isinstance(rows_of, int) else rows_of[pos]
-            if not exact:  # re-score the shortlist from the fp16 descriptors: exact scores, true order
-                scores = self._read_rows(rows) @ q
-                order = np.argsort(-scores, kind="stable")
-                rows, scores = rows[order], scores[order]
-            bad = bool(bad_authors or bad_ids)
-            if not bad and (not dead or self._dead_set.isdisjoint(rows.tolist())):  # every row admissible
-                if len(rows) >= k or shortlist >= n:
-                    return rows[:k], scores[:k]
-                keep = np.ones(len(rows), dtype=bool)
-            else:
-                keep = self._admissible(rows, bad_authors, bad_ids)
-            if keep.sum() >= k or shortlist >= n:
-                return rows[keep][:k], scores[keep][:k]
-            fetch = min(n, fetch * 4)

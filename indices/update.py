@@ -361,7 +361,7 @@ def _describe(index: ReferenceIndex, records: Sequence, work: Path, chunk_size: 
 def add_references(index_dir: str | Path, records: Sequence, *, source: SourceInfo | None = None,
                    chunk_size: int = 256, progress: bool | str = False,
                    after_chunk: Callable[[int], None] | None = None) -> UpdateReport:
-    """Describe ``records`` (``eval.datasets.Sample``-like) and add them to the index as one segment."""
+    """Describe ``records`` (``indices.photosets.Sample``-like) and add them to the index as one segment."""
     root = Path(index_dir)
     with _exclusive(root):
         index = _open_for_update(root)

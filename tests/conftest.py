@@ -27,7 +27,7 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
 @pytest.fixture(scope="session")
 def synthetic_refs(tmp_path_factory):
     """A small geotagged photo set the tests make themselves: (root, samples)."""
-    from geoguide.eval.datasets import load_dataset
+    from geoguide.indices.photosets import load_dataset
     from tests.synthetic import make_reference_set
 
     root = tmp_path_factory.mktemp("synthetic_refs")

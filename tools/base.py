@@ -11,6 +11,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from geoguide.core.validation import describe_validation
+
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
@@ -29,5 +31,4 @@ def parse_args(model: type[ArgsT], args: ArgsT | Mapping[str, Any], tool: str) -
     try:
         return model.model_validate(args)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}" for err in e.errors())
-        return ToolError(error=f"invalid arguments for {tool}: {msgs}")
+        return ToolError(error=f"invalid arguments for {tool}: {describe_validation(e, whole='arguments')}")

@@ -18,7 +18,6 @@ from geoguide.core.images import load_image
 from geoguide.geo.geometry import haversine_km, spherical_centroid, validate_latlon
 from geoguide.indices.store import ReferenceIndex, SubmapError
 from geoguide.indices.submaps import Submap
-from geoguide.indices.submaps.radius import MAX_RADIUS_KM, parse_radius_label, radius_id
 from geoguide.tools.base import ToolError
 
 # ----------------------------------------------------------------------------------------------
@@ -46,18 +45,9 @@ class ListSubmapsResult(BaseModel):
     submaps: list[Submap]
 
 
-def _table_for(index: ReferenceIndex, scheme: str):
-    if scheme in index.schemes:
-        return index.schemes[scheme]
-    table = index.scheme_of(scheme)
-    if table is None:
-        raise SubmapError(f"no submap scheme {scheme!r} in this index; it has: {', '.join(index.schemes)}")
-    return table
-
-
 def list_submaps(index: ReferenceIndex, args: ListSubmapsArgs) -> ListSubmapsResult | ToolError:
     try:
-        table = _table_for(index, args.scheme)
+        table = index.stored_table(args.scheme)
     except SubmapError as e:
         return ToolError(error=str(e))
     subs = list(table.submaps.values())
@@ -68,7 +58,7 @@ def list_submaps(index: ReferenceIndex, args: ListSubmapsArgs) -> ListSubmapsRes
         iso = lookup_country(args.country)
         if iso is None:
             return ToolError(error=f"unknown country {args.country!r}; give an ISO2 code such as 'FR' or a name")
-        labels = _labels_containing_country(index, table, iso)
+        labels = table.scheme.labels_in_country(index, iso)
         subs = [s for lab, s in table.submaps.items() if lab in labels]
     if args.near is not None:
         lat, lon = args.near
@@ -76,18 +66,6 @@ def list_submaps(index: ReferenceIndex, args: ListSubmapsArgs) -> ListSubmapsRes
     else:
         subs.sort(key=lambda s: -s.size)
     return ListSubmapsResult(scheme=table.scheme.prefix, total=total, submaps=subs[: args.limit])
-
-
-def _labels_containing_country(index: ReferenceIndex, table, iso: str) -> set[str]:
-    if table.scheme.kind == "country":
-        return {iso} & set(table.spans)
-    wanted = iso.encode()
-    found = set()
-    for label in table.spans:
-        rows = table.rows(label)  # every part's (base and added segments), removed rows left out
-        if np.any(index.refs["country"][rows] == wanted):
-            found.add(label)
-    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,64 +205,13 @@ class WidenResult(BaseModel):
 
 
 def widen(index: ReferenceIndex, args: WidenArgs) -> WidenResult | ToolError:
-    """Next larger area: country -> + land neighbours -> continent -> globe; a K-means cluster ->
-    + its nearest clusters; a radius -> 4x the radius; continent -> globe."""
+    """Next larger area, as the scheme the id names widens it (``SubmapScheme.widen``): country ->
+    + land neighbours -> continent -> globe; K-means clusters -> + the nearest clusters; a radius ->
+    4x the radius; continent -> globe; a scheme of yours -> what it says."""
     sid = args.submap_id.strip()
     try:
-        index.resolve(sid)  # validates the id with the index's own error message
         near = (args.near_lat, args.near_lon) if args.near_lat is not None and args.near_lon is not None else None
-        new_id, how = _wider_id(index, sid, near)
+        new_id, how = index.widen_id(sid, near)  # the scheme the id names knows what is wider
         return WidenResult(from_id=sid, submap_id=new_id, submap=index.describe_submap(new_id), how=how)
     except SubmapError as e:
         return ToolError(error=str(e))
-
-
-def _wider_id(index: ReferenceIndex, sid: str, near: tuple[float, float] | None = None) -> tuple[str, str]:
-    if sid == "global":
-        raise SubmapError("already searching the whole map ('global'); nothing is wider — switch hypothesis instead")
-    prefix, _, label = sid.partition(":")
-    if prefix == "continent":
-        return "global", "continent -> the whole map"
-    if prefix == "radius":
-        lat, lon, km = parse_radius_label(label)
-        if km * 4 >= MAX_RADIUS_KM:
-            return "global", "radius would cover the globe -> the whole map"
-        return radius_id(lat, lon, km * 4), f"radius {km:g} km -> {km * 4:g} km"
-    table = index.schemes[prefix]
-    labels = [s.strip() for s in label.split(",") if s.strip()]
-    if table.scheme.kind == "country":
-        return _wider_countries(index, table, labels, near)
-    if table.scheme.kind == "kmeans":
-        present = set(table.spans)
-        if set(labels) >= present:
-            return "global", "all clusters -> the whole map"
-        lat, lon = spherical_centroid([table.submaps[x].lat for x in labels], [table.submaps[x].lon for x in labels],
-                                      [table.submaps[x].size for x in labels])
-        ranked = [x for x in table.scheme.nearest_labels(lat, lon, len(present) + 1) if x in present]
-        extra = [x for x in ranked if x not in labels][: max(3, len(labels))]
-        new = labels + extra
-        return f"{table.scheme.prefix}:{','.join(new)}", f"added the {len(extra)} nearest clusters"
-    return "global", f"{prefix} -> the whole map"
-
-
-def _wider_countries(
-    index: ReferenceIndex, table, labels: list[str], near: tuple[float, float] | None = None
-) -> tuple[str, str]:
-    """Land neighbours of the part of each country that holds the prior (its main part without one),
-    and only neighbours whose own main part borders it back: France in Europe never grows into
-    Brazil through French Guiana, and Brazil never grows into all of France's (European) photos."""
-    from geoguide.geo import continent_of, neighbours
-
-    present = set(table.spans)
-    grown = list(labels)
-    for lab in labels:
-        around = neighbours(lab, *near) if near is not None else neighbours(lab)
-        grown += [nb for nb in around if nb in present and nb not in grown and lab in neighbours(nb)]
-    if len(grown) > len(labels):
-        return f"{table.scheme.prefix}:{','.join(grown)}", f"added land neighbours {', '.join(grown[len(labels):])}"
-    conts = Counter(continent_of(lab) for lab in labels if continent_of(lab))
-    if conts:
-        cont = conts.most_common(1)[0][0]
-        if index.resolve(f"continent:{cont}").size > sum(table.submaps[x].size for x in labels):
-            return f"continent:{cont}", f"no more land neighbours -> continent {cont}"
-    return "global", "no wider region -> the whole map"

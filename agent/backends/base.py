@@ -33,6 +33,7 @@ from geoguide.agent.backends.pricing import FREE, Price, cost_usd
 from geoguide.agent.backends.retry import RetryPolicy, call_with_retries
 from geoguide.agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
 from geoguide.core.availability import NO_WEIGHTS, Availability
+from geoguide.core.validation import describe_validation
 from geoguide.prompts.loader import PromptTemplate, load_prompt
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ def parse_perception(text: str | None) -> tuple[Perception | None, str | None]:
     try:
         return Perception.model_validate(data), None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(object)'}: {e['msg']}" for e in exc.errors()[:8])
-        return None, f"the JSON does not match the schema: {problems}"
+        return None, f"the JSON does not match the schema: {describe_validation(exc, whole='(object)', limit=8)}"
 
 
 class Backend(ABC):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoguide.agent.backends.errors import BackendConfigError
+from geoguide.core.validation import describe_validation
 
 ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 ToolMode = Literal["native", "json", "auto"]
@@ -75,6 +76,5 @@ def parse_backend_options(pairs: list[str]) -> dict[str, Any]:
     try:
         parsed = BackendOptions.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={raw.get(str(e['loc'][0]))!r}: {e['msg']}" for e in exc.errors())
-        raise BackendConfigError(f"bad model option: {problems}") from exc
+        raise BackendConfigError(f"bad model option: {describe_validation(exc, with_input=True)}") from exc
     return {key: getattr(parsed, key) for key in raw}

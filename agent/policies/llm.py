@@ -21,6 +21,7 @@ from geoguide.agent.context import AgentContext
 from geoguide.agent.policies.base import Decision, Policy, register_policy
 from geoguide.agent.state import AgentState, Event
 from geoguide.agent.toolbox import openai_tools
+from geoguide.indices.submaps import WHOLE_MAP
 from geoguide.prompts.loader import load_prompt
 
 NUDGE = "Please continue by calling a tool; when you are done, call submit_location with your answer and evidence."
@@ -39,8 +40,8 @@ def submap_hint(state: AgentState, ctx: AgentContext) -> str:
 
         for iso in [state.prior_country, *neighbours(state.prior_country)]:
             if iso in table.spans and len(ids) < MAX_SUBMAP_HINTS:
-                ids.append(f"country:{iso}")
-    ids.append("global")
+                ids.append(table.scheme.submap_id(iso))
+    ids.append(WHOLE_MAP)
     return "Submap ids you can search: " + ", ".join(ids) + " (list_submaps gives more)."
 
 

@@ -1,6 +1,7 @@
 """``rules``: the paper's pipeline as a deterministic policy, plus widening and switching.
 
-prior -> submap (the prior's country, or the K-means clusters nearest its point) -> search
+prior -> submap (what the configured scheme offers: the prior's country, the K-means clusters
+nearest its point, ...) -> search
 (and a whole-map probe) -> agreement test -> widen or switch to the next country hypothesis, a
 bounded number of times -> finalize (re-rank, answer). With no prior: read the photo's text
 (``read_text``); when its language is clear, search the countries that write it, else the whole
@@ -61,7 +62,8 @@ class RulesPolicy(Policy):
             other = _contradiction(probe, current, cfg.strong_similarity)
             if other is not None:
                 searched = {s.submap_id for s in state.trail}
-                target = next((h for h in state.hypotheses if h == f"country:{other}" and h not in searched), None)
+                target = next((h for h in state.hypotheses
+                               if h not in searched and ctx.index.countries_of(h) == {other}), None)
                 if target is not None:
                     why = f"switch: strong matches in {other}, the VLM's next hypothesis"
                     return _one(target, cfg.k, SearchIntent(purpose="switch", reason=why, contradiction=True), n)
@@ -87,7 +89,8 @@ class RulesPolicy(Policy):
         res = widen(ctx.index, WidenArgs(submap_id=current.submap_id, **near))
         if isinstance(res, ToolError):
             return None
-        if must_contain and res.submap_id.startswith("country:") and must_contain not in res.submap_id[8:].split(","):
+        named = ctx.index.countries_of(res.submap_id) if must_contain else None
+        if named is not None and must_contain not in named:
             return None  # the strong matches are not in a neighbouring country: keep the prior's area
         intent = SearchIntent(purpose="widen", reason=f"{reason} -> {res.how}", contradiction=contradiction)
         return _one(res.submap_id, ctx.config.k, intent, n)
@@ -146,7 +149,7 @@ def text_submap(read: ReadTextResult, ctx: AgentContext) -> tuple[str | None, st
             chosen.append(c.iso2)
     if not chosen:
         return None, f"no references where {lang.name} is written"
-    return f"country:{','.join(chosen)}", f"the text {read.text[:40]!r} is {lang.name} ({lang.probability:.2f})"
+    return table.scheme.submap_id(",".join(chosen)), f"the text {read.text[:40]!r} is {lang.name} ({lang.probability:.2f})"
 
 
 def _area_steps(state: AgentState) -> list[SearchStep]:
@@ -170,39 +173,18 @@ def _contradiction(probe: SearchStep, current: SearchStep, strong: float) -> str
 
 
 def hypotheses(state: AgentState, ctx: AgentContext) -> list[str]:
-    """Submap ids to try in order, from the prior and the configured scheme."""
+    """Submap ids to try in order: what the configured scheme offers for the prior."""
     p = state.perception
     if p is None:
         return []
-    cfg = ctx.config
-    if cfg.scheme == "kmeans":
-        table = ctx.index.scheme_of("kmeans")
-        if table is None:
-            raise ValueError("--scheme kmeans needs an index built with a kmeans:K submap scheme")
-        if p.has_point and cfg.prior_level == "point":
-            present = set(table.spans)
-            labels = [x for x in table.scheme.nearest_labels(p.lat, p.lon, cfg.kmeans_clusters * 4) if x in present]
-            return [f"{table.scheme.prefix}:{','.join(labels[: cfg.kmeans_clusters])}"]
-        if state.prior_country:
-            from geoguide.tools.retrieval import ListSubmapsArgs, list_submaps
-
-            res = list_submaps(ctx.index, ListSubmapsArgs(scheme=table.scheme.prefix, country=state.prior_country, limit=500))
-            if getattr(res, "submaps", None):
-                return [f"{table.scheme.prefix}:{','.join(s.id.split(':')[1] for s in res.submaps)}"]
-        return []
-    table = ctx.index.scheme_of("country")
-    if table is None:
-        raise ValueError("--scheme country needs an index built with the country submap scheme")
-    out: list[str] = []
     from geoguide.geo import named_countries
+    from geoguide.indices.submaps import PriorHint, SubmapError
 
-    codes = [state.prior_country] if state.prior_country else []
-    for iso in codes + named_countries(p):
-        if iso in table.spans and f"country:{iso}" not in out:
-            out.append(f"country:{iso}")
-    if not out and p.has_point and cfg.prior_level == "point":
-        # The prior's country has no references: search around its point instead.
-        from geoguide.indices.submaps.radius import radius_id
-
-        out.append(radius_id(p.lat, p.lon, 500))
-    return out
+    cfg = ctx.config
+    try:
+        table = ctx.index.stored_table(cfg.scheme)
+    except SubmapError as e:
+        raise ValueError(f"--scheme {cfg.scheme} needs an index built with that submap scheme: {e}") from None
+    point = (p.lat, p.lon) if p.has_point and cfg.prior_level == "point" else None
+    prior = PriorHint(point=point, country=state.prior_country, named=named_countries(p), clusters=cfg.kmeans_clusters)
+    return table.scheme.hypotheses(ctx.index, prior)

@@ -1,7 +1,9 @@
 """K-means submaps (the paper's second strategy, K=100): clusters of reference coordinates.
 
 Clustering runs on unit-sphere vectors (spherical K-means), so clusters are compact in
-great-circle distance and nothing breaks at the antimeridian.
+great-circle distance and nothing breaks at the antimeridian. At query time a point prior's
+hypothesis is its nearest clusters (a country prior's: the clusters holding that country), and
+widening adds the clusters nearest the union's centroid.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from geoguide.geo.geometry import latlon_to_unit, unit_to_latlon
-from geoguide.indices.submaps.base import SubmapScheme
+from geoguide.geo.geometry import latlon_to_unit, spherical_centroid, unit_to_latlon
+from geoguide.indices.submaps.base import WHOLE_MAP, MapView, PriorHint, SubmapScheme
 from geoguide.indices.submaps.registry import register_scheme
+
+MAX_COUNTRY_CLUSTERS = 500  # a country prior's hypothesis: every cluster holding the country, up to this many
 
 
 @register_scheme
@@ -73,3 +77,32 @@ class KMeansScheme(SubmapScheme):
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.centroids = np.asarray(state["centroids"], dtype=np.float32)
+
+    # ---- query time ----------------------------------------------------------------------------
+    def hypotheses(self, index: MapView, prior: PriorHint) -> list[str]:
+        """The ``prior.clusters`` clusters nearest a point prior; else every cluster holding
+        references in the prior's country, largest first."""
+        table = self.table(index)
+        present = set(table.spans)
+        if prior.point is not None:
+            labels = [x for x in self.nearest_labels(*prior.point, prior.clusters * 4) if x in present]
+            return [self.submap_id(",".join(labels[: prior.clusters]))]
+        if prior.country:
+            holding = self.labels_in_country(index, prior.country)
+            ordered = [lab for lab in table.submaps if lab in holding]  # stable: ties keep the table's order
+            labels = sorted(ordered, key=lambda lab: -table.submaps[lab].size)[:MAX_COUNTRY_CLUSTERS]
+            if labels:
+                return [self.submap_id(",".join(labels))]
+        return []
+
+    def widen(self, index: MapView, labels: list[str], near: tuple[float, float] | None) -> tuple[str, str]:
+        """Adds the clusters nearest the union's centroid (at least 3, at most as many as it has)."""
+        table = self.table(index)
+        present = set(table.spans)
+        if set(labels) >= present:
+            return WHOLE_MAP, "all clusters -> the whole map"
+        lat, lon = spherical_centroid([table.submaps[x].lat for x in labels], [table.submaps[x].lon for x in labels],
+                                      [table.submaps[x].size for x in labels])
+        ranked = [x for x in self.nearest_labels(lat, lon, len(present) + 1) if x in present]
+        extra = [x for x in ranked if x not in labels][: max(3, len(labels))]
+        return self.submap_id(",".join(labels + extra)), f"added the {len(extra)} nearest clusters"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from geoguide.eval.datasets import shared_data_root
+from geoguide.indices.photosets import shared_data_root
 from geoguide.tools.read_text import TextReader, read_text_file
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from geoguide.app.cli import main
-from geoguide.eval.datasets import shared_data_root
+from geoguide.indices.photosets import shared_data_root
 from tests.llama_server import llama_server  # noqa: F401  (the session fixture)
 
 ROOT = shared_data_root()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from geoguide.app.cli import main
-from geoguide.eval.datasets import shared_data_root
+from geoguide.indices.photosets import shared_data_root
 
 ROOT = shared_data_root()
 pytestmark = [

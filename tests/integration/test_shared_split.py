@@ -10,8 +10,8 @@ import csv
 
 import pytest
 
-from geoguide.eval.datasets import load_dataset, shared_data_root
 from geoguide.eval.metrics import distance_km, summarize
+from geoguide.indices.photosets import load_dataset, shared_data_root
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from geoguide.eval.datasets import shared_data_root
+from geoguide.indices.photosets import shared_data_root
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = shared_data_root()

@@ -23,11 +23,11 @@ from geoguide.agent.context import AgentContext
 from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome
 from geoguide.app.cli import main
 from geoguide.eval.corruption import CorruptedPriorBackend, CorruptionSpec
-from geoguide.eval.datasets import load_dataset
 from geoguide.eval.oracle import oracle_matches, run_oracle
 from geoguide.eval.records import PREDICTIONS, load_records
 from geoguide.eval.runner import RunMismatchError, run_eval
 from geoguide.geo.geometry import haversine_km
+from geoguide.indices.photosets import load_dataset
 from tests.synthetic import PLACES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -487,8 +487,8 @@ def test_interrupted_run_writes_the_summary_of_what_finished(
 
 
 def test_dropped_label_rows_count_as_misses(synthetic_index, synthetic_refs, replay, tmp_path):
-    from geoguide.eval.datasets import LoadReport
     from geoguide.eval.runner import DatasetRef
+    from geoguide.indices.photosets import LoadReport
 
     _, samples = synthetic_refs
     report = LoadReport(dataset="csv", source="labels.csv", n_ok=len(samples), n_bad=2,

@@ -199,6 +199,6 @@ def test_finding_the_backends_imports_no_torch():
 
 
 def test_the_dataset_loaders_use_the_registry_helper():
-    from geoguide.eval.datasets import DATASETS
+    from geoguide.indices.photosets import DATASETS
 
     assert isinstance(DATASETS, Registry) and "csv" in DATASETS

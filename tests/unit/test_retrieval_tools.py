@@ -119,17 +119,18 @@ def test_widening_a_country_never_jumps_continents_through_an_overseas_part():
     into all of France's (European) photos; a prior in Cayenne grows French Guiana's way."""
     from types import SimpleNamespace
 
-    from geoguide.tools.retrieval import _wider_countries
+    from geoguide.indices.submaps import parse_scheme
 
+    country = parse_scheme("country")
     spans = {c: (i, i + 1) for i, c in enumerate(["FR", "ES", "BR", "SR", "GF", "DE"])}
-    table = SimpleNamespace(spans=spans, scheme=SimpleNamespace(prefix="country"))
-    index = SimpleNamespace(resolve=lambda sid: SimpleNamespace(size=10**6))
+    index = SimpleNamespace(schemes={"country": SimpleNamespace(spans=spans)},
+                            resolve=lambda sid: SimpleNamespace(size=10**6))
     paris, cayenne = (48.85, 2.35), (4.92, -52.31)
-    fr, _ = _wider_countries(index, table, ["FR"], paris)
+    fr, _ = country.widen(index, ["FR"], paris)
     assert "ES" in fr and "DE" in fr and "BR" not in fr and "SR" not in fr
-    fr_plain, _ = _wider_countries(index, table, ["FR"])
+    fr_plain, _ = country.widen(index, ["FR"], None)
     assert "BR" not in fr_plain
-    br, _ = _wider_countries(index, table, ["BR"], (-15.8, -47.9))
+    br, _ = country.widen(index, ["BR"], (-15.8, -47.9))
     assert "FR" not in br.split(":")[1].split(",")
-    gf, _ = _wider_countries(index, table, ["FR"], cayenne)
+    gf, _ = country.widen(index, ["FR"], cayenne)
     assert "BR" in gf and "ES" not in gf
