@@ -24,6 +24,8 @@ def serve_cmd(
     labels: Annotated[Path | None, typer.Option("--labels", help="labels CSV of an eval set: its photos get their true location on the map and their photographer excluded")] = None,
     rate_limit: Annotated[int, typer.Option("--rate-limit", min=1, help="POST requests per minute per client")] = 60,
     max_runs: Annotated[int, typer.Option("--max-runs", min=1, help="agent runs at once; more wait up to 30 s, then 503")] = 4,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="another host name to answer to (a reverse proxy's public name; repeatable; '*': any). Always: localhost, IP addresses and --host")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="another origin whose pages may POST, e.g. https://geo.example.org (repeatable); the server's own always may")] = None,
     *,
     opts: AgentOptions,
 ) -> None:
@@ -35,6 +37,7 @@ def serve_cmd(
     import uvicorn
 
     from geoguide.agent.factory import build_context
+    from geoguide.app.doors import Doors
     from geoguide.app.server import check_binding, create_app, warm_up
     from geoguide.app.web_sessions import Truth
 
@@ -51,7 +54,8 @@ def serve_cmd(
         warm_up(ctx)
         app = create_app(ctx, token=token, state_dir=state_dir or default_cache_path().with_name("serve"),
                          truth=truth, rate_per_minute=rate_limit,
-                         max_runs=max_runs, max_pending=4 * max_runs)
+                         max_runs=max_runs, max_pending=4 * max_runs,
+                         doors=Doors(host, allow_hosts=allow_host or (), allow_origins=allow_origin or ()))
         typer.echo(f"geoguide: serving {opts.index} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -8,7 +8,9 @@ mutable state. Uploads are checked before anything else runs: bytes first (413),
 image validation as the CLI (422). Nothing from a request reaches the file system except through
 index lookups (a thumbnail is found by reference id in the index table) and session ids (128-bit
 random hex, checked against a pattern). Binding beyond 127.0.0.1 needs a bearer token (or an
-explicit --insecure); every POST is rate-limited per client.
+explicit --insecure); every POST is rate-limited per client, and so are failed tokens. Requests
+for other host names (DNS rebinding) and state-changing requests from other origins are refused
+(``app.doors``); every form field is capped.
 
 Routes: ``GET /`` (the page, ``app/web/``), ``POST /api/locate`` (the prediction JSON of
 ``geoguide locate --json``; the session id in ``X-Geoguide-Session``), ``POST
@@ -39,12 +41,16 @@ from pydantic import BaseModel, Field
 from geoguide.agent.backends.errors import ModelServiceError
 from geoguide.agent.context import AgentContext, SerialDescriptor
 from geoguide.agent.state import Event, Prediction
+from geoguide.app.doors import Doors, RateLimiter
 from geoguide.app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
 from geoguide.core.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
 THUMBNAIL_SIDE = 256
 WEB_DIR = Path(__file__).with_name("web")
+AUTH_FAILURES_PER_MINUTE = 10  # wrong tokens a client may send a minute: a person mistyping, not a loop
+MAX_TEXT_CHARS = 2000  # a note with a photo or a follow-up: a paragraph, not a file
+MAX_FIELD_CHARS = 200  # a photographer's id, a file name
 
 
 class Health(BaseModel):
@@ -58,7 +64,7 @@ class Health(BaseModel):
 
 
 class Question(BaseModel):
-    text: str = Field(min_length=1, max_length=2000)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
 
 # The page's own policy: scripts, styles, images and requests from this server only (the map is SVG
@@ -69,6 +75,12 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 DOCS_CSP = PAGE_CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
     "style-src 'self'", "style-src 'self' 'unsafe-inline'")
 DOCS_PATHS = ("/docs", "/redoc")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def is_public(path: str) -> bool:
     """The page and its static code: nothing can be done with them without the token, which they ask for."""
     return path == "/" or path.startswith("/static/")
@@ -79,9 +91,12 @@ class Guard:
     path but the page and its code, checked in one place so that a new route cannot forget it, and
     the security headers (Content-Security-Policy, nosniff, no referrer, no framing) on every answer."""
 
-    def __init__(self, app, token: str | None, max_pending: int = 16) -> None:
+    def __init__(self, app, token: str | None, max_pending: int = 16, doors: Doors | None = None,
+                 auth_per_minute: int = AUTH_FAILURES_PER_MINUTE) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
+        self.doors = doors or Doors()
+        self.auth_failures = RateLimiter(auth_per_minute)
         # POSTs being received or run at once (each may hold an upload of up to MAX_UPLOAD_BYTES):
         # one more is refused at once, before its body is read, so memory stays bounded under a flood.
         self.max_pending = max_pending
@@ -107,9 +122,22 @@ class Guard:
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), header]})
             await send({"type": "http.response.body", "body": body})
 
+        headers = dict(scope.get("headers", []))
+        host = headers.get(b"host", b"").decode("latin-1")
+        why = self.doors.host_refusal(host) or self.doors.origin_refusal(
+            scope.get("method", "GET"), host, _text(headers.get(b"origin")), _text(headers.get(b"sec-fetch-site")))
+        if why:
+            await refuse(403, why, (b"vary", b"Origin"))
+            return
         if self.expected is not None and not is_public(path):
-            given = dict(scope.get("headers", [])).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            client = (scope.get("client") or ("unknown",))[0]
+            wait = self.auth_failures.wait(client)  # before the comparison: a guesser learns nothing more
+            if wait:
+                await refuse(429, f"too many failed tokens from this client: retry in {wait:.0f} s",
+                             (b"retry-after", str(max(1, round(wait))).encode()))
+                return
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                self.auth_failures.take(client)
                 await refuse(401, "a bearer token is required: Authorization: Bearer TOKEN",
                              (b"www-authenticate", b"Bearer"))
                 return
@@ -127,33 +155,11 @@ class Guard:
             self.pending -= 1
 
 
-class RateLimiter:
-    """A token bucket per client address: ``per_minute`` requests, bursts up to that many. The
-    default (60 a minute) is far above a person's pace and below what a loop can send."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(per_minute)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, client: str) -> float:
-        """0 when the request may go on, else the seconds until it may."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[client] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[client] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-
-
 def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                state_dir: Path | None = None, truth: dict[str, Truth] | None = None,
                rate_per_minute: int = 60, max_runs: int = 4, max_pending: int = 16,
-               busy_wait_s: float = 30.0) -> FastAPI:
+               busy_wait_s: float = 30.0, doors: Doors | None = None,
+               auth_per_minute: int = AUTH_FAILURES_PER_MINUTE) -> FastAPI:
     """The FastAPI app around one opened context (index, backends, config).
 
     Load is bounded twice: at most ``max_pending`` POSTs are received or run at once (one more gets
@@ -166,7 +172,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     # /docs and /redoc with their scripts from the package: FastAPI's own pages load them from a CDN.
     app = FastAPIOffline(title="geoguide", summary="Where was this photo taken?")
     app.add_middleware(GZipMiddleware, minimum_size=2048)
-    app.add_middleware(Guard, token=token, max_pending=max_pending)  # added last: the outermost layer, before anything else runs
+    app.add_middleware(Guard, token=token, max_pending=max_pending, doors=doors, auth_per_minute=auth_per_minute)  # added last: the outermost layer, before anything else runs
     descriptor = SerialDescriptor(lambda: ctx.descriptor or ctx.index.descriptor())
     if state_dir is None:  # sessions for this app's life only: the folder goes with the app (or at exit)
         app.state.scratch = tempfile.TemporaryDirectory(prefix="geoguide-serve-", ignore_cleanup_errors=True)
@@ -197,7 +203,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
             raise HTTPException(413, f"the photo is larger than {max_upload_bytes // (1024 * 1024)} MB")
         if not data:
             raise HTTPException(422, "the upload is empty")
-        return data, Path(image.filename or "upload").name or "upload"
+        return data, (Path(image.filename or "upload").name or "upload")[-MAX_FIELD_CHARS:]
 
     def not_a_photo(e: ImageLoadError, name: str) -> HTTPException:
         text = str(e)
@@ -213,8 +219,8 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
 
     @app.post("/api/locate", response_model=Prediction, dependencies=costly)
     def locate_photo(response: Response, image: Annotated[UploadFile, File()],
-                     exclude_author: Annotated[str | None, Form()] = None,
-                     text: Annotated[str | None, Form()] = None) -> Prediction:
+                     exclude_author: Annotated[str | None, Form(max_length=MAX_FIELD_CHARS)] = None,
+                     text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS)] = None) -> Prediction:
         data, name = read_upload(image)
         started = time.perf_counter()
         try:
@@ -229,8 +235,9 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     @app.post("/api/locate/stream", dependencies=costly,
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "events `step` (the agent's steps), then `session` or `error`"}})
-    def locate_stream(image: Annotated[UploadFile, File()], exclude_author: Annotated[str | None, Form()] = None,
-                      text: Annotated[str | None, Form()] = None) -> StreamingResponse:
+    def locate_stream(image: Annotated[UploadFile, File()],
+                      exclude_author: Annotated[str | None, Form(max_length=MAX_FIELD_CHARS)] = None,
+                      text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS)] = None) -> StreamingResponse:
         data, name = read_upload(image)
         try:
             decode_image(data, name)  # a bad upload is a 422, not an event in a 200 stream

@@ -340,7 +340,7 @@ def test_serve_keeps_answering_from_the_index_it_opened(segmented, tmp_path, syn
     from geoguide.app.server import create_app
 
     ctx = AgentContext(index=ReferenceIndex(segmented), backend=make_backend("none"), config=AgentConfig())
-    client = TestClient(create_app(ctx, max_upload_bytes=200_000))
+    client = TestClient(create_app(ctx, max_upload_bytes=200_000), base_url="http://localhost")
 
     def ask() -> tuple:
         out = io.BytesIO()

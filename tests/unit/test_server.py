@@ -7,7 +7,7 @@ import io
 import re
 
 import pytest
-from fastapi.testclient import TestClient
+from fastapi.testclient import TestClient as StarletteClient
 from PIL import Image
 
 from geoguide.agent.backends import make_backend
@@ -16,6 +16,10 @@ from geoguide.agent.context import AgentContext
 from geoguide.app.server import check_binding, create_app
 from geoguide.core.errors import GeoguideError
 from tests.synthetic import place_image
+
+
+def TestClient(app, **kw):  # noqa: N802 - the test client, asking as the page on this machine does
+    return StarletteClient(app, base_url="http://localhost:8000", **kw)
 
 
 @pytest.fixture
@@ -88,7 +92,7 @@ def _every_route(app) -> list[tuple[str, str]]:
 
 def test_token_is_checked_on_every_route(synthetic_index):
     ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
-    app = create_app(ctx, token="s3cret")
+    app = create_app(ctx, token="s3cret", auth_per_minute=10_000)  # every route, twice: more than the guess limit
     client = TestClient(app)
     routes = _every_route(app)
     paths = {p for _, p in routes}
@@ -287,3 +291,89 @@ def test_concurrent_requests_get_the_answers_serial_ones_get(synthetic_index, tm
     serial = [one(s) for s in seeds]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, seeds)) == serial
+
+
+# ---- the doors: Host, Origin, failed tokens, field caps --------------------------------------
+
+
+@pytest.fixture
+def local_app(synthetic_index, tmp_path):
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    return create_app(ctx, state_dir=tmp_path / "state")
+
+
+def _sessions(tmp_path) -> list:
+    uploads = tmp_path / "state" / "uploads"
+    return sorted(uploads.iterdir()) if uploads.exists() else []
+
+
+def test_dns_rebinding_names_are_refused_on_every_route(local_app):
+    """A page on rebind.attacker.example whose name now points to 127.0.0.1 is same-origin to the
+    browser; the Host header still says who it thinks it is talking to."""
+    client = TestClient(local_app)
+    for path in ("/api/health", "/", "/static/app.js", "/openapi.json"):
+        r = client.get(path, headers={"Host": "rebind.attacker.example"})
+        assert r.status_code == 403 and "unexpected Host 'rebind.attacker.example'" in r.json()["detail"], path
+    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "192.168.1.20:8000", "LOCALHOST"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_for_a_reverse_proxy(synthetic_index):
+    from geoguide.app.doors import Doors
+
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    client = TestClient(create_app(ctx, doors=Doors("0.0.0.0", allow_hosts=["geo.example.org"])))
+    assert client.get("/api/health", headers={"Host": "geo.example.org"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "other.example.org"}).status_code == 403
+    anyone = TestClient(create_app(ctx, doors=Doors("127.0.0.1", allow_hosts=["*"])))
+    assert anyone.get("/api/health", headers={"Host": "other.example.org"}).status_code == 200
+
+
+def test_cross_origin_posts_are_refused_before_anything_runs(local_app, tmp_path):
+    client = TestClient(local_app)
+    photo = {"image": ("q.jpg", _jpeg(0), "image/jpeg")}
+    for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                    {"Origin": "http://localhost:9999"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = client.post("/api/locate", files=photo, headers=headers)
+        assert r.status_code == 403 and "refused" in r.json()["detail"], (headers, r.status_code)
+    assert _sessions(tmp_path) == []  # no session made, no model called
+    # the page itself (same origin), and clients that are not browsers (no Origin), go on
+    ok = client.post("/api/locate", files=photo, headers={"Origin": "http://localhost:8000",
+                                                          "Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 200, ok.text
+    assert client.post("/api/locate", files=photo).status_code == 200
+    sid = ok.headers["X-Geoguide-Session"]
+    r = client.post(f"/api/sessions/{sid}/messages", json={"text": "why?"}, headers={"Origin": "http://attacker.example"})
+    assert r.status_code == 403
+    assert client.get(f"/api/sessions/{sid}", headers={"Origin": "http://attacker.example"}).status_code == 200  # reads: CORS keeps them private
+
+
+def test_allowed_origins(synthetic_index):
+    from geoguide.app.doors import Doors
+
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    client = TestClient(create_app(ctx, doors=Doors(allow_origins=["https://geo.example.org/"])))
+    photo = {"image": ("q.jpg", _jpeg(0), "image/jpeg")}
+    assert client.post("/api/locate", files=photo, headers={"Origin": "https://geo.example.org"}).status_code == 200
+    assert client.post("/api/locate", files=photo, headers={"Origin": "https://evil.example.org"}).status_code == 403
+
+
+def test_failed_tokens_are_rate_limited_per_client(synthetic_index):
+    ctx = AgentContext(index=synthetic_index, backend=make_backend("none"), config=AgentConfig())
+    client = TestClient(create_app(ctx, token="s3cret"))
+    codes = [client.post("/api/locate", headers={"Authorization": f"Bearer guess{i}"}).status_code for i in range(30)]
+    assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
+    blocked = client.get("/api/health", headers={"Authorization": "Bearer s3cret"})
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1  # even the right token: no oracle
+
+
+def test_every_form_field_is_capped(local_app, tmp_path):
+    client = TestClient(local_app)
+    photo = {"image": ("q.jpg", _jpeg(0), "image/jpeg")}
+    for field, size in (("text", 900_000), ("text", 2001), ("exclude_author", 201)):
+        r = client.post("/api/locate", files=photo, data={field: "x" * size})
+        assert r.status_code == 422, (field, size, r.status_code)
+    assert _sessions(tmp_path) == []
+    assert client.post("/api/locate", files={"image": ("n" * 5000 + ".jpg", _jpeg(0), "image/jpeg")}).status_code == 400
+    name = client.post("/api/locate", files={"image": ("n" * 300 + ".jpg", _jpeg(0), "image/jpeg")}).json()["image"]
+    assert name.endswith("nnn.jpg") and len(name) == 200
