@@ -166,3 +166,60 @@ def test_exif_rotation_applied(tmp_path):
 def test_decode_bytes_names_source():
     with pytest.raises(ImageLoadError, match="upload-1"):
         decode_image(b"GIF89a garbage", "upload-1")
+
+
+# ---- files before pixels; bounded decoding ----------------------------------------------------
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    from geoguide.core.images import file_sha256
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    for read in (load_image, file_sha256):
+        with pytest.raises(ImageLoadError, match="photo.jpg: is a FIFO"):
+            read(fifo)  # returns at once: a hang here fails the test by its timeout
+
+
+def test_an_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from geoguide.core.images import MAX_BYTES_ENV, file_sha256
+
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(3_000_000)  # sparse: nothing to read, only a size
+    monkeypatch.setenv(MAX_BYTES_ENV, "2000000")
+    for read in (load_image, file_sha256):
+        with pytest.raises(ImageLoadError, match=r"big.jpg: 3 MB is more than the 2 MB allowed .*GEOGUIDE_MAX_IMAGE_BYTES"):
+            read(big)
+
+
+def test_no_third_party_warning_text_reaches_a_person(tmp_path):
+    """A 100-200 Mpx photo: PIL warns (with its site-packages path) before geoguide refuses."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.png"
+    w, h = 12_000, 9_000  # 108 Mpx: above the 100 Mpx limit, below PIL's error at twice it
+    raw = b"".join(b"\x00" + b"\x00" * w for _ in range(1))  # one row; the header declares the rest
+    png = b"\x89PNG\r\n\x1a\n"
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    path.write_bytes(png + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = subprocess.run([sys.executable, "-c", "import sys; from geoguide.core.images import load_image; "
+                          "load_image(sys.argv[1])", str(path)], capture_output=True, text=True)
+    assert out.returncode != 0 and "exceeds the limit of 100,000,000 pixels" in out.stderr
+    assert "DecompressionBombWarning" not in out.stderr and "site-packages" not in out.stderr.split("ImageLoadError")[-1]
+    assert "warnings.warn" not in out.stderr
+
+
+def test_large_jpegs_are_decoded_to_the_working_size():
+    from geoguide.core.images import WORKING_SIDE
+
+    img = Image.linear_gradient("L").resize((5000, 3000)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    out = decode_image(buf.getvalue(), "big.jpg")
+    assert max(out.size) == WORKING_SIDE and out.size == (WORKING_SIDE, round(3000 * WORKING_SIDE / 5000))
+    assert decode_image(buf.getvalue(), "big.jpg", max_side=None).size == (5000, 3000)  # full size on request
