@@ -70,11 +70,12 @@ from openai.types.chat import ChatCompletion
 
 from geoguide.agent.backends.base import Completion, ModelBackend
 from geoguide.agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
+from geoguide.agent.backends.http import call_deadline, deadline_transport
 from geoguide.agent.backends.media import ImageInput, without_images
 from geoguide.agent.backends.options import BackendOptions, ReasoningEffort, ToolMode
 from geoguide.agent.backends.pricing import FREE, openai_price
 from geoguide.agent.backends.registry import register_backend
-from geoguide.agent.backends.retry import NotJSONReply, lacks_vision
+from geoguide.agent.backends.retry import ErrorReply, NotJSONReply, lacks_vision
 from geoguide.agent.backends.structured import (
     CallDict,
     action_schema,
@@ -298,7 +299,8 @@ class OpenAIBackend(ModelBackend):
         with self._client_lock:
             if self._client is None:
                 self._client = openai.OpenAI(
-                    api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=0
+                    api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=0,
+                    http_client=openai.DefaultHttpxClient(transport=deadline_transport()),
                 )
             return self._client
 
@@ -411,8 +413,10 @@ class OpenAIBackend(ModelBackend):
         return request
 
     def _create(self, request: dict[str, Any]) -> Any:
+        """One request, its whole exchange bounded by its timeout in wall-clock time (``http``)."""
         try:
-            return self.client().chat.completions.create(**request)
+            with call_deadline(request.get("timeout")):
+                return self.client().chat.completions.create(**request)
         except json.JSONDecodeError as exc:  # the SDK parses the body itself and lets this through
             raise NotJSONReply(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from exc
 
@@ -468,6 +472,9 @@ class OpenAIBackend(ModelBackend):
         if not isinstance(response, ChatCompletion):  # e.g. the SDK hands back an HTML page as a str
             snippet = " ".join(str(response)[:80].split())
             raise NotJSONReply(f"HTTP 200 but not a chat completion: {snippet!r}")
+        error = (response.model_extra or {}).get("error")
+        if error is not None and not response.choices:  # some proxies and servers answer 200 {"error": ...}
+            raise ErrorReply(error)
         message = response.choices[0].message if response.choices else None
         calls: list[CallDict] = [
             {"id": c.id, "name": c.function.name, "arguments_json": c.function.arguments or "{}"}

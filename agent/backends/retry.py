@@ -44,6 +44,15 @@ class NotJSONReply(openai.APIError):
         self.body = None
 
 
+class ErrorReply(NotJSONReply):
+    """HTTP 200 whose JSON body is an error object (``{"error": {"message": ...}}``), not a
+    completion: the server cannot be used as it is; its own message is kept for the person."""
+
+    def __init__(self, error: object) -> None:
+        message = error.get("message") if isinstance(error, dict) else None
+        super().__init__(f"HTTP 200 with an error instead of a completion: {str(message or error)[:300]}")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 4  # total tries, first one included
@@ -125,6 +134,8 @@ class _Wait:
 
 def classify(exc: BaseException) -> tuple[FailureKind, str]:
     """Which kind of failure ``exc`` is (see ``agent.backends.errors``) and the fix to suggest."""
+    if isinstance(exc, ErrorReply):
+        return "misconfigured", "the server reported that error itself: fix the server (or its proxy), or retry later"
     if isinstance(exc, NotJSONReply):
         return "misconfigured", "the server did not answer with JSON: check that the base URL ends in /v1"
     if isinstance(exc, (openai.APITimeoutError, TimeoutError)):

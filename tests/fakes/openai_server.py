@@ -44,6 +44,7 @@ class Scripted:
     delay_s: float = 0.0
     raw: bytes | None = None  # sent instead of ``body`` as JSON: an HTML page, a torn JSON document
     content_type: str = "application/json"
+    trickle_s: float = 0.0  # > 0: the whole response (status line, headers, body) one byte at a time
 
 
 def _completion(message: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Scripted:
@@ -102,6 +103,12 @@ def delayed(seconds: float, then: Scripted | None = None) -> Scripted:
     """Answer ``then`` (default: a short text reply) only after ``seconds``: longer than a client timeout."""
     base = then or reply_text("late")
     return Scripted(status=base.status, body=base.body, headers=base.headers, delay_s=seconds)
+
+
+def trickled(seconds_per_byte: float, then: Scripted | None = None) -> Scripted:
+    """Answer ``then`` one byte every ``seconds_per_byte``: each read is quick, the whole is endless."""
+    base = then or reply_text("late")
+    return Scripted(status=base.status, body=base.body, headers=base.headers, trickle_s=seconds_per_byte)
 
 
 # --- emulating the real API's request validation ----------------------------------------------
@@ -339,6 +346,17 @@ class FakeOpenAIServer:
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+                if reply.trickle_s:
+                    head = (f"HTTP/1.1 {reply.status} OK\r\nContent-Type: {reply.content_type}\r\n"
+                            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+                    try:
+                        for i in range(len(head) + len(payload)):
+                            self.wfile.write((head + payload)[i : i + 1])
+                            time.sleep(reply.trickle_s)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client gave up, as the test intended
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)

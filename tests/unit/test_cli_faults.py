@@ -27,6 +27,7 @@ from fakes.openai_server import (
     raw_reply,
     reply_json,
     reply_refusal,
+    trickled,
 )
 
 from tests.synthetic import make_reference_set
@@ -97,6 +98,8 @@ FATAL = {
     "400": (http_error(400, "Unsupported parameter: 'temperature'"), "HTTP 400"),
     "html-200": (raw_reply(b"<!doctype html><html><body>Welcome to nginx</body></html>", "text/html"), "/v1"),
     "invalid-json": (raw_reply(b'{"id": "x", "choices": [', "application/json"), "JSON"),
+    "error-200": (raw_reply(b'{"error": {"message": "The server is overloaded", "type": "server_error"}}'),
+                  "The server is overloaded"),
 }
 
 
@@ -131,9 +134,11 @@ def test_fallback_retrieval_is_explicit_and_said(world, tmp_path):
 # --- the model is exhausted: an answer from retrieval within the time cap, said loudly --------
 
 
-@pytest.mark.parametrize("mode", ["hang", "endless-429"])
+@pytest.mark.parametrize("mode", ["hang", "endless-429", "trickle"])
 def test_exhausted_model_answers_from_retrieval_within_the_cap(world, fake_openai, tmp_path, mode):
-    fake_openai.always(delayed(60) if mode == "hang" else http_error(429, "Rate limit reached", retry_after=0.2))
+    """``trickle``: one byte every 0.5 s, so no single read times out; only a wall-clock limit ends it."""
+    fake_openai.always({"hang": delayed(60), "endless-429": http_error(429, "Rate limit reached", retry_after=0.2),
+                        "trickle": trickled(0.5)}[mode])
     r, took = locate(world, fake_openai.base_url, "--max-seconds", "4", "--timeout", "30", "--attempts", "50",
                      cache=tmp_path / "c.sqlite")
     assert r.returncode == 3
