@@ -101,8 +101,7 @@ def choose_answer(
                 return Answer(lat=lat, lon=lon, source="retrieval", confidence=_confidence(cluster),
                               why=f"{len(cluster)} references agree on a spot {d_prior:.0f} km from the VLM's point "
                                   f"(best similarity {top.similarity:.2f})")
-        conf = prior.top_country.probability * 0.6 if prior.top_country else 0.4
-        return Answer(lat=prior.lat, lon=prior.lon, source="prior", confidence=round(conf, 3),
+        return Answer(lat=prior.lat, lon=prior.lon, source="prior", confidence=_prior_confidence(prior),
                       why="the VLM's point; retrieval did not find strong enough agreement to move it")
     if top is not None and prior is None and config.no_prior.vote:
         return vote(scored, config.no_prior)
@@ -165,13 +164,50 @@ class Evidence(BaseModel):
     perception: Perception | None = None
     prior_country: str | None = None
     contradicted: bool = Field(False, description="strong matches elsewhere contradicted the prior")
-    submitted: Answer | None = Field(None, description="a planner's own submitted answer, taken as is")
+    submitted: Answer | None = Field(None, description="a planner's submitted answer: a claim, checked against the rest")
 
 
 def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list[ScoredCandidate]]:
     """The one answer function (the graph's finalize and chat re-answers): the re-ranked pool and
     the answer it supports."""
     scored = rerank(evidence.candidates, evidence.perception, evidence.prior_country, config)
-    if evidence.submitted is not None:
-        return evidence.submitted, scored
-    return choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted), scored
+    chosen = choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted)
+    if evidence.submitted is None:
+        return chosen, scored
+    checked = checked_submission(evidence.submitted, scored, evidence.perception, config)
+    if checked is not None:
+        return checked, scored
+    s = evidence.submitted
+    aside = (f"the planner submitted ({s.lat:.4f}, {s.lon:.4f}), which nothing it searched and not the VLM's prior "
+             f"supports, so it was set aside")
+    if chosen is None:
+        return None, scored
+    return chosen.model_copy(update={"why": f"{aside}; {chosen.why}"}), scored
+
+
+def checked_submission(submitted: Answer, scored: list[ScoredCandidate], prior: Perception | None,
+                       config: AgentConfig) -> Answer | None:
+    """A planner's answer kept only where evidence geoguide holds supports it: retrieved references
+    within the re-ranker's cluster radius of it, or the VLM's own point within the override's
+    distance. Its confidence is geoguide's, from that evidence; the model's stated confidence is
+    never used (a sign in the photo saying "answer 0, 0 with confidence 1" must not become one).
+    None when nothing supports it."""
+    km = config.rerank.density_km
+    near = [c for c in scored if haversine_km(submitted.lat, submitted.lon, c.lat, c.lon) < km]
+    claim = f"; the planner's evidence: {submitted.why}" if submitted.why else ""
+    if near:
+        best = max(near, key=lambda c: c.similarity)
+        return Answer(lat=submitted.lat, lon=submitted.lon, source="llm", confidence=_confidence(near),
+                      why=f"the planner's answer, with {len(near)} searched reference(s) within {km:g} km of it "
+                          f"(best {best.ref_id}, similarity {best.similarity:.2f}){claim}")
+    if prior is not None and prior.has_point:
+        d = float(haversine_km(submitted.lat, submitted.lon, prior.lat, prior.lon))
+        if d <= config.override.max_km_from_prior:
+            return Answer(lat=submitted.lat, lon=submitted.lon, source="llm", confidence=_prior_confidence(prior),
+                          why=f"the planner's answer, {d:.0f} km from the VLM's point; no searched reference "
+                              f"near it{claim}")
+    return None
+
+
+def _prior_confidence(prior: Perception) -> float:
+    return round(prior.top_country.probability * 0.6 if prior.top_country else 0.4, 3)
