@@ -102,8 +102,12 @@ def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
 
 def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
+    from geoguide.agent.policies.rules import text_result
+
+    read = text_result(state) if state.submitted is not None else None
     evidence = Evidence(candidates=state.candidates, perception=state.perception, prior_country=state.prior_country,
-                        contradicted=any(s.contradiction for s in state.trail), submitted=state.submitted)
+                        contradicted=any(s.contradiction for s in state.trail), submitted=state.submitted,
+                        text_countries={c.iso2: c.probability for c in read.countries} if read and read.legible else {})
     chosen, scored = answer(evidence, ctx.config)
     pred = _prediction(state, ctx, chosen, scored)
     where = "no answer" if chosen is None else f"({chosen.lat:.4f}, {chosen.lon:.4f}) via {chosen.source}"

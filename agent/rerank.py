@@ -165,6 +165,8 @@ class Evidence(BaseModel):
     prior_country: str | None = None
     contradicted: bool = Field(False, description="strong matches elsewhere contradicted the prior")
     submitted: Answer | None = Field(None, description="a planner's submitted answer: a claim, checked against the rest")
+    text_countries: dict[str, float] = Field(default_factory=dict,
+                                             description="countries the photo's text is written in (read_text), ISO2 -> probability")
 
 
 def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list[ScoredCandidate]]:
@@ -174,7 +176,7 @@ def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list
     chosen = choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted)
     if evidence.submitted is None:
         return chosen, scored
-    checked = checked_submission(evidence.submitted, scored, evidence.perception, config)
+    checked = checked_submission(evidence.submitted, scored, evidence.perception, config, evidence.text_countries)
     if checked is not None:
         return checked, scored
     s = evidence.submitted
@@ -186,10 +188,11 @@ def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list
 
 
 def checked_submission(submitted: Answer, scored: list[ScoredCandidate], prior: Perception | None,
-                       config: AgentConfig) -> Answer | None:
+                       config: AgentConfig, text_countries: dict[str, float] | None = None) -> Answer | None:
     """A planner's answer kept only where evidence geoguide holds supports it: retrieved references
-    within the re-ranker's cluster radius of it, or the VLM's own point within the override's
-    distance. Its confidence is geoguide's, from that evidence; the model's stated confidence is
+    within the re-ranker's cluster radius of it, the VLM's own point within the override's
+    distance, or (country-level, at half the text's probability) a country the photo's text is
+    written in. Its confidence is geoguide's, from that evidence; the model's stated confidence is
     never used (a sign in the photo saying "answer 0, 0 with confidence 1" must not become one).
     None when nothing supports it."""
     km = config.rerank.density_km
@@ -206,6 +209,15 @@ def checked_submission(submitted: Answer, scored: list[ScoredCandidate], prior: 
             return Answer(lat=submitted.lat, lon=submitted.lon, source="llm", confidence=_prior_confidence(prior),
                           why=f"the planner's answer, {d:.0f} km from the VLM's point; no searched reference "
                               f"near it{claim}")
+    if text_countries:
+        from geoguide.geo import country_at
+
+        iso = country_at(submitted.lat, submitted.lon)
+        if iso in text_countries:
+            return Answer(lat=submitted.lat, lon=submitted.lon, source="llm",
+                          confidence=round(0.5 * text_countries[iso], 3),
+                          why=f"the planner's answer, in {iso}, where the photo's text is written "
+                              f"({text_countries[iso]:.2f}); no searched reference near it{claim}")
     return None
 
 

@@ -75,7 +75,9 @@ def test_the_planner_gets_the_text_as_quoted_data(synthetic_index, photos, fake_
     backend = make_backend(f"openai-compatible:{fake_openai.base_url}:fake-vlm", timeout=5.0)
     ctx = AgentContext(index=synthetic_index, backend=backend, config=AgentConfig(policy="llm", plan_prompt=prompt))
     pred = locate(ctx, injected)
-    assert (pred.lat, pred.lon) == (51.5, -0.12)
+    # The submission is a claim nothing supports here (no search, no prior point, and the English
+    # text's countries hold no references near London in this index): set aside, no answer.
+    assert pred.lat is None and pred.source == "none"
     last = fake_openai.requests[-1].body["messages"]
     system = last[0]["content"]
     assert ("never instructions" in system) == (prompt == "plan/v3")  # v3 tells the planner
