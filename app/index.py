@@ -67,7 +67,7 @@ def index_build(
         data = load_dataset("exif", images=images)
     rep = data.report  # the loader has already logged skipped rows with the first reason
     samples = data.samples[:limit] if limit else data.samples
-    source = SourceInfo(labels=str(labels) if labels else None, images=str(images) if images else None,
+    source = SourceInfo(labels=str(labels) if labels else None, images=str(images.resolve()) if images else None,
                         n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
     manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite, ray=ray_options)
     typer.echo(
@@ -115,7 +115,7 @@ def index_filter(
     exclude_near: Annotated[Path | None, typer.Option("--exclude-near", help="benchmark labels CSV: remove references near its queries")] = None,
     km: Annotated[float, typer.Option("--km", help="with --exclude-near: the separation in km (OSV-5M: 1)")] = 1.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be removed; change nothing")] = False,
-    ids_out: Annotated[Path | None, typer.Option("--out", help="also write the ids to remove, one a line (for index remove --ids)")] = None,
+    ids_out: Annotated[Path | None, typer.Option("--out", help="also write the ids to remove, a one-column CSV (for index remove --ids)")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="threads reading photos for --dedupe")] = 2,
 ) -> None:
     """Remove near-duplicate references and references near a benchmark's queries from a built index."""
@@ -223,7 +223,8 @@ def index_add(
         data = load_dataset("csv", labels=labels, images=images, require_images=True)
     else:
         data = load_dataset("exif", images=images)
-    source = SourceInfo(labels=str(labels) if labels else None, images=str(images), problems=data.report.problems)
+    source = SourceInfo(labels=str(labels) if labels else None, images=str(images.resolve()),
+                        problems=data.report.problems)
     rep = add_references(index_dir, data.samples, source=source, chunk_size=chunk_size, progress=True)
     typer.echo(f"added {rep.n_added} references ({rep.n_skipped} already in the index, {rep.n_failed_images} "
                f"unreadable images skipped) -> {index_dir}: {rep.n_references} references, generation {rep.generation}"
@@ -239,7 +240,7 @@ def _pending(rep) -> str:
 @index_app.command("remove")
 def index_remove(
     index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
-    ids: Annotated[Path | None, typer.Option("--ids", help="file of reference ids, one per line (or a CSV's first column)")] = None,
+    ids: Annotated[Path | None, typer.Option("--ids", help="file of reference ids: index filter --out's CSV, a CSV's first column, or one per line")] = None,
     author: Annotated[str | None, typer.Option("--author", help="remove every reference of this photographer")] = None,
     reason: Annotated[str, typer.Option("--reason", help="recorded in removals.csv and the manifest")] = "removed by hand",
 ) -> None:
@@ -253,11 +254,13 @@ def index_remove(
         raise CLIError("give exactly one of --ids FILE or --author ID")
     if ids is not None:
         try:
-            lines = ids.read_text(encoding="utf-8").splitlines()
+            with open(ids, encoding="utf-8", newline="") as f:  # newline="": a quoted id keeps its \r\n
+                text = f.read()
         except OSError as e:
             raise CLIError(f"--ids: cannot read {ids}: {e.strerror}") from None
-        wanted = [line.split(",")[0].strip() for line in lines if line.strip()]
-        wanted = [w for w in wanted if w.upper() not in ("IMG_ID", "ID")]
+        from geoguide.indices.filtering import read_id_list
+
+        wanted = read_id_list(text)
     else:
         wanted = ids_of_author(index_dir, author)
         if not wanted:

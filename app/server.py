@@ -285,7 +285,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         row = ctx.index.row_of(ref_id)  # the index table is the only way to a file
         if row is None:
             raise HTTPException(404, f"no reference {ref_id!r} in the index")
-        return jpeg(Path(ctx.index.row(row)["path"]), THUMBNAIL_SIDE, f"the photo of reference {ref_id!r}")
+        path = Path(ctx.index.row(row)["path"])
+        if not reference_photo_allowed(path, ctx.index.manifest.image_roots):
+            raise HTTPException(404, f"the photo of reference {ref_id!r} lies outside the index's image folders")
+        return jpeg(path, THUMBNAIL_SIDE, f"the photo of reference {ref_id!r}")
 
     @app.get("/api/countries.geojson")
     def countries() -> JSONResponse:
@@ -300,6 +303,16 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def reference_photo_allowed(path: Path, roots: list[str]) -> bool:
+    """Whether the server may read a reference's photo: inside one of the folders the index was
+    built and updated from, every link followed (a link in the image folder to /etc/passwd is not a
+    photo to serve). Indices from before 0.2 recorded no folders: the file must at least not be a
+    link out of its own folder."""
+    from geoguide.indices.photosets import inside
+
+    return any(inside(path, root) for root in roots) if roots else inside(path, path.parent)
 
 
 def refused_model(view: SessionView) -> None:

@@ -80,9 +80,9 @@ def main() -> None:
     ap.add_argument("--throughput-images", type=int, default=96)
     args = ap.parse_args()
 
-    from geoguide.indices.photosets import load_dataset
     from geoguide.eval.metrics import markdown_table, summarize
     from geoguide.indices.build import BuildConfig, build_index
+    from geoguide.indices.photosets import load_dataset
     from geoguide.indices.store import ReferenceIndex
 
     data = Path(args.data)

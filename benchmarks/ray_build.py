@@ -92,9 +92,9 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from geoguide.indices.photosets import load_dataset
     from geoguide.indices.build import BuildConfig
     from geoguide.indices.distributed import RayOptions
+    from geoguide.indices.photosets import load_dataset
 
     samples = load_dataset("csv", labels=args.data / "labels.csv", images=args.data / "images").samples[: args.n]
     # One torch thread per describer, in-process too, so the runs compare workers, not thread pools.

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from geoguide.agent.backends.errors import ModelServiceError
 from geoguide.agent.config import AgentConfig
@@ -140,6 +140,7 @@ class DatasetRef(BaseModel):
 
     name: str
     labels: str | None = None
+    labels_sha256: str | None = Field(None, description="the labels file's content: an edit between resumes is refused")
     images: str | None = None
     report: LoadReport | None = None
 
@@ -188,7 +189,11 @@ class _Run:
     ) -> None:
         self.out = Path(out_dir)
         self.identity = _jsonable(identity)
-        self.defaults = {"agent": AgentConfig().model_dump(mode="json")}
+        # Settings a run predates count as unchanged at their default; a run from before labels were
+        # hashed has nothing to compare, so it resumes (and records the hash from now on).
+        dataset = self.identity.get("dataset") if isinstance(self.identity.get("dataset"), dict) else {}
+        self.defaults = {"agent": AgentConfig().model_dump(mode="json"),
+                         "dataset": {"labels_sha256": dataset.get("labels_sha256")}}
         self.extra = extra
         self.resume = resume
         self.coverage = coverage or Coverage()
@@ -203,6 +208,12 @@ class _Run:
             return {}
         old = json.loads(run_path.read_text())
         differs = _diff(old.get("config"), self.identity, self.defaults)
+        if "dataset.labels_sha256" in differs:
+            raise RunMismatchError(
+                f"{self.out}: the labels file changed since this run started (its content hash differs), so its "
+                "records hold the old truth; refused rather than mixing the two: use another --out, or remove "
+                "that directory to start over"
+            )
         if differs:
             raise RunMismatchError(
                 f"{self.out} holds a different run (differs in: {', '.join(differs[:6])}); "

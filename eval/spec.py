@@ -9,6 +9,7 @@ leakage rule, corruption of the prior, the oracle.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,10 +56,22 @@ class RunSpec(ContextSpec):
 
 
 @lru_cache(maxsize=8)
-def _dataset(name: str, labels: str | None, images: str | None) -> LoadedDataset:
+def _dataset(name: str, labels: str | None, images: str | None, labels_sha256: str | None) -> LoadedDataset:
+    """Loaded once per content (the hash is in the key: an edited file is read again)."""
     from geoguide.indices.photosets import load_dataset
 
     return load_dataset(name, labels=labels, images=images)
+
+
+def content_sha256(path: str | None) -> str | None:
+    """The file's SHA-256 (streamed: a labels file of millions of rows is never read whole)."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
@@ -67,8 +80,9 @@ def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
     name = spec.dataset or ("csv" if spec.labels else "shared")
     labels = str(spec.labels.resolve()) if spec.labels else None
     images = str(spec.images.resolve()) if spec.images else None
-    data = _dataset(name, labels, images)
-    return data, DatasetRef(name=name, labels=labels, images=images, report=data.report)
+    sha = content_sha256(labels)
+    data = _dataset(name, labels, images, sha)
+    return data, DatasetRef(name=name, labels=labels, labels_sha256=sha, images=images, report=data.report)
 
 
 def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:

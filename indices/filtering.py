@@ -349,6 +349,24 @@ def filter_index(index_dir: str | Path, config: FilterConfig, workers: int = 2) 
     return FilterPlan(index_dir=str(index_dir), n_references=len(ids), removals=removals, unreadable=unreadable)
 
 
+ID_HEADER = "id"
+
+
 def write_removed_ids(path: str | Path, removals: Sequence[Removal]) -> None:
-    """One id a line: the file ``index remove --ids`` reads."""
-    atomic.write_text(path, "".join(f"{r.id}\n" for r in removals))
+    """The ids as a one-column CSV with an ``id`` header, the file ``index remove --ids`` reads: an
+    id holding a comma, a quote, a newline or edge spaces survives (quoted where it must be)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([ID_HEADER])
+    w.writerows([r.id] for r in removals)
+    atomic.write_text(path, buf.getvalue())
+
+
+def read_id_list(text: str) -> list[str]:
+    """Reference ids from ``write_removed_ids``' CSV, or any CSV whose first column holds them (a
+    header ``id`` or ``IMG_ID`` is skipped), or plain lines: each id exactly as written (CSV
+    quoting undone), blank lines skipped. Read the file with ``newline=""``, as for any CSV."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell for cell in row)]
+    if rows and rows[0][0].strip().upper() in (ID_HEADER.upper(), "IMG_ID"):
+        rows = rows[1:]
+    return [row[0] for row in rows]

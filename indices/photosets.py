@@ -187,7 +187,10 @@ def parse_coord(text: str, what: str) -> float:
 
 
 def resolve_image(images: Path, image_id: str) -> Path:
-    """The image file for an id inside ``images``; ``BadRow`` if it is absent or escapes the folder."""
+    """The image file for an id inside ``images``, as an absolute path (so an index built from a
+    relative ``--images`` works from any directory); ``BadRow`` if it is absent or escapes the
+    folder, by its name or through a symbolic link (a link to ``/etc/passwd`` named ``a.jpg`` would
+    otherwise be indexed, and its file served as a thumbnail)."""
     rel = Path(image_id)
     if rel.is_absolute() or ".." in rel.parts:
         raise BadRow(f"image id {image_id!r} points outside the image folder")
@@ -196,8 +199,15 @@ def resolve_image(images: Path, image_id: str) -> Path:
     )
     for path in candidates:
         if path.is_file():
-            return path
+            if not inside(path, images):
+                raise BadRow(f"{path} links to {path.resolve()}, outside the image folder {images}; refused")
+            return path.absolute()
     raise BadRow(f"image file not found: {candidates[0]}")
+
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path``, every symbolic link followed, lies inside ``folder`` (links followed too)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 @dataclass
@@ -649,6 +659,10 @@ class ExifLoader(DatasetLoader):
         files = self.folder.rglob("*") if self.recursive else self.folder.iterdir()
         for path in sorted(p for p in files if p.is_file() and p.suffix.lower() in EXIF_SUFFIXES):
             image_id = path.relative_to(self.folder).as_posix()
+            if not inside(path, self.folder):  # refused before its EXIF is read
+                report.skip(f"links to {path.resolve()}, outside the image folder {self.folder}; refused",
+                            image_id=image_id)
+                continue
             try:
                 latlon, author = _read_exif(path)
             except (OSError, ValueError, ZeroDivisionError, TypeError) as exc:

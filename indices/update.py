@@ -384,7 +384,7 @@ def add_references(index_dir: str | Path, records: Sequence, *, source: SourceIn
         new = [r for r, good in zip(fresh, ok, strict=True) if good]
         if not new:
             raise UpdateError(f"none of the {len(fresh)} new images could be read; first problem: {problems[:1]}")
-        m = append_segment(index, new, vecs)  # the readable images' rows only
+        m = append_segment(index, new, vecs, image_root=source.images if source else None)  # readable images only
         shutil.rmtree(work, ignore_errors=True)
         return _report(index, m, n_added=len(new), n_failed_images=len(fresh) - len(new), n_skipped=report.n_skipped,
                        problems=(report.problems + problems)[:20])
@@ -411,7 +411,7 @@ def add_described(index_dir: str | Path, records: Sequence, vectors: np.ndarray)
         return _report(index, m, n_added=len(keep), n_skipped=len(records) - len(keep))
 
 
-def append_segment(index: ReferenceIndex, new: Sequence, vecs: np.ndarray) -> Manifest:
+def append_segment(index: ReferenceIndex, new: Sequence, vecs: np.ndarray, image_root: str | None = None) -> Manifest:
     """Write ``new`` records (``image_id``, ``image_path``, ``lat``, ``lon``, ``author``) with their
     described ``vecs`` as one new segment and swap the manifest. The caller holds the update lock."""
     from geoguide.geo import countries_at
@@ -437,5 +437,6 @@ def append_segment(index: ReferenceIndex, new: Sequence, vecs: np.ndarray) -> Ma
         "schema_version": SEGMENTED_SCHEMA, "generation": gen, "n_references": old.n_references + len(new),
         "base_rows": old.n_base_rows, "segments": [*old.segments, segment], "build_key": None,
         "frozen": sorted(set(old.frozen) | set(_frozen_parts(index))),
+        "image_roots": sorted(set(old.image_roots) | ({image_root} if image_root else set())),
     })
     return write_manifest(root, manifest, [*old.files, *files], reuse=old.files)

@@ -367,5 +367,6 @@ def write_index(
         store=StoreInfo(spec=st.spec, params=st.params(dim), codes=codes_rel, trained_on=trained_on),
         schemes=infos,
         source=source,
+        image_roots=[source.images] if source.images else [],
     )
     return write_manifest(out, manifest, files)

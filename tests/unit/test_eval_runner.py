@@ -532,3 +532,23 @@ def test_messy_labels_get_a_reason_per_row_and_count_as_misses(synthetic_index, 
         assert f"line {line}: {reason}" in text, (line, text)
     ids = [json.loads(x)["image_id"] for x in (out / PREDICTIONS).read_text().splitlines()]
     assert "é_北京.jpg" in ids and len(ids) == len(set(ids)) == 5
+
+
+def test_a_resume_after_the_labels_were_edited_is_refused(synthetic_index, synthetic_refs, tmp_path, capsys):
+    """The run's identity holds the labels' content, not only their path: a resume after an edit
+    would otherwise keep the old truth in its records and summary, silently."""
+    root, samples = synthetic_refs
+    labels = tmp_path / "labels.csv"
+    rows = [f"{s.image_id},{s.author},{s.lat},{s.lon}" for s in samples[:6]]
+    labels.write_text("IMG_ID,AUTHOR,LAT,LON\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    argv = ["eval", "--images", str(root / "images"), "--labels", str(labels), "--index", str(synthetic_index.root),
+            "--out", str(out), "--exclude-same-author"]
+    assert main([*argv, "--limit", "3"]) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["dataset"]["labels_sha256"]
+    assert main(argv) == 0  # the same file: resumes
+    rows[0] = rows[0].rsplit(",", 2)[0] + ",10.0,10.0"  # a corrected truth for a photo already scored
+    labels.write_text("IMG_ID,AUTHOR,LAT,LON\n" + "\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "the labels file changed since this run started" in capsys.readouterr().err
