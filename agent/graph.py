@@ -107,6 +107,7 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     read = text_result(state) if state.submitted is not None else None
     evidence = Evidence(candidates=state.candidates, perception=state.perception, prior_country=state.prior_country,
                         contradicted=any(s.contradiction for s in state.trail), submitted=state.submitted,
+                        searches=len(state.trail),
                         text_countries={c.iso2: c.probability for c in read.countries} if read and read.legible else {})
     chosen, scored = answer(evidence, ctx.config)
     pred = _prediction(state, ctx, chosen, scored)

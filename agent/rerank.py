@@ -85,6 +85,7 @@ def choose_answer(
     prior_country: str | None,
     config: AgentConfig,
     contradicted: bool = False,
+    searches: int | None = None,
 ) -> Answer | None:
     """The answer: the prior's point unless retrieval is strong near it (or, when the policy found
     the prior contradicted by strong matches elsewhere, strong anywhere); else retrieval's best spot."""
@@ -93,16 +94,23 @@ def choose_answer(
     top = scored[0] if scored else None
     cluster = [c for c in scored if top is not None and haversine_km(top.lat, top.lon, c.lat, c.lon) < km]
     if prior is not None and prior.has_point and config.prior_level == "point":
-        if top is not None and cfg.enabled and config.rerank.enabled:
+        if top is None:
+            kept = "no reference was searched" if searches == 0 else "no search found a reference near it"
+        elif not (cfg.enabled and config.rerank.enabled):
+            kept = "retrieval may not move it here (override or re-ranking off)"
+        else:
             d_prior = float(haversine_km(prior.lat, prior.lon, top.lat, top.lon))
-            strong = len(cluster) >= cfg.min_support and max(c.similarity for c in cluster) >= cfg.min_similarity
+            best = max(c.similarity for c in cluster)
+            strong = len(cluster) >= cfg.min_support and best >= cfg.min_similarity
             if strong and (d_prior <= cfg.max_km_from_prior or contradicted):
                 lat, lon = medoid(cluster)
                 return Answer(lat=lat, lon=lon, source="retrieval", confidence=_confidence(cluster),
                               why=f"{len(cluster)} references agree on a spot {d_prior:.0f} km from the VLM's point "
                                   f"(best similarity {top.similarity:.2f})")
+            kept = (f"the best match ({top.ref_id}, similarity {top.similarity:.2f}, {d_prior:.0f} km away, "
+                    f"{len(cluster)} agreeing within {km:g} km) is not strong enough to move it")
         return Answer(lat=prior.lat, lon=prior.lon, source="prior", confidence=_prior_confidence(prior),
-                      why="the VLM's point; retrieval did not find strong enough agreement to move it")
+                      why=f"the VLM's point; {kept}")
     if top is not None and prior is None and config.no_prior.vote:
         return vote(scored, config.no_prior)
     if top is not None:
@@ -164,6 +172,7 @@ class Evidence(BaseModel):
     perception: Perception | None = None
     prior_country: str | None = None
     contradicted: bool = Field(False, description="strong matches elsewhere contradicted the prior")
+    searches: int | None = Field(None, description="how many searches ran (None: not known), for a true why-line")
     submitted: Answer | None = Field(None, description="a planner's submitted answer: a claim, checked against the rest")
     text_countries: dict[str, float] = Field(default_factory=dict,
                                              description="countries the photo's text is written in (read_text), ISO2 -> probability")
@@ -173,7 +182,8 @@ def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list
     """The one answer function (the graph's finalize and chat re-answers): the re-ranked pool and
     the answer it supports."""
     scored = rerank(evidence.candidates, evidence.perception, evidence.prior_country, config)
-    chosen = choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted)
+    chosen = choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted,
+                           evidence.searches)
     if evidence.submitted is None:
         return chosen, scored
     checked = checked_submission(evidence.submitted, scored, evidence.perception, config, evidence.text_countries)

@@ -99,7 +99,7 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Exit codes: 0 done; 2 usage or input error (click's usage message, or
-    one line); 3 the model service cannot be used; 70 a bug in geoguide (one line, and the
+    one line); 3 the model service cannot be used; 4 the run found no answer; 70 a bug in geoguide (one line, and the
     traceback with GEOGUIDE_DEBUG=1); 130 interrupted. Nothing heavy is imported before a command
     needs it, so ``--help`` answers at once."""
     import os

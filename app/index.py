@@ -80,6 +80,8 @@ def index_build(
         typer.echo(f"filters removed {len(removed)} references ({counts}); listed in {out / REMOVED_NAME}")
     for f in manifest.source.failed_images[:5]:
         typer.echo(f"  unreadable: {f.id} ({f.path}): {f.reason}", err=True)
+    if manifest.calibration is None:  # a build resumed or repeated keeps the calibration it stored
+        _calibrate(out)
 
 
 def load_query_points(labels: Path, km: float):
@@ -175,6 +177,10 @@ def index_info(
         "created_utc": m.created_utc,
         "geoguide_version": m.geoguide_version,
     }
+    from geoguide.indices.calibration import load_calibration
+
+    cal = load_calibration(index)
+    info["calibration"] = cal.model_dump() if cal else None
     if as_json:
         echo_json(info)
         return
@@ -198,6 +204,9 @@ def index_info(
     if m.source.n_failed_images > top:
         typer.echo(f"  … {m.source.n_failed_images - top} more unreadable (index info --json lists up to "
                    f"{len(m.source.failed_images)})")
+    for line in cal.table() if cal else ["calibration: none yet (geoguide index calibrate stores it; a search "
+                                         "calibrates in memory on first use)"]:
+        typer.echo(line)
     for s in info["schemes"].values():
         typer.echo(f"scheme {s['spec']}: {s['n_submaps']} submaps{' (storage order)' if s['storage_order'] else ''}")
         for sm in s["largest"]:
@@ -223,12 +232,19 @@ def index_add(
         data = load_dataset("csv", labels=labels, images=images, require_images=True)
     else:
         data = load_dataset("exif", images=images)
+    if not data.samples:
+        why = data.report.problems[0] if data.report.problems else "the folder holds no photos"
+        how = "" if labels is not None else " (without --labels, each photo needs GPS in its EXIF)"
+        raise CLIError(f"nothing to add from {images}: {data.report.n_bad} of {data.report.n_read} photos or rows "
+                       f"unusable, first: {why}{how}")
     source = SourceInfo(labels=str(labels) if labels else None, images=str(images.resolve()),
                         problems=data.report.problems)
     rep = add_references(index_dir, data.samples, source=source, chunk_size=chunk_size, progress=True)
     typer.echo(f"added {rep.n_added} references ({rep.n_skipped} already in the index, {rep.n_failed_images} "
                f"unreadable images skipped) -> {index_dir}: {rep.n_references} references, generation {rep.generation}"
                f"{_pending(rep)}")
+    if rep.n_added:
+        _calibrate(index_dir)
 
 
 def _pending(rep) -> str:
@@ -287,6 +303,30 @@ def index_compact(index_dir: Annotated[Path, typer.Argument(metavar="INDEX", hel
         return
     typer.echo(f"compacted {rep.n_segments} segments and {rep.n_tombstones} removed rows -> {index_dir}: "
                f"{rep.n_references} references, generation {rep.generation} ({time.perf_counter() - t:.1f} s)")
+    _calibrate(index_dir)
+
+
+def _calibrate(index_dir: Path, sample: int = 5_000) -> None:
+    """Refit and store the map's calibration after a change (``indices.calibration``)."""
+    from geoguide.indices.calibration import calibrate_index
+
+    try:
+        cal = calibrate_index(index_dir, sample=sample)
+    except ValueError as e:  # a map too small to calibrate is still a map
+        typer.echo(f"calibration skipped: {e}", err=True)
+        return
+    ece = ", ".join(f"{m.km:g} km {m.ece:.3f}" for m in cal.models)
+    typer.echo(f"calibrated on {cal.n_sample} references in {cal.seconds:.1f} s (held-out ECE: {ece})")
+
+
+@index_app.command("calibrate")
+def index_calibrate(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory")],
+    sample: Annotated[int, typer.Option("--sample", min=20, max=20_000, help="references searched, leave-one-photographer-out")] = 5_000,
+) -> None:
+    """Refit what a match means on this map: P(best match within 1/25/200/750/2500 km) from its
+    similarity, margin and agreement, by leave-one-photographer-out self-retrieval (no labels)."""
+    _calibrate(index_dir, sample)
 
 
 @index_app.command("verify")

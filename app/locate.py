@@ -115,6 +115,10 @@ def _locate_one(image: Path, as_json: bool, quiet: bool, opts: AgentOptions) -> 
         ctx.close()
     typer.echo(pred.model_dump_json(indent=2) if as_json else format_prediction(pred))
     check_service(pred)
+    if pred.lat is None:
+        from geoguide.app.options import NoAnswer
+
+        raise NoAnswer(f"no answer for {image}: {'; '.join(pred.notes) or pred.prior_error or 'nothing found'}")
 
 
 def _locate_batch(photos: list[str], out: Path | None, workers: int, as_json: bool, quiet: bool,

@@ -30,6 +30,13 @@ class CLIError(GeoguideError):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+class NoAnswer(GeoguideError):
+    """The run went through but found nothing to answer with (no prior, nothing searched or
+    matched): not "done", so not exit 0; 4 tells scripts apart from bad input (2) and a dead model (3)."""
+
+    exit_code = 4
+
+
 def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 

@@ -125,6 +125,8 @@ class Manifest(BaseModel):
     segments: list[SegmentInfo] = Field(default_factory=list, description="appended since the base, in row order")
     tombstones: TombstoneInfo | None = None
     removals_file: str | None = Field(None, description="the removals.csv history; None: data_dir/removals.csv if listed")
+    calibration: str | None = Field(None, description="the map's calibration file (indices.calibration); None: "
+                                    "not calibrated yet (calibrated in memory on first use)")
     image_roots: list[str] = Field(
         default_factory=list, description="every folder the references' photos came from (build and each add), "
         "resolved: the server serves reference photos from inside these only; empty in indices before 0.2")

@@ -115,7 +115,7 @@ class UpdateReport(BaseModel):
 
 
 @contextlib.contextmanager
-def _exclusive(index_dir: Path) -> Iterator[None]:
+def exclusive(index_dir: Path) -> Iterator[None]:
     if not index_dir.is_dir():
         raise UpdateError(f"{index_dir}: no such index directory")
     with open(index_dir / LOCK, "a") as f:
@@ -194,7 +194,7 @@ def remove_references(index_dir: str | Path, ids: Iterable[str], reason: str) ->
     index are counted (``n_skipped``), not an error; removing every reference is.
     """
     root = Path(index_dir)
-    with _exclusive(root):
+    with exclusive(root):
         return _remove(root, ids, reason)
 
 
@@ -263,7 +263,7 @@ def apply_filter(plan: FilterPlan) -> UpdateReport:
         write_removed(root, list(merged.values()))
         reached("filter:evidence")
 
-    with _exclusive(root):
+    with exclusive(root):
         return _remove(root, ids, f"index filter: {rules} (evidence in removed.csv)", before_commit=evidence)
 
 
@@ -285,7 +285,7 @@ def compact_index(index_dir: str | Path) -> UpdateReport:
     ``n_segments`` / ``n_tombstones`` are what it merged and dropped.
     """
     root = Path(index_dir)
-    with _exclusive(root):
+    with exclusive(root):
         index = _open_for_update(root)
         old = index.manifest
         report = _report(index)
@@ -314,7 +314,7 @@ def _write(index: ReferenceIndex, *, refs: dict, vectors, codes, perm: np.ndarra
     if previous:
         atomic.write_text(root / data_dir / REMOVED, _removals_csv(previous))
         files.append(f"{data_dir}/{REMOVED}")
-    kept = [rel for rel in (STATE_FILE, STORE_FILE) if rel in old.files]
+    kept = [rel for rel in (STATE_FILE, STORE_FILE, old.calibration) if rel and rel in old.files]
     store = old.store.model_copy(update={"codes": codes_rel}) if old.store else None
     manifest = old.model_copy(update={
         "schema_version": 2, "generation": gen, "data_dir": data_dir, "n_references": len(perm), "schemes": infos,
@@ -363,7 +363,7 @@ def add_references(index_dir: str | Path, records: Sequence, *, source: SourceIn
                    after_chunk: Callable[[int], None] | None = None) -> UpdateReport:
     """Describe ``records`` (``indices.photosets.Sample``-like) and add them to the index as one segment."""
     root = Path(index_dir)
-    with _exclusive(root):
+    with exclusive(root):
         index = _open_for_update(root)
         fresh = [records[i] for i in _fresh(index, records)]
         report = _report(index, n_skipped=len(records) - len(fresh), problems=list(source.problems if source else []))
@@ -402,7 +402,7 @@ def add_described(index_dir: str | Path, records: Sequence, vectors: np.ndarray)
     """``add_references`` for records already described with the index's descriptor (``vectors``,
     one row each): the index update alone, as ``benchmarks/update.py`` times it."""
     root = Path(index_dir)
-    with _exclusive(root):
+    with exclusive(root):
         index = _open_for_update(root)
         keep = _fresh(index, records)
         if not keep:

@@ -24,6 +24,7 @@ from geoguide.agent.toolbox import openai_tools
 from geoguide.indices.submaps import WHOLE_MAP
 from geoguide.prompts.loader import load_prompt
 
+NO_SUBMISSION = "the planner stopped without submitting a location; answered from the evidence it gathered"
 NUDGE = "Please continue by calling a tool; when you are done, call submit_location with your answer and evidence."
 
 
@@ -193,6 +194,6 @@ class LLMPolicy(Policy):
         nudged = any(isinstance(m, HumanMessage) and m.text == NUDGE for m in state.messages)
         if nudged:
             return Decision(done=True, message=message, events=events, usage=turn.usage,
-                            notes=[*adapted, "the planner stopped without submitting a location"])
+                            notes=[*adapted, NO_SUBMISSION])
         return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=turn.usage,
                         notes=adapted)

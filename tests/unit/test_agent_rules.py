@@ -137,3 +137,12 @@ def test_reuse_index_descriptors_matches_extraction(synthetic_index, synthetic_r
         runs.append(locate(ctx, s.image_path, image_id=s.image_id))
     a, b = ([c.ref_id for c in r.top_candidates] for r in runs)
     assert a == b and s.image_id not in a
+
+
+def test_why_lines_say_what_ran(synthetic_index, queries):
+    """The prior kept with no search says so, not that retrieval 'did not agree'."""
+    paths, replay = queries
+    pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], policy="prior")
+    assert pred.why == "the VLM's point; no reference was searched"
+    pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])  # searched Spain and its neighbours, kept Madrid
+    assert pred.source == "prior" and "not strong enough to move it" in pred.why and "similarity" in pred.why

@@ -364,3 +364,26 @@ def test_eval_that_left_photos_to_a_dead_model_does_not_exit_0(world, tmp_path):
     assert r.returncode == 3 and "2 photo(s) could not use the model" in one_error_line(r)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["not_run"] == 2 and summary["evaluated"] == 0
+
+
+def test_a_run_without_an_answer_does_not_exit_0(world, tmp_path):
+    root, _, idx = world
+    replay = tmp_path / "prior.csv"
+    replay.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\nparis_0.jpg,,,,False,test-vlm\n")
+    r = geoguide(root, "locate", root / "images" / "paris_0.jpg", "--index", idx, "--vlm", f"replay:{replay}",
+                 "--policy", "prior")
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert "No answer" in r.stdout and "no answer for" in one_error_line(r)
+
+
+def test_index_add_with_nothing_to_add_says_why(world, tmp_path):
+    from PIL import Image
+
+    root, _, idx = world
+    folder = tmp_path / "no_gps"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "a.jpg")
+    r = geoguide(root, "index", "add", idx, "--images", folder)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert "nothing to add" in line and "no GPS in EXIF" in line and "--labels" in line

@@ -47,10 +47,12 @@ def test_set_reaches_the_agent_config(synthetic_index, tmp_path, capsys):
     argv = ["locate", str(photo), "--index", str(synthetic_index.root), "--json", "--prior-level", "country"]
     assert main(argv) == 0
     free = json.loads(capsys.readouterr().out)
-    assert main([*argv, "--set", "caps.max_tool_calls=1", "--set", "k=3"]) == 0
+    assert main([*argv, "--set", "no_prior.k=3"]) == 0  # no prior: the whole-map search takes no_prior.k
+    assert len(json.loads(capsys.readouterr().out)["top_candidates"]) <= 3 < len(free["top_candidates"])
+    # one tool call: the photo's text is read, no search is left, so there is no answer (exit 4)
+    assert main([*argv, "--set", "caps.max_tool_calls=1"]) == 4
     capped = json.loads(capsys.readouterr().out)
-    assert free["tool_calls"] > 1 and capped["tool_calls"] == 1
-    assert len(capped["top_candidates"]) <= 3 < len(free["top_candidates"])  # k=3: three candidates a search
+    assert free["tool_calls"] > 1 and capped["tool_calls"] == 1 and capped["lat"] is None
 
 
 def test_locate_and_eval_open_the_same_context_spec(tmp_path):
