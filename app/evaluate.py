@@ -71,23 +71,31 @@ def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:
         raise CLIError(str(exc)) from None
 
 
-@commands.command("ablate")
+# One paragraph a line (the help formatter re-wraps them to the terminal); brackets escaped, or
+# rich takes [base] for a style and prints nothing.
+ABLATE_HELP = "\n\n".join([
+    "Run every variant of an ablation plan (each resumable), then compare them in tables and plots.",
+    "A plan is TOML: a \\[base] table of settings every run shares; \\[\\[variant]] tables, each with a "
+    "name and the settings it changes; and/or a \\[grid] table of lists, whose every combination is a "
+    "variant (crossed with each \\[\\[variant]] when both are given). Example: eval/plans/results.toml.",
+    "Settings are those of geoguide eval with underscores (images, labels, index, vlm, policy, "
+    "exclude_same_author, corrupt_prior, ...) plus any agent config key, dotted or as a table "
+    "(rerank.enabled, k, scheme, kmeans_clusters, perceive_prompt; aliases rerank, rerank_weight, "
+    "prompt). Relative paths are relative to the current directory, as on the command line.",
+])
+
+
+@commands.command("ablate", help=ABLATE_HELP)
 def ablate_cmd(
     plan: Annotated[
         Path,
-        typer.Argument(help="TOML plan: [base] settings, then [[variant]] tables and/or a [grid] of lists"),
+        typer.Argument(help="the TOML plan (\\[base], \\[\\[variant]], \\[grid])"),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="folder: one run per variant, comparison.md/.csv and plots")
     ],
 ) -> None:
-    """Run every variant of an ablation plan (each resumable), then compare them in tables and plots.
-
-    Settings are those of ``geoguide eval`` with underscores (vlm, policy, exclude_same_author,
-    corrupt_prior, ...) plus any agent config key (dotted or as a table: rerank.enabled, k, scheme,
-    kmeans_clusters, perceive_prompt; aliases rerank, rerank_weight, prompt). Relative paths are
-    relative to the current directory, as on the command line.
-    """
+    """``geoguide ablate``: its help is ``ABLATE_HELP``."""
     from geoguide.eval.ablation import load_plan, run_plan
 
     variants = load_plan(plan)

@@ -64,7 +64,7 @@ class SubmapSelection:
         labels = [s.strip() for s in label.split(",") if s.strip()]
         if scheme is None or (sep and not labels) or (not sep and scheme.stored):
             raise SubmapError(self._unknown(submap_id))
-        return scheme, labels
+        return scheme, scheme.normalize(labels)
 
     def describe_submap(self, submap_id: str, sel: Selection | None = None) -> Submap:
         """Metadata of any id, including unions and radius ids (computed from their rows);

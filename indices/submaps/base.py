@@ -17,6 +17,7 @@ lie in each part of the index) live here, with the hooks that take and return th
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -191,15 +192,26 @@ class SubmapScheme(ABC):
         """This stored scheme's submap table in ``index``."""
         return index.schemes[self.prefix]
 
+    def normalize(self, labels: list[str]) -> list[str]:
+        """Labels as the index stores them (the country scheme reads names: ``Italy`` -> ``IT``)."""
+        return labels
+
+    def suggest(self, index: MapView, label: str) -> list[str]:
+        """Stored labels close to one that does not exist, nearest first."""
+        return difflib.get_close_matches(label, list(self.table(index).spans), n=3, cutoff=0.5)
+
     def select(self, index: MapView, labels: list[str]) -> Selection:
-        """The rows of the union of ``labels``; ``SubmapError`` naming the ones that do not exist."""
+        """The rows of the union of ``labels``; ``SubmapError`` naming the ones that do not exist,
+        with the nearest valid ones."""
         table = self.table(index)
         missing = [lab for lab in labels if lab not in table.spans]
         if missing or not labels:
-            examples = ", ".join(self.submap_id(lab) for lab in list(table.spans)[:5])
+            near = [s for m in missing for s in self.suggest(index, m)]
+            examples = near or sorted(table.spans, key=lambda lab: -table.submaps[lab].size)[:5]
             raise SubmapError(
                 f"submap(s) {', '.join(self.submap_id(m) for m in missing) or self.prefix + ':'} do not exist in this "
-                f"index (no references there); e.g. {examples}; 'geoguide index info' lists them"
+                f"index (no references there); {'did you mean' if near else 'the largest are'} "
+                f"{', '.join(self.submap_id(lab) for lab in dict.fromkeys(examples))}"
             )
         return table.selection(labels)
 

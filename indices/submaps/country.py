@@ -7,6 +7,7 @@ widening adds land neighbours, then the continent, then the whole map.
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 
 import numpy as np
@@ -40,6 +41,21 @@ class CountryScheme(SubmapScheme):
 
     def countries(self, labels: list[str]) -> set[str] | None:
         return set(labels)
+
+    def normalize(self, labels: list[str]) -> list[str]:
+        """ISO2 codes from names, ISO3 codes and aliases (``Italy``, ``ITA``, ``Holland``)."""
+        from geoguide.geo import lookup_country
+
+        return [lab if len(lab) == 2 and lab.isupper() else (lookup_country(lab) or lab) for lab in labels]
+
+    def suggest(self, index: MapView, label: str) -> list[str]:
+        """Present countries whose code or name is closest to ``label`` (``Itly`` -> ``IT``)."""
+        from geoguide.geo import country_name
+
+        present = list(self.table(index).spans)
+        names = {(country_name(iso) or iso).lower(): iso for iso in present}
+        near = difflib.get_close_matches(label.lower(), list(names), n=3, cutoff=0.6)
+        return [names[n] for n in near] or difflib.get_close_matches(label.upper(), present, n=3, cutoff=0.5)
 
     def labels_in_country(self, index: MapView, iso: str) -> set[str]:
         return {iso} & set(self.table(index).spans)

@@ -54,9 +54,10 @@ def world(tmp_path_factory):
     return root, labels, out
 
 
-def geoguide(home: Path, *args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+def geoguide(home: Path, *args, timeout: float = 120, env_extra: dict[str, str] | None = None,
+             **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENAI_API_KEY": "sk-test", "XDG_CACHE_HOME": str(home / "cache"),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **(env_extra or {})}
     env.pop("GEOGUIDE_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "geoguide", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=home, **kw)
@@ -387,3 +388,11 @@ def test_index_add_with_nothing_to_add_says_why(world, tmp_path):
     assert r.returncode == 2
     line = one_error_line(r)
     assert "nothing to add" in line and "no GPS in EXIF" in line and "--labels" in line
+
+
+def test_ablate_help_documents_the_plan_format_at_80_columns(tmp_path):
+    r = geoguide(tmp_path, "ablate", "--help", env_extra={"COLUMNS": "80"})
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "a [base] table of settings" in text and "[[variant]] tables" in text and "a [grid] table of lists" in text
+    assert "…" not in r.stdout and max(len(line) for line in r.stdout.splitlines()) <= 80

@@ -134,3 +134,16 @@ def test_widening_a_country_never_jumps_continents_through_an_overseas_part():
     assert "FR" not in br.split(":")[1].split(",")
     gf, _ = country.widen(index, ["FR"], cayenne)
     assert "BR" in gf and "ES" not in gf
+
+
+def test_country_submaps_take_names_and_suggest_the_nearest(synthetic_index):
+    from geoguide.indices.submaps import SubmapError
+
+    assert synthetic_index.resolve("country:Italy").size == synthetic_index.resolve("country:IT").size > 0
+    assert synthetic_index.describe_submap("country:italy").id == "country:IT"
+    assert synthetic_index.resolve("country:France,Spain").size == synthetic_index.resolve("country:FR,ES").size
+    with pytest.raises(SubmapError, match="did you mean country:IT") as e:
+        synthetic_index.resolve("country:Itly")
+    assert "list_submaps" not in str(e.value)
+    with pytest.raises(SubmapError, match="the largest are country:"):
+        synthetic_index.resolve("country:Atlantis")
