@@ -32,6 +32,8 @@ class AgentContext:
     planner: Backend | None = None
     # Stand-in for the index's own descriptor (e.g. the runner's thread-safe wrapper); None = the index's.
     descriptor: Any = None
+    # Photos described elsewhere (``--query-vectors``, ``indices.importing.QueryVectors``): used before any descriptor.
+    query_vectors: Any = None
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
     # ToolNode runs a turn's tool calls on threads (the rules policy's hypothesis search and probe):
@@ -56,7 +58,8 @@ class AgentContext:
         if author:
             update["exclude_authors"] = [*cfg.exclude_authors, author]
         return AgentContext(index=self.index, backend=backend or self.backend, config=cfg.model_copy(update=update),
-                            planner=self.planner, descriptor=descriptor or self.descriptor)
+                            planner=self.planner, descriptor=descriptor or self.descriptor,
+                            query_vectors=self.query_vectors)
 
     def close(self) -> None:
         """Release the backends (caches, models)."""
@@ -80,9 +83,14 @@ class AgentContext:
             return self._query_vector(path, sha, image_id)
 
     def _query_vector(self, path: str, sha: str, image_id: str | None = None) -> np.ndarray:
+        if sha not in self._vectors and self.query_vectors is not None and image_id in self.query_vectors:
+            self._vectors.clear()
+            self._vectors[sha] = self.query_vectors.get(image_id)
         if sha not in self._vectors and self.config.reuse_index_descriptors and image_id:
             row = self.index.row_of(image_id)
-            if row is not None and Path(self.index.row(row)["path"]).resolve() == Path(path).resolve():
+            stored = self.index.row(row)["path"] if row is not None else None
+            # An imported reference has no file: its id is the only key there is.
+            if stored is not None and (not stored or Path(stored).resolve() == Path(path).resolve()):
                 self._vectors.clear()
                 self._vectors[sha] = np.asarray(self.index.descriptors[row], dtype=np.float32)
         if sha not in self._vectors:

@@ -6,14 +6,18 @@ import the context type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geoguide.agent.backends import Backend, make_backend, parse_backend_options
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
 from geoguide.agent.settings import ContextSpec, default_cache_path
 from geoguide.indices.store import ReferenceIndex
+
+if TYPE_CHECKING:
+    from geoguide.indices.photosets import Sample
 
 
 def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int,
@@ -26,16 +30,25 @@ def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int
     return make_backend(spec, **options)
 
 
-def build_context(spec: ContextSpec) -> AgentContext:
+def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) -> AgentContext:
     """Open the index, the model backends and the config the same way for every shell.
 
     The config and the policy are checked before anything is loaded, so a typo fails at once; a
-    backend that can only name countries (``clip-zeroshot``) is restricted to the map's countries."""
+    backend that can only name countries (``clip-zeroshot``) is restricted to the map's countries.
+    ``samples``: the labelled photos a ``.npy`` of query vectors follows row by row (eval)."""
     if spec.index is None:
         raise ValueError("give the reference index (--index DIR, or index = ... in a plan)")
     cfg = spec.agent_config()
     make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
     index = ReferenceIndex(spec.index)
+    vectors = None
+    if spec.query_vectors is not None:
+        from geoguide.indices.importing import QueryVectors, open_vectors
+
+        vectors = QueryVectors(open_vectors(spec.query_vectors), samples)
+        if vectors.table.dim != index.manifest.descriptor.dim:
+            raise ValueError(f"--query-vectors {spec.query_vectors}: {vectors.table.dim} dimensions, but the index's "
+                             f"vectors have {index.manifest.descriptor.dim}")
     backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
     if hasattr(backend, "restrict_countries") and index.scheme_of("country") is not None:
         backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
@@ -43,4 +56,4 @@ def build_context(spec: ContextSpec) -> AgentContext:
     if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
         planning = open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
                                 opts=spec.planner_opts)
-    return AgentContext(index=index, backend=backend, config=cfg, planner=planning)
+    return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors)

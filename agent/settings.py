@@ -44,6 +44,7 @@ class ContextSpec(BaseModel):
     vlm_opts: list[str] = Field(default_factory=list, description="KEY=VALUE options of the VLM backend")
     planner: str | None = Field(None, description="the planning model's spec (default: the VLM)")
     planner_opts: list[str] = Field(default_factory=list, description="KEY=VALUE options of the planner")
+    query_vectors: Path | None = Field(None, description="the photos' vectors computed elsewhere (indices.importing)")
     config: dict[str, Any] = Field(default_factory=dict, description="dotted AgentConfig key -> value")
 
     @classmethod

@@ -59,6 +59,10 @@ def eval_cmd(
     })
     summary = _run_cli(spec, out, restart)
     typer.echo(summary_markdown(str(out), summary))
+    if summary.failed and not summary.evaluated:
+        from geoguide.app.options import NoAnswer
+
+        raise NoAnswer(f"no photo was evaluated: all {summary.failed} failed (the warnings above say why)")
 
 
 def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:

@@ -84,6 +84,46 @@ def index_build(
         _calibrate(out)
 
 
+@index_app.command("import")
+def index_import(
+    vectors: Annotated[Path, typer.Argument(metavar="VECTORS", help=".npy (one row per labels row, in order) or .parquet (IMG_ID + a vector column)")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV: IMG_ID,AUTHOR,LAT,LON (any layout index build reads)")],
+    out: Annotated[Path, typer.Option("--out", help="index directory to write")],
+    descriptor_name: Annotated[str, typer.Option("--descriptor-name", help="what made the vectors, e.g. megaloc (shown by index info)")] = "imported",
+    submaps: Annotated[str, typer.Option("--submaps", help="schemes, first = storage order")] = "country,kmeans:100",
+    store: Annotated[str, typer.Option("--store", help="fp16 (exact) | sq8 | pq:M | opq:M (compressed, re-scored exactly)")] = "fp16",
+    vector_column: Annotated[str | None, typer.Option("--vector-column", help="Parquet: the vector column, when there are several")] = None,
+    col_id: Annotated[str | None, typer.Option("--col-id", help="id column name in --labels")] = None,
+    col_lat: Annotated[str | None, typer.Option("--col-lat")] = None,
+    col_lon: Annotated[str | None, typer.Option("--col-lon")] = None,
+    col_author: Annotated[str | None, typer.Option("--col-author")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another index in --out")] = False,
+) -> None:
+    """An index from vectors computed elsewhere (e.g. on a GPU cluster): the same submaps, stores,
+    calibration and updates as a built one; queries then bring theirs with --query-vectors."""
+    import time
+
+    from geoguide.indices.importing import import_index
+    from geoguide.indices.manifest import SourceInfo
+    from geoguide.indices.photosets import load_dataset
+
+    t = time.perf_counter()
+    columns = {k: v for k, v in {"id": col_id, "lat": col_lat, "lon": col_lon, "author": col_author}.items() if v}
+    data = load_dataset("csv", labels=labels, **columns)
+    rep = data.report
+    if not data.samples:
+        raise CLIError(f"{labels}: no usable rows ({rep.problems[:1] or 'empty'})")
+    source = SourceInfo(labels=str(labels), n_rows=rep.n_read, n_bad_rows=rep.n_bad, problems=rep.problems)
+    manifest = import_index(vectors, data.samples, out, descriptor_name=descriptor_name, submaps=submaps,
+                            store=store, source=source, vector_column=vector_column, overwrite=overwrite)
+    skipped = manifest.source.n_bad_rows
+    typer.echo(f"imported {manifest.n_references} references ({manifest.descriptor.dim} dimensions, {skipped} rows "
+               f"skipped) -> {out} ({time.perf_counter() - t:.1f} s)")
+    for p in manifest.source.problems[:5]:
+        typer.echo(f"  skipped: {p}", err=True)
+    _calibrate(out)
+
+
 def load_query_points(labels: Path, km: float):
     """A benchmark's query locations (any labels layout ``indices.photosets`` reads) for the leakage rule."""
     import logging

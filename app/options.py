@@ -96,6 +96,9 @@ SHARED: dict[str, tuple[Any, Any]] = {
         DEFAULT_TIMEOUT_S),
     "attempts": (Annotated[int, typer.Option("--attempts", min=1, help=(
         "tries per model call, the first included (timeouts, 429 and 5xx are retried)"))], DEFAULT_ATTEMPTS),
+    "query_vectors": (Annotated[Path | None, typer.Option("--query-vectors", help=(
+        "the photos' vectors computed elsewhere: .npy in the labels' row order (eval) or .parquet with IMG_ID "
+        "(the file name for locate); needed for an index made by 'index import'"))], None),
     "cache": (Annotated[Path | None, typer.Option("--cache", help=(
         "SQLite response cache (default: ~/.cache/geoguide/responses.sqlite; 'none' disables)"))], None),
     "settings": (Annotated[list[str] | None, typer.Option("--set", help=(
@@ -121,6 +124,7 @@ class AgentOptions(BaseModel):
     fallback: Fallback | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     attempts: int = DEFAULT_ATTEMPTS
+    query_vectors: Path | None = None
     cache: Path | None = None
     settings: list[str] | None = None
 
@@ -134,7 +138,7 @@ class AgentOptions(BaseModel):
         out.update({k: v for k, v in shortcuts.items() if v is not None})
         out.update(index=self.index, vlm=self.vlm, policy=self.policy, cache=self.cache, timeout=self.timeout,
                    attempts=self.attempts, vlm_opts=self.vlm_opt or [], planner=self.planner,
-                   planner_opts=self.planner_opt or [])
+                   planner_opts=self.planner_opt or [], query_vectors=self.query_vectors)
         return out
 
     def context_spec(self, **extra: Any) -> ContextSpec:

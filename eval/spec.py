@@ -110,7 +110,7 @@ def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool |
             dataset=ref,
         )
     corruption = spec.corruption()
-    ctx = build_context(spec)
+    ctx = build_context(spec, data.samples)
     try:
         return run_eval(
             data.samples,

@@ -130,7 +130,7 @@ def _read_key(work: Path) -> str | None:
         return None
 
 
-def _what_is_there(out: Path, key: str) -> str | None:
+def what_is_there(out: Path, key: str) -> str | None:
     """None when a build with ``key`` may write into ``out``; else what is in the way."""
     if not out.exists():
         return None
@@ -164,7 +164,7 @@ def _what_is_there(out: Path, key: str) -> str | None:
     return None
 
 
-def _clear_index(out: Path) -> None:
+def clear_index(out: Path) -> None:
     """Delete an old index's files and its build's work folder; anything else stays."""
     listed = [out / rel for rel in previous_files(out)]
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # first: no moment where a mix looks whole
@@ -233,14 +233,14 @@ def build_index(
     if ray is not None:
         check_ray(ray)  # an unreachable cluster stops here too, not after the fit
     key = _work_key(config, records)
-    in_the_way = _what_is_there(out, key)
+    in_the_way = what_is_there(out, key)
     if in_the_way is not None:
         if not overwrite:
             raise IndexExistsError(
                 f"{in_the_way}; pass overwrite=True (--overwrite) to replace it, or choose another folder"
             )
         log.warning("%s; overwriting it", in_the_way)
-        _clear_index(out)
+        clear_index(out)
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         return _build(records, out, config, source, progress, after_chunk, descriptor, schemes, key, ray)

@@ -100,6 +100,8 @@ class Sample(BaseModel):
     lat: float
     lon: float
     author: str | None = None
+    row: int | None = Field(None, description="0-based position among the labels file's data rows, bad rows "
+                            "counted: the row of this photo in vectors stored in the file's order (index import)")
 
     @model_validator(mode="after")
     def _check_coords(self) -> Sample:
@@ -220,6 +222,7 @@ class _Collector:
     seen: set[str] = field(default_factory=set)
 
     def add(self, line: int | None, image_id: str, lat: float, lon: float, author: str | None) -> None:
+        row = self.report.n_read  # rows seen so far, good and bad: this row's position in the file
         try:
             if not image_id:
                 raise BadRow("empty image id")
@@ -235,7 +238,7 @@ class _Collector:
             return
         self.seen.add(image_id)
         self.samples.append(
-            Sample(image_id=image_id, image_path=path, lat=lat, lon=lon, author=author or None)
+            Sample(image_id=image_id, image_path=path, lat=lat, lon=lon, author=author or None, row=row)
         )
         self.report.n_ok += 1
 

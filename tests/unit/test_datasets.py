@@ -67,7 +67,8 @@ def test_places365_layout_with_malformed_rows_counted_and_skipped(tmp_path):
     images = touch_images(tmp_path / "imgs", "a.jpg", "b.jpg", "h.jpg")
     ds = load_dataset("im2gps3k", labels=labels, images=images)
     assert [s.image_id for s in ds] == ["a.jpg", "h.jpg"]
-    assert ds[0] == Sample(image_id="a.jpg", image_path=images / "a.jpg", lat=48.85, lon=2.35, author="u1")
+    assert ds[0] == Sample(image_id="a.jpg", image_path=images / "a.jpg", lat=48.85, lon=2.35, author="u1", row=0)
+    assert ds[1].row == 8  # its position in the file, the bad rows before it counted (index import)
     assert ds[1].author is None
     r = ds.report
     assert (r.n_ok, r.n_bad) == (2, 7)
