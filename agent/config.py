@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# Kept here (pure data) so the config imports nothing heavy; agent.trust uses the same table.
+DEFAULT_PRIOR = {"1": 0.149, "25": 0.412, "200": 0.586, "750": 0.767, "2500": 0.871}
+
 
 class Caps(BaseModel):
     """Hard limits; hitting one finalizes with what is known and says so in the prediction."""
@@ -28,23 +31,28 @@ class RerankConfig(BaseModel):
     """Geographic re-ranking of the candidate pool (switch off for the paper's ablation)."""
 
     enabled: bool = True
-    prior_weight: float = Field(0.5, ge=0, description="weight of proximity to the prior's point")
+    prior_weight: float = Field(5.66, ge=0, description="weight of proximity to the prior's point, in units of the "
+                                "map's best-match similarity spread (sd; effnet-gem's 0.088 makes it 0.5 in cosine)")
     prior_scale_km: float = Field(300.0, gt=0, description="e-folding distance of the prior kernel")
-    density_weight: float = Field(0.25, ge=0, description="weight of support by nearby candidates")
+    density_weight: float = Field(2.83, ge=0, description="weight of support by nearby candidates, in the same units")
     density_km: float = Field(25.0, gt=0, description="candidates closer than this support each other")
 
 
 class OverrideConfig(BaseModel):
-    """When retrieval may replace the VLM's own point (measured on the shared split, see eval/RESULTS.md).
+    """When retrieval may replace the VLM's own point, in calibrated units (``agent.trust``).
 
     The recorded VLM points are strong (13.6% within 1 km); snapping them to the best visual
-    match without a confidence test loses street-level accuracy. Retrieval wins only when its
-    evidence is strong: enough candidates agreeing on one spot, matching well, near the prior.
+    match loses street-level accuracy unless the match is *more likely* right than the prior:
+    retrieval wins when the map's calibration gives its spot a higher P(within ``compare_km``)
+    than the prior's reliability, by ``margin``, and it lies near the prior.
     """
 
     enabled: bool = True
-    min_support: int = Field(2, ge=1, description="candidates within density_km of the answer")
-    min_similarity: float = Field(0.80, description="similarity of the best supporting candidate")
+    min_support: int = Field(1, ge=1, description="candidates within density_km of the answer (the calibration "
+                             "already weighs agreement; 1 = no extra rule)")
+    compare_km: Literal[1.0, 25.0, 200.0, 750.0, 2500.0] = Field(
+        25.0, description="the distance at which retrieval's and the prior's probabilities are compared")
+    margin: float = Field(0.0, ge=-1, le=1, description="retrieval's probability must exceed the prior's by this")
     max_km_from_prior: float = Field(100.0, gt=0, description="retrieval may move the prior at most this far")
 
 
@@ -64,7 +72,19 @@ class NoPriorConfig(BaseModel):
     k: int = Field(50, ge=1, le=500, description="candidates of the no-prior search")
     vote_radii_km: list[float] = Field(default_factory=lambda: [2500.0, 750.0], description="coarse to fine: at "
                                        "each radius keep the candidates around the best-supported one")
-    vote_temperature: float = Field(0.05, ge=0, description="vote weight exp((similarity - best) / T); 0 = equal")
+    vote_temperature: float = Field(
+        0.57, ge=0, description="vote weight exp((similarity - best) / (T * sd)), sd the spread of the map's best "
+        "matches (its calibration): scale-free; 0.57 reproduces effnet-gem's measured T = 0.05 (sd 0.088); 0 = equal")
+
+
+class TrustConfig(BaseModel):
+    """How far the VLM's point is trusted when no calibration profile says (``agent.trust``)."""
+
+    prior_default: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_PRIOR), description="P(the prior within 1/25/200/750/2500 km): "
+        "Gemini 2.0 Flash's record on the shared split (a strong VLM's, so retrieval must beat a good prior)")
+    use_stated_uncertainty: bool = Field(True, description="read the model's stated uncertainty_km and country "
+                                         "probability (never below the default; a probability of 1 states none)")
 
 
 class AgentConfig(BaseModel):
@@ -79,8 +99,8 @@ class AgentConfig(BaseModel):
     k: int = Field(20, ge=1, le=500, description="candidates per search")
     max_switches: int = Field(2, ge=0, description="rules: switches to the next country hypothesis")
     max_widens: int = Field(2, ge=0, description="rules: widenings of the search area")
-    weak_similarity: float = Field(0.55, description="rules: best match below this in the submap = disagreement")
-    strong_similarity: float = Field(0.80, description="rules: a global match above this elsewhere = disagreement")
+    weak_ratio: float = Field(0.5, ge=0, le=1, description="rules: widen when the submap's best match is less than "
+                              "this share as likely (P within 200 km) as the whole map's best")
     global_probe: bool = Field(True, description="rules: also search the whole map to test the prior")
     exclude_authors: list[str] = Field(default_factory=list, description="never retrieve these photographers' photos")
     exclude_ids: list[str] = Field(default_factory=list, description="never retrieve these reference ids")
@@ -95,6 +115,7 @@ class AgentConfig(BaseModel):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     no_prior: NoPriorConfig = Field(default_factory=NoPriorConfig)
     override: OverrideConfig = Field(default_factory=OverrideConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
     caps: Caps = Field(default_factory=Caps)
     perceive_prompt: str = Field("perceive/v1", description="prompt template id for perception")
     plan_prompt: str = Field("plan/v2", description="prompt template id for the llm policy (plan/v3 adds a rule: "

@@ -67,6 +67,12 @@ class AgentContext:
         if self.planner is not None and self.planner is not self.backend:
             self.planner.close()
 
+    def calibration(self):
+        """The map's calibration (``indices.calibration``), or None for a map too small to have one."""
+        from geoguide.indices.calibration import calibration_or_none
+
+        return calibration_or_none(self.index)
+
     def image(self, path: str, sha: str) -> Image.Image:
         with self._lock:
             return self._image(path, sha)

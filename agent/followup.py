@@ -81,7 +81,8 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
     user_prior = Perception(lat=where.lat, lon=where.lon, rationale=f"the user suggested {where.name}")
     pool = [*st.candidates, *res.candidates]
     cfg = ctx.config
-    answer, scored = answer_from(Evidence(candidates=pool, perception=user_prior, prior_country=where.country), cfg)
+    answer, scored = answer_from(Evidence(candidates=pool, perception=user_prior, prior_country=where.country,
+                                             calibration=ctx.calibration()), cfg)
     old = st.prediction
     s = res.summary
     suggestion_only = answer.source == "prior"  # the prior here is the user's place, unmoved by retrieval
@@ -91,7 +92,8 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
                f"(best similarity {s.best_similarity:.3f})")
         source, confidence = f"user suggestion (near {where.name})", USER_SUGGESTION_CONFIDENCE
     else:  # choose_answer speaks of "the VLM's point": here that point is the user's place
-        why = answer.why.replace("the VLM's point", f"{where.name}, the place you suggested")
+        why = (answer.why.replace("the VLM's point", f"{where.name}, the place you suggested")
+               .replace("for the VLM", f"for {where.name}"))
         source, confidence = f"{answer.source} (user: near {where.name})", answer.confidence
     new_pred = old.model_copy(update={
         "lat": answer.lat, "lon": answer.lon, "source": source,

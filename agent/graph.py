@@ -31,6 +31,7 @@ from geoguide.agent.state import AgentState, Answer, Event, Prediction
 from geoguide.agent.toolbox import tool_node
 from geoguide.core.images import file_sha256
 from geoguide.geo import prior_country
+from geoguide.indices.submaps import WHOLE_MAP
 from geoguide.prompts.loader import load_prompt
 from geoguide.tools.base import ToolError
 
@@ -107,7 +108,9 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     read = text_result(state) if state.submitted is not None else None
     evidence = Evidence(candidates=state.candidates, perception=state.perception, prior_country=state.prior_country,
                         contradicted=any(s.contradiction for s in state.trail), submitted=state.submitted,
-                        searches=len(state.trail),
+                        searches=len(state.trail), calibration=ctx.calibration(),
+                        scope="map" if any(s.submap_id == WHOLE_MAP for s in state.trail if s.purpose != "probe")
+                        else "area",
                         text_countries={c.iso2: c.probability for c in read.countries} if read and read.legible else {})
     chosen, scored = answer(evidence, ctx.config)
     pred = _prediction(state, ctx, chosen, scored)
@@ -205,6 +208,8 @@ def _prediction(state: AgentState, ctx: AgentContext, chosen: Answer | None, sco
         lat=None if chosen is None else chosen.lat, lon=None if chosen is None else chosen.lon,
         country=country, country_name=name, nearest_city=city,
         confidence=0.0 if chosen is None else chosen.confidence,
+        p_within_km={} if chosen is None else chosen.p_within_km,
+        probability_source=None if chosen is None else chosen.probability_source,
         source="none" if chosen is None else chosen.source, why="" if chosen is None else chosen.why,
         policy=cfg.policy, vlm=ctx.backend.spec,
         planner=ctx.planner.spec if ctx.planner is not None and ctx.planner is not ctx.backend else None,

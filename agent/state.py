@@ -63,8 +63,10 @@ class Answer(BaseModel):
     lat: float
     lon: float
     source: str  # "prior" | "retrieval" | "llm" | ...
-    confidence: float
+    confidence: float = Field(description="P(within 25 km of the truth), calibrated (agent.trust); 0 = unknown")
     why: str
+    p_within_km: dict[str, float] = Field(default_factory=dict, description="P(within 1/25/200/750/2500 km)")
+    probability_source: str | None = Field(None, description="map | profile | stated | default (agent.trust)")
 
 
 class Prediction(BaseModel):
@@ -78,7 +80,11 @@ class Prediction(BaseModel):
     country: str | None = None
     country_name: str | None = None
     nearest_city: str | None = None
-    confidence: float = 0.0
+    confidence: float = Field(0.0, description="P(within 25 km of the truth), calibrated (agent.trust); 0 = unknown")
+    p_within_km: dict[str, float] = Field(default_factory=dict, description="P(the answer within 1/25/200/750/2500 "
+                                          "km of the truth); empty when unknown")
+    probability_source: str | None = Field(None, description="where those probabilities come from: map (the index's "
+                                           "calibration), profile, stated (the model's uncertainty) or default")
     source: str = "none"
     why: str = ""
     policy: str

@@ -89,10 +89,11 @@ def openai_tools() -> list[dict[str, Any]]:
 
 
 def result_text(result: BaseModel) -> str:
-    """A tool result as the model reads it: compact JSON, long candidate lists trimmed."""
+    """A tool result as the model reads it: compact JSON, long candidate lists trimmed and put
+    last, so the summary (with the calibrated ``p_within_km``) is never the part cut off."""
     data = result.model_dump(exclude_none=True)
     if "candidates" in data:
-        data["candidates"] = data["candidates"][:10]
+        data["candidates"] = data.pop("candidates")[:10]
     return json.dumps(data, ensure_ascii=False)[:MAX_RESULT_CHARS]
 
 

@@ -355,7 +355,7 @@ def _calibrate(index_dir: Path, sample: int = 5_000) -> None:
     except ValueError as e:  # a map too small to calibrate is still a map
         typer.echo(f"calibration skipped: {e}", err=True)
         return
-    ece = ", ".join(f"{m.km:g} km {m.ece:.3f}" for m in cal.models)
+    ece = "; ".join(f"{s.scope}: " + ", ".join(f"{m.km:g} km {m.ece:.3f}" for m in s.models) for s in cal.scopes)
     typer.echo(f"calibrated on {cal.n_sample} references in {cal.seconds:.1f} s (held-out ECE: {ece})")
 
 

@@ -102,7 +102,7 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "cache": (Annotated[Path | None, typer.Option("--cache", help=(
         "SQLite response cache (default: ~/.cache/geoguide/responses.sqlite; 'none' disables)"))], None),
     "settings": (Annotated[list[str] | None, typer.Option("--set", help=(
-        "KEY=VALUE agent config override (JSON value), e.g. override.min_similarity=0.8 or k=50; repeatable"))],
+        "KEY=VALUE agent config override (JSON value), e.g. override.compare_km=1 or k=50; repeatable"))],
         None),
 }
 

@@ -22,11 +22,12 @@ for 5,000; ``benchmarks/scale.py`` times the search).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -46,6 +47,7 @@ DEFAULT_K = 10
 AGREE_KM = 25.0  # a neighbour agrees with the best match when this close to it
 HOLDOUT = 0.3  # share of photographers held out to measure the reliability table
 BINS = 10
+MIN_SAMPLE = 20
 L2 = 1e-3  # ridge on the standardised coefficients: keeps a separable sample finite
 
 
@@ -65,45 +67,84 @@ class ThresholdModel(BaseModel):
     reliability: list[ReliabilityBin]
 
 
-class MapCalibration(BaseModel):
-    """A fitted calibration, stored in the index as ``calibration-<hash>.json``."""
+Scope = Literal["map", "area"]
+SCOPES: dict[str, str] = {
+    "map": "a search of the whole map",
+    "area": "a search restricted to the truth's country (what the agent does once the VLM names it)",
+}
 
-    version: int = 1
-    descriptor: str
-    n_references: int
+
+class ScopeModels(BaseModel):
+    """The models for one kind of search (``SCOPES``): evidence is read the same way, but a search
+    of one country ranks other matches than a search of the whole map (its neighbours agree more)."""
+
+    scope: Scope
     n_sample: int
-    k: int
-    features: list[str] = Field(default_factory=lambda: list(FEATURES))
     mean: list[float]
     std: list[float]
+    lo: list[float] = Field(description="smallest evidence seen per feature: queries are clipped to the sample's "
+                            "range, so a model never extrapolates (a lone agreeing neighbour on a useless map "
+                            "once read as P = 1)")
+    hi: list[float]
     models: list[ThresholdModel]
-    seconds: float
-    created_utc: str
-
-    def probabilities(self, evidence: np.ndarray) -> dict[str, float]:
-        """P(within X km) for one query's evidence row (``evidence_of``), keyed ``"1"``, ``"25"``, ..."""
-        p = self.predict(np.asarray(evidence, dtype=np.float64)[None, :])[0]
-        return {f"{m.km:g}": round(float(x), 4) for m, x in zip(self.models, p, strict=True)}
 
     def predict(self, evidence: np.ndarray) -> np.ndarray:
         """(n, thresholds) probabilities, non-decreasing along the distances."""
-        z = (np.asarray(evidence, dtype=np.float64) - np.array(self.mean)) / np.array(self.std)
+        ev = np.clip(np.asarray(evidence, dtype=np.float64), self.lo, self.hi)
+        z = (ev - np.array(self.mean)) / np.array(self.std)
         x = np.hstack([np.ones((len(z), 1)), z])
-        p = np.column_stack([_sigmoid(x @ np.array(m.coef)) for m in self.models])
+        p = np.column_stack([sigmoid(x @ np.array(m.coef)) for m in self.models])
         return np.maximum.accumulate(p, axis=1)
+
+
+class MapCalibration(BaseModel):
+    """A fitted calibration, stored in the index as ``calibration-<hash>.json``."""
+
+    version: Literal[2] = 2
+    descriptor: str
+    n_references: int
+    k: int
+    features: list[str] = Field(default_factory=lambda: list(FEATURES))
+    scopes: list[ScopeModels] = Field(description="'map' always; 'area' when the index has country submaps")
+    seconds: float
+    created_utc: str
+
+    @property
+    def n_sample(self) -> int:
+        return self.scopes[0].n_sample
+
+    @property
+    def best_similarity_sd(self) -> float:
+        """The spread of the map's best-match similarities: a scale-free unit of similarity."""
+        return self.scopes[0].std[0]
+
+    def of(self, scope: Scope = "map") -> ScopeModels:
+        """The models of ``scope`` (the whole map's when the index has no area models)."""
+        return next((s for s in self.scopes if s.scope == scope), self.scopes[0])
+
+    def probabilities(self, evidence: np.ndarray, scope: Scope = "map") -> dict[str, float]:
+        """P(within X km) for one query's evidence row (``evidence_of``), keyed ``"1"``, ``"25"``, ..."""
+        m = self.of(scope)
+        p = m.predict(np.asarray(evidence, dtype=np.float64)[None, :])[0]
+        return {f"{t.km:g}": round(float(x), 4) for t, x in zip(m.models, p, strict=True)}
+
+    def predict(self, evidence: np.ndarray, scope: Scope = "map") -> np.ndarray:
+        return self.of(scope).predict(evidence)
 
     def table(self) -> list[str]:
         """The reliability table, for ``geoguide index info``."""
         lines = [f"calibration: {self.n_sample} of {self.n_references} references, leave-one-photographer-out "
                  f"(k={self.k}, {self.seconds:.1f} s); held-out expected calibration error per distance:"]
-        lines.append("  " + "  ".join(f"{m.km:g} km: base {m.base_rate:.3f}, ECE {m.ece:.3f}" for m in self.models))
-        for m in self.models:
-            cells = " ".join(f"{b.predicted:.2f}->{b.observed:.2f}({b.n})" for b in m.reliability)
-            lines.append(f"  P(<= {m.km:g} km) predicted->observed(n): {cells}")
+        for s in self.scopes:
+            lines.append(f"  {s.scope} ({SCOPES[s.scope]}): "
+                         + "  ".join(f"{m.km:g} km: base {m.base_rate:.3f}, ECE {m.ece:.3f}" for m in s.models))
+            for m in s.models:
+                cells = " ".join(f"{b.predicted:.2f}->{b.observed:.2f}({b.n})" for b in m.reliability)
+                lines.append(f"    P(<= {m.km:g} km) predicted->observed(n): {cells}")
         return lines
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
 
 
@@ -120,13 +161,13 @@ def evidence_of(similarities: Sequence[float], lats: Sequence[float], lons: Sequ
     return np.array([sims[0], margin, agree])
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
     """Ridge-regularised logistic regression by Newton's method (IRLS); ``x`` has the intercept column."""
     w = np.zeros(x.shape[1])
     ridge = L2 * len(y) * np.eye(x.shape[1])
     ridge[0, 0] = 0.0  # the intercept is not shrunk
     for _ in range(iters):
-        p = _sigmoid(x @ w)
+        p = sigmoid(x @ w)
         grad = x.T @ (p - y) + ridge @ w
         hess = (x * (p * (1 - p))[:, None]).T @ x + ridge + 1e-9 * np.eye(x.shape[1])
         step = np.linalg.solve(hess, grad)
@@ -152,29 +193,43 @@ def reliability(pred: np.ndarray, hit: np.ndarray, bins: int = BINS) -> tuple[li
     return table, round(float(ece), 4)
 
 
+SelfRetrieval = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def self_retrieval(index: ReferenceIndex, sample: int = DEFAULT_SAMPLE, k: int = DEFAULT_K,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(evidence (n, 3), error of the best match in km (n,), photographer key (n,)) for a random
-    sample of live references, each searched against the whole map without its photographer."""
+                   seed: int = 0) -> dict[str, SelfRetrieval]:
+    """Per scope: (evidence (n, 3), error of the best match in km (n,), photographer key (n,)) for a
+    random sample of live references, each searched without its photographer against the whole
+    map and (when the index has country submaps) against its own country."""
+    from geoguide.indices.submaps import SubmapError
+
     sample = max(1, min(sample, MAX_SAMPLE))
     live = index.live_rows()
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(live, size=min(sample, len(live)), replace=False))
     vectors = index._read_rows(rows)
     everything = index.everything()
-    evidence, errors, who = [], [], []
+    countries = index.scheme_of("country")
+    out: dict[str, tuple[list, list, list]] = {s: ([], [], []) for s in (("map", "area") if countries else ("map",))}
     for row, q in zip(rows.tolist(), vectors, strict=True):
         author = index.refs["author"][row].decode("utf-8")
         ref_id = index.refs["id"][row].decode("utf-8")
-        found, sims = index.search(q, everything, k, exclude_authors=frozenset({author} if author else ()),
-                                   exclude_ids=frozenset({ref_id}))
-        if len(found) == 0:
-            continue
-        lat, lon = index.refs["lat"][found], index.refs["lon"][found]
-        evidence.append(evidence_of(sims, lat, lon, k))
-        errors.append(float(haversine_km(lat[0], lon[0], index.refs["lat"][row], index.refs["lon"][row])))
-        who.append(author or ref_id)
-    return np.array(evidence).reshape(-1, len(FEATURES)), np.array(errors), np.array(who, dtype=object)
+        areas = {"map": everything}
+        if countries is not None:
+            with contextlib.suppress(SubmapError):  # a reference in no country ("XX") has no area
+                areas["area"] = index.resolve(countries.scheme.submap_id(index.refs["country"][row].decode("utf-8")))
+        for scope, area in areas.items():
+            found, sims = index.search(q, area, k, exclude_authors=frozenset({author} if author else ()),
+                                       exclude_ids=frozenset({ref_id}))
+            if len(found) == 0:
+                continue
+            lat, lon = index.refs["lat"][found], index.refs["lon"][found]
+            ev, err, who = out[scope]
+            ev.append(evidence_of(sims, lat, lon, k))
+            err.append(float(haversine_km(lat[0], lon[0], index.refs["lat"][row], index.refs["lon"][row])))
+            who.append(author or ref_id)
+    return {s: (np.array(ev).reshape(-1, len(FEATURES)), np.array(err), np.array(who, dtype=object))
+            for s, (ev, err, who) in out.items()}
 
 
 def fit_calibration(index: ReferenceIndex, sample: int = DEFAULT_SAMPLE, k: int = DEFAULT_K,
@@ -183,18 +238,19 @@ def fit_calibration(index: ReferenceIndex, sample: int = DEFAULT_SAMPLE, k: int 
     from geoguide.indices.writer import utc_now
 
     started = time.perf_counter()
-    ev, err, who = self_retrieval(index, sample, k, seed)
-    mean, std, models = fit_models(ev, err, who)
-    return MapCalibration(descriptor=index.manifest.descriptor.name, n_references=len(index), n_sample=len(ev), k=k,
-                          mean=mean, std=std, models=models,
+    found = self_retrieval(index, sample, k, seed)
+    scopes = [fit_models(*found["map"], scope="map")]
+    if "area" in found and len(found["area"][0]) >= MIN_SAMPLE:
+        scopes.append(fit_models(*found["area"], scope="area"))
+    return MapCalibration(descriptor=index.manifest.descriptor.name, n_references=len(index), k=k, scopes=scopes,
                           seconds=round(time.perf_counter() - started, 2), created_utc=utc_now())
 
 
-def fit_models(ev: np.ndarray, err: np.ndarray, who: np.ndarray) -> tuple[list[float], list[float], list[ThresholdModel]]:
+def fit_models(ev: np.ndarray, err: np.ndarray, who: np.ndarray, scope: Scope = "map") -> ScopeModels:
     """Standardisation and one logistic model per distance, from queries' evidence, the error of
     their best match (km) and their photographers (the held-out split is by photographer)."""
-    if len(ev) < 20:
-        raise ValueError(f"too few references to calibrate ({len(ev)} searched; need 20)")
+    if len(ev) < MIN_SAMPLE:
+        raise ValueError(f"too few references to calibrate ({len(ev)} searched; need {MIN_SAMPLE})")
     mean = ev.mean(axis=0)
     std = np.where(ev.std(axis=0) > 1e-12, ev.std(axis=0), 1.0)
     z = np.hstack([np.ones((len(ev), 1)), (ev - mean) / std])
@@ -204,11 +260,12 @@ def fit_models(ev: np.ndarray, err: np.ndarray, who: np.ndarray) -> tuple[list[f
     models = []
     for km in THRESHOLDS_KM:
         y = (err <= km).astype(np.float64)
-        w_train = _fit_logistic(z[~held], y[~held])
-        table, ece = reliability(_sigmoid(z[held] @ w_train), y[held])
-        models.append(ThresholdModel(km=km, coef=_fit_logistic(z, y).tolist(), base_rate=round(float(y.mean()), 4),
+        w_train = fit_logistic(z[~held], y[~held])
+        table, ece = reliability(sigmoid(z[held] @ w_train), y[held])
+        models.append(ThresholdModel(km=km, coef=fit_logistic(z, y).tolist(), base_rate=round(float(y.mean()), 4),
                                      ece=ece, reliability=table))
-    return mean.tolist(), std.tolist(), models
+    return ScopeModels(scope=scope, n_sample=len(ev), mean=mean.tolist(), std=std.tolist(),
+                       lo=ev.min(axis=0).tolist(), hi=ev.max(axis=0).tolist(), models=models)
 
 
 # ---- stored in the index -------------------------------------------------------------------
@@ -261,7 +318,14 @@ def load_calibration(index: ReferenceIndex) -> MapCalibration | None:
     name = index.manifest.calibration
     if not name:
         return None
-    return MapCalibration.model_validate_json((index.root / name).read_text())
+    from pydantic import ValidationError
+
+    try:
+        return MapCalibration.model_validate_json((index.root / name).read_text())
+    except ValidationError:
+        log.warning("%s: its calibration is of an older format; recalibrating ('geoguide index calibrate' stores it)",
+                    index.root)
+        return None
 
 
 def map_calibration(index: ReferenceIndex) -> MapCalibration:
@@ -276,3 +340,15 @@ def map_calibration(index: ReferenceIndex) -> MapCalibration:
             cached = fit_calibration(index)
         index.__dict__["_map_calibration"] = cached
     return cached
+
+
+def calibration_or_none(index: ReferenceIndex) -> MapCalibration | None:
+    """``map_calibration``, or None for a map too small to calibrate (said once per opened index)."""
+    if index.__dict__.get("_no_calibration"):
+        return None
+    try:
+        return map_calibration(index)
+    except ValueError as e:
+        log.warning("%s cannot be calibrated (%s): retrieval is never trusted over the VLM here", index.root, e)
+        index.__dict__["_no_calibration"] = True
+        return None

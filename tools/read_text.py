@@ -337,11 +337,13 @@ def read_text(image: Image.Image, sha: str | None = None, reader: TextReader | N
     """OCR ``image``, identify the language, rank the countries (``where``: a prior over countries,
     see ``countries_for``); a timeout, or no OCR installed (the core install), comes back as a
     ToolError, so the agent goes on without the photo's text and says why."""
-    from geoguide.core.extras import MissingExtra
+    from geoguide.core.extras import MissingExtra, require
 
     t = time.perf_counter()
     reader = reader or shared_reader()
     try:
+        for module in ("babel", "py3langid"):  # naming the language: checked first, as a cached OCR skips the reader
+            require(module, "ocr", "read_text")
         all_lines = reader.lines(image, sha)
     except (TimeoutError, MissingExtra) as e:
         return ToolError(error=f"read_text: {e}; go on without the photo's text")

@@ -111,6 +111,9 @@ class SearchSummary(BaseModel):
     spread_km: float | None = Field(description="median distance of candidates from their centroid")
     agree_with_prior: int | None = Field(None, description="candidates inside the prior country or radius")
     agree_fraction: float | None = None
+    p_within_km: dict[str, float] | None = Field(
+        None, description="calibrated P(the best match lies within 1/25/200/750/2500 km of the photo's place), from "
+        "the map's own calibration; comparable across descriptors, unlike similarities")
 
 
 class SearchResult(BaseModel):
@@ -153,7 +156,22 @@ def search_submap(index: ReferenceIndex, query: QueryInput, args: SearchArgs) ->
                 author=row["author"], similarity=round(float(s), 5), distance_to_prior_km=d,
             )
         )
-    return SearchResult(candidates=cands, summary=summarize(cands, submap, args))
+    summary = summarize(cands, submap, args)
+    if cands:
+        from geoguide.indices.calibration import calibration_or_none, evidence_of
+
+        cal = calibration_or_none(index)
+        if cal is not None:
+            ev = evidence_of([c.similarity for c in cands], [c.lat for c in cands], [c.lon for c in cands], cal.k)
+            summary.p_within_km = cal.probabilities(ev, scope_of(args.submap_id))
+    return SearchResult(candidates=cands, summary=summary)
+
+
+def scope_of(submap_id: str) -> str:
+    """Which of the calibration's models reads a search of this submap (``indices.calibration.SCOPES``)."""
+    from geoguide.indices.submaps import WHOLE_MAP
+
+    return "map" if submap_id == WHOLE_MAP else "area"
 
 
 def summarize(cands: list[Candidate], submap: Submap, args: SearchArgs) -> SearchSummary:

@@ -7,12 +7,15 @@ bounded number of times -> finalize (re-rank, answer). With no prior: read the p
 (``read_text``); when its language is clear, search the countries that write it, else the whole
 map; the answer is then a vote over the candidates' spread (``agent.rerank.vote``).
 
-Agreement test, after searching submap S:
-  * weak: the best match inside S is below ``weak_similarity`` -> nothing there looks like the
-    photo; widen S (if widens are left).
-  * contradicted: the whole-map probe's best match is above ``strong_similarity``, at least two of
-    the probe's top five sit in one other country C, and that country beats S's best match ->
-    switch to C if the VLM named it, else widen S if C is S's land neighbour.
+Agreement test, after searching submap S, in calibrated units (each search's P(best match within
+X km), from the map's own calibration, ``agent.trust``; no similarity threshold, so the same
+decisions on any descriptor's similarity scale):
+  * contradicted: the whole-map probe's best match beats S's, at least two of the probe's top five
+    sit in one other country C, and the probe's best match is more likely within 200 km of the
+    truth than the VLM's country is right -> switch to C if the VLM named it, else widen S if C is
+    S's land neighbour.
+  * weak: S's best match is less than ``weak_ratio`` as likely within 200 km as the whole map's
+    best (the probe's; the map's average match without a probe) -> widen S (if widens are left).
   * otherwise the evidence agrees (or is too weak to argue): finalize.
 """
 
@@ -24,10 +27,12 @@ from pydantic import ValidationError
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies.base import Decision, Policy, register_policy
 from geoguide.agent.state import AgentState, Event, SearchIntent, SearchStep
+from geoguide.agent.trust import prior_country_reliability
 from geoguide.tools.read_text import ReadTextResult
 
 # The whole-map probe tests the prior; its candidates do not enter the answer's pool.
 PROBE_REASON = "whole-map probe to test the prior"
+REGION_KM = 200.0  # the agreement tests ask: is the best match in the right region?
 
 
 def _one(submap_id: str, k: int, intent: SearchIntent, n: int) -> Decision:
@@ -57,9 +62,8 @@ class RulesPolicy(Policy):
         probe = next((s for s in state.trail if s.purpose == "probe"), None)
         switches = sum(1 for s in state.trail if s.purpose == "switch")
         widens = sum(1 for s in state.trail if s.purpose == "widen")
-        best = current.summary.best_similarity or 0.0
         if probe is not None and switches < cfg.max_switches:
-            other = _contradiction(probe, current, cfg.strong_similarity)
+            other = _contradiction(probe, current, prior_country_reliability(state.perception, cfg))
             if other is not None:
                 searched = {s.submap_id for s in state.trail}
                 target = next((h for h in state.hypotheses
@@ -72,11 +76,17 @@ class RulesPolicy(Policy):
                                         must_contain=other, contradiction=True)
                     if wider is not None:
                         return wider
-        if best < cfg.weak_similarity and widens < cfg.max_widens:
-            wider = self._widen(state, current, ctx, n, f"widen: best match {best:.2f} in {current.submap_id} is weak")
+        here, there = _region_p(current), _reference_p(probe, ctx)
+        if there is not None and here < cfg.weak_ratio * there and widens < cfg.max_widens:
+            than = "the whole map's best" if probe is not None else "the map's average match"
+            why = (f"widen: the best match in {current.submap_id} is weak (P within {REGION_KM:g} km {here:.2f}, "
+                   f"{than} {there:.2f})")
+            wider = self._widen(state, current, ctx, n, why)
             if wider is not None:
                 return wider
-        return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f})")])
+        best = current.summary.best_similarity or 0.0
+        return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f}, "
+                                                                    f"P within {REGION_KM:g} km {here:.2f})")])
 
     def _widen(self, state: AgentState, current: SearchStep, ctx: AgentContext, n: int, reason: str,
                must_contain: str | None = None, contradiction: bool = False) -> Decision | None:
@@ -158,11 +168,26 @@ def _area_steps(state: AgentState) -> list[SearchStep]:
     return steps or state.trail
 
 
-def _contradiction(probe: SearchStep, current: SearchStep, strong: float) -> str | None:
-    """The country the whole-map probe strongly points to, when it is outside the current area:
-    its best match is strong, beats the area's best, and two of its top five agree on that country."""
+def _region_p(step: SearchStep) -> float:
+    """P(the search's best match lies within REGION_KM of the truth); 0 without one."""
+    p = step.summary.p_within_km
+    return p[f"{REGION_KM:g}"] if p else 0.0
+
+
+def _reference_p(probe: SearchStep | None, ctx: AgentContext) -> float | None:
+    """What a good match is worth here: the whole-map probe's, else the map's average (base rate)."""
+    if probe is not None:
+        return _region_p(probe) if probe.summary.p_within_km else None
+    cal = ctx.calibration()
+    return next((m.base_rate for m in cal.of("area").models if m.km == REGION_KM), None) if cal is not None else None
+
+
+def _contradiction(probe: SearchStep, current: SearchStep, country_p: float) -> str | None:
+    """The country the whole-map probe points to, when it is outside the current area: its best
+    match beats the area's, two of its top five agree on that country, and that match is more
+    likely within REGION_KM of the truth than the VLM's country is right (``country_p``)."""
     s = probe.summary
-    if not s.best_similarity or s.best_similarity < strong or not s.top_countries:
+    if not s.best_similarity or not s.top_countries or _region_p(probe) <= country_p:
         return None
     if s.best_similarity <= (current.summary.best_similarity or 0.0):
         return None  # the best match is inside the area already

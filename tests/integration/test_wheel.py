@@ -90,6 +90,7 @@ def _run(installed: dict[str, Path], *args: str, cwd: Path | None = None) -> sub
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{installed['venv'] / 'bin'}:{env['PATH']}"
     env.pop("GEOGUIDE_DATA", None)  # an installed geoguide must not need it for these commands
+    env["XDG_CACHE_HOME"] = str(installed["root"] / "cache")  # a fresh user: no OCR cached by the dev install
     return subprocess.run(list(args), cwd=cwd or installed["root"], env=env, capture_output=True, text=True,
                           timeout=600)
 

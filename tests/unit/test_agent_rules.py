@@ -33,6 +33,21 @@ def queries(tmp_path):
     return paths, replay
 
 
+def similarity_calibration(index, monkeypatch):
+    """Give ``index`` a calibration in which only the best match's similarity counts (P near 1 from
+    0.8 up, near 0 below 0.4), so a test can say what a weak or a strong match is on this tiny map."""
+    from geoguide.indices.calibration import THRESHOLDS_KM, MapCalibration, ScopeModels, ThresholdModel
+
+    models = [ThresholdModel(km=km, coef=[-1.0, 3.0, 0.0, 0.0], base_rate=0.3, ece=0.0, reliability=[])
+              for km in THRESHOLDS_KM]
+    scopes = [ScopeModels(scope=s, n_sample=100, mean=[0.5, 0.1, 0.3], std=[0.2, 0.1, 0.2], lo=[0, 0, 0],
+                          hi=[1, 1, 1], models=models) for s in ("map", "area")]
+    cal = MapCalibration(descriptor="thumbnail", n_references=len(index), k=10, scopes=scopes, seconds=0,
+                         created_utc="test")
+    monkeypatch.setitem(index.__dict__, "_map_calibration", cal)
+    return cal
+
+
 def _run(index, replay, path, **cfg):
     ctx = AgentContext(index=index, backend=make_backend(f"replay:{replay}"), config=AgentConfig(**cfg))
     events = []
@@ -52,13 +67,16 @@ def test_prior_confirmed_by_retrieval(synthetic_index, queries):
     assert pred.tool_calls == 2 and pred.timings["total_s"] > 0
 
 
-def test_wrong_prior_widens_but_keeps_a_far_contradiction_out(synthetic_index, queries):
+def test_wrong_prior_widens_but_keeps_a_far_contradiction_out(synthetic_index, queries, monkeypatch):
     paths, replay = queries
+    similarity_calibration(synthetic_index, monkeypatch)
     pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])
-    # Nothing in Spain looks like the photo: widen twice to land neighbours. The probe's strong
-    # match in Japan is neither a VLM hypothesis nor a neighbour, so the prior's point stands.
+    # Nothing in Spain looks like the photo (its best match is far less likely right than the
+    # whole map's): widen twice to land neighbours. The probe's likely match in Japan is neither a
+    # VLM hypothesis nor a neighbour, so the prior's point stands.
     assert [s.submap_id for s in pred.trail] == ["country:ES", "global", "country:ES,FR,PT", "country:ES,FR,PT,DE,IT"]
-    assert all(r.startswith("widen: best match") for r in [s.reason for s in pred.trail[2:]])
+    assert all(r.startswith("widen: the best match in country:ES") and "is weak (P within 200 km" in r
+               for r in [s.reason for s in pred.trail[2:3]])
     assert pred.source == "prior" and haversine_km(pred.lat, pred.lon, MADRID[1], MADRID[2]) < 1
     assert all(c.country != "JP" for c in pred.top_candidates)  # the probe's matches stay out of the pool
 
@@ -139,10 +157,14 @@ def test_reuse_index_descriptors_matches_extraction(synthetic_index, synthetic_r
     assert a == b and s.image_id not in a
 
 
-def test_why_lines_say_what_ran(synthetic_index, queries):
-    """The prior kept with no search says so, not that retrieval 'did not agree'."""
+def test_why_lines_say_what_ran(synthetic_index, queries, monkeypatch):
+    """The prior kept with no search says so, not that retrieval 'did not agree'; kept after a
+    search, it gives both probabilities and where the prior's comes from."""
     paths, replay = queries
     pred, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], policy="prior")
     assert pred.why == "the VLM's point; no reference was searched"
+    assert pred.probability_source == "default" and pred.p_within_km["25"] == pred.confidence == 0.412
+    similarity_calibration(synthetic_index, monkeypatch)
     pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])  # searched Spain and its neighbours, kept Madrid
-    assert pred.source == "prior" and "not strong enough to move it" in pred.why and "similarity" in pred.why
+    assert pred.source == "prior" and "is less likely right: P(within 25 km)" in pred.why
+    assert "for the VLM (default)" in pred.why

@@ -36,9 +36,8 @@ def _synthetic_evidence(n: int = 3000, seed: int = 0):
 
 
 def _calibration(ev, err, who) -> MapCalibration:
-    mean, std, models = fit_models(ev, err, who)
-    return MapCalibration(descriptor="x", n_references=len(ev), n_sample=len(ev), k=10, mean=mean, std=std,
-                          models=models, seconds=0.0, created_utc="now")
+    return MapCalibration(descriptor="x", n_references=len(ev), k=10, scopes=[fit_models(ev, err, who)], seconds=0.0,
+                          created_utc="now")
 
 
 def test_probabilities_are_calibrated_monotone_and_scale_free():
@@ -48,12 +47,16 @@ def test_probabilities_are_calibrated_monotone_and_scale_free():
     assert np.all(np.diff(p, axis=1) >= 0)  # P(<= 1 km) <= P(<= 25 km) <= ...
     for j, km in enumerate(THRESHOLDS_KM):  # on average, what it says happens
         assert abs(p[:, j].mean() - np.mean(err <= km)) < 0.02
-        assert cal.models[j].ece < 0.05
+        assert cal.of("map").models[j].ece < 0.05
     # the same evidence on another similarity scale (x 0.3, + 0.5: a component every vector shares)
     scaled = ev.copy()
     scaled[:, 0] = 0.3 * ev[:, 0] + 0.5
     scaled[:, 1] = 0.3 * ev[:, 1]
     assert np.allclose(_calibration(scaled, err, who).predict(scaled), p, atol=1e-6)
+    # never extrapolated: evidence beyond what the sample held reads as the sample's edge
+    edge = ev.max(axis=0)
+    assert np.allclose(cal.predict(np.array([edge * 5])), cal.predict(np.array([edge])))
+    assert cal.of("area") is cal.of("map")  # no area models: the whole map's read every search
 
 
 def test_evidence_of_a_ranked_list():
@@ -75,7 +78,8 @@ def test_build_stores_it_calibrate_refits_it_and_info_shows_it(tmp_path, capsys)
     said = capsys.readouterr().out
     assert "held-out expected calibration error" in said and "P(<= 25 km) predicted->observed" in said
     assert main(["index", "info", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["calibration"]["n_sample"] == 24
+    scopes = json.loads(capsys.readouterr().out)["calibration"]["scopes"]
+    assert [(s["scope"], s["n_sample"]) for s in scopes] == [("map", 24), ("area", 24)]  # country submaps: both
     assert main(["index", "calibrate", str(out), "--sample", "20"]) == 0
     second = ReferenceIndex(out, verify=True).manifest.calibration
     assert second != first and not (out / first).exists() and (out / second).exists()

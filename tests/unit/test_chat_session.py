@@ -230,7 +230,7 @@ def test_reanswer_moved_by_retrieval_credits_the_references(ctx, tmp_path):
         pred = s.state().prediction
     finally:
         s.close()
-    assert pred.source.startswith("retrieval") and "references agree" in pred.why
+    assert pred.source.startswith("retrieval") and "reference(s) agree on a spot" in pred.why and "P(within 25 km)" in pred.why
     assert "your suggestion" not in reply and "not evidence" not in reply
 
 

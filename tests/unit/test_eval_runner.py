@@ -296,7 +296,7 @@ def test_cli_eval_end_to_end(synthetic_index, synthetic_refs, replay, tmp_path, 
         "--limit",
         "8",
         "--set",
-        "override.min_similarity=0.9",
+        "override.margin=0.1",
         "--corrupt-prior",
         "0.9",
         "--corrupt-mode",
@@ -309,7 +309,7 @@ def test_cli_eval_end_to_end(synthetic_index, synthetic_refs, replay, tmp_path, 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS and summary["n"] == 8
     config = json.loads((tmp_path / "run.json").read_text())["config"]
-    assert config["agent"]["override"]["min_similarity"] == 0.9
+    assert config["agent"]["override"]["margin"] == 0.1
     assert config["prior_corruption"] == {"p": 0.9, "mode": "random", "noise_km": 0.0, "seed": 3}
     lines = _lines(tmp_path)
     assert 0 < sum(r["prior_corrupted"] for r in lines) == summary["prior_corrupted"]

@@ -81,8 +81,9 @@ def assert_same_index(a: Path, b: Path) -> None:
         if key not in ("created_utc", "files", "calibration"):
             assert ma.get(key) == mb.get(key), key
     ca, cb = (json.loads((p / m["calibration"]).read_text()) for p, m in ((a, ma), (b, mb)))
-    for x, y in zip(ca["models"], cb["models"], strict=True):  # fitted from descriptors equal to fp16 tolerance
-        np.testing.assert_allclose(x["coef"], y["coef"], atol=0.05)
+    for sa, sb in zip(ca["scopes"], cb["scopes"], strict=True):  # fitted from descriptors equal to fp16 tolerance
+        for x, y in zip(sa["models"], sb["models"], strict=True):
+            np.testing.assert_allclose(x["coef"], y["coef"], atol=0.05)
     for rel in ma["files"]:
         if rel.endswith("faiss.index") or rel.startswith("calibration-"):
             continue  # made from the descriptors compared here
