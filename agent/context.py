@@ -34,6 +34,8 @@ class AgentContext:
     descriptor: Any = None
     # Photos described elsewhere (``--query-vectors``, ``indices.importing.QueryVectors``): used before any descriptor.
     query_vectors: Any = None
+    # A calibration profile (``--calibration``, ``agent.profile.CalibrationProfile``): answers get its radius.
+    profile: Any = None
     _vectors: dict[str, np.ndarray] = field(default_factory=dict)
     _images: dict[str, Image.Image] = field(default_factory=dict)
     # ToolNode runs a turn's tool calls on threads (the rules policy's hypothesis search and probe):
@@ -59,7 +61,7 @@ class AgentContext:
             update["exclude_authors"] = [*cfg.exclude_authors, author]
         return AgentContext(index=self.index, backend=backend or self.backend, config=cfg.model_copy(update=update),
                             planner=self.planner, descriptor=descriptor or self.descriptor,
-                            query_vectors=self.query_vectors)
+                            query_vectors=self.query_vectors, profile=self.profile)
 
     def close(self) -> None:
         """Release the backends (caches, models)."""

@@ -56,4 +56,19 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
     if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
         planning = open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
                                 opts=spec.planner_opts)
-    return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors)
+    return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors,
+                        profile=load_profile(spec.calibration) if spec.calibration is not None else None)
+
+
+def load_profile(path: Path):
+    """A calibration profile file, or one ValueError line saying what is wrong with it."""
+    from pydantic import ValidationError
+
+    from geoguide.agent.profile import CalibrationProfile
+
+    try:
+        return CalibrationProfile.model_validate_json(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--calibration {path}: no such file (make one with geoguide calibrate)") from None
+    except (ValidationError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise ValueError(f"--calibration {path}: not a calibration profile ({str(e).splitlines()[0]})") from None

@@ -5,6 +5,8 @@ trail, the candidates and the prior, the same way for every policy and backend:
     it (``agent.toolbox.run_search``, the planner's own search, so the run's leakage rules are
     imposed in that one place), and re-answer with that place as the prior;
   * "why not Portugal?": what the evidence says about that country;
+  * "how sure are you?": the answer's calibrated probabilities and, with a calibration profile,
+    its radius (``agent.trust``, ``agent.profile``), never a model's improvisation;
   * anything else: with a chat-capable model, the model answers from the prediction record
     (prompt ``chat/v1``); otherwise a summary of the evidence.
 """
@@ -29,6 +31,8 @@ from geoguide.tools.base import ToolError
 NEAR = re.compile(r"\b(?:near|around|close to|in)\s+(?P<place>[^?.!]+?)\s*(?:instead|then|please)?\s*[?.!]*$", re.I)
 SEARCH_VERBS = re.compile(r"\b(look|search|try|check|what about)\b", re.I)
 WHY_NOT = re.compile(r"\bwhy\s+not\s+(?P<place>[^?.!]+)", re.I)
+HOW_SURE = re.compile(r"\b(how\s+(sure|confident|certain|accurate|precise|reliable)|how\s+far\s+off|confidence|"
+                      r"margin\s+of\s+error|error\s+radius|uncertaint)", re.I)
 NEAR_RADIUS_KM = 150.0
 # What a re-answer that rests only on the user's suggested place is worth: the floor
 # ``choose_answer`` gives a country-centre guess, since no evidence backs either.
@@ -39,6 +43,8 @@ DID_YOU_MEAN = re.compile(r"Did you mean [^?]*\?")
 def answer_follow_up(ctx: AgentContext, st: AgentState, text: str) -> tuple[str, AgentState]:
     if m := WHY_NOT.search(text):
         return why_not(st, m.group("place").strip()), st
+    if HOW_SURE.search(text):
+        return how_sure(st.prediction), st
     m = NEAR.search(text)
     if m and SEARCH_VERBS.search(text):
         return search_near(ctx, st, m.group("place").strip())
@@ -91,14 +97,21 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
                f"{NEAR_RADIUS_KM:g} km of it matched the photo strongly enough to confirm or move it "
                f"(best similarity {s.best_similarity:.3f})")
         source, confidence = f"user suggestion (near {where.name})", USER_SUGGESTION_CONFIDENCE
+        odds: dict = {"p_within_km": {}, "probability_source": None, "radius_km": None, "radius_coverage": None}
     else:  # choose_answer speaks of "the VLM's point": here that point is the user's place
         why = (answer.why.replace("the VLM's point", f"{where.name}, the place you suggested")
                .replace("for the VLM", f"for {where.name}"))
         source, confidence = f"{answer.source} (user: near {where.name})", answer.confidence
+        odds = {"p_within_km": answer.p_within_km, "probability_source": answer.probability_source,
+                "radius_km": None, "radius_coverage": None}
     new_pred = old.model_copy(update={
         "lat": answer.lat, "lon": answer.lon, "source": source,
-        "why": why, "confidence": confidence, "trail": [*old.trail, step], "top_candidates": scored[:5],
+        "why": why, "confidence": confidence, "trail": [*old.trail, step], "top_candidates": scored[:5], **odds,
     })
+    if ctx.profile is not None and new_pred.p_within_km:
+        from geoguide.agent.profile import with_profile
+
+        new_pred = with_profile(new_pred, ctx.profile)
     rg = gazetteer.reverse_geocode(gazetteer.ReverseGeocodeArgs(lat=answer.lat, lon=answer.lon))
     if not isinstance(rg, ToolError):
         new_pred = new_pred.model_copy(update={"country": rg.country, "country_name": rg.country_name,
@@ -113,6 +126,26 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
     return reply, st.model_copy(update={"trail": [*st.trail, step], "candidates": pool, "prediction": new_pred})
 
 
+
+
+SOURCES = {"map": "the reference map's own calibration", "profile": "a calibration profile fitted on labelled photos",
+           "stated": "the vision model's stated uncertainty",
+           "default": "a strong vision model's measured record (no profile for this one)"}
+
+
+def how_sure(pred: Prediction) -> str:
+    """The answer's calibrated probabilities and radius, in words."""
+    if pred.lat is None:
+        return "I have no answer, so nothing to be sure of."
+    if not pred.p_within_km:
+        return (f"My answer {fmt_point(pred)} rests on {pred.source}, which carries no calibrated probability; "
+                f"treat it as a guess.")
+    odds = ", ".join(f"{p:.0%} within {km} km" for km, p in pred.p_within_km.items())
+    said = f"For my answer {fmt_point(pred)}: {odds} (from {SOURCES.get(pred.probability_source or '', 'unknown')})."
+    if pred.radius_km is not None:
+        return said + f" With {pred.radius_coverage:.0%} coverage the true place lies within {pred.radius_km:g} km."
+    return said + (" I cannot state a radius with a coverage: no calibration profile was given (geoguide "
+                   "calibrate fits one on labelled photos like yours; pass it with --calibration).")
 
 
 def _strongest_elsewhere(pool: list[retrieval.Candidate], where: gazetteer.GeocodeMatch) -> str:

@@ -114,6 +114,10 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
                         text_countries={c.iso2: c.probability for c in read.countries} if read and read.legible else {})
     chosen, scored = answer(evidence, ctx.config)
     pred = _prediction(state, ctx, chosen, scored)
+    if ctx.profile is not None and pred.p_within_km:
+        from geoguide.agent.profile import with_profile
+
+        pred = with_profile(pred, ctx.profile)
     where = "no answer" if chosen is None else f"({chosen.lat:.4f}, {chosen.lon:.4f}) via {chosen.source}"
     emit(Event(node="finalize", text=f"answer: {where}"))
     return {"prediction": pred}

@@ -45,6 +45,8 @@ class ContextSpec(BaseModel):
     planner: str | None = Field(None, description="the planning model's spec (default: the VLM)")
     planner_opts: list[str] = Field(default_factory=list, description="KEY=VALUE options of the planner")
     query_vectors: Path | None = Field(None, description="the photos' vectors computed elsewhere (indices.importing)")
+    calibration: Path | None = Field(None, description="a calibration profile (geoguide calibrate): answers' "
+                                     "probabilities recalibrated and a radius with its coverage")
     config: dict[str, Any] = Field(default_factory=dict, description="dotted AgentConfig key -> value")
 
     @classmethod

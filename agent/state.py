@@ -85,6 +85,9 @@ class Prediction(BaseModel):
                                           "km of the truth); empty when unknown")
     probability_source: str | None = Field(None, description="where those probabilities come from: map (the index's "
                                            "calibration), profile, stated (the model's uncertainty) or default")
+    radius_km: float | None = Field(None, description="a radius around the answer that holds the truth with "
+                                    "radius_coverage, from a calibration profile (--calibration); None without one")
+    radius_coverage: float | None = Field(None, description="the profile's stated coverage of radius_km (e.g. 0.9)")
     source: str = "none"
     why: str = ""
     policy: str

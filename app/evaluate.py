@@ -59,10 +59,61 @@ def eval_cmd(
     })
     summary = _run_cli(spec, out, restart)
     typer.echo(summary_markdown(str(out), summary))
+    _all_failed(summary)
+
+
+def _all_failed(summary: RunSummary) -> None:
     if summary.failed and not summary.evaluated:
         from geoguide.app.options import NoAnswer
 
         raise NoAnswer(f"no photo was evaluated: all {summary.failed} failed (the warnings above say why)")
+
+
+@commands.command("calibrate")
+@agent_options
+def calibrate_cmd(
+    out: Annotated[Path, typer.Option("--out", help="the calibration profile to write (JSON)")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of labelled photos")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="their ground truth: IMG_ID,AUTHOR,LAT,LON")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="csv | shared | im2gps3k | ... (as eval)")] = None,
+    exclude_same_author: Annotated[bool, typer.Option("--exclude-same-author", help=(
+        "leave-one-photographer-out (when the photos are also references)"))] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N photos")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="photos in flight")] = 1,
+    coverage: Annotated[float, typer.Option("--coverage", min=0.5, max=0.99, help="the radius's coverage")] = 0.9,
+    run: Annotated[Path | None, typer.Option("--run", help="folder of the labelled run (default: OUT.run; resumable)")] = None,
+    *,
+    opts: AgentOptions,
+) -> None:
+    """Fit a calibration profile on labelled photos: the agent runs on them exactly as with
+    geoguide eval, then its answers' P(within 1/25/200/750/2500 km) are recalibrated and a radius
+    holding the truth with --coverage is fitted (split-conformal, per answer source); every agent
+    command takes the profile as --calibration PROFILE."""
+    from geoguide.agent.profile import fit_profile
+    from geoguide.core import atomic
+    from geoguide.eval.records import PREDICTIONS, labelled, load_records
+    from geoguide.eval.spec import RunSpec
+
+    if opts.calibration is not None:
+        raise CLIError("--calibration: a profile is fitted on the agent's own probabilities; run without one")
+    spec = RunSpec.from_settings({**opts.settings_map(), "images": images, "labels": labels, "dataset": dataset,
+                                  "exclude_same_author": exclude_same_author, "limit": limit, "workers": workers})
+    where = run or out.with_name(out.name + ".run")
+    summary = _run_cli(spec, where)
+    _all_failed(summary)
+    rows = labelled([r for r in load_records(where / PREDICTIONS).values() if r.error is None])
+    try:
+        profile = fit_profile(rows, coverage, fitted_on={"index": str(spec.index), "vlm": spec.vlm,
+                                                          "policy": spec.policy, "run": str(where)})
+    except ValueError as e:
+        raise CLIError(f"{e} in {where}") from None
+    atomic.write_text(out, profile.model_dump_json(indent=1) + "\n")
+    groups = ", ".join(f"{g.group} {g.n}" for g in profile.groups)
+    typer.echo(f"calibration profile -> {out}: {profile.n} answers ({groups})")
+    if summary.calibration is not None:
+        c = summary.calibration
+        typer.echo(f"checked on photographers each fold did not see: the {c.coverage_target:.0%} radius covers "
+                   f"{c.coverage:.1%} (median {c.median_radius_km:g} km); ECE of P(within 25 km) {c.ece['25']:.3f}")
 
 
 def _run_cli(spec: RunSpec, out: Path, restart: bool = False) -> RunSummary:

@@ -52,6 +52,11 @@ def format_prediction(pred) -> str:
     place = ", ".join(x for x in (pred.nearest_city, pred.country_name) if x) or "open sea"
     lines = [f"Answer: {pred.lat:.5f}, {pred.lon:.5f} — {place} (confidence {pred.confidence:.2f}, from {pred.source})",
              f"Why: {pred.why}"]
+    if pred.p_within_km:
+        odds = " / ".join(f"{v:.2f}" for v in pred.p_within_km.values())
+        radius = (f"{pred.radius_coverage:.0%} radius {pred.radius_km:g} km" if pred.radius_km is not None
+                  else "radius uncalibrated (pass --calibration PROFILE, made by geoguide calibrate)")
+        lines.append(f"Sure: P(within {' / '.join(pred.p_within_km)} km) {odds} ({pred.probability_source}); {radius}")
     if pred.prior is not None:
         p = pred.prior
         pt = f"({p.lat:.4f}, {p.lon:.4f})" if p.has_point else ""

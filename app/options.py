@@ -99,6 +99,9 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "query_vectors": (Annotated[Path | None, typer.Option("--query-vectors", help=(
         "the photos' vectors computed elsewhere: .npy in the labels' row order (eval) or .parquet with IMG_ID "
         "(the file name for locate); needed for an index made by 'index import'"))], None),
+    "calibration": (Annotated[Path | None, typer.Option("--calibration", help=(
+        "a calibration profile (geoguide calibrate): recalibrated probabilities and a radius holding the truth "
+        "with the profile's coverage; without one the radius is uncalibrated"))], None),
     "cache": (Annotated[Path | None, typer.Option("--cache", help=(
         "SQLite response cache (default: ~/.cache/geoguide/responses.sqlite; 'none' disables)"))], None),
     "settings": (Annotated[list[str] | None, typer.Option("--set", help=(
@@ -125,6 +128,7 @@ class AgentOptions(BaseModel):
     timeout: float = DEFAULT_TIMEOUT_S
     attempts: int = DEFAULT_ATTEMPTS
     query_vectors: Path | None = None
+    calibration: Path | None = None
     cache: Path | None = None
     settings: list[str] | None = None
 
@@ -138,7 +142,8 @@ class AgentOptions(BaseModel):
         out.update({k: v for k, v in shortcuts.items() if v is not None})
         out.update(index=self.index, vlm=self.vlm, policy=self.policy, cache=self.cache, timeout=self.timeout,
                    attempts=self.attempts, vlm_opts=self.vlm_opt or [], planner=self.planner,
-                   planner_opts=self.planner_opt or [], query_vectors=self.query_vectors)
+                   planner_opts=self.planner_opt or [], query_vectors=self.query_vectors,
+                   calibration=self.calibration)
         return out
 
     def context_spec(self, **extra: Any) -> ContextSpec:

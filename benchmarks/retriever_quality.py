@@ -5,8 +5,10 @@ similarity scale over the shared split, each made into an index through ``geogui
 Per retriever: the prior alone, retrieval alone (the best whole-map match by another photographer),
 the rules agent, the oracle (the nearest reference by another photographer), how many answers came
 from retrieval, and calibration: the map's own held-out expected calibration error (ECE, from the
-references alone) and the ECE of P(best match within X km) on the photos as queries (their labels
-used only to score). The ``strong-floor`` retriever is ``strong`` plus one component every vector
+references alone), the ECE of P(best match within X km) on the photos as queries (their labels
+used only to score), and the agent's answers judged as ``eval`` judges them: the ECE of their
+stated P(within 25 km), the same after a profile fitted on the other photographers, and that
+profile's 90% radius (its coverage and median; ``agent.profile``). The ``strong-floor`` retriever is ``strong`` plus one component every vector
 shares (every cosine s becomes (s + 4) / 5): the decisions between retrieval and prior must not
 change for 99% of photos.
 
@@ -140,6 +142,7 @@ def main() -> None:
             "photos_with_prior": len(with_prior),
             "map_ece": {f"{m.km:g}": m.ece for m in cal.of("map").models},
             "area_ece": {f"{m.km:g}": m.ece for m in cal.of("area").models}, "query_ece": query_ece,
+            "answers": rules_sum.calibration.model_dump() if rules_sum.calibration else None,
             "seconds": round(time.perf_counter() - t0, 1),
         }
         results.append(row)
@@ -158,19 +161,27 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def answers(c: dict | None) -> str:
+    if c is None:
+        return "n/a"
+    return (f"{c['ece_raw']['25']:.3f} / {c['ece']['25']:.3f}, {100 * c['coverage']:.1f}%, "
+            f"{c['median_radius_km']:g} km")
+
+
 def print_table(results: list[dict], affine: dict | None) -> None:
     def cells(d: dict) -> str:
         return " / ".join(f"{d[k]:.1f}" for k in KEYS)
 
     print("\n| retriever | best cosine p10/p50/p90 | prior alone | retrieval alone | rules agent | oracle | "
-          "from retrieval | map ECE 1/25/200/750/2500 | query ECE |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "from retrieval | map ECE 1/25/200/750/2500 | query ECE | answers: ECE 25 km stated / profiled, "
+          "90% radius coverage, median |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['retriever']} | {' / '.join(map(str, r['best_cosine_p10_p50_p90']))} | {cells(r['prior_alone'])} | "
               f"{cells(r['retrieval_alone'])} | {cells(r['rules_agent'])} | {cells(r['oracle'])} | "
               f"{r['answered_from_retrieval']} of {r['photos_with_prior']} | "
               f"{' / '.join(f'{v:.3f}' for v in r['map_ece'].values())} | "
-              f"{' / '.join(f'{v:.3f}' for v in r['query_ece'].values())} |")
+              f"{' / '.join(f'{v:.3f}' for v in r['query_ece'].values())} | {answers(r['answers'])} |")
     if affine:
         print(f"\nstrong vs strong-floor (every cosine s -> (s + 4) / 5): the same decision (prior or retrieval) "
               f"for {affine['same_decision_pct']}% of {affine['photos']} photos")

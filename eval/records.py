@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from geoguide.agent.profile import CalibrationReport, Labelled, cross_fitted, group_of
 from geoguide.agent.schemas import Usage
 from geoguide.agent.state import Prediction
 from geoguide.core import atomic
@@ -54,6 +55,9 @@ class RunRecord(BaseModel):
     source: str = "none"
     country: str | None = None
     confidence: float = 0.0
+    p_within_km: dict[str, float] = Field(default_factory=dict, description="the answer's stated P(within X km)")
+    probability_source: str | None = Field(None, description="map | profile | stated | default (agent.trust)")
+    radius_km: float | None = Field(None, description="the profile's radius (--calibration), None without one")
     prior_lat: float | None = None
     prior_lon: float | None = None
     prior_country: str | None = None
@@ -107,6 +111,9 @@ def record_from_prediction(
         source=pred.source,
         country=pred.country,
         confidence=pred.confidence,
+        p_within_km=pred.p_within_km,
+        probability_source=pred.probability_source,
+        radius_km=pred.radius_km,
         prior_lat=p.lat if p else None,
         prior_lon=p.lon if p else None,
         prior_country=top.label if top else None,
@@ -204,6 +211,9 @@ class RunSummary(Summary):
     cost_usd_per_image: float = Field(
         0.0, description="as recorded when the calls were made (cache hits too)"
     )
+    calibration: CalibrationReport | None = Field(
+        None, description="how trustworthy the answers' probabilities and radii are, by photographer-fold "
+        "cross-fitting on this run's labels (agent.profile); None with fewer than 100 answers carrying them")
 
 
 def _latency(values: list[float]) -> Latency:
@@ -268,7 +278,15 @@ def summarize_records(
         tool_calls_per_image=sum(r.tool_calls for r in recs) / n,
         cost_usd_total=cost,
         cost_usd_per_image=cost / n,
+        calibration=cross_fitted(labelled(ok)),
     )
+
+
+def labelled(records: Sequence[RunRecord]) -> list[Labelled]:
+    """The answered records that state probabilities, as a profile reads them."""
+    return [Labelled(group=group_of(r.source, r.probability_source), p_within_km=r.p_within_km, error_km=r.error_km,
+                     author=r.author or r.image_id)
+            for r in records if r.error_km is not None and r.p_within_km]
 
 
 def summary_markdown(name: str, s: RunSummary) -> str:
@@ -290,6 +308,13 @@ def summary_markdown(name: str, s: RunSummary) -> str:
         f"tool calls {s.tool_calls_per_image:.2f}/photo",
         f"- cost: ${s.cost_usd_total:.4f} total, ${s.cost_usd_per_image:.5f}/photo",
     ]
+    if s.calibration is not None:
+        c = s.calibration
+        keys = " / ".join(c.ece)
+        lines.append(f"- calibration ({c.n} answers, {c.folds} photographer folds, each judged by the others): ECE of P(within {keys} km) "
+                     f"{' / '.join(f'{v:.3f}' for v in c.ece_raw.values())} as stated, "
+                     f"{' / '.join(f'{v:.3f}' for v in c.ece.values())} after a profile fitted on the other folds; "
+                     f"its {c.coverage_target:.0%} radius covers {c.coverage:.1%} (median {c.median_radius_km:g} km)")
     if s.dropped_reasons:
         lines += ["", "## Label rows dropped at load\n", *[f"- {r}" for r in s.dropped_reasons]]
     if s.per_continent:

@@ -50,8 +50,16 @@ class BatchRow(BaseModel):
     lon: float | None = None
     country: str | None = None
     place: str | None = Field(None, description="nearest city, country")
-    confidence: float | None = Field(None, description="the agent's confidence (not yet a calibrated probability)")
-    radius_km: float | None = Field(None, description="error radius at a stated coverage; None: uncalibrated")
+    confidence: float | None = Field(None, description="P(within 25 km of the truth), calibrated (agent.trust)")
+    p_1km: float | None = Field(None, description="P(within 1 km of the truth)")
+    p_25km: float | None = None
+    p_200km: float | None = None
+    p_750km: float | None = None
+    p_2500km: float | None = None
+    probability_source: str | None = Field(None, description="map | profile | stated | default")
+    radius_km: float | None = Field(None, description="error radius at radius_coverage (--calibration); None: "
+                                    "uncalibrated")
+    radius_coverage: float | None = None
     source: str | None = Field(None, description="what the answer rests on: prior, retrieval, llm, ...")
     why: str | None = None
     prior_lat: float | None = None
@@ -77,6 +85,9 @@ class BatchRow(BaseModel):
         return cls(photo=path, status="located", lat=pred.lat, lon=pred.lon, country=pred.country,
                    place=", ".join(x for x in (pred.nearest_city, pred.country_name) if x) or None,
                    confidence=pred.confidence, source=pred.source, why=pred.why,
+                   **{f"p_{k}km": v for k, v in pred.p_within_km.items()},
+                   probability_source=pred.probability_source, radius_km=pred.radius_km,
+                   radius_coverage=pred.radius_coverage,
                    prior_lat=pred.prior.lat if pred.prior is not None else None,
                    prior_lon=pred.prior.lon if pred.prior is not None else None,
                    finished_utc=now_utc(), **exif)

@@ -50,3 +50,19 @@ def make_reference_set(root: Path, per_place: int = 3, authors_per_place: int = 
         w.writerow(["IMG_ID", "AUTHOR", "LAT", "LON"])
         w.writerows(rows)
     return labels
+
+
+def similarity_calibration(index, monkeypatch):
+    """Give ``index`` a calibration in which only the best match's similarity counts (P near 1 from
+    0.8 up, near 0 below 0.3; a best-match spread of 0.1, effnet-gem's order), so a test can say
+    what a weak or a strong match is on this tiny map."""
+    from geoguide.indices.calibration import THRESHOLDS_KM, MapCalibration, ScopeModels, ThresholdModel
+
+    models = [ThresholdModel(km=km, coef=[-1.0, 1.5, 0.0, 0.0], base_rate=0.3, ece=0.0, reliability=[])
+              for km in THRESHOLDS_KM]
+    scopes = [ScopeModels(scope=s, n_sample=100, mean=[0.5, 0.1, 0.3], std=[0.1, 0.1, 0.2], lo=[0, 0, 0],
+                          hi=[1, 1, 1], models=models) for s in ("map", "area")]
+    cal = MapCalibration(descriptor="thumbnail", n_references=len(index), k=10, scopes=scopes, seconds=0,
+                         created_utc="test")
+    monkeypatch.setitem(index.__dict__, "_map_calibration", cal)
+    return cal

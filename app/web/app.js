@@ -83,6 +83,10 @@ function drawPrediction(view) {
   });
   if (pred.lat !== null) {
     if (pred.country) map.shadeCountry(pred.country, "answer-country");
+    if (pred.radius_km) {  // the profile's radius: holds the truth with radius_coverage
+      const r = map.circle("marks", pred, pred.radius_km, "answer-radius");
+      r.dataset.radiusKm = String(pred.radius_km);
+    }
     map.dot("marks", pred, 7, "answer-mark", `answer: ${fmt(pred.lat, pred.lon)}`);
     focus.push(pred);
   }
@@ -118,7 +122,12 @@ function render(view) {
   if (!pred) return;
   const place = [pred.nearest_city, pred.country_name].filter(Boolean).join(", ");
   $("answer-place").textContent = pred.lat === null ? "No answer" : `${place || "?"} (${fmt(pred.lat, pred.lon)})`;
-  $("answer-why").textContent = `Confidence ${pred.confidence.toFixed(2)}, from ${pred.source}. ${pred.why}`;
+  const odds = Object.entries(pred.p_within_km || {}).map(([km, p]) => `${km} km ${p.toFixed(2)}`).join(", ");
+  const radius = pred.radius_km
+    ? `${Math.round(100 * pred.radius_coverage)}% radius ${pred.radius_km} km.`
+    : "Radius uncalibrated (no calibration profile).";
+  $("answer-why").textContent = `Confidence ${pred.confidence.toFixed(2)}, from ${pred.source}. `
+    + (odds ? `P(within): ${odds} (${pred.probability_source}). ${radius} ` : "") + pred.why;
   $("answer-truth").textContent = view.truth
     ? `True location ${fmt(view.truth.lat, view.truth.lon)}: ${view.truth.error_km === null ? "no answer" : view.truth.error_km.toFixed(1) + " km off"}.`
     : "";

@@ -11,7 +11,7 @@ from geoguide.agent.config import AgentConfig, Caps
 from geoguide.agent.context import AgentContext
 from geoguide.agent.graph import locate
 from geoguide.geo.geometry import haversine_km
-from tests.synthetic import PLACES, place_image
+from tests.synthetic import PLACES, place_image, similarity_calibration
 
 PARIS, MADRID, TOKYO = PLACES[0], PLACES[2], PLACES[7]
 
@@ -33,21 +33,6 @@ def queries(tmp_path):
     return paths, replay
 
 
-def similarity_calibration(index, monkeypatch):
-    """Give ``index`` a calibration in which only the best match's similarity counts (P near 1 from
-    0.8 up, near 0 below 0.4), so a test can say what a weak or a strong match is on this tiny map."""
-    from geoguide.indices.calibration import THRESHOLDS_KM, MapCalibration, ScopeModels, ThresholdModel
-
-    models = [ThresholdModel(km=km, coef=[-1.0, 3.0, 0.0, 0.0], base_rate=0.3, ece=0.0, reliability=[])
-              for km in THRESHOLDS_KM]
-    scopes = [ScopeModels(scope=s, n_sample=100, mean=[0.5, 0.1, 0.3], std=[0.2, 0.1, 0.2], lo=[0, 0, 0],
-                          hi=[1, 1, 1], models=models) for s in ("map", "area")]
-    cal = MapCalibration(descriptor="thumbnail", n_references=len(index), k=10, scopes=scopes, seconds=0,
-                         created_utc="test")
-    monkeypatch.setitem(index.__dict__, "_map_calibration", cal)
-    return cal
-
-
 def _run(index, replay, path, **cfg):
     ctx = AgentContext(index=index, backend=make_backend(f"replay:{replay}"), config=AgentConfig(**cfg))
     events = []
@@ -55,8 +40,9 @@ def _run(index, replay, path, **cfg):
     return pred, events
 
 
-def test_prior_confirmed_by_retrieval(synthetic_index, queries):
+def test_prior_confirmed_by_retrieval(synthetic_index, queries, monkeypatch):
     paths, replay = queries
+    similarity_calibration(synthetic_index, monkeypatch)  # on this map a match at similarity 0.9+ is right
     pred, events = _run(synthetic_index, replay, paths["q_paris.jpg"])
     assert pred.trail[0].submap_id == "country:FR"
     assert {s.submap_id for s in pred.trail} == {"country:FR", "global"}  # area + probe, no widening
@@ -81,9 +67,10 @@ def test_wrong_prior_widens_but_keeps_a_far_contradiction_out(synthetic_index, q
     assert all(c.country != "JP" for c in pred.top_candidates)  # the probe's matches stay out of the pool
 
 
-def test_wrong_prior_recovers_when_switch_allowed(synthetic_index, queries, tmp_path):
+def test_wrong_prior_recovers_when_switch_allowed(synthetic_index, queries, tmp_path, monkeypatch):
     """With the VLM's second hypothesis naming Japan, the policy switches and retrieval wins."""
     paths, _ = queries
+    similarity_calibration(synthetic_index, monkeypatch)
     replay = tmp_path / "two.csv"
     replay.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n")
     ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{replay}"), config=AgentConfig())
@@ -166,5 +153,5 @@ def test_why_lines_say_what_ran(synthetic_index, queries, monkeypatch):
     assert pred.probability_source == "default" and pred.p_within_km["25"] == pred.confidence == 0.412
     similarity_calibration(synthetic_index, monkeypatch)
     pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])  # searched Spain and its neighbours, kept Madrid
-    assert pred.source == "prior" and "is less likely right: P(within 25 km)" in pred.why
+    assert pred.source == "prior" and "is less likely right: P(within 1 km)" in pred.why
     assert "for the VLM (default)" in pred.why

@@ -18,7 +18,7 @@ from geoguide.agent.backends import make_backend
 from geoguide.agent.chat import ChatSession, SessionError
 from geoguide.agent.config import AgentConfig
 from geoguide.agent.context import AgentContext
-from tests.synthetic import PLACES, place_image
+from tests.synthetic import PLACES, place_image, similarity_calibration
 
 PARIS, MADRID = PLACES[0], PLACES[2]
 OPT = ormsgpack.OPT_NON_STR_KEYS
@@ -221,8 +221,9 @@ def test_reanswer_resting_on_the_users_place_says_so(session):
     assert pred.confidence <= 0.1
 
 
-def test_reanswer_moved_by_retrieval_credits_the_references(ctx, tmp_path):
+def test_reanswer_moved_by_retrieval_credits_the_references(ctx, tmp_path, monkeypatch):
     """A Madrid photo with a wrong Paris prior: references near Madrid confirm the user's hunch."""
+    similarity_calibration(ctx.index, monkeypatch)  # on this map a match at similarity 0.9+ is right
     s = ChatSession(ctx, tmp_path / "sessions.sqlite", "t2")
     try:
         s.attach(_photo(tmp_path, "q_madrid.jpg", 2))
@@ -230,7 +231,7 @@ def test_reanswer_moved_by_retrieval_credits_the_references(ctx, tmp_path):
         pred = s.state().prediction
     finally:
         s.close()
-    assert pred.source.startswith("retrieval") and "reference(s) agree on a spot" in pred.why and "P(within 25 km)" in pred.why
+    assert pred.source.startswith("retrieval") and "reference(s) agree on a spot" in pred.why and "P(within 1 km)" in pred.why
     assert "your suggestion" not in reply and "not evidence" not in reply
 
 
@@ -259,3 +260,12 @@ def test_why_not_names_the_place_it_resolved(session):
     """'Atlantis' is a town in South Africa: the answer says that is what it looked up."""
     reply = session.ask("why not Atlantis?")
     assert reply.startswith("Why not South Africa") and "Atlantis" in reply, reply
+
+
+def test_how_sure_is_answered_with_the_calibrated_numbers(session):
+    """Not a model's improvisation: the answer's P(within X km), where they come from, and why
+    there is no radius without a calibration profile."""
+    reply = session.ask("How sure are you?")
+    pred = session.state().prediction
+    assert f"{pred.p_within_km['25']:.0%} within 25 km" in reply and "within 2500 km" in reply
+    assert "no calibration profile was given" in reply and "geoguide calibrate" in reply
