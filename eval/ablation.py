@@ -166,10 +166,23 @@ def comparison_rows(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
             "cost_usd_per_image": round(s.cost_usd_per_image, 6),
             "failed": s.failed,
             "prior_corrupted": s.prior_corrupted,
+            **_calibration_cells(s),
             "settings": _settings_text(r.variant.settings),
         }
         rows.append(row)
     return rows
+
+
+CALIBRATION_COLUMNS = ("ece25_stated", "ece25_profiled", "radius90_coverage", "radius90_median_km")
+
+
+def _calibration_cells(s) -> dict[str, Any]:
+    """How trustworthy each row's probabilities and radius are (``RunSummary.calibration``)."""
+    c = s.calibration
+    if c is None:
+        return dict.fromkeys(CALIBRATION_COLUMNS)
+    return {"ece25_stated": c.ece_raw.get("25"), "ece25_profiled": c.ece.get("25"),
+            "radius90_coverage": round(c.coverage, 4), "radius90_median_km": c.median_radius_km}
 
 
 def _md(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -210,6 +223,10 @@ def write_comparison(out: Path, results: Sequence[VariantResult]) -> str:
                         "settings",
                     ],
                 ),
+                "## Calibration\n",
+                "ECE of the answers' P(within 25 km) as stated and after a profile fitted on the other "
+                "photographers; the coverage and median of that profile's 90% radius (agent/profile.py).\n",
+                _md(rows, ["variant", *CALIBRATION_COLUMNS]),
                 "## Plots\n",
                 *(f"![{p}]({p})" for p in plots),
             ]

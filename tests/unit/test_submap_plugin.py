@@ -18,7 +18,7 @@ from geoguide.indices.build import BuildConfig, build_index
 from geoguide.indices.store import ReferenceIndex
 from geoguide.indices.submaps import SCHEMES, SubmapError, parse_schemes
 from geoguide.tools.retrieval import WidenArgs, widen
-from tests.synthetic import PLACES, place_image
+from tests.synthetic import PLACES, place_image, similarity_calibration
 
 BAND_SCHEME = '''
 """Latitude bands of D degrees: label = floor(lat / D); widening adds the bands either side."""
@@ -78,13 +78,14 @@ def band_index(band_scheme, synthetic_refs, tmp_path):
     return ReferenceIndex(tmp_path / "idx")
 
 
-def test_the_rules_policy_searches_and_widens_through_a_scheme_in_one_file(band_index, tmp_path):
+def test_the_rules_policy_searches_and_widens_through_a_scheme_in_one_file(band_index, tmp_path, monkeypatch):
     tokyo, madrid = PLACES[7], PLACES[2]
     photo = tmp_path / "q_tokyo.jpg"
     place_image(7, variant=7).save(photo, quality=95)
     replay = tmp_path / "prior.csv"
     replay.write_text(f"IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
                       f"q_tokyo.jpg,{madrid[1]},{madrid[2]},\"Madrid, Spain\",True,test-vlm\n")
+    similarity_calibration(band_index, monkeypatch)  # on this tiny map a match at similarity 0.9+ is right
     ctx = AgentContext(index=band_index, backend=make_backend(f"replay:{replay}"), config=AgentConfig(scheme="band"))
     pred = locate(ctx, photo)
     ids = [s.submap_id for s in pred.trail]

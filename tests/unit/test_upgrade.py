@@ -57,13 +57,19 @@ def _answer(pred: dict) -> tuple:
             [(c["ref_id"], round(c["similarity"], 4)) for c in pred["top_candidates"][:3]])
 
 
-def test_old_indices_open_verify_and_answer_as_before(old, query, capsys):
+def test_old_indices_open_verify_and_answer_as_before(old, query, capsys, monkeypatch):
     from geoguide.agent.graph import locate
+    from tests.synthetic import similarity_calibration
 
     assert main(["index", "verify", str(old / "index")]) == 0
     assert main(["index", "verify", str(old / "index-updated")]) == 0
     assert ReferenceIndex(old / "index-updated").manifest.n_references == 24
-    pred = locate(_ctx(old), query)
+    ctx = _ctx(old)
+    # 0.1.0 decided in cosine units; 0.2 asks the map's calibration (fitted on first use for an old
+    # index: tests/unit/test_calibration.py). Told what 0.1.0 assumed (a 0.94 match is right), it
+    # gives 0.1.0's answer.
+    similarity_calibration(ctx.index, monkeypatch)
+    pred = locate(ctx, query)
     assert _answer(pred.model_dump(mode="json")) == _answer(EXPECTED["chat"]["prediction"])
     assert main(["index", "compact", str(old / "index-updated")]) == 0  # the update path still works on it
     assert ReferenceIndex(old / "index-updated").manifest.n_references == 24
