@@ -4,11 +4,18 @@ trail, the candidates and the prior, the same way for every policy and backend:
   * "look near Lyon instead" / "search around Porto": geocode the place, search a radius around
     it (``agent.toolbox.run_search``, the planner's own search, so the run's leakage rules are
     imposed in that one place), and re-answer with that place as the prior;
-  * "why not Portugal?": what the evidence says about that country;
+  * "why not Portugal?" / "is it in Tuscany?" / "is this near 45.76, 4.84?": search that place
+    (the same runner, so the same leakage rules) and answer yes, possibly, probably not or can't
+    tell, comparing its best match's calibrated probability with the current answer's; the answer
+    itself moves only on "look near";
   * "how sure are you?": the answer's calibrated probabilities and, with a calibration profile,
     its radius (``agent.trust``, ``agent.profile``), never a model's improvisation;
+  * "what did you see?": the prior's clues and rationale, the text read in the photo;
+  * "help": what is understood;
   * anything else: with a chat-capable model, the model answers from the prediction record
-    (prompt ``chat/v1``); otherwise a summary of the evidence.
+    (prompt ``chat/v1``); without one, the help line.
+
+PLACE may be a country, a city, a region or coordinates ("48.85, 2.35").
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ from geoguide.tools.base import ToolError
 NEAR = re.compile(r"\b(?:near|around|close to|in)\s+(?P<place>[^?.!]+?)\s*(?:instead|then|please)?\s*[?.!]*$", re.I)
 SEARCH_VERBS = re.compile(r"\b(look|search|try|check|what about)\b", re.I)
 WHY_NOT = re.compile(r"\bwhy\s+not\s+(?P<place>[^?.!]+)", re.I)
+IS_IT_IN = re.compile(r"\b(?:is|was)\s+(?:it|this|that|the\s+photo|the\s+picture)\s+(?:taken\s+)?(?:in|near|from|at)\s+"
+                      r"(?P<place>[^?!]+)", re.I)
+WHAT_SAW = re.compile(r"\bwhat\s+(?:did|do)\s+you\s+(?:see|read|notice)|\bwhich\s+clues|\bwhat\s+clues|"
+                      r"\bwhat\s+text\b", re.I)
+HELP = re.compile(r"^\s*(?:help|\?|what\s+can\s+(?:i|you)\s+(?:ask|do|say)\b)", re.I)
+COORDS = re.compile(r"^\s*\(?\s*(?P<lat>[-+]?\d{1,2}(?:\.\d+)?)\s*[, ]\s*(?P<lon>[-+]?\d{1,3}(?:\.\d+)?)\s*\)?\s*$")
+FOLLOW_UP_HELP = ("I understand: 'why not PLACE?' or 'is it in PLACE?' (I search there and compare), 'look near "
+                  "PLACE' (I search there and move only if the photos there match better), 'how sure are you?', "
+                  "'what did you see?'. PLACE is a country, a city, a region or coordinates such as 45.76, 4.84.")
+# How much likelier (P within 25 km) one side must be before the reply takes it: closer calls are "can't tell".
+CLEAR_MARGIN = 0.05
 HOW_SURE = re.compile(r"\b(how\s+(sure|confident|certain|accurate|precise|reliable)|how\s+far\s+off|confidence|"
                       r"margin\s+of\s+error|error\s+radius|uncertaint)", re.I)
 NEAR_RADIUS_KM = 150.0
@@ -41,17 +59,21 @@ DID_YOU_MEAN = re.compile(r"Did you mean [^?]*\?")
 
 
 def answer_follow_up(ctx: AgentContext, st: AgentState, text: str) -> tuple[str, AgentState]:
-    if m := WHY_NOT.search(text):
-        return why_not(st, m.group("place").strip()), st
+    if HELP.search(text):
+        return FOLLOW_UP_HELP, st
+    if m := WHY_NOT.search(text) or IS_IT_IN.search(text):
+        return check_place(ctx, st, m.group("place").strip(" ?.!"), asked_why_not=m.re is WHY_NOT)
     if HOW_SURE.search(text):
         return how_sure(st.prediction), st
+    if WHAT_SAW.search(text):
+        return what_i_saw(st), st
     m = NEAR.search(text)
     if m and SEARCH_VERBS.search(text):
         return search_near(ctx, st, m.group("place").strip())
     try:
         return model_answer(ctx, st, text), st
-    except NotSupportedError:  # replay / none: no model to talk to, so summarise the evidence
-        return summary(st.prediction), st
+    except NotSupportedError:  # replay / none: no model to talk to, so say what is understood
+        return f"Without a language model I answer a few kinds of question. {FOLLOW_UP_HELP}", st
     except BackendError as e:
         return f"(the model could not answer: {e})\n{summary(st.prediction)}", st
 
@@ -93,10 +115,11 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
     s = res.summary
     suggestion_only = answer.source == "prior"  # the prior here is the user's place, unmoved by retrieval
     if suggestion_only:
-        why = (f"your suggestion ({where.name}), not evidence: none of the {s.n_candidates} references within "
+        why = (f"your suggestion ({where.name}), not evidence: none of the {s.n_candidates} best-matching references within "
                f"{NEAR_RADIUS_KM:g} km of it matched the photo strongly enough to confirm or move it "
                f"(best similarity {s.best_similarity:.3f})")
-        source, confidence = f"user suggestion (near {where.name})", USER_SUGGESTION_CONFIDENCE
+        # a suggestion is no evidence: it never raises the confidence
+        source, confidence = f"user suggestion (near {where.name})", min(USER_SUGGESTION_CONFIDENCE, old.confidence)
         odds: dict = {"p_within_km": {}, "probability_source": None, "radius_km": None, "radius_coverage": None}
     else:  # choose_answer speaks of "the VLM's point": here that point is the user's place
         why = (answer.why.replace("the VLM's point", f"{where.name}, the place you suggested")
@@ -117,7 +140,7 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
         new_pred = new_pred.model_copy(update={"country": rg.country, "country_name": rg.country_name,
                                                "nearest_city": rg.nearest_city})
     moved = float(haversine_km(old.lat, old.lon, answer.lat, answer.lon)) if old.lat is not None else None
-    reply = (f"Searched {s.submap.size} references within {NEAR_RADIUS_KM:g} km of {where.name}: best similarity "
+    reply = (f"Searched the {s.submap.size} references within {NEAR_RADIUS_KM:g} km of {where.name}: best similarity "
              f"{s.best_similarity:.3f} ({res.candidates[0].ref_id}). New answer {fmt_point(new_pred)}"
              + (f", {moved:.0f} km from the previous one." if moved is not None else "."))
     if suggestion_only:
@@ -170,6 +193,14 @@ def resolve_place(text: str) -> gazetteer.GeocodeMatch | str:
     place than the one meant, without a word, would mislead; so an unknown qualifier is refused
     too. A continent comes back as a match with ``country`` None: each caller says what that means.
     """
+    if m := COORDS.match(text):
+        lat, lon = float(m.group("lat")), float(m.group("lon"))
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return f"{text!r} is no point on Earth (latitude -90..90, longitude -180..180)."
+        from geoguide.geo import country_at
+
+        return gazetteer.GeocodeMatch(kind="city", name=f"{lat:.4f}, {lon:.4f}", country=country_at(lat, lon) or "XX",
+                                      lat=lat, lon=lon)
     first, *rest = (part.strip() for part in text.split(","))
     # geocode's own qualifier reading (countries, US states, territories): the same rule it applies
     unknown = [q for q in rest if q and not gazetteer._qualifier(q)]
@@ -200,41 +231,88 @@ def summary(pred: Prediction) -> str:
     return "\n".join(lines)
 
 
-def why_not(st: AgentState, place: str) -> str:
-    """What the record says about another country: the prior's view and the retrieval evidence.
-    A place that is not a country name is read as the country it lies in, and the reply says so;
-    an unknown name or a continent gets a reply saying that, never another place's answer."""
-    from geoguide.geo import country_name, lookup_country
+def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bool = False) -> tuple[str, AgentState]:
+    """"Is it in PLACE?" / "why not PLACE?": search PLACE (a country's submap, else a radius around
+    the place) and answer yes (the answer is there), possibly / probably not (its best match is
+    more / less likely within 25 km of the truth than the answer, by the map's calibration) or
+    can't tell, with the numbers; the answer itself does not move ("look near" moves it)."""
+    from geoguide.geo import country_name
 
-    iso = lookup_country(place)
+    where = resolve_place(place)
+    if isinstance(where, str):
+        return where, st
     pred = st.prediction
-    read_as = ""
-    if iso is None:
-        where = resolve_place(place)
-        if isinstance(where, str):
-            return where
-        if where.country is None:
-            return (f"{where.name} is a continent, and I weigh countries: ask 'why not <a country in "
-                    f"{where.name}>?'.")
-        iso = where.country
-        read_as = f" (I read {place!r} as {where.name}, a {where.kind} in {country_name(iso) or iso})"
-    name = country_name(iso) or iso
-    if pred.country == iso:
-        return f"My answer is in {name} already{read_as}: {fmt_point(pred)}."
-    parts = []
-    if st.perception is not None:
-        probs = {c.iso2: c.probability for c in st.perception.countries if c.iso2}
-        parts.append(f"the vision model gave {name} probability {probs[iso]:.2f}" if iso in probs
-                     else f"the vision model did not name {name} among its hypotheses")
-    in_c = [c for c in st.candidates if c.country == iso]
-    searched = [s.summary.submap.name for s in st.trail if iso in s.summary.countries or f":{iso}" in s.submap_id]
-    if in_c:
-        best = max(in_c, key=lambda c: c.similarity)
-        top = max((c.similarity for c in st.candidates), default=0.0)
-        parts.append(f"{len(in_c)} retrieved reference(s) are in {name}, best similarity {best.similarity:.3f} "
-                     f"({best.ref_id}) against {top:.3f} for the best match overall")
-    elif searched:
-        parts.append(f"I searched areas including {name} ({'; '.join(searched[:2])}) and no reference there ranked high")
+    if where.country is None:
+        return (f"{where.name} is a continent, too wide to weigh as one place: ask about a country or a city "
+                f"in it."), st
+    is_country = where.kind == "country"
+    name = where.name if not is_country else (country_name(where.country) or where.name)
+    inside = (pred.country == where.country if is_country else
+              pred.lat is not None and float(haversine_km(pred.lat, pred.lon, where.lat, where.lon)) <= NEAR_RADIUS_KM)
+    vlm = _vlm_view(st, where.country)
+    if not is_country:  # say what was looked up: "Atlantis" is a town in South Africa
+        vlm = f" (I read {place!r} as {where.name}, a {where.kind} in {country_name(where.country) or where.country}.)" + vlm
+    if inside:
+        return f"Yes: my answer {fmt_point(pred)} is in {name}{' already' if asked_why_not else ''}.{vlm}", st
+    table = ctx.index.scheme_of("country")
+    by_country = is_country and table is not None
+    if by_country and where.country not in table.spans:
+        return f"Can't tell: there are no reference photos in {name} to compare with the photo.{vlm}", st
+    sid = f"country:{where.country}" if by_country else radius_id(where.lat, where.lon, NEAR_RADIUS_KM)
+    area = f"in {name}" if by_country else f"within {NEAR_RADIUS_KM:g} km of {name}"
+    res = run_search(ctx, st, sid, ctx.config.k, prior={"prior_lat": where.lat, "prior_lon": where.lon})
+    if isinstance(res, ToolError):
+        return f"I could not search {area}: {res.error}", st  # (a radius always resolves; kept for safety)
+    step = SearchStep(submap_id=sid, reason=f"user: is it in {name}?", summary=res.summary, purpose="user")
+    new = st.model_copy(update={"trail": [*st.trail, step], "candidates": [*st.candidates, *res.candidates]})
+    if not res.candidates:
+        return f"Can't tell: there are no reference photos {area} to compare with the photo.{vlm}", new
+    best = res.candidates[0]
+    there = (res.summary.p_within_km or {}).get("25")
+    here = pred.p_within_km.get("25") if pred.p_within_km else None
+    match = f"the best match {area} ({best.ref_id}, similarity {best.similarity:.3f})"
+    if there is None or here is None:
+        whose = "my answer (made before geoguide 0.2)" if here is None else "it"
+        return f"Can't tell: {match} was found, but {whose} carries no calibrated probability to weigh.{vlm}", new
+    odds = f"P(within 25 km) {there:.2f} for it against {here:.2f} for my answer {fmt_point(pred)}"
+    if there > here + CLEAR_MARGIN:
+        verdict = f"Possibly: {match} is more likely right, {odds}; say 'look near {name}' to move my answer there."
+    elif there < here - CLEAR_MARGIN:
+        verdict = f"Probably not: {match} is less likely right, {odds}."
     else:
-        parts.append(f"I did not search {name}; ask me to 'look near <a place in {name}>' to check it")
-    return f"Why not {name}{read_as}: " + "; ".join(parts) + f". My answer stays {fmt_point(pred)}."
+        verdict = f"Can't tell: {match} and my answer are about as likely right, {odds}."
+    return verdict + vlm, new
+
+
+def _vlm_view(st: AgentState, iso: str) -> str:
+    """What the vision model said about country ``iso``, as a sentence (empty without a prior)."""
+    from geoguide.geo import country_name
+
+    if st.perception is None or not st.perception.countries:
+        return ""
+    probs = {c.iso2: c.probability for c in st.perception.countries if c.iso2}
+    name = country_name(iso) or iso
+    return (f" The vision model gave {name} probability {probs[iso]:.2f}." if iso in probs
+            else f" The vision model did not name {name} among its hypotheses.")
+
+
+def what_i_saw(st: AgentState) -> str:
+    """The clues the vision model listed, its rationale, and the text read in the photo."""
+    from geoguide.agent.policies.rules import text_result
+
+    lines = []
+    p = st.perception
+    if p is not None and p.clues:
+        lines.append("Clues: " + "; ".join(f"{c.kind}: {c.text}" for c in p.clues[:8]) + ".")
+    if p is not None and p.rationale:
+        lines.append(f"The vision model's reasoning: {p.rationale[:300]}")
+    read = text_result(st)
+    if read is not None and read.legible:
+        langs = ", ".join(f"{lang.name} {lang.probability:.2f}" for lang in read.languages[:3])
+        lines.append(f"Text in the photo: {read.text[:120]!r} ({langs}).")
+    elif read is not None:
+        lines.append(f"I looked for text in the photo: {read.note or 'none legible'}.")
+    if not lines:
+        why = st.prior_error or "no vision model was used"
+        return f"I have no description of the photo ({why}); my answer rests on matching it to reference photos."
+    return "\n".join(lines)

@@ -18,7 +18,8 @@ commands = typer.Typer()
 
 
 CHAT_HELP = """Commands: /image PATH (locate a photo), /show (the prediction as JSON), /help, /quit.
-Anything else is a follow-up question, e.g. "why not Portugal?" or "look near Lyon instead"."""
+Anything else is a follow-up question: "why not Portugal?", "is it in Lyon?", "look near Lyon instead",
+"how sure are you?", "what did you see?" (places: countries, cities, regions or "45.76, 4.84")."""
 
 
 def show_in_chat(pred) -> None:

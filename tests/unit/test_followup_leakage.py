@@ -56,7 +56,7 @@ def _look_near_madrid(ctx: AgentContext, photo: Path, db: Path) -> tuple[str, li
 def test_look_near_never_returns_the_query_photographer(base_ctx, photo, tmp_path):
     ctx = base_ctx.for_photo("q_madrid.jpg", author=PHOTOGRAPHER)
     reply, authors, refs = _look_near_madrid(ctx, photo, tmp_path / "s.sqlite")
-    assert "Searched 3 references within 150 km of Madrid" in reply and "(madrid_1.jpg)" in reply
+    assert "Searched the 3 references within 150 km of Madrid" in reply and "(madrid_1.jpg)" in reply
     assert PHOTOGRAPHER not in authors and not THEIRS & set(refs)
     assert set(refs) == {"madrid_1.jpg"}  # the other photographer's, and nothing else within 150 km
 
