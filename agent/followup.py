@@ -226,8 +226,9 @@ def summary(pred: Prediction) -> str:
     if pred.prior is not None and pred.prior.has_point:
         lines.append(f"The vision model's prior: ({pred.prior.lat:.4f}, {pred.prior.lon:.4f}) {pred.prior.rationale[:120]}")
     for s in pred.trail:
-        lines.append(f"- searched {s.summary.submap.name}: best similarity {s.summary.best_similarity}, "
-                     f"countries {dict(list(s.summary.countries.items())[:4])}")
+        best = "none" if s.summary.best_similarity is None else f"{s.summary.best_similarity:.3f}"
+        lines.append(f"- searched {s.summary.submap.name}: best similarity {best}, "
+                     "countries " + (", ".join(f"{c} {n}" for c, n in list(s.summary.countries.items())[:4]) or "none"))
     return "\n".join(lines)
 
 

@@ -141,7 +141,7 @@ def choose_answer(
                 lat, lon = medoid(cluster, similarity_unit(calibration, [c.similarity for c in scored]))
                 return _answer(lat, lon, "retrieval", found,
                                f"{len(cluster)} reference(s) agree on a spot {d_prior:.0f} km from the VLM's point, "
-                               f"more likely right: {odds} (best similarity {top.similarity:.2f})")
+                               f"more likely right: {odds} (best similarity {top.similarity:.3f})")
             far = "" if likelier else " is less likely right"
             if likelier:
                 far = f" is {d_prior:.0f} km from it, farther than {cfg.max_km_from_prior:g} km"
@@ -154,7 +154,7 @@ def choose_answer(
         via = "re-ranked " if config.rerank.enabled else ""
         return _answer(lat, lon, "retrieval", found,
                        f"medoid of the {len(cluster)} {via}candidate(s) around the best match "
-                       f"({top.ref_id}, similarity {top.similarity:.2f})")
+                       f"({top.ref_id}, similarity {top.similarity:.3f})")
     if prior_country:
         from geoguide.geo import countries
 
@@ -206,7 +206,7 @@ def vote(cands: list[Candidate], cfg: NoPriorConfig, calibration: MapCalibration
     found = match_reliability(calibration, ranked, ranked.index(c), scope)
     return _answer(c.lat, c.lon, "retrieval-vote", found,
                    f"vote over {len(cands)} candidates ({levels}, {share:.0%} of the weight): "
-                   f"best match there {c.ref_id} (similarity {c.similarity:.2f})")
+                   f"best match there {c.ref_id} (similarity {c.similarity:.3f})")
 
 
 class Evidence(BaseModel):
@@ -261,7 +261,7 @@ def checked_submission(submitted: Answer, scored: list[ScoredCandidate], prior: 
         best = max(near, key=lambda c: c.similarity)
         return _answer(submitted.lat, submitted.lon, "llm", cluster_reliability(scored, near, calibration, scope),
                        f"the planner's answer, with {len(near)} searched reference(s) within {km:g} km of it "
-                       f"(best {best.ref_id}, similarity {best.similarity:.2f}){claim}")
+                       f"(best {best.ref_id}, similarity {best.similarity:.3f}){claim}")
     if prior is not None and prior.has_point:
         d = float(haversine_km(submitted.lat, submitted.lon, prior.lat, prior.lon))
         if d <= config.override.max_km_from_prior:

@@ -195,7 +195,9 @@ def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Comma
     s = res.summary
     step = SearchStep(submap_id=s.submap.id, reason=intent.reason or "planner", summary=s, purpose=intent.purpose,
                       contradiction=intent.contradiction)
-    text = f"{s.submap.name}: {s.n_candidates} matches, best {s.best_similarity}, countries {dict(list(s.countries.items())[:4])}"
+    best = "none" if s.best_similarity is None else f"{s.best_similarity:.3f}"
+    where = ", ".join(f"{c} {n}" for c, n in list(s.countries.items())[:4]) or "none"
+    text = f"{s.submap.name}: {s.n_candidates} matches, best similarity {best}; countries {where}"
     pooled = [] if intent.purpose == "probe" else res.candidates  # the probe tests the prior; it does not answer
     return _reply(runtime, "search_submap", res, text, trail=[step], candidates=pooled)
 

@@ -36,9 +36,10 @@ def search(
         echo_json(res.model_dump())
         return
     s = res.summary
-    typer.echo(f"{s.submap.name} ({s.submap.size} refs): best similarity {s.best_similarity}, spread {s.spread_km} km")
+    best = "none" if s.best_similarity is None else f"{s.best_similarity:.3f}"
+    typer.echo(f"{s.submap.name} ({s.submap.size} refs): best similarity {best}, spread {s.spread_km} km")
     for i, c in enumerate(res.candidates, 1):
-        typer.echo(f"{i:>3}. {c.similarity:.4f}  {c.lat:9.4f} {c.lon:10.4f}  {c.country:<3} {c.ref_id}")
+        typer.echo(f"{i:>3}. {c.similarity:.3f}  {c.lat:9.4f} {c.lon:10.4f}  {c.country:<3} {c.ref_id}")
 
 
 def print_event(ev) -> None:
@@ -65,7 +66,8 @@ def format_prediction(pred) -> str:
     elif pred.prior_error:
         lines.append(f"Prior: none ({pred.prior_error})")
     for i, s in enumerate(pred.trail, 1):
-        lines.append(f"Search {i}: {s.summary.submap.name} — best {s.summary.best_similarity}; {s.reason}")
+        best = "none" if s.summary.best_similarity is None else f"{s.summary.best_similarity:.3f}"
+        lines.append(f"Search {i}: {s.summary.submap.name} — best similarity {best}; {s.reason}")
     for c in pred.top_candidates[:3]:
         lines.append(f"  match {c.ref_id} ({c.country}) similarity {c.similarity:.3f}, score {c.score:.3f}")
     for n in pred.notes:

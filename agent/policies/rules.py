@@ -85,7 +85,7 @@ class RulesPolicy(Policy):
             if wider is not None:
                 return wider
         best = current.summary.best_similarity or 0.0
-        return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best match {best:.2f}, "
+        return Decision(done=True, events=[Event(node="plan", text=f"evidence settles it (best similarity {best:.3f}, "
                                                                     f"P within {REGION_KM:g} km {here:.2f})")])
 
     def _widen(self, state: AgentState, current: SearchStep, ctx: AgentContext, n: int, reason: str,

@@ -81,6 +81,11 @@ function drawPrediction(view) {
     dot.addEventListener("click", (e) => { e.stopPropagation(); showReference(c, dot); });
     if (i < 5) focus.push(c);
   });
+  if (view.truth) {  // drawn first: the answer's dot stays on top of it
+    if (pred.lat !== null) map.line("truth-line", pred, view.truth);
+    map.dot("marks", view.truth, 7, "truth-mark", `truth: ${fmt(view.truth.lat, view.truth.lon)}`);
+    focus.push(view.truth);
+  }
   if (pred.lat !== null) {
     if (pred.country) map.shadeCountry(pred.country, "answer-country");
     if (pred.radius_km) {  // the profile's radius: holds the truth with radius_coverage
@@ -89,11 +94,6 @@ function drawPrediction(view) {
     }
     map.dot("marks", pred, 7, "answer-mark", `answer: ${fmt(pred.lat, pred.lon)}`);
     focus.push(pred);
-  }
-  if (view.truth) {
-    if (pred.lat !== null) map.line("truth-line", pred, view.truth);
-    map.dot("marks", view.truth, 7, "truth-mark", `truth: ${fmt(view.truth.lat, view.truth.lon)}`);
-    focus.push(view.truth);
   }
   map.fit(focus);
 }
@@ -112,6 +112,9 @@ async function showReference(c, dot) {
 }
 
 // ---- the panel ----------------------------------------------------------------------------
+// A clause the server wrote to follow other words ("the VLM's point; ...") as a sentence of its own.
+const sentence = (text) => (text ? text[0].toUpperCase() + text.slice(1) : "");
+
 function render(view) {
   sessionId = view.session_id;
   history.replaceState(null, "", `#s=${sessionId}`);
@@ -127,7 +130,7 @@ function render(view) {
     ? `${Math.round(100 * pred.radius_coverage)}% radius ${pred.radius_km} km.`
     : "Radius uncalibrated (no calibration profile).";
   $("answer-why").textContent = `Confidence ${pred.confidence.toFixed(2)}, from ${pred.source}. `
-    + (odds ? `P(within): ${odds} (${pred.probability_source}). ${radius} ` : "") + pred.why;
+    + (odds ? `P(within): ${odds} (${pred.probability_source}). ${radius} ` : "") + sentence(pred.why);
   $("answer-truth").textContent = view.truth
     ? `True location ${fmt(view.truth.lat, view.truth.lon)}: ${view.truth.error_km === null ? "no answer" : view.truth.error_km.toFixed(1) + " km off"}.`
     : "";

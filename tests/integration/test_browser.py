@@ -12,6 +12,7 @@ say which is missing.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from geoguide.agent.backends import make_backend
 from geoguide.agent.config import AgentConfig
 from geoguide.agent.context import AgentContext
+from geoguide.agent.profile import KEYS, CalibrationProfile, GroupProfile
 from geoguide.app.server import create_app
 from geoguide.app.web_sessions import Truth
 from tests.serving import serving
@@ -43,7 +45,11 @@ def context(synthetic_index, tmp_path_factory):
     prior = tmp / "prior.csv"
     prior.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\n"
                      f"q_paris.jpg,{PARIS[0]},{PARIS[1]},Paris,True,gemini\n")
-    return AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig()), tmp
+    # A calibration profile (identity recalibration, radius = twice r50) so the page draws the radius.
+    profile = CalibrationProfile(coverage=0.9, n=100, groups=[GroupProfile(
+        group="all", n=100, platt={k: [0.0, 1.0] for k in KEYS}, score_quantile=math.log(2))])
+    return AgentContext(index=synthetic_index, backend=make_backend(f"replay:{prior}"), config=AgentConfig(),
+                        profile=profile), tmp
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +102,11 @@ def test_locate_a_photo_see_the_evidence_and_ask_a_follow_up(server, browser):
     assert page.locator("#marks .answer-mark").count() == 1
     assert page.locator("#marks .truth-mark").count() == 1 and page.locator("#truth-line line").count() == 1
     assert "France" in page.inner_text("#answer-place") and "km off" in page.inner_text("#answer-truth")
+    why = page.inner_text("#answer-why")
+    assert why.startswith("Confidence") and "P(within): 1 km" in why and "90% radius" in why and ". the " not in why  # every sentence starts a sentence
+    assert page.locator("#marks .answer-radius").count() == 1  # the profile's radius, drawn
+    assert page.evaluate("document.querySelector('#marks').lastElementChild.classList.contains('answer-mark')")
+    assert "{'" not in page.inner_text("#steps")  # no Python repr reaches a person
 
     page.locator("#candidates .candidate").first.dispatch_event("click")
     page.wait_for_function("() => document.querySelector('#popup img').naturalWidth > 0")
