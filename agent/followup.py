@@ -269,7 +269,9 @@ def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bo
     if not res.candidates:
         return f"Can't tell: there are no reference photos {area} to compare with the photo.{vlm}", new
     best = res.candidates[0]
-    there = (res.summary.p_within_km or {}).get("25")
+    there, weighed = _against_the_whole_map(ctx, st, res.candidates)
+    if weighed is not None:
+        new = new.model_copy(update={"trail": [*new.trail, weighed]})
     here = pred.p_within_km.get("25") if pred.p_within_km else None
     match = f"the best match {area} ({best.ref_id}, similarity {best.similarity:.3f})"
     if there is None or here is None:
@@ -283,6 +285,25 @@ def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bo
     else:
         verdict = f"Can't tell: {match} and my answer are about as likely right, {odds}."
     return verdict + vlm, new
+
+
+def _against_the_whole_map(ctx: AgentContext, st: AgentState,
+                           found: list[retrieval.Candidate]) -> tuple[float | None, SearchStep | None]:
+    """P(within 25 km) of the place's best match read against the whole map's matches (its margin
+    and agreement among them), by the whole-map model: a search confined to the place would
+    assume the photo is there, which is the question asked."""
+    from geoguide.agent.rerank import dedupe
+    from geoguide.agent.trust import match_reliability
+    from geoguide.indices.submaps import WHOLE_MAP
+
+    everywhere = run_search(ctx, st, WHOLE_MAP, ctx.config.k)
+    step = None if isinstance(everywhere, ToolError) else SearchStep(
+        submap_id=WHOLE_MAP, reason="user: the whole map, to weigh that place's best match", summary=everywhere.summary,
+        purpose="user")
+    ranked = dedupe([*found, *([] if isinstance(everywhere, ToolError) else everywhere.candidates)])
+    focus = next(i for i, c in enumerate(ranked) if c.ref_id == found[0].ref_id)
+    r = match_reliability(ctx.calibration(), ranked, focus, "map")
+    return (None if r is None else r.at(25.0)), step
 
 
 def _vlm_view(st: AgentState, iso: str) -> str:

@@ -86,10 +86,21 @@ def check_service(pred) -> None:
                                 "(pass --fallback retrieval to accept that)")
 
 
+def _one_photo_exists(photos: list[str]) -> list[str]:
+    """A single photo that is not there is reported before any model or registry is imported
+    (click checks arguments in command-line order, so this runs before --policy's check);
+    a batch records a missing photo and goes on."""
+    import glob
+
+    if len(photos) == 1 and not glob.has_magic(photos[0]) and not Path(photos[0]).exists():
+        raise typer.BadParameter(f"{photos[0]}: no such file")
+    return photos
+
+
 @commands.command("locate")
 @agent_options
 def locate_cmd(
-    photos: Annotated[list[str], typer.Argument(metavar="PHOTO|DIR|GLOB...", help=(
+    photos: Annotated[list[str], typer.Argument(metavar="PHOTO|DIR|GLOB...", callback=_one_photo_exists, help=(
         "a photo; several, a folder (searched recursively) or a quoted glob make a batch"))],
     as_json: Annotated[bool, typer.Option("--json", help="print the whole prediction (a batch: one JSON row "
                                                          "per photo) as JSON")] = False,

@@ -41,6 +41,13 @@ def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+def _index_folder(value: Path | None) -> Path | None:
+    """A missing index folder is reported at once, before any model or registry is imported."""
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value}: no such index folder (make one with geoguide index build)")
+    return value
+
+
 def _known_policy(value: str) -> str:
     """Check ``--policy`` against the registry when the command runs (not at ``--help`` time)."""
     from geoguide.agent.policies import POLICIES
@@ -65,7 +72,8 @@ Fallback = Literal["none", "retrieval"]
 # name -> (annotation, default): the one definition of the shared options. ``None`` defaults mean
 # "the agent config's own default" (agent/config.py), so no command restates a default.
 SHARED: dict[str, tuple[Any, Any]] = {
-    "index": (Annotated[Path, typer.Option("--index", help="reference index directory")], inspect.Parameter.empty),
+    "index": (Annotated[Path, typer.Option("--index", callback=_index_folder, help="reference index directory")],
+              inspect.Parameter.empty),
     "vlm": (Annotated[str, typer.Option("--vlm", callback=_known_backend, help=(
         "none | replay:CSV | openai:MODEL | openai-compatible:URL:MODEL | llava:PATH | geoclip:DIR | "
         "clip-zeroshot:DIR"))], "none"),

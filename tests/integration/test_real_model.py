@@ -86,5 +86,5 @@ def test_chat_follow_up_with_a_real_model(shared_index, llama_server, tmp_path):
                   stdin="why not Portugal?\nlook near Lyon instead\n/quit\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Answer:" in r.stdout or "No answer" in r.stdout
-    assert "Why not Portugal" in r.stdout and "Lyon" in r.stdout
+    assert "Portugal" in r.stdout and "Lyon" in r.stdout
     print("\n" + r.stdout[-1500:])

@@ -79,7 +79,7 @@ def test_two_photos_in_one_chat_session_get_their_own_answers(synthetic_index, f
     assert st.prediction.country == "JP" and len(st.chat) == 4
     # Follow-ups run through the graph's follow_up node on the photo's own thread, for this policy too.
     n_requests = len(fake_openai.requests)
-    assert "Why not Portugal" in resumed.ask("why not Portugal?")
+    assert "Portugal" in resumed.ask("why not Portugal?")
     reply = resumed.ask("look near Osaka instead")
     assert "Osaka" in reply and len(fake_openai.requests) == n_requests  # answered from the evidence, no model
     st = resumed.state()
@@ -151,7 +151,7 @@ def test_a_failed_image_keeps_the_session_on_its_photo(synthetic_index, tmp_path
     with pytest.raises(ImageLoadError):
         chat.attach(bad)
     assert chat.state().prediction.lat == first.lat  # still the Paris photo
-    assert "Why not Spain" in chat.ask("why not Spain?")
+    assert "in Spain" in chat.ask("why not Spain?")
     chat.close()
 
 

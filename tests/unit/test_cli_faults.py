@@ -253,6 +253,8 @@ def test_ctrl_c_exits_130_and_keeps_the_summary(world, fake_openai, tmp_path):
     ],
 )
 def test_usage_errors_print_usage_and_exit_2(tmp_path, argv, says):
+    (tmp_path / "x.jpg").write_bytes(b"")  # there, so the error under test is the one reported
+    (tmp_path / "i").mkdir()
     r = geoguide(tmp_path, *argv, timeout=60)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Usage: geoguide" in r.stderr and says in r.stderr and "internal error" not in r.stderr
