@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from geoguide.agent.state import Prediction
-from geoguide.indices.calibration import THRESHOLDS_KM, fit_logistic, reliability, sigmoid
+from geoguide.indices.calibration import THRESHOLDS_KM, ReliabilityBin, fit_logistic, reliability, sigmoid
 
 KEYS = tuple(f"{km:g}" for km in THRESHOLDS_KM)
 MIN_GROUP = 50
@@ -145,6 +145,8 @@ class CalibrationReport(BaseModel):
     coverage: float = Field(description="share of photos whose truth lies within the profile's radius")
     median_radius_km: float
     folds: int
+    reliability_25: list[ReliabilityBin] = Field(default_factory=list, description="the profiled P(within 25 km): "
+                                                 "predicted vs observed per bin (ablate's reliability plot)")
 
 
 MAX_FOLDS = 100
@@ -180,9 +182,10 @@ def cross_fitted(rows: Sequence[Labelled], folds: int | None = None,
         hit = (err <= km).astype(np.float64)
         ece_raw[k] = reliability(np.array([r.p_within_km.get(k, 0.0) for r in rows]), hit)[1]
         ece[k] = reliability(np.array([p[k] for p in new_p]), hit)[1]
+    bins = reliability(np.array([p["25"] for p in new_p]), (err <= 25.0).astype(np.float64))[0]
     return CalibrationReport(n=len(rows), ece_raw=ece_raw, ece=ece, coverage_target=coverage,
                              coverage=round(float(np.mean(err <= radius)), 4),
-                             median_radius_km=round(float(np.median(radius)), 1), folds=folds)
+                             median_radius_km=round(float(np.median(radius)), 1), folds=folds, reliability_25=bins)
 
 
 def with_profile(pred: Prediction, profile: CalibrationProfile) -> Prediction:

@@ -369,3 +369,29 @@ PLOTS: dict[str, Callable[[Any, Sequence[VariantResult]], bool]] = {
     "error_cdf.png": plot_error_cdf,
     "accuracy_vs_corruption.png": plot_accuracy_vs_corruption,
 }
+
+
+def plot_reliability(fig: Any, results: Sequence[VariantResult]) -> bool:
+    """Predicted vs observed P(within 25 km), each photographer judged by a profile fitted on the
+    others (``RunSummary.calibration``); on the diagonal is calibrated. False when no row has one."""
+    rows = [r for r in results if r.summary.calibration is not None and r.summary.calibration.reliability_25]
+    if not rows:
+        return False
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    for i, r in enumerate(rows):
+        c = r.summary.calibration
+        bins = c.reliability_25
+        ax.plot([b.predicted for b in bins], [b.observed for b in bins], marker="o", linestyle=_style(i),
+                label=f"{r.variant.name} (ECE {c.ece['25']:.3f}; 90% radius covers {100 * c.coverage:.1f}%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("stated P(within 25 km), after the profile")
+    ax.set_ylabel("share of photos within 25 km")
+    ax.set_title("Reliability of the answers' probabilities (leave-one-photographer-out)")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    return True
+
+
+PLOTS["reliability.png"] = plot_reliability

@@ -89,3 +89,27 @@ def test_eval_reports_calibration_from_its_own_labels(labelled_set, tmp_path, ca
     assert cal["n"] == 160 and cal["folds"] == 40 and set(cal["ece"]) == {"1", "25", "200", "750", "2500"}
     assert 0.75 <= cal["coverage"] <= 1.0 and cal["median_radius_km"] > 0
     assert "radius covers" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_ablate_compares_calibration_and_draws_its_reliability(labelled_set, tmp_path):
+    root = labelled_set
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f"""[base]
+images = "{root / 'images'}"
+labels = "{root / 'labels.csv'}"
+index = "{root / 'idx'}"
+vlm = "replay:{root / 'prior.csv'}"
+exclude_same_author = true
+cache = "none"
+
+[[variant]]
+name = "rules"
+
+[[variant]]
+name = "prior"
+policy = "prior"
+""")
+    assert main(["ablate", str(plan), "--out", str(tmp_path / "ab")]) == 0
+    md = (tmp_path / "ab" / "comparison.md").read_text()
+    assert "## Calibration" in md and "radius90_coverage" in md
+    assert (tmp_path / "ab" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
