@@ -108,7 +108,7 @@ def finalize(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     read = text_result(state) if state.submitted is not None else None
     evidence = Evidence(candidates=state.candidates, perception=state.perception, prior_country=state.prior_country,
                         contradicted=any(s.contradiction for s in state.trail), submitted=state.submitted,
-                        searches=len(state.trail), calibration=ctx.calibration(),
+                        searches=len(state.trail), calibration=ctx.calibration(), profile=ctx.profile,
                         scope="map" if any(s.submap_id == WHOLE_MAP for s in state.trail if s.purpose != "probe")
                         else "area",
                         text_countries={c.iso2: c.probability for c in read.countries} if read and read.legible else {})

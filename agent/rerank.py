@@ -12,7 +12,7 @@ candidates (``vote``), coarse to fine, which follows where most good matches lie
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -116,6 +116,7 @@ def choose_answer(
     searches: int | None = None,
     calibration: MapCalibration | None = None,
     scope: str = "area",
+    profile: Any = None,
 ) -> Answer | None:
     """The answer: the prior's point unless retrieval's spot near it (anywhere, when the policy
     found the prior contradicted) is more likely right, in calibrated units; else retrieval's best spot."""
@@ -125,7 +126,8 @@ def choose_answer(
     cluster = [c for c in scored if top is not None and haversine_km(top.lat, top.lon, c.lat, c.lon) < km]
     found = cluster_reliability(scored, cluster, calibration, scope) if cluster else None
     if prior is not None and prior.has_point and config.prior_level == "point":
-        trusted = prior_reliability(prior, config)
+        trusted = prior_reliability(prior, config)  # the answer's own numbers (a profile recalibrates them last)
+        judged = prior_reliability(prior, config, profile)  # what the decision weighs: the profile's, if any
         if top is None:
             kept = "no reference was searched" if searches == 0 else "no search found a reference near it"
         elif not (cfg.enabled and config.rerank.enabled):
@@ -135,8 +137,8 @@ def choose_answer(
         else:
             d_prior = float(haversine_km(prior.lat, prior.lon, top.lat, top.lon))
             x = cfg.compare_km
-            likelier = found.at(x) > trusted.at(x) + cfg.margin and len(cluster) >= cfg.min_support
-            odds = f"P(within {x:g} km) {found.at(x):.2f} for the match vs {trusted.at(x):.2f} for the VLM ({trusted.source})"
+            likelier = found.at(x) > judged.at(x) + cfg.margin and len(cluster) >= cfg.min_support
+            odds = f"P(within {x:g} km) {found.at(x):.2f} for the match vs {judged.at(x):.2f} for the VLM ({judged.source})"
             if likelier and (d_prior <= cfg.max_km_from_prior or contradicted):
                 lat, lon = medoid(cluster, similarity_unit(calibration, [c.similarity for c in scored]))
                 return _answer(lat, lon, "retrieval", found,
@@ -221,6 +223,8 @@ class Evidence(BaseModel):
     text_countries: dict[str, float] = Field(default_factory=dict,
                                              description="countries the photo's text is written in (read_text), ISO2 -> probability")
     calibration: MapCalibration | None = Field(None, description="the map's calibration (indices.calibration)")
+    profile: Any = Field(None, description="a calibration profile (agent.profile), when the run has one: the VLM's "
+                         "reliability is then its record on labelled photos")
     scope: Literal["map", "area"] = Field("area", description="how the pool was searched: 'map' when a search "
                                           "covered the whole map, else 'area' (indices.calibration.SCOPES)")
 
@@ -230,7 +234,7 @@ def answer(evidence: Evidence, config: AgentConfig) -> tuple[Answer | None, list
     the answer it supports."""
     scored = rerank(evidence.candidates, evidence.perception, evidence.prior_country, config, evidence.calibration)
     chosen = choose_answer(scored, evidence.perception, evidence.prior_country, config, evidence.contradicted,
-                           evidence.searches, evidence.calibration, evidence.scope)
+                           evidence.searches, evidence.calibration, evidence.scope, evidence.profile)
     if evidence.submitted is None:
         return chosen, scored
     checked = checked_submission(evidence.submitted, scored, evidence.perception, config, evidence.text_countries,

@@ -46,10 +46,21 @@ class Reliability(BaseModel):
         return self.p_within_km[f"{km:g}"]
 
 
-def prior_reliability(perception: Perception | None, config: AgentConfig) -> Reliability:
-    """How far to trust the VLM's point: its stated uncertainty (read as the sigma of a 2-D
-    Gaussian error: P(within X) = 1 - exp(-X^2 / 2 sigma^2)), never below the default, which is a
-    strong model's measured record; else the default."""
+def prior_reliability(perception: Perception | None, config: AgentConfig, profile=None) -> Reliability:
+    """How far to trust the VLM's point: a calibration profile's recalibration of it when there is
+    one (``agent.profile``: this VLM's record on labelled photos); else its stated uncertainty
+    (read as the sigma of a 2-D Gaussian error: P(within X) = 1 - exp(-X^2 / 2 sigma^2)), never
+    below the default, which is a strong model's measured record; else the default."""
+    base = _stated_or_default(perception, config)
+    if profile is None:
+        return base
+    from geoguide.agent.profile import group_of
+
+    p, _ = profile.apply(group_of("prior", base.source), base.p_within_km)
+    return Reliability(p_within_km=p, source="profile")
+
+
+def _stated_or_default(perception: Perception | None, config: AgentConfig) -> Reliability:
     default = dict(config.trust.prior_default)
     sigma = perception.uncertainty_km if perception is not None else None
     if sigma and config.trust.use_stated_uncertainty:
@@ -59,12 +70,12 @@ def prior_reliability(perception: Perception | None, config: AgentConfig) -> Rel
     return Reliability(p_within_km=default, source="default")
 
 
-def prior_country_reliability(perception: Perception | None, config: AgentConfig) -> float:
+def prior_country_reliability(perception: Perception | None, config: AgentConfig, profile=None) -> float:
     """P(the VLM's country is right): its stated probability, else its 750 km reliability."""
     top = perception.top_country if perception is not None else None
     if top is not None and top.probability < 1.0 and config.trust.use_stated_uncertainty:
         return float(top.probability)
-    return prior_reliability(perception, config).at(750.0)
+    return prior_reliability(perception, config, profile).at(750.0)
 
 
 def match_reliability(calibration: MapCalibration | None, ranked: Sequence[Candidate],

@@ -63,7 +63,7 @@ class RulesPolicy(Policy):
         switches = sum(1 for s in state.trail if s.purpose == "switch")
         widens = sum(1 for s in state.trail if s.purpose == "widen")
         if probe is not None and switches < cfg.max_switches:
-            other = _contradiction(probe, current, prior_country_reliability(state.perception, cfg))
+            other = _contradiction(probe, current, prior_country_reliability(state.perception, cfg, ctx.profile))
             if other is not None:
                 searched = {s.submap_id for s in state.trail}
                 target = next((h for h in state.hypotheses

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from geoguide.agent.backends import make_backend
-from geoguide.agent.config import AgentConfig, Caps
+from geoguide.agent.config import AgentConfig, Caps, OverrideConfig
 from geoguide.agent.context import AgentContext
 from geoguide.agent.graph import locate
 from geoguide.geo.geometry import haversine_km
@@ -155,3 +155,26 @@ def test_why_lines_say_what_ran(synthetic_index, queries, monkeypatch):
     pred, _ = _run(synthetic_index, replay, paths["q_tokyo.jpg"])  # searched Spain and its neighbours, kept Madrid
     assert pred.source == "prior" and "is less likely right: P(within 1 km)" in pred.why
     assert "for the VLM (default)" in pred.why
+
+
+def test_a_profile_says_how_far_the_vlm_is_trusted(synthetic_index, queries):
+    """The VLM's reliability comes from a calibration profile when there is one: a profile that
+    found this VLM never within 1 km lets retrieval move its point where the default would not."""
+    import math
+
+    from geoguide.agent.profile import KEYS, CalibrationProfile, GroupProfile
+
+    paths, replay = queries
+    # compared at 25 km, with retrieval asked to be likelier by 0.6: beyond reach of the default 0.41
+    cfg = {"override": OverrideConfig(compare_km=25.0, margin=0.6)}
+    plain, _ = _run(synthetic_index, replay, paths["q_paris.jpg"], **cfg)
+    assert plain.source == "prior" and "for the VLM (default)" in plain.why
+    never_close = {k: [-12.0, 0.0] for k in KEYS}  # P' = sigmoid(-12) at every distance
+    profile = CalibrationProfile(n=100, groups=[
+        GroupProfile(group="all", n=100, platt={k: [0.0, 1.0] for k in KEYS}, score_quantile=math.log(2)),
+        GroupProfile(group="prior/default", n=100, platt=never_close, score_quantile=math.log(2))])
+    ctx = AgentContext(index=synthetic_index, backend=make_backend(f"replay:{replay}"), config=AgentConfig(**cfg),
+                       profile=profile)
+    pred = locate(ctx, paths["q_paris.jpg"])
+    assert pred.source == "retrieval" and "for the VLM (profile)" in pred.why, pred.why
+    assert pred.probability_source == "profile" and pred.radius_km is not None
