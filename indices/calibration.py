@@ -16,8 +16,11 @@ the probabilities are made monotone across distances. No query label is used. A 
 disjoint 30% of the sample is held out to measure the reliability table (expected calibration
 error per distance) before the final fit uses all of it.
 
-Cost: one whole-map search per sampled reference (at 1M fp16 references ~25 ms each, so ~2 min
-for 5,000; ``benchmarks/scale.py`` times the search).
+Cost: per sampled reference a whole-map search and a search of its country (0.6 s for the shared
+split's 1,630). Estimated from ``benchmarks/scale.py``'s search times (not measured end to end):
+at 1M x 256 fp16 a whole-map search takes 57 ms, so ~5 min for 5,000 samples (~2 min with pq:64);
+at 5M fp16 ~27 min. ``geoguide index add`` / ``compact`` therefore keep the fit unless the map
+changed by more than a tenth.
 """
 
 from __future__ import annotations

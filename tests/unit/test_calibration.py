@@ -94,3 +94,34 @@ def test_an_index_without_one_is_calibrated_on_first_use(tmp_path, caplog):
     cal = map_calibration(index)
     assert "calibrating on first use" in caplog.text and cal.n_sample == len(index)
     assert map_calibration(index) is cal  # once per opened index
+
+
+def test_an_update_keeps_the_calibration_unless_the_map_changed_by_a_tenth(tmp_path, capsys):
+    """An update is O(change); a refit is two searches per sampled reference (minutes at 1M):
+    a map that grew by a few percent keeps its calibration, one that grew by more is refitted."""
+    from tests.synthetic import place_image
+
+    root = tmp_path / "set"
+    labels = make_reference_set(root)
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--images", str(root / "images"), "--labels", str(labels), "--out", str(out),
+                 "--descriptor", "thumbnail", "--submaps", "country"]) == 0
+    first = ReferenceIndex(out).manifest.calibration
+
+    def add(names: list[str]) -> str:
+        new = tmp_path / f"new-{len(names)}"
+        (new / "images").mkdir(parents=True)
+        rows = ["IMG_ID,AUTHOR,LAT,LON"]
+        for i, name in enumerate(names):
+            place_image(40 + i).save(new / "images" / name)
+            rows.append(f"{name},someone,{45 + i * 0.1},{7 + i * 0.1}")
+        (new / "labels.csv").write_text("\n".join(rows) + "\n")
+        capsys.readouterr()
+        assert main(["index", "add", str(out), "--images", str(new / "images"), "--labels", str(new / "labels.csv")]) == 0
+        return capsys.readouterr().out
+
+    said = add(["a1.jpg", "a2.jpg"])  # 24 -> 26: within a tenth
+    assert "calibration kept: fitted on 24 references, the map has 26" in said
+    assert ReferenceIndex(out).manifest.calibration == first
+    said = add([f"b{i}.jpg" for i in range(6)])  # 26 -> 32: more than a tenth of 24
+    assert "calibrated on" in said and ReferenceIndex(out).manifest.calibration != first
