@@ -5,17 +5,25 @@ photos under ``--state-dir``, so sessions survive a server restart and a follow-
 the photo again. Session ids are 128-bit random hex; a request names a session only by that id,
 checked against a strict pattern before it reaches SQLite, and the photo of a session is found
 through the session's own state, never through a path from a request. One lock per session
-serialises its turns (two tabs asking at once); different sessions run concurrently.
+serialises its turns (two tabs asking at once), across threads *and* processes (an ``flock`` on
+``STATE/locks/<id>.lock``): two ``geoguide serve`` processes sharing a state folder once kept 7
+of 12 concurrent follow-ups to one session, each answered 200 (read-modify-write of the thread's
+checkpoint with no guard across processes); now every one is kept, or refused with 503 when the
+session stays locked for the whole wait, never acknowledged and dropped. Different sessions run
+concurrently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import secrets
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -74,6 +82,7 @@ class SessionStore:
         self.ctx = ctx
         self.db = state_dir / "sessions.sqlite"
         self.uploads = state_dir / "uploads"
+        self.locks = state_dir / "locks"
         self.uploads.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(self.db) as conn:  # readers never wait for a writer (concurrent requests)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -95,9 +104,35 @@ class SessionStore:
         finally:
             self._runs.release()
 
-    def _lock(self, session_id: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _lock(self, session_id: str) -> Iterator[None]:
+        """This session's turn, exclusive across this process's threads and every process sharing
+        the state folder; ``Busy`` (503) when it stays taken for ``wait_s``."""
         with self._guard:
-            return self._locks.setdefault(session_id, threading.Lock())
+            local = self._locks.setdefault(session_id, threading.Lock())
+        if not local.acquire(timeout=self.wait_s):
+            raise Busy(f"session {session_id} is busy with another question; retry shortly")
+        try:
+            self.locks.mkdir(exist_ok=True)
+            fd = os.open(self.locks / f"{session_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                deadline = time.monotonic() + self.wait_s
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise Busy(f"session {session_id} is busy in another server process; retry shortly") from None
+                        time.sleep(0.01)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        finally:
+            local.release()
 
     def _context(self, image_id: str, author: str | None) -> AgentContext:
         return self.ctx.for_photo(image_id, author, self.descriptor)
@@ -170,14 +205,18 @@ class SessionStore:
             chat.close()
 
     def ask(self, session_id: str, text: str) -> SessionView:
-        """A follow-up question on the session's current photo, with ``geoguide chat``'s semantics."""
-        chat = self._open(session_id)
-        try:
-            with self._slot(), self._lock(session_id):
+        """A follow-up question on the session's current photo, with ``geoguide chat``'s semantics:
+        opened, asked and read back under the session's lock, so no other turn (in this process or
+        another sharing the state folder) can come between reading its state and writing it."""
+        if not SESSION_ID.match(session_id):  # before the id names a lock file
+            raise UnknownSession(f"no session {session_id!r}")
+        with self._slot(), self._lock(session_id):
+            chat = self._open(session_id)
+            try:
                 chat.ask(text)
-            return self._view(chat)
-        finally:
-            chat.close()
+                return self._view(chat)
+            finally:
+                chat.close()
 
     def photo(self, session_id: str) -> Path:
         chat = self._open(session_id)
