@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except (GeoguideError, OSError, ValueError) as e:  # ValueError: bad values, pydantic validation
         if debug:
             raise
-        typer.echo(f"geoguide: error: {_first_line(e)}", err=True)
+        typer.echo(f"geoguide: error: {_disk_full(e) or _first_line(e)}", err=True)
         return getattr(e, "exit_code", 2)
     except Exception as e:
         if debug:
@@ -137,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
                    "(a bug in geoguide; rerun with GEOGUIDE_DEBUG=1 for the traceback)", err=True)
         return INTERNAL_ERROR
     return 0
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """A full disk met by a plain write (not a reserved one, which says more): the path and what to do."""
+    import errno
+
+    from geoguide.core.errors import GeoguideError
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, GeoguideError):
+        return (f"no space left on the disk writing {e.filename or 'a file'}; free some space and run the same "
+                "command again (index work and evals resume)")
+    return None
 
 
 def entry() -> None:

@@ -14,6 +14,7 @@ results are meant to be shared like any file the user makes, so before the renam
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from geoguide.core.errors import GeoguideError
 
 _UMASK_LOCK = threading.Lock()
 _PROC_STATUS = "/proc/self/status"
@@ -121,3 +124,50 @@ def save_npy(target: str | Path, array: np.ndarray) -> None:
 def save_npz(target: str | Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+class DiskFull(GeoguideError, OSError):
+    """No room for a file geoguide must write: one line naming the path, the space it needs and
+    the space free. Raised before any byte is mapped, so a full disk is an error, never a SIGBUS."""
+
+
+def check_room(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse work that cannot fit before starting it (``what`` names the work in the message)."""
+    import shutil as _shutil
+
+    here = Path(folder)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    free = _shutil.disk_usage(here).free
+    if free < needed:
+        raise DiskFull(f"no space for {what} in {folder}: it needs about {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB "
+                       f"are free on that disk; free some space (or choose another folder) and run it again")
+
+
+def disk_full(path: str | Path, needed: int) -> DiskFull:
+    import shutil as _shutil
+
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = _shutil.disk_usage(folder).free
+    return DiskFull(f"no space left for {path}: it needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free on "
+                    f"that disk; free some space and run the same command again (it resumes)")
+
+
+def reserve(path: str | Path, nbytes: int, name: str | Path | None = None) -> None:
+    """Allocate ``nbytes`` for the file at ``path`` now (``posix_fallocate``): a memory-mapped write
+    into space the disk does not have kills the process with SIGBUS (exit 135, no message, the
+    temporary file left behind); reserved first, a full disk is a ``DiskFull`` before any write."""
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(name or path, nbytes) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot preallocate: write as before
+            raise
+    finally:
+        os.close(fd)

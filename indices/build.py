@@ -263,6 +263,11 @@ def _build(
 ) -> Manifest:
     """Filter, fit, describe and write; ``build_index`` has already decided that ``out`` may be written."""
     work = out / "work"
+    # Described chunks and the final descriptors (fp16) plus the reference table: refuse a build
+    # that cannot fit before minutes of describing, not at its last write.
+    done = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.is_dir() else 0  # a resumed build
+    atomic.check_room(out, 2 * len(records) * descriptor.dim * 2 + 400 * len(records) - done,
+                      f"indexing {len(records)} photos")
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(work / "build_key.txt", key + "\n")
     records, removals = exclude_near_records(records, config.filters)

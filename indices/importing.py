@@ -165,6 +165,8 @@ def import_index(vectors: str | Path, samples: Sequence[Sample], out_dir: str | 
             raise IndexExistsError(f"{in_the_way}; pass --overwrite to replace it, or choose another folder")
         clear_index(out)
     work = out / "work"
+    # the scratch copy and the index's own (fp16), plus the reference table: refused before any write
+    atomic.check_room(out, 2 * len(samples) * table.dim * 2 + 400 * len(samples), f"importing {len(samples)} vectors")
     work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(work / "build_key.txt", key + "\n")  # marks the scratch folder as ours
     try:

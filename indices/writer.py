@@ -115,6 +115,8 @@ def take(parts: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
 def save_rows(target: Path, n_rows: int, row_shape: tuple[int, ...], dtype, fill) -> None:
     """Write an ``(n_rows, *row_shape)`` .npy atomically, chunk by chunk: ``fill(start, end)`` gives rows."""
     with atomic.atomic_path(target) as tmp:
+        header = 128  # .npy header (the format pads it to a multiple of 64; 128 covers every shape here)
+        atomic.reserve(tmp, header + n_rows * int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize, target)
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
         for s in range(0, n_rows, COPY_CHUNK):
             e = min(s + COPY_CHUNK, n_rows)
