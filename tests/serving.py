@@ -34,3 +34,20 @@ def serving(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until_up(server, url: str, timeout_s: float = 60.0) -> None:
+    """Wait for a ``geoguide serve`` subprocess (``subprocess.Popen``, stderr piped) to answer
+    ``/api/health``; fail with its stderr if it exits first, or after ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert server.poll() is None, server.stderr.read().decode()
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, wait_until_up
 
 PEAK_GROWTH_MB = 300  # four concurrent 98 Mpx uploads, bounded: measured 130 MB; before: 1,570 MB for one
 SETTLED_GROWTH_MB = 100  # what stays after the uploads are answered: measured 12 MB
@@ -40,16 +39,7 @@ def test_large_uploads_decode_within_a_bounded_footprint(synthetic_index, tmp_pa
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_up(server, url)
         httpx.post(f"{url}/api/locate", files={"image": ("small.jpg", _small_jpeg(), "image/jpeg")}, timeout=60)
         before = _status_mb(server.pid, "VmRSS")
         data = photo.read_bytes()

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, wait_until_up
 from tests.synthetic import place_image
 
 pytestmark = pytest.mark.integration
@@ -33,26 +32,13 @@ def _serve(index, state, port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_up(server: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, server.stderr.read().decode()
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.2)
-
-
 def test_two_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_path):
     ports = [free_port(), free_port()]
     servers = [_serve(synthetic_index.root, tmp_path / "state", p) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for s, u in zip(servers, urls, strict=True):
-            _wait_up(s, u)
+            wait_until_up(s, u)
         r = httpx.post(f"{urls[0]}/api/locate", files={"image": ("q.jpg", small_jpeg(), "image/jpeg")}, timeout=60)
         assert r.status_code == 200, r.text
         sid = r.headers["X-Geoguide-Session"]
