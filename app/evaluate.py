@@ -30,7 +30,9 @@ def eval_cmd(
         "csv | shared | im2gps3k | im2gps | yfcc4k | ... (default: csv with --labels, else shared)"))] = None,
     exclude_same_author: Annotated[bool, typer.Option("--exclude-same-author", help=(
         "leave-one-photographer-out: never retrieve the query's photographer or the query itself"))] = False,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N photos")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N photos (in file order)")] = None,
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help=(
+        "a random N photos instead, drawn with --seed (the same N every run)"))] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help=(
         "photos in flight (for remote models; retrieval is CPU-bound)"))] = 1,
     corrupt_prior: Annotated[float, typer.Option("--corrupt-prior", help=(
@@ -39,7 +41,7 @@ def eval_cmd(
         "neighbour | random | none (noise only); see eval.corruption"))] = "neighbour",
     corrupt_noise_km: Annotated[float, typer.Option("--corrupt-noise-km", help=(
         "Gaussian noise (km) added to a corrupted prior's point"))] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the corruption draws")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of --sample and of the corruption draws")] = 0,
     oracle: Annotated[bool, typer.Option("--oracle", help=(
         "no agent: the nearest reference by GPS (by another photographer with --exclude-same-author), "
         "the retrieval ceiling"))] = False,
@@ -53,7 +55,7 @@ def eval_cmd(
 
     spec = RunSpec.from_settings({
         **opts.settings_map(), "images": images, "labels": labels, "dataset": dataset,
-        "exclude_same_author": exclude_same_author, "limit": limit, "workers": workers,
+        "exclude_same_author": exclude_same_author, "limit": limit, "sample": sample, "workers": workers,
         "corrupt_prior": corrupt_prior, "corrupt_mode": corrupt_mode, "corrupt_noise_km": corrupt_noise_km,
         "seed": seed, "oracle": oracle,
     })

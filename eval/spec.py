@@ -34,7 +34,9 @@ class RunSpec(ContextSpec):
         None, description="geoguide.indices.photosets loader; default csv with labels, else shared"
     )
     exclude_same_author: bool = False
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="only the first N photos (of the sample, with sample)")
+    sample: int | None = Field(None, ge=1, description="a random N of the usable photos, drawn with seed (the same "
+                               "N on every run), kept in file order; label rows dropped at load are not counted")
     workers: int = Field(1, ge=1)
     corrupt_prior: float = Field(0.0, ge=0.0, le=1.0)
     corrupt_mode: str = "neighbour"
@@ -82,7 +84,23 @@ def dataset_for(spec: RunSpec) -> tuple[LoadedDataset, DatasetRef]:
     images = str(spec.images.resolve()) if spec.images else None
     sha = content_sha256(labels)
     data = _dataset(name, labels, images, sha)
+    if spec.sample is not None and spec.sample < len(data.samples):
+        data = _sampled(data, spec.sample, spec.seed)
     return data, DatasetRef(name=name, labels=labels, labels_sha256=sha, images=images, report=data.report)
+
+
+def _sampled(data: LoadedDataset, n: int, seed: int) -> LoadedDataset:
+    """``n`` of the usable photos drawn at random (``seed``), in file order. Rows dropped at load
+    are not part of a sample, so they are not counted as its misses (as with ``limit``)."""
+    import numpy as np
+
+    from geoguide.indices.photosets import LoadedDataset
+
+    pick = np.sort(np.random.default_rng(seed).choice(len(data.samples), size=n, replace=False))
+    note = f"a random sample of {n} of the {len(data.samples)} usable photos (seed {seed})"
+    report = data.report.model_copy(update={"n_bad": 0, "dropped": [], "problems": [],
+                                            "warnings": [*data.report.warnings, note]})
+    return LoadedDataset([data.samples[i] for i in pick.tolist()], report)
 
 
 def execute(spec: RunSpec, out: Path, *, restart: bool = False, progress: bool | str = False) -> RunSummary:

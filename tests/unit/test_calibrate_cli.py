@@ -113,3 +113,21 @@ policy = "prior"
     md = (tmp_path / "ab" / "comparison.md").read_text()
     assert "## Calibration" in md and "radius90_coverage" in md
     assert (tmp_path / "ab" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_sample_draws_the_same_random_photos_for_a_seed(labelled_set, tmp_path):
+    """--limit takes the first N rows (one city's photos, here); --sample N draws N at random,
+    the same N for the same --seed, so a quick run is a fair miniature of the whole."""
+    root = labelled_set
+
+    def ids(out, *extra):
+        assert main(["eval", "--out", str(tmp_path / out), *_agent(root), *extra]) == 0
+        summary = json.loads((tmp_path / out / "summary.json").read_text())
+        rows = [json.loads(line)["image_id"] for line in (tmp_path / out / "predictions.jsonl").read_text().splitlines()]
+        return summary, sorted(rows, key=lambda i: int(i[1:-4]))
+
+    s, a = ids("a", "--sample", "30", "--seed", "3")
+    assert s["n"] == 30 and s["labels_read"] == 160 and len(set(a)) == 30
+    assert ids("b", "--sample", "30", "--seed", "3")[1] == a  # the same draw
+    assert ids("c", "--sample", "30", "--seed", "4")[1] != a
+    assert a != [f"p{i}.jpg" for i in range(30)]  # not the first 30
