@@ -55,9 +55,10 @@ def rerank(
     cands: list[Candidate], prior: Perception | None, prior_country: str | None, config: AgentConfig,
     calibration: MapCalibration | None = None,
 ) -> list[ScoredCandidate]:
-    """Score = similarity in units of ``similarity_unit`` (the spread of the map's best matches) + the prior and corroboration terms, so the balance between looking alike and
-    lying near the prior is the same on every similarity scale (with effnet-gem's sd, 0.088, the
-    ranking is the one measured in eval/RESULTS.md)."""
+    """Score = similarity in units of ``similarity_unit`` (the spread of the map's best matches)
+    + the prior and corroboration terms, so the balance between looking alike and lying near the
+    prior is the same on every similarity scale (with effnet-gem's sd, 0.088, the ranking is the
+    one measured in eval/RESULTS.md)."""
     cands = dedupe(cands)
     if not cands:
         return []
@@ -144,10 +145,9 @@ def choose_answer(
                 return _answer(lat, lon, "retrieval", found,
                                f"{len(cluster)} reference(s) agree on a spot {d_prior:.0f} km from the VLM's point, "
                                f"more likely right: {odds} (best similarity {top.similarity:.3f})")
-            far = "" if likelier else " is less likely right"
-            if likelier:
-                far = f" is {d_prior:.0f} km from it, farther than {cfg.max_km_from_prior:g} km"
-            kept = f"the best match ({top.ref_id}, {len(cluster)} agreeing within {km:g} km){far}: {odds}"
+            why_not = (f" is {d_prior:.0f} km from it, farther than {cfg.max_km_from_prior:g} km" if likelier
+                       else " is less likely right")
+            kept = f"the best match ({top.ref_id}, {len(cluster)} agreeing within {km:g} km){why_not}: {odds}"
         return _answer(prior.lat, prior.lon, "prior", trusted, f"the VLM's point; {kept}")
     if top is not None and prior is None and config.no_prior.vote:
         return vote(scored, config.no_prior, calibration, scope)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from geoguide.agent.config import DEFAULT_PRIOR  # noqa: F401 - re-exported: the table lives with the config
 from geoguide.agent.schemas import Perception
 from geoguide.indices.calibration import THRESHOLDS_KM, MapCalibration, evidence_of
 
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 
 KEYS = tuple(f"{km:g}" for km in THRESHOLDS_KM)
 
-# DEFAULT_PRIOR: Gemini 2.0 Flash's recorded answers on the shared split, over the 1,491 photos it
+# agent.config.DEFAULT_PRIOR: Gemini 2.0 Flash's recorded answers on the shared split, over the 1,491 photos it
 # answered, within 1 / 25 / 200 / 750 / 2500 km. A strong VLM's, so "conservative": retrieval must
 # beat a good prior to move it; a weaker model is trusted too much until a profile says otherwise.
 
@@ -40,7 +39,7 @@ class Reliability(BaseModel):
     p_within_km: dict[str, float] = Field(description="threshold (km, as '1', '25', ...) -> probability")
     source: Literal["map", "profile", "stated", "default"] = Field(
         description="map: the index's own calibration; profile: a labelled calibration profile; stated: the "
-        "model's stated uncertainty; default: the measured default for a strong VLM (agent.trust.DEFAULT_PRIOR)")
+        "model's stated uncertainty; default: the measured default for a strong VLM (agent.config.DEFAULT_PRIOR)")
 
     def at(self, km: float) -> float:
         return self.p_within_km[f"{km:g}"]

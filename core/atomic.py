@@ -131,26 +131,26 @@ class DiskFull(GeoguideError, OSError):
     the space free. Raised before any byte is mapped, so a full disk is an error, never a SIGBUS."""
 
 
-def check_room(folder: str | Path, needed: int, what: str) -> None:
-    """Refuse work that cannot fit before starting it (``what`` names the work in the message)."""
+def free_bytes(path: str | Path) -> int:
+    """Free space on the disk that holds ``path`` (or would: its nearest existing folder)."""
     import shutil as _shutil
 
-    here = Path(folder)
+    here = Path(path)
     while not here.exists() and here != here.parent:
         here = here.parent
-    free = _shutil.disk_usage(here).free
+    return _shutil.disk_usage(here).free
+
+
+def check_room(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse work that cannot fit before starting it (``what`` names the work in the message)."""
+    free = free_bytes(folder)
     if free < needed:
         raise DiskFull(f"no space for {what} in {folder}: it needs about {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB "
                        f"are free on that disk; free some space (or choose another folder) and run it again")
 
 
 def disk_full(path: str | Path, needed: int) -> DiskFull:
-    import shutil as _shutil
-
-    folder = Path(path).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    free = _shutil.disk_usage(folder).free
+    free = free_bytes(Path(path).parent)
     return DiskFull(f"no space left for {path}: it needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free on "
                     f"that disk; free some space and run the same command again (it resumes)")
 

@@ -140,9 +140,9 @@ def matched_rows(table: VectorTable, samples: Sequence[Sample]) -> tuple[np.ndar
         if len(table) < expected:
             raise VectorsError(f"{table.path}: {len(table)} vectors for a labels file of at least {expected} rows; "
                                "a .npy holds one row per labels row, in order")
-    rows = np.array([table.row_of(s.image_id, s.row) for s in samples], dtype=object)
-    missing = [f"{s.image_id}: no vector in {table.path.name}" for s, r in zip(samples, rows, strict=True) if r is None]
-    return np.array([-1 if r is None else r for r in rows], dtype=np.int64), missing
+    found = [table.row_of(s.image_id, s.row) for s in samples]
+    missing = [f"{s.image_id}: no vector in {table.path.name}" for s, r in zip(samples, found, strict=True) if r is None]
+    return np.array([-1 if r is None else r for r in found], dtype=np.int64), missing
 
 
 def import_index(vectors: str | Path, samples: Sequence[Sample], out_dir: str | Path, *,
