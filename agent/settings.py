@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoguide.agent.config import AgentConfig
+from geoguide.core.derived import cache_root
 from geoguide.core.validation import describe_validation
 
 DEFAULT_TIMEOUT_S, DEFAULT_ATTEMPTS = 60.0, 4
@@ -72,7 +72,7 @@ class ContextSpec(BaseModel):
 
 def default_cache_path() -> Path:
     """``$XDG_CACHE_HOME/geoguide/responses.sqlite``: the response cache; sessions live beside it."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geoguide"
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root / "responses.sqlite"
 

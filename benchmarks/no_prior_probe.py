@@ -88,7 +88,8 @@ def imagenet_probs(index: ReferenceIndex, data: Path, cache: Path) -> np.ndarray
         for start in range(0, n, 16):
             rows = range(start, min(n, start + 16))
             imgs = [Image.open(data / "images" / index.row(i)["ref_id"]).convert("RGB") for i in rows]
-            feats = model.features(EffNetGeM._to_tensor(imgs, (224, 224))).mean(dim=(2, 3))
+            x = torch.from_numpy(EffNetGeM._to_array(imgs, (224, 224))).contiguous(memory_format=torch.channels_last)
+            feats = model.features(x).mean(dim=(2, 3))
             logits[start:start + len(imgs)] = model._fc(feats).numpy()
             f = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
             worst = min(worst, float(np.min(np.sum(f * np.asarray(index.descriptors[start:start + len(imgs)],

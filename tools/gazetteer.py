@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from geoguide import geo as geography
-from geoguide.geo import cities, city_country, geonames_file
+from geoguide.geo import cities, city_country, city_names, geonames_file
 from geoguide.geo.geometry import spherical_centroid
 from geoguide.tools.base import ToolError, parse_args
 
@@ -193,7 +193,7 @@ def _country_matches(key: str, where: _Where) -> list[GeocodeMatch]:
 def _city_matches(key: str, where: _Where, limit: int, primary_only: bool) -> list[GeocodeMatch]:
     c = cities()
     weight: dict[int, float] = {}  # city -> rank weight, its primary name winning over an alternate
-    for code in c.by_key.get(key, []):
+    for code in city_names().get(key, []):
         i, w = (code, 1.0) if code >= 0 else (-1 - code, _ALT_WEIGHT)
         if w == 1.0 or not primary_only:
             weight[i] = max(w, weight.get(i, 0.0))
@@ -213,7 +213,7 @@ def _city_matches(key: str, where: _Where, limit: int, primary_only: bool) -> li
 
 
 def _not_found(name: str, key: str, where: _Where) -> str:
-    close = difflib.get_close_matches(key, list(cities().by_key), n=4, cutoff=0.8)
+    close = difflib.get_close_matches(key, list(city_names()), n=4, cutoff=0.8)
     close = [k for k in close if k != key][:3]  # the name itself exists when a filter removed it
     hint = f" Did you mean {', '.join(repr(k.title()) for k in close)}?" if close else ""
     scope = " with that country or region" if where.country or where.qualifiers else ""

@@ -37,6 +37,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from geoguide.core.derived import cache_root
 from geoguide.tools.base import ToolError
 
 ENGINE = "rapidocr-onnxruntime:ppocrv4-ch"  # part of the cache key: a different model reads again
@@ -132,8 +133,7 @@ def default_cache_path() -> Path | None:
     env = os.environ.get("GEOGUIDE_READ_TEXT_CACHE")
     if env:
         return None if env.lower() == "none" else Path(env)
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geoguide"
-    return root / "read_text.sqlite"
+    return cache_root() / "read_text.sqlite"
 
 
 class TextReader:

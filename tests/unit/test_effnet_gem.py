@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -90,11 +95,55 @@ def test_registered_and_conf_checked() -> None:
         EffNetGeM({"resize": "crop"})
     with pytest.raises(ValueError, match="pca_dim"):
         EffNetGeM({"pca_dim": 5000})
+    with pytest.raises(ValueError, match="engine"):
+        EffNetGeM({"engine": "tensorrt"})
+
+
+@pytest.mark.parametrize("resize", ["long", "square"])
+def test_onnx_and_torch_engines_describe_alike(resize: str) -> None:
+    """The ONNX export traces SAME padding as a function of the input size: photos of other shapes
+    than the one it was traced at (224 x 224) must still match torch, not just the traced shape."""
+    onnx = EffNetGeM({**FAST, "resize": resize, "engine": "onnx"}).extract(IMAGES)
+    torch_ = EffNetGeM({**FAST, "resize": resize, "engine": "torch"}).extract(IMAGES)
+    assert np.abs(onnx - torch_).max() < 2e-5
+    assert np.min(np.sum(onnx * torch_, axis=1)) > 1 - 1e-6
+
+
+def test_onnx_export_is_cached_and_keyed_by_its_sources(tmp_path, monkeypatch) -> None:
+    from geoguide.core.derived import derived_path
+    from geoguide.indices.descriptors import effnet_onnx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    weights = tmp_path / "lite0.pth"
+    weights.write_bytes(default_weights_path().read_bytes())
+    first = effnet_onnx.onnx_model_path(weights)
+    assert first.is_file() and first.parent == tmp_path / "geoguide" / "derived"
+    stamp = first.stat().st_mtime_ns
+    assert effnet_onnx.onnx_model_path(weights) == first and first.stat().st_mtime_ns == stamp  # reused
+    os.utime(weights, ns=(stamp + 10**9, stamp + 10**9))  # a changed checkpoint: another file
+    assert derived_path("effnet-lite0", [weights, Path(effnet_onnx.__file__),
+                                         Path(effnet_onnx.__file__).with_name("efficientnet_lite.py")],
+                        "1", ".onnx") != first
+    assert not list(first.parent.glob("*.tmp"))
+
+
+def test_a_cold_describe_never_imports_torch(tmp_path) -> None:
+    """What makes a cold locate fast: with the export cached, describing a photo loads no torch."""
+    EffNetGeM({**FAST, "engine": "onnx"}).extract(IMAGES[:1])  # the export is in the shared cache now
+    path = tmp_path / "p.png"
+    IMAGES[0].save(path)
+    code = (
+        "import sys; from PIL import Image; from geoguide.indices.descriptors.effnet_gem import EffNetGeM;"
+        f"v = EffNetGeM({FAST!r}).extract([Image.open({str(path)!r})]);"
+        "print(v.shape, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(1, 1280) False"
 
 
 def test_fingerprint_ignores_runtime_options_only() -> None:
     base = EffNetGeM(FAST).fingerprint()
-    assert EffNetGeM({**FAST, "batch_size": 1, "num_threads": None}).fingerprint() == base
+    assert EffNetGeM({**FAST, "batch_size": 1, "num_threads": None, "engine": "torch"}).fingerprint() == base
     assert EffNetGeM({**FAST, "gem_p": 3.0}).fingerprint() != base
     assert EffNetGeM(FAST).conf["batch_size"] == FAST["batch_size"]  # conf itself untouched
 
