@@ -155,12 +155,6 @@ def read_tool(name: str, args: type[BaseModel], description: str) -> Callable[[R
     return decorate
 
 
-@read_tool("list_submaps", retrieval.ListSubmapsArgs,
-           "List submaps of a scheme ('country' or 'kmeans'), optionally near a point or containing a country.")
-def list_submaps(ctx: AgentContext, args: retrieval.ListSubmapsArgs) -> BaseModel:
-    return retrieval.list_submaps(ctx.index, args)
-
-
 def run_search(ctx: AgentContext, state: AgentState, submap_id: str, k: int, *,
                prior: dict[str, Any] | None = None) -> retrieval.SearchResult | ToolError:
     """Search the photo of ``state`` inside ``submap_id`` under the run's leakage rules.
@@ -216,6 +210,15 @@ def geocode(ctx: AgentContext, args: gazetteer.GeocodeArgs) -> BaseModel:
 @read_tool("reverse_geocode", gazetteer.ReverseGeocodeArgs, "Coordinates -> country and nearest city.")
 def reverse_geocode(ctx: AgentContext, args: gazetteer.ReverseGeocodeArgs) -> BaseModel:
     return gazetteer.reverse_geocode(args)
+
+
+# Registered after the search and the gazetteer on purpose: the catalogue's order is the order a
+# planner reads it in, and SmolLM2-135M took the first tool listed (list_submaps, with arguments
+# such as near=[1, 1e15]) on every turn; the search belongs first.
+@read_tool("list_submaps", retrieval.ListSubmapsArgs,
+           "List submaps of a scheme ('country' or 'kmeans'), optionally near a point or containing a country.")
+def list_submaps(ctx: AgentContext, args: retrieval.ListSubmapsArgs) -> BaseModel:
+    return retrieval.list_submaps(ctx.index, args)
 
 
 @tool("read_text", read_text.ReadTextArgs,

@@ -13,10 +13,13 @@ from pathlib import Path
 
 
 def open_shared(path: str | Path, schema: str) -> sqlite3.Connection:
-    """Open (creating) ``path`` in WAL mode and run ``schema`` (``CREATE TABLE IF NOT EXISTS ...``)."""
+    """Open (creating) ``path`` in WAL mode and run ``schema`` (``CREATE TABLE IF NOT EXISTS ...``
+    statements, ``;``-separated)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(schema)
+    for statement in schema.split(";"):
+        if statement.strip():
+            db.execute(statement)
     return db

@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS replies (
     params TEXT NOT NULL,
     reply TEXT NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS servers (
+    server TEXT PRIMARY KEY,
+    facts TEXT NOT NULL,
+    updated REAL NOT NULL
 )
 """
 
@@ -117,6 +122,36 @@ class ResponseCache:
                     time.time(),
                 ),
             )
+
+    def server_facts(self, server: str) -> dict[str, Any]:
+        """What was learned about ``server`` (a base URL and model) on earlier runs, e.g.
+        ``{"vision": false, "tool_mode": "json"}``; {} when nothing was."""
+        with self._lock:
+            row = self._db.execute("SELECT facts FROM servers WHERE server = ?", (server,)).fetchone()
+        try:
+            facts = json.loads(row[0]) if row else {}
+        except ValueError:
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
+    def remember_server(self, server: str, facts: dict[str, Any]) -> None:
+        """Merge ``facts`` into what is remembered about ``server`` (one transaction: two runs
+        learning different things at once both keep theirs)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT facts FROM servers WHERE server = ?", (server,)).fetchone()
+                try:
+                    known = json.loads(row[0]) if row else {}
+                except ValueError:
+                    known = {}
+                merged = {**(known if isinstance(known, dict) else {}), **facts}
+                self._db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?, ?)",
+                                 (server, json.dumps(merged, sort_keys=True), time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def __len__(self) -> int:
         with self._lock:

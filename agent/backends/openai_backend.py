@@ -47,6 +47,14 @@ Per-model options (``--vlm-opt key=value``, see ``agent.backends.options``) and 
   not a multimodal model") is asked again without the image and the backend stays text-only from
   then on: the server said exactly why, so this is not a failed model service.
 
+What a server turned out to do (refuses images, ignores or refuses ``tools=``, refuses a
+``response_format``) is remembered per base URL and model in the response cache (``servers``
+table), so the next run starts from it instead of spending a refused image and a probe again; an
+option the user sets wins over a remembered fact. A json-mode action is asked with at most
+``ACTION_MAX_TOKENS`` reply tokens (unless ``max_tokens`` is set) and a thought of at most
+``structured.ACTION_THOUGHT_CHARS`` (compatible servers only: the API's strict subset has no
+``maxLength``): an action needs a few dozen tokens.
+
 What the backend changed on its own (``adaptations()``) is one line each, which the ``llm`` policy
 puts in the run's notes, so a result never hides that it was planned in json mode or blind.
 
@@ -77,6 +85,7 @@ from geoguide.agent.backends.pricing import FREE, openai_price
 from geoguide.agent.backends.registry import register_backend
 from geoguide.agent.backends.retry import ErrorReply, NotJSONReply, lacks_vision
 from geoguide.agent.backends.structured import (
+    ACTION_THOUGHT_CHARS,
     CallDict,
     action_schema,
     json_mode_messages,
@@ -102,6 +111,11 @@ DEFAULT_MAX_TOKENS = 1024
 # so the probe alone outlived the 60 s call timeout; 256 tokens take ~11 s. Reasoning models are
 # not capped: their hidden tokens count against the limit.
 PROBE_MAX_TOKENS = 256
+# The reply limit of a json-mode action (unless max_tokens is set): an action is a short thought
+# (at most ACTION_THOUGHT_CHARS, which a grammar-constrained server such as llama.cpp enforces) and
+# one call's arguments, 40-120 tokens. Unbounded, SmolLM2 on a busy 2-core machine wrote 650 tokens
+# of one action at 16 tokens/s and outlived its call timeout, so the run answered with no search.
+ACTION_MAX_TOKENS = 192
 REASONING_MAX_COMPLETION_TOKENS = 25_000
 _REASONING_MODEL = re.compile(r"^(?:o[134]|gpt-5)(?!.*-chat)")
 _URL_AND_MODEL = re.compile(r"^(https?://(?:\[[^\]]+\]|[^/:\[\]]+)(?::\d+)?(?:/[^:]*)?):(.+)$")
@@ -134,9 +148,9 @@ def split_base_url(rest: str) -> tuple[str | None, str]:
     return m.group(1).rstrip("/"), m.group(2)
 
 
-def _format(kind: str, name: str, schema: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+def _format(kind: str, name: str, schema: Callable[[], dict[str, Any]], strict: bool = True) -> dict[str, Any] | None:
     if kind == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema(), "strict": True}}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema(), "strict": strict}}
     if kind == "json_object":
         return {"type": "json_object"}
     return None
@@ -246,6 +260,10 @@ class OpenAIBackend(ModelBackend):
         self.tool_mode = tool_mode or self.default_tool_mode
         self.strict_tools = self.default_strict_tools if strict_tools is None else strict_tools
         self.vision = True if vision is None else vision
+        self._explicit = {name for name, value in (("vision", vision), ("tool_mode", tool_mode),
+                                                   ("response_format", response_format),
+                                                   ("max_tokens", max_tokens or max_completion_tokens))
+                          if value is not None}
         # What the server has been seen to accept; steps down on refusal and is remembered.
         self._active_format = {
             "perception": self.response_format,
@@ -259,6 +277,44 @@ class OpenAIBackend(ModelBackend):
         self._probe = threading.local()  # .on: this thread's call is auto's first native call
         self._client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()
+        self._recall()
+
+    # --- what the server was seen to do, remembered across runs -----------------------------------
+
+    @property
+    def server_key(self) -> str:
+        """Who the remembered facts are about: one model on one server."""
+        return f"{self.base_url} {self.model}"
+
+    def _recall(self) -> None:
+        """Start from what earlier runs learned about this server (in the response cache): a run no
+        longer spends a refused image and a 256-token probe (~20 s on SmolLM2 under load) to find
+        out again. An option the user set wins over a remembered fact."""
+        facts = self.cache.server_facts(self.server_key) if self.cache is not None else {}
+        if facts.get("vision") is False and "vision" not in self._explicit:
+            self.vision = False
+            self._adapt("the server refused photos on an earlier run; text-only (vision=false; "
+                        "--planner-opt vision=true asks again)")
+        if facts.get("tool_mode") in ("native", "json") and self.tool_mode == "auto":
+            self._active_tool_mode = facts["tool_mode"]
+            self._tool_mode_settled = True
+            if facts["tool_mode"] == "json":
+                self._adapt("the server ignored or refused tools= on an earlier run; planning in JSON-schema "
+                            "mode (tool_mode=json; --planner-opt tool_mode=native asks again)")
+        formats = facts.get("formats")
+        if isinstance(formats, dict) and "response_format" not in self._explicit:
+            for purpose, kind in formats.items():
+                if purpose in self._active_format and kind in RESPONSE_FORMATS:
+                    self._active_format[purpose] = kind
+
+    def _remember(self, **facts: Any) -> None:
+        """Record what the server turned out to do; a cache that cannot be written loses only the memory."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.remember_server(self.server_key, facts)
+        except Exception as exc:  # noqa: BLE001 - the run goes on without the memory
+            log.warning("%s: could not remember the server's capabilities: %s", self.spec, exc)
 
     @staticmethod
     def default_price(model: str) -> tuple[float, float]:
@@ -282,6 +338,8 @@ class OpenAIBackend(ModelBackend):
             params["reasoning_effort"] = self.reasoning_effort
         if self._active_tool_mode != "native":
             params["tool_mode"] = self._active_tool_mode
+            if "max_tokens" not in self._explicit:  # json actions are asked with a shorter limit
+                params["action_max_tokens"] = min(self.max_tokens, ACTION_MAX_TOKENS)
         if self.strict_tools:
             params["strict_tools"] = True
         if not self.vision:
@@ -344,6 +402,7 @@ class OpenAIBackend(ModelBackend):
             log.warning("%s: the server refused the image (%s); continuing text-only", self.spec, words)
             self.vision = False
             self._adapt(f"the server refused the photo ({words!r}); continuing text-only (vision=false)")
+            self._remember(vision=False)
             wasted = Usage(model_calls=1, retries=exc.retries)
             turn = self._chat_once(messages, tools, deadline, probe=probe)
         if judged:
@@ -357,6 +416,8 @@ class OpenAIBackend(ModelBackend):
                 self._tool_mode_settled = True
                 if first and ignored:
                     self._active_tool_mode = "json"
+            if first:
+                self._remember(tool_mode=self._active_tool_mode)
             if first and ignored:
                 log.warning("%s: the server answered with no tool call although tools= were offered; "
                             "asking for JSON-schema actions from now on", self.spec)
@@ -421,12 +482,13 @@ class OpenAIBackend(ModelBackend):
             raise NotJSONReply(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from exc
 
     def _create_formatted(
-        self, request: dict[str, Any], purpose: str, name: str, schema: Callable[[], dict[str, Any]]
+        self, request: dict[str, Any], purpose: str, name: str, schema: Callable[[], dict[str, Any]],
+        strict: bool = True,
     ) -> Any:
         """``_create`` with the JSON mode remembered for ``purpose``, stepping down while the server refuses it."""
         while True:
             kind = self._active_format[purpose]
-            fmt = _format(kind, name, schema)
+            fmt = _format(kind, name, schema, strict)
             try:
                 return self._create({**request, **({"response_format": fmt} if fmt else {})})
             except openai.APIStatusError as exc:
@@ -435,6 +497,7 @@ class OpenAIBackend(ModelBackend):
                 step_down = RESPONSE_FORMATS[RESPONSE_FORMATS.index(kind) + 1]
                 log.warning("%s: server refused response_format %s; using %s", self.spec, kind, step_down)
                 self._active_format[purpose] = step_down
+                self._remember(formats=dict(self._active_format))
 
     def _complete(
         self,
@@ -459,12 +522,19 @@ class OpenAIBackend(ModelBackend):
                     raise
                 log.warning("%s: server refused native tools (HTTP %s); asking for JSON actions", self.spec, exc.status_code)
                 self._active_tool_mode = "json"
+                self._remember(tool_mode="json")
                 self._adapt(f"the server refused tools= (HTTP {exc.status_code}); planning in JSON-schema mode "
                             "(tool_mode=json)")
-                request[self._max_tokens_name] = self.max_tokens  # the probe's limit was for a native reply
         self._probe.answered_in = "json"
+        request[self._max_tokens_name] = self.max_tokens if "max_tokens" in self._explicit else min(
+            self.max_tokens, ACTION_MAX_TOKENS)
         request["messages"] = json_mode_messages(messages, tools)
-        response = self._create_formatted(request, "action", "tool_call", lambda: action_schema(tools))
+        # A strict schema (the OpenAI API's subset) may not bound the thought's length; a compatible
+        # server gets the bound, in a non-strict schema that its grammar enforces all the same.
+        bounded = not self.strict_tools
+        response = self._create_formatted(
+            request, "action", "tool_call", lambda: action_schema(tools, ACTION_THOUGHT_CHARS if bounded else None),
+            strict=not bounded)
         return self._to_completion(response, tools=True, json_actions=True)
 
     def _to_completion(self, response: Any, *, tools: bool = False, json_actions: bool = False) -> Completion:

@@ -175,14 +175,19 @@ def strict_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def action_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+# The longest thought an action may carry: one sentence. A server that compiles the schema into a
+# grammar (llama.cpp) stops the string there, so an action always fits its reply limit.
+ACTION_THOUGHT_CHARS = 200
+
+
+def action_schema(tools: list[dict[str, Any]], thought_chars: int | None = None) -> dict[str, Any]:
     """The strict schema of one action: ``{"thought": str, "action": {"name": <tool>, "arguments": {...}}}``.
 
     ``action`` is an ``anyOf`` with one object per tool whose ``name`` is a one-value enum, so the
     arguments are constrained by *that* tool's schema (a bare ``{"name": enum, "arguments": anyOf}``
     would let a grammar pair one tool's name with another's arguments). The root is an object
     because strict mode refuses a root ``anyOf``; ``thought`` comes first so the model says why
-    before it commits to an action.
+    before it commits to an action; ``thought_chars`` bounds it (not in the API's strict subset).
     """
     variants = []
     for tool in tools:
@@ -199,7 +204,8 @@ def action_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "thought": {"type": "string", "description": "one short sentence: why this action"},
+            "thought": {"type": "string", "description": "one short sentence: why this action",
+                        **({"maxLength": thought_chars} if thought_chars else {})},
             "action": {"anyOf": variants},
         },
         "required": ["thought", "action"],

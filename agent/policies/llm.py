@@ -108,6 +108,18 @@ def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, A
 
 
 TAKEOVER_NOTE = "retrieval (the rules pipeline) finishes the photo"
+REPEATED = "this exact call already failed"
+
+
+def _only_repeats(invalid: list[dict[str, Any]]) -> bool:
+    """Every refused call was refused for repeating a failed one (False for none)."""
+    return bool(invalid) and all(str(c.get("error") or "").startswith(REPEATED) for c in invalid)
+
+
+def _last_invalid(state: AgentState) -> list[dict[str, Any]]:
+    """The refused calls of the planner's previous turn."""
+    last = next((m for m in reversed(state.messages) if isinstance(m, AIMessage)), None)
+    return list(last.invalid_tool_calls) if last is not None else []
 
 
 def retrieval_takeover(state: AgentState, ctx: AgentContext) -> Decision:
@@ -172,7 +184,7 @@ class LLMPolicy(Policy):
                     raise ValueError("submit_location was already called in this turn; only the first counts")
                 key = call_key(tc.name, args)
                 if key in failed:
-                    raise ValueError(f"this exact call already failed ({failed[key][:200]}); do not repeat it: "
+                    raise ValueError(f"{REPEATED} ({failed[key][:200]}); do not repeat it: "
                                      f"{submap_hint(state, ctx)} Or call submit_location with your answer.")
                 if len(valid) >= budget:
                     raise ValueError(f"tool-call cap ({ctx.config.caps.max_tool_calls}) reached; "
@@ -189,6 +201,11 @@ class LLMPolicy(Policy):
             events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=args))
         message = AIMessage(content=turn.content or "", tool_calls=valid, invalid_tool_calls=invalid)
         events += [Event(node="plan", text=note) for note in adapted]
+        if not valid and invalid and _only_repeats(invalid) and _only_repeats(_last_invalid(state)):
+            # Told once that the exact call failed, the model made it again: at temperature 0 it
+            # will go on doing so (SmolLM2-135M repeated one call 7 times, ~7 s each under load).
+            return Decision(done=True, message=message, extra_messages=errors, events=events, usage=turn.usage,
+                            notes=[*adapted, "the planner repeated a call that had failed: answering with what is known"])
         if valid or invalid:
             return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage, notes=adapted)
         nudged = any(isinstance(m, HumanMessage) and m.text == NUDGE for m in state.messages)

@@ -168,3 +168,16 @@ def test_a_call_that_already_failed_is_refused_not_rerun(synthetic_index, fake_o
     assert len(refused) == 1 and "already failed" in refused[0].text
     last_tool = [m for m in fake_openai.requests[-1].body["messages"] if m.get("role") == "tool"][-1]
     assert "country:FR" in last_tool["content"]  # the refusal lists ids that exist
+
+
+def test_a_planner_that_repeats_a_refused_call_is_stopped(synthetic_index, fake_openai, tmp_path):
+    """Told that the exact call failed, the model made it again: it will go on doing so at
+    temperature 0 (SmolLM2 did, 7 times), so the run answers with what is known instead."""
+    photos = _photos(tmp_path)
+    bad = ("search_submap", {"submap_id": "country:ZZ", "k": 5})
+    fake_openai.script(reply_json(_prior(PARIS)), reply_tool_calls(bad), reply_tool_calls(bad), reply_tool_calls(bad),
+                       reply_tool_calls(("submit_location", {"lat": 0.0, "lon": 0.0})))
+    pred = locate(_llm_ctx(synthetic_index, fake_openai), photos["paris"])
+    assert len(fake_openai.requests) == 4  # the prior, the failed call, two repeats; no fourth planner turn
+    assert any("repeated a call that had failed" in n for n in pred.notes)
+    assert pred.lat is not None and pred.source != "llm"  # answered from the evidence, not the planner

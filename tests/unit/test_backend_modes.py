@@ -31,8 +31,14 @@ from geoguide.agent.backends import (
     user_message,
 )
 from geoguide.agent.backends.media import NO_VISION_TEXT
-from geoguide.agent.backends.openai_backend import PROBE_MAX_TOKENS, OpenAIBackend, is_reasoning_model
+from geoguide.agent.backends.openai_backend import (
+    ACTION_MAX_TOKENS,
+    PROBE_MAX_TOKENS,
+    OpenAIBackend,
+    is_reasoning_model,
+)
 from geoguide.agent.backends.structured import (
+    ACTION_THOUGHT_CHARS,
     action_schema,
     parse_action_reply,
     parse_tool_call_blocks,
@@ -258,7 +264,10 @@ def test_json_tool_mode_against_a_server_without_tools(no_tools: FakeOpenAIServe
     body = no_tools.requests[0].body
     assert "tools" not in body and "tool_choice" not in body
     fmt = body["response_format"]
-    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    # A compatible server: the thought is bounded (its grammar stops it), so the schema is not strict.
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is False
+    thought = fmt["json_schema"]["schema"]["properties"]["thought"]
+    assert thought["maxLength"] == ACTION_THOUGHT_CHARS and body["max_tokens"] == ACTION_MAX_TOKENS
     variants = fmt["json_schema"]["schema"]["properties"]["action"]["anyOf"]
     assert [v["properties"]["name"]["enum"] for v in variants] == [[t["function"]["name"]] for t in TOOLS]
     system = body["messages"][0]["content"]
@@ -312,7 +321,7 @@ def test_auto_mode_switches_to_json_when_tools_are_ignored(tmp_path) -> None:
         assert [c.name for c in turn.tool_calls] == ["search_submap"]
         first, second = (r.body for r in server.requests)
         assert "tools" in first and "tools" not in second and second["response_format"]["type"] == "json_schema"
-        assert (first["max_tokens"], second["max_tokens"]) == (PROBE_MAX_TOKENS, 1024)  # the probe's ramble is cut short
+        assert (first["max_tokens"], second["max_tokens"]) == (PROBE_MAX_TOKENS, ACTION_MAX_TOKENS)  # both bounded
         assert turn.usage.model_calls == 2 and turn.usage.prompt_tokens == 300 + 100  # the wasted call is counted
         [note] = backend.adaptations()
         assert note.startswith("the server ignored tools=") and "JSON-schema mode" in note
@@ -323,12 +332,54 @@ def test_auto_mode_switches_to_json_when_tools_are_ignored(tmp_path) -> None:
         assert backend.adaptations() == [note]
         backend.close()
 
-        # A re-run from the cache replays both replies (the ignored one too) and adapts the same way.
+        # A re-run on the same cache remembers the server: straight to json (no probe), replayed.
         again = compat(server, cache=str(tmp_path / "c.sqlite"))
         replayed = again.chat(PLAN, tools=TOOLS)
-        assert replayed.tool_calls[0].name == "search_submap" and replayed.usage.cache_hits == 2
-        assert len(server.requests) == 3 and again.adaptations() == [note]
+        assert replayed.tool_calls[0].name == "search_submap" and replayed.usage.cache_hits == 1
+        assert replayed.usage.model_calls == 1 and len(server.requests) == 3
+        [remembered] = again.adaptations()
+        assert "on an earlier run" in remembered and "JSON-schema mode" in remembered
         again.close()
+        # An option the user sets wins over the memory: tool_mode=native asks natively again.
+        server.script(reply_text("prose"))
+        native = compat(server, cache=str(tmp_path / "c.sqlite"), tool_mode="native")
+        native.chat([*PLAN, {"role": "user", "content": "again"}], tools=TOOLS)
+        assert "tools" in server.requests[-1].body and native.adaptations() == []
+        native.close()
+
+
+def test_a_refused_photo_is_remembered_per_server_and_model(tmp_path) -> None:
+    """The next run on the same cache sends no image to a server that refused one, and says so;
+    another model on the same server is asked afresh."""
+    search = action("search_submap", {"submap_id": "country:FR", "k": 5})
+    with FakeOpenAIServer(emulate="no_vision") as server:
+        server.script(reply_text(search))
+        photo_plan = [PLAN[0], {"role": "user", "content": [
+            {"type": "text", "text": "Where?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+        first = compat(server, cache=str(tmp_path / "c.sqlite"), tool_mode="json")
+        first.chat(photo_plan, tools=TOOLS)
+        assert len(server.requests) == 2 and not first.vision  # refused, then asked blind
+        first.close()
+        server.script(reply_text(search))
+        second = compat(server, cache=str(tmp_path / "c.sqlite"), tool_mode="json")
+        assert not second.vision and any("refused photos on an earlier run" in a for a in second.adaptations())
+        second.chat([*photo_plan, {"role": "user", "content": "go on"}], tools=TOOLS)
+        assert len(server.requests) == 3 and "image_url" not in json.dumps(server.requests[-1].body)
+        second.close()
+        other = compat(server, "another-model", cache=str(tmp_path / "c.sqlite"), tool_mode="json")
+        assert other.vision and other.adaptations() == []
+        other.close()
+
+
+def test_the_openai_api_gets_a_strict_action_schema(emulated: FakeOpenAIServer) -> None:
+    """The API's strict subset has no maxLength: json actions to it stay strict and unbounded in
+    characters (its own tokens limit still bounds them)."""
+    emulated.script(reply_text(action("search_submap", {"submap_id": "country:FR", "k": 5})))
+    backend = openai_backend(emulated, "gpt-4o", tool_mode="json")
+    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0].name == "search_submap"
+    fmt = emulated.requests[0].body["response_format"]["json_schema"]
+    assert fmt["strict"] is True and "maxLength" not in json.dumps(fmt["schema"])
 
 
 def test_auto_mode_settles_native_on_a_first_tool_call(fake_openai: FakeOpenAIServer) -> None:
