@@ -30,6 +30,7 @@ from geoguide.agent.schemas import Perception
 from geoguide.agent.state import AgentState, Prediction, SearchStep
 from geoguide.agent.toolbox import run_search
 from geoguide.geo.geometry import haversine_km
+from geoguide.geo.regions import region_at
 from geoguide.indices.submaps.radius import radius_id
 from geoguide.prompts.loader import load_prompt
 from geoguide.tools import gazetteer, retrieval
@@ -96,14 +97,15 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
     if where.country is None:
         return (f"{where.name} is a continent, far wider than the {NEAR_RADIUS_KM:g} km I search around a "
                 f"place; name a city or country in it."), st
-    sid = radius_id(where.lat, where.lon, NEAR_RADIUS_KM)
+    reach = reach_km(where)
+    sid = radius_id(where.lat, where.lon, reach)
     # Through the planner's own search, so the run's leakage rules apply here exactly as there.
     res = run_search(ctx, st, sid, ctx.config.k, prior={"prior_lat": where.lat, "prior_lon": where.lon})
     if isinstance(res, ToolError):
         return f"Search near {where.name} failed: {res.error}", st
     step = SearchStep(submap_id=sid, reason=f"user: look near {where.name}", summary=res.summary, purpose="user")
     if not res.candidates:
-        return (f"There are no reference photos within {NEAR_RADIUS_KM:g} km of {where.name}, so I cannot "
+        return (f"There are no reference photos within {reach:g} km of {where.name}, so I cannot "
                 f"check it; my answer stays {fmt_point(st.prediction)}."), st.model_copy(update={"trail": [*st.trail, step]})
     # The user's place becomes the prior; the new candidates join the pool and the answer is re-chosen.
     user_prior = Perception(lat=where.lat, lon=where.lon, rationale=f"the user suggested {where.name}")
@@ -116,7 +118,7 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
     suggestion_only = answer.source == "prior"  # the prior here is the user's place, unmoved by retrieval
     if suggestion_only:
         why = (f"your suggestion ({where.name}), not evidence: none of the {s.n_candidates} best-matching references within "
-               f"{NEAR_RADIUS_KM:g} km of it matched the photo strongly enough to confirm or move it "
+               f"{reach:g} km of it matched the photo strongly enough to confirm or move it "
                f"(best similarity {s.best_similarity:.3f})")
         # a suggestion is no evidence: it never raises the confidence
         source, confidence = f"user suggestion (near {where.name})", min(USER_SUGGESTION_CONFIDENCE, old.confidence)
@@ -140,7 +142,7 @@ def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, Age
         new_pred = new_pred.model_copy(update={"country": rg.country, "country_name": rg.country_name,
                                                "nearest_city": rg.nearest_city})
     moved = float(haversine_km(old.lat, old.lon, answer.lat, answer.lon)) if old.lat is not None else None
-    reply = (f"Searched the {s.submap.size} references within {NEAR_RADIUS_KM:g} km of {where.name}: best similarity "
+    reply = (f"Searched the {s.submap.size} references within {reach:g} km of {where.name}: best similarity "
              f"{s.best_similarity:.3f} ({res.candidates[0].ref_id}). New answer {fmt_point(new_pred)}"
              + (f", {moved:.0f} km from the previous one." if moved is not None else "."))
     if suggestion_only:
@@ -183,6 +185,12 @@ def _strongest_elsewhere(pool: list[retrieval.Candidate], where: gazetteer.Geoco
     rg = gazetteer.reverse_geocode(gazetteer.ReverseGeocodeArgs(lat=best.lat, lon=best.lon))
     near = "" if isinstance(rg, ToolError) else " near " + ", ".join(x for x in (rg.nearest_city, rg.country_name) if x)
     return f" The strongest match overall is {best.ref_id} (similarity {best.similarity:.3f}){near}, {km:.0f} km away."
+
+
+def reach_km(where: gazetteer.GeocodeMatch) -> float:
+    """How far around a place to search: NEAR_RADIUS_KM, or a region's own extent when wider
+    (California's towns lie within 450 km of its centre, Tuscany's within 101)."""
+    return float(round(max(NEAR_RADIUS_KM, where.radius_km or 0.0)))
 
 
 def resolve_place(text: str) -> gazetteer.GeocodeMatch | str:
@@ -248,8 +256,15 @@ def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bo
                 f"in it."), st
     is_country = where.kind == "country"
     name = where.name if not is_country else (country_name(where.country) or where.name)
-    inside = (pred.country == where.country if is_country else
-              pred.lat is not None and float(haversine_km(pred.lat, pred.lon, where.lat, where.lon)) <= NEAR_RADIUS_KM)
+    reach = reach_km(where)
+    if pred.lat is None:
+        inside = False
+    elif is_country:
+        inside = pred.country == where.country
+    elif where.kind == "region":  # the region of the answer's nearest town (geo.regions)
+        inside = region_at(pred.lat, pred.lon) == (where.name, where.country)
+    else:
+        inside = float(haversine_km(pred.lat, pred.lon, where.lat, where.lon)) <= reach
     vlm = _vlm_view(st, where.country)
     if not is_country:  # say what was looked up: "Atlantis" is a town in South Africa
         vlm = f" (I read {place!r} as {where.name}, a {where.kind} in {country_name(where.country) or where.country}.)" + vlm
@@ -259,8 +274,9 @@ def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bo
     by_country = is_country and table is not None
     if by_country and where.country not in table.spans:
         return f"Can't tell: there are no reference photos in {name} to compare with the photo.{vlm}", st
-    sid = f"country:{where.country}" if by_country else radius_id(where.lat, where.lon, NEAR_RADIUS_KM)
-    area = f"in {name}" if by_country else f"within {NEAR_RADIUS_KM:g} km of {name}"
+    sid = f"country:{where.country}" if by_country else radius_id(where.lat, where.lon, reach)
+    area = f"in {name}" if by_country else f"within {reach:g} km of {name}" + (
+        "'s centre" if where.kind == "region" else "")
     res = run_search(ctx, st, sid, ctx.config.k, prior={"prior_lat": where.lat, "prior_lon": where.lon})
     if isinstance(res, ToolError):
         return f"I could not search {area}: {res.error}", st  # (a radius always resolves; kept for safety)

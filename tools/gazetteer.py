@@ -28,6 +28,7 @@ from geoguide.geo.geometry import spherical_centroid
 from geoguide.tools.base import ToolError, parse_args
 
 _ALT_WEIGHT = 0.2  # an alternate-name match ranks as a primary match of 1/5 the population
+BIG_CITY = 100_000  # a city this large outranks a region of the same name
 
 # ----------------------------------------------------------------------------------------------
 # data
@@ -85,19 +86,20 @@ class GeocodeArgs(BaseModel):
     name: str = Field(
         min_length=1,
         max_length=200,
-        description="a country, city or continent; 'City, Country' and 'City, US state' also work",
+        description="a country, region, city or continent; 'City, Country' and 'City, US state' also work",
     )
     country: str | None = Field(None, description="ISO2 code or name: only matches in that country")
     limit: int = Field(5, ge=1, le=50)
 
 
 class GeocodeMatch(BaseModel):
-    kind: Literal["country", "city", "place"]  # place: a continent, or a territory such as Reunion
+    kind: Literal["country", "region", "city", "place"]  # place: a continent, or a territory such as Reunion
     name: str
     country: str | None = Field(description="ISO2 (None for a continent)")
     lat: float
     lon: float
     population: int | None = None
+    radius_km: float | None = Field(None, description="a region's extent: 90% of its towns lie within it")
 
 
 class GeocodeResult(BaseModel):
@@ -151,7 +153,11 @@ def geocode(args: GeocodeArgs | Mapping[str, Any]) -> GeocodeResult | ToolError:
     matches = _place_matches(key, where) + _country_matches(key, where)
     # A name that is a country or continent admits cities only by their own name: "USA" is an
     # alternate name of Concord, NC; "Mexico" still finds nothing wrong, "Luxembourg" its capital.
-    matches += _city_matches(key, where, parsed.limit - len(matches), primary_only=bool(matches))
+    cities = _city_matches(key, where, parsed.limit - len(matches), primary_only=bool(matches))
+    # A big city before a region of its name (Madrid, Lima), the region before small towns (Tuscany,
+    # not Tuscany, Ontario).
+    big = [c for c in cities if (c.population or 0) >= BIG_CITY]
+    matches += big + _region_matches(key, where) + [c for c in cities if (c.population or 0) < BIG_CITY]
     if not matches:
         return ToolError(error=_not_found(name, key, where))
     return GeocodeResult(query=parsed.name, matches=matches[: parsed.limit])
@@ -175,6 +181,18 @@ def _place_matches(key: str, where: _Where) -> list[GeocodeMatch]:
         return []
     name, lat, lon = _continent_places()[key]
     return [GeocodeMatch(kind="place", name=name, country=None, lat=lat, lon=lon)]
+
+
+def _region_matches(key: str, where: _Where) -> list[GeocodeMatch]:
+    """First-level regions of that name (``geo.regions``): Tuscany, Bavaria, California."""
+    from geoguide.geo.regions import regions
+
+    try:
+        found = regions().get(key, [])
+    except OSError:  # the towns table is missing: regions are not known, names still are
+        return []
+    return [GeocodeMatch(kind="region", name=g.name, country=g.country, lat=g.lat, lon=g.lon, radius_km=g.radius_km)
+            for g in found if where.admits(g.country)]
 
 
 def _country_matches(key: str, where: _Where) -> list[GeocodeMatch]:

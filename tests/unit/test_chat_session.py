@@ -296,3 +296,20 @@ def test_a_suggestion_never_raises_the_confidence(session):
     session.ask("look near Tokyo instead")  # no reference near Tokyo matches a Paris photo
     pred = session.state().prediction
     assert pred.source.startswith("user suggestion") and pred.confidence <= old
+
+
+def test_regions_are_places_too(session):
+    """'is it in Tuscany?' (issue 24): a first-level region is searched around its centre, as wide
+    as its towns lie (150 km at least), and the answer (Paris) is tested against the region of its
+    nearest town."""
+    before = session.state().prediction
+    reply = session.ask("is it in Tuscany?")
+    assert reply.startswith("Can't tell: there are no reference photos within 150 km of Tuscany's centre"), reply
+    assert "I read 'Tuscany' as Tuscany, a region in Italy" in reply
+    assert session.state().trail[-1].submap_id.startswith("radius:43.5")  # searched, found nothing there
+    assert session.ask("is it in Ile-de-France?").startswith("Yes: my answer")
+    reply = session.ask("is it in Catalonia?")  # Barcelona's references are there
+    assert reply.split(":")[0] in ("Possibly", "Probably not"), reply
+    assert "within 150 km of Catalonia's centre" in reply and "P(within 25 km)" in reply
+    assert "within 450 km of California's centre" in session.ask("is it in California?")  # wider than 150 km
+    assert session.state().prediction == before  # weighing never moves the answer

@@ -72,3 +72,18 @@ def test_reverse_geocode_errors_are_tool_errors():
         assert isinstance(reverse_geocode(bad), ToolError), bad
     assert "latitude" in reverse_geocode(ReverseGeocodeArgs(lat=200, lon=0)).error
     assert isinstance(reverse_geocode({"lat": float("nan"), "lon": 0}), ToolError)
+
+
+def test_first_level_regions_are_found_and_ranked_against_cities():
+    """Tuscany is the Italian region before the Ontario town; Madrid the city before its region;
+    a qualifier filters regions like cities."""
+    from geoguide.geo.regions import region_at
+    from geoguide.tools.gazetteer import GeocodeArgs, geocode
+
+    tuscany = geocode(GeocodeArgs(name="Tuscany", limit=2)).matches
+    assert [(m.kind, m.country) for m in tuscany] == [("region", "IT"), ("city", "CA")]
+    assert 43 < tuscany[0].lat < 44.2 and 10.3 < tuscany[0].lon < 11.8 and 80 < tuscany[0].radius_km < 130
+    assert [m.kind for m in geocode(GeocodeArgs(name="Madrid", limit=5)).matches][0] == "city"
+    assert [(m.kind, m.name) for m in geocode(GeocodeArgs(name="Catalonia, Spain")).matches] == [("region", "Catalonia")]
+    assert region_at(43.7696, 11.2558) == ("Tuscany", "IT")  # Florence
+    assert region_at(48.8566, 2.3522) == ("Ile-de-France", "FR")
