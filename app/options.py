@@ -58,9 +58,9 @@ def _known_policy(value: str) -> str:
 
 
 def _known_backend(value: str | None) -> str | None:
-    from geoguide.agent.backends import available_backends, parse_spec
+    from geoguide.agent.backends import BACKENDS, available_backends, parse_spec
 
-    if value is not None and parse_spec(value)[0] not in available_backends():
+    if value is not None and parse_spec(value)[0] not in BACKENDS:  # one module imported, not every backend
         raise typer.BadParameter(
             f"{value!r}: unknown backend; use one of {', '.join(available_backends())} (e.g. replay:CSV, openai:gpt-4o)"
         )

@@ -17,8 +17,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from geoguide.core.atomic import atomic_path
-
 
 def cache_root() -> Path:
     """``$XDG_CACHE_HOME/geoguide`` (``~/.cache/geoguide``): the response, OCR and derived caches."""
@@ -42,6 +40,8 @@ def derived(kind: str, sources: Sequence[Path], version: str, suffix: str, make:
     """
     path = derived_path(kind, sources, version, suffix)
     if not path.is_file():
+        from geoguide.core.atomic import atomic_path  # numpy: not for `--help`, which reaches cache_root
+
         with atomic_path(path, suffix=suffix) as tmp:
             make(tmp)
         for stale in path.parent.glob(f"{kind}-*{suffix}"):  # made from older sources: never read again

@@ -27,14 +27,17 @@ class Registry(Generic[T]):
 
     ``key`` is the attribute a decorated entry is named by when ``register`` gets no name
     (``"name"``, ``"kind"``); ``builtins`` are modules, and ``package`` a package whose every
-    public module is, imported on the first lookup; ``error`` and ``unknown`` shape what ``get``
+    public module is, imported on the first lookup (a lookup first tries the module named like
+    the entry, or its ``homes`` entry: a speed hint for built-ins that share a module, never
+    needed for correctness); ``error`` and ``unknown`` shape what ``get``
     raises for a name it does not know; ``label`` says how an entry is listed there.
     """
 
     def __init__(self, kind: str, *, key: str | None = "name", builtins: tuple[str, ...] = (),
                  package: str | None = None, error: type[Exception] = ValueError, unknown: str = UNKNOWN,
-                 label: Callable[[T], str] | None = None) -> None:
+                 label: Callable[[T], str] | None = None, homes: dict[str, str] | None = None) -> None:
         self.kind = kind
+        self.homes = homes or {}
         self.key = key
         self.builtins = builtins
         self.package = package
@@ -108,7 +111,7 @@ class Registry(Generic[T]):
         torch alone is 1.5-4.5 s that a cold ``locate`` on ONNX Runtime must not pay)."""
         if self.package is None or self._loaded:
             return
-        module = f"{self.package}.{name.replace('-', '_')}"
+        module = f"{self.package}.{self.homes.get(name, name.replace('-', '_'))}"
         if module.rsplit(".", 1)[1].isidentifier() and importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
 
@@ -151,6 +154,10 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._entries:
+            self._load_named(name)
+        if name in self._entries:
+            return True
         self.load()
         return name in self._entries
 

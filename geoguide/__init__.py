@@ -17,17 +17,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from geoguide.core.version import __version__
-
 if TYPE_CHECKING:
     from geoguide.agent.state import Prediction
     from geoguide.api import Geolocator, SearchHit
     from geoguide.core.errors import GeoguideError
+    from geoguide.core.version import __version__
 
 __all__ = ["GeoguideError", "Geolocator", "Prediction", "SearchHit", "__version__"]
 
+# ``__version__`` too: reading the installed distribution's metadata is ~0.1 s that ``--help`` must not pay.
 _LAZY = {"Geolocator": "geoguide.api", "SearchHit": "geoguide.api", "Prediction": "geoguide.agent.state",
-         "GeoguideError": "geoguide.core.errors"}
+         "GeoguideError": "geoguide.core.errors", "__version__": "geoguide.core.version"}
 
 
 def __getattr__(name: str) -> Any:

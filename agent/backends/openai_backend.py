@@ -80,10 +80,11 @@ from geoguide.agent.backends.base import Completion, ModelBackend
 from geoguide.agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
 from geoguide.agent.backends.http import call_deadline, deadline_transport
 from geoguide.agent.backends.media import ImageInput, without_images
+from geoguide.agent.backends.openai_replies import ErrorReply, NotJSONReply
 from geoguide.agent.backends.options import BackendOptions, ReasoningEffort, ToolMode
 from geoguide.agent.backends.pricing import FREE, openai_price
 from geoguide.agent.backends.registry import register_backend
-from geoguide.agent.backends.retry import ErrorReply, NotJSONReply, lacks_vision
+from geoguide.agent.backends.retry import lacks_vision
 from geoguide.agent.backends.structured import (
     ACTION_THOUGHT_CHARS,
     CallDict,

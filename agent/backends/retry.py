@@ -12,12 +12,12 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from geoguide.agent.backends.errors import CallFailed, FailureKind
@@ -25,32 +25,28 @@ from geoguide.agent.backends.errors import CallFailed, FailureKind
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Errors that mean "the service did not answer usefully" rather than "our code is wrong"; the
-# latter propagate untouched.
-SERVICE_ERRORS: tuple[type[BaseException], ...] = (openai.APIError, TimeoutError, ConnectionError)
+
+
+def _openai(*names: str) -> tuple[type[BaseException], ...]:
+    """The OpenAI SDK's exception classes ``names``, or () when the SDK was never imported: then no
+    exception can be one of them, and a run with no OpenAI backend never pays its 0.4 s import."""
+    sdk = sys.modules.get("openai")
+    return tuple(getattr(sdk, n) for n in names) if sdk is not None else ()
+
+
+def _replies() -> Any:
+    """``openai_replies`` when an OpenAI backend loaded it (only it raises those replies), else None."""
+    return sys.modules.get("geoguide.agent.backends.openai_replies")
+
+
+def service_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the service did not answer usefully" rather than "our code is wrong"; the
+    latter propagate untouched."""
+    return (*_openai("APIError"), TimeoutError, ConnectionError)
 
 
 class BudgetExhausted(TimeoutError):
     """The photo's time budget ran out before (or between) attempts."""
-
-
-class NotJSONReply(openai.APIError):
-    """HTTP 200 whose body is not a chat completion (HTML from a base URL without /v1, torn JSON)."""
-
-    def __init__(self, what: str) -> None:
-        Exception.__init__(self, what)
-        self.message = what
-        self.request = None  # type: ignore[assignment]
-        self.body = None
-
-
-class ErrorReply(NotJSONReply):
-    """HTTP 200 whose JSON body is an error object (``{"error": {"message": ...}}``), not a
-    completion: the server cannot be used as it is; its own message is kept for the person."""
-
-    def __init__(self, error: object) -> None:
-        message = error.get("message") if isinstance(error, dict) else None
-        super().__init__(f"HTTP 200 with an error instead of a completion: {str(message or error)[:300]}")
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ def lacks_vision(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: no answer at all (timeout, connection), rate limit, or a server fault."""
-    if isinstance(exc, (openai.APIConnectionError, TimeoutError, ConnectionError)):
+    if isinstance(exc, (*_openai("APIConnectionError"), TimeoutError, ConnectionError)):
         return True
     status = _status(exc)
     return status is not None and (status == 429 or status >= 500) and not lacks_vision(exc)
@@ -134,13 +130,14 @@ class _Wait:
 
 def classify(exc: BaseException) -> tuple[FailureKind, str]:
     """Which kind of failure ``exc`` is (see ``agent.backends.errors``) and the fix to suggest."""
-    if isinstance(exc, ErrorReply):
+    replies = _replies()
+    if replies is not None and isinstance(exc, replies.ErrorReply):
         return "misconfigured", "the server reported that error itself: fix the server (or its proxy), or retry later"
-    if isinstance(exc, NotJSONReply):
+    if replies is not None and isinstance(exc, replies.NotJSONReply):
         return "misconfigured", "the server did not answer with JSON: check that the base URL ends in /v1"
-    if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
+    if isinstance(exc, (*_openai("APITimeoutError"), TimeoutError)):
         return "exhausted", "the model did not answer in time: raise --timeout, or check the server's load"
-    if isinstance(exc, (openai.APIConnectionError, ConnectionError)):
+    if isinstance(exc, (*_openai("APIConnectionError"), ConnectionError)):
         cause = repr(exc.__cause__ or exc).lower()
         if "name or service not known" in cause or "nodename nor servname" in cause or "getaddrinfo" in cause:
             return "unreachable", "the host name does not resolve: check the URL in --vlm"
@@ -216,7 +213,7 @@ def call_with_retries(
     )
     try:
         result = retryer(attempt)
-    except SERVICE_ERRORS as exc:
+    except service_errors() as exc:
         attempts = retryer.statistics.get("attempt_number", 1)
         kind, hint = classify(exc)
         raise CallFailed(

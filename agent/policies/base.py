@@ -14,7 +14,8 @@ from geoguide.agent.state import AgentState, Event, SearchIntent
 from geoguide.core.registry import Registry
 
 # Every module of this package is a built-in, imported on the first lookup (``--help`` imports none).
-POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="geoguide.agent.policies")
+POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="geoguide.agent.policies",
+                                            homes={"prior": "prior_only"})
 
 
 class Decision(BaseModel):

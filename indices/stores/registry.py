@@ -16,6 +16,7 @@ class StoreSpecError(GeoguideError, ValueError):
 
 # Listed by usage (``pq:M``), not bare kind, so the error shows how to write each one.
 STORES: Registry[type[Store]] = Registry("store", key="kind", package="geoguide.indices.stores", error=StoreSpecError,
+                                         homes={"fp16": "flat", "sq8": "quantized", "pq": "quantized", "opq": "quantized"},
                                          unknown="unknown store {spec!r}; available: {available}",
                                          label=lambda cls: cls.usage)
 
