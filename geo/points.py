@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geoguide.core.derived import derived
+from geoguide.core.derived import derived, load_arrays, save_arrays
 from geoguide.geo.geometry import haversine_km, km_to_chord, latlon_to_unit, validate_latlon
 from geoguide.geo.world import countries, parts, world_sources
 
@@ -80,20 +80,19 @@ def _edge_samples(n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _edges() -> _Edges:
-    """The edge index: 40 ms from the derived cache (``core.derived``), 0.6 s when made from the
-    polygons (reading them is most of that), which a cold ``locate`` paid for one point."""
+    """The edge index: memory-mapped from the derived cache (``core.derived``; a point reads only
+    its band's edges), 0.6 s when made from the polygons, which a cold ``locate`` paid for one point."""
     try:
-        path = derived("country-edges", [*world_sources(), Path(__file__)], "1", ".npz",
-                       lambda out: _save_edges(_make_edges(), out))
-        with np.load(path, allow_pickle=False) as z:
-            return _Edges(**{f.name: z[f.name] for f in fields(_Edges)})
+        path = derived("country-edges", [*world_sources(), Path(__file__)], "2", ".arrays", _save_edges)
+        arrays = load_arrays(path)
+        return _Edges(**{f.name: arrays[f.name] for f in fields(_Edges)})
     except (OSError, ValueError, KeyError):  # an unwritable cache or a damaged file: make it again
         return _make_edges()
 
 
-def _save_edges(edges: _Edges, path: Path) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **{k.name: getattr(edges, k.name) for k in fields(_Edges)})
+def _save_edges(path: Path) -> None:
+    edges = _make_edges()
+    save_arrays(path, {f.name: getattr(edges, f.name) for f in fields(_Edges)})
 
 
 def _make_edges() -> _Edges:
