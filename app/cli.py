@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
+        if _disk_full(e):  # SQLite's "database or disk is full" is no OSError
+            typer.echo(f"geoguide: error: {_disk_full(e)}", err=True)
+            return 2
         typer.echo(f"geoguide: internal error: {type(e).__name__}: {_first_line(e)} "
                    "(a bug in geoguide; rerun with GEOGUIDE_DEBUG=1 for the traceback)", err=True)
         return INTERNAL_ERROR
@@ -141,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _disk_full(e: BaseException) -> str | None:
     """A full disk met by a plain write (not a reserved one, which says more): the path and what to do."""
-    import errno
-
+    from geoguide.core.atomic import free_bytes, is_disk_full
     from geoguide.core.errors import GeoguideError
 
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(e, GeoguideError):
-        return (f"no space left on the disk writing {e.filename or 'a file'}; free some space and run the same "
-                "command again (index work and evals resume)")
-    return None
+    if isinstance(e, GeoguideError) or not is_disk_full(e):
+        return None
+    where = getattr(e, "filename", None)
+    free = f" ({free_bytes(Path(where).parent) / 1e6:.1f} MB free there)" if where else ""
+    return (f"no space left on the disk writing {where or 'a file'}{free}; free some space and run the same "
+            "command again (index work and evals resume)")
 
 
 def entry() -> None:

@@ -43,6 +43,7 @@ from geoguide.agent.context import AgentContext, SerialDescriptor
 from geoguide.agent.state import Event, Prediction
 from geoguide.app.doors import Doors, RateLimiter
 from geoguide.app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
+from geoguide.core.atomic import DiskFull
 from geoguide.core.images import ImageLoadError, decode_image, load_image
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 640-px benchmark photo is ~100 KB; a phone photo ~5 MB
@@ -190,6 +191,11 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     def busy(request: Request, e: Busy) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(DiskFull)
+    def disk_full(request: Request, e: DiskFull) -> JSONResponse:
+        """507 Insufficient Storage: the upload or the turn was not kept (nothing half-written)."""
+        return JSONResponse({"detail": str(e)}, status_code=507)
+
     @app.exception_handler(ModelServiceError)
     def model_unusable(request: Request, e: ModelServiceError) -> JSONResponse:
         """The CLI's exit 3: the model server is down, refuses the key, or is misconfigured."""
@@ -254,6 +260,8 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
                 events.put(("error", json.dumps({"status": e.status_code, "detail": e.detail})))
             except (ModelServiceError, Busy) as e:
                 events.put(("error", json.dumps({"status": 503, "detail": str(e)})))
+            except DiskFull as e:
+                events.put(("error", json.dumps({"status": 507, "detail": str(e)})))
             except Exception as e:  # the stream has started: the failure is its last event
                 events.put(("error", json.dumps({"detail": str(e) or type(e).__name__})))
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from geoguide.agent.chat import ChatSession, SessionError
 from geoguide.agent.context import AgentContext, SerialDescriptor
 from geoguide.agent.state import Event, Prediction
+from geoguide.core.atomic import space_error
 from geoguide.geo.geometry import haversine_km
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -155,20 +156,26 @@ class SessionStore:
                 on_event: Callable[[Event], None] | None) -> SessionView:
         session_id = secrets.token_hex(16)
         folder = self.uploads / session_id
-        folder.mkdir()
         path = folder / "photo-1"
-        path.write_bytes(data)
-        author = self._author_for(filename, exclude_author)
-        chat = ChatSession(self._context(filename, author), self.db, session_id, on_event=on_event)
         try:
-            with self._lock(session_id):
-                chat.attach(path, image_id=filename, user_text=text)
-            return self._view(chat)
+            folder.mkdir()
+            path.write_bytes(data)
+        except OSError as e:  # a full disk: nothing half-written stays, and the reply says so
+            shutil.rmtree(folder, ignore_errors=True)
+            raise space_error(e, path, len(data)) or e from None
+        author = self._author_for(filename, exclude_author)
+        try:
+            with self._kept():
+                chat = ChatSession(self._context(filename, author), self.db, session_id, on_event=on_event)
+                try:
+                    with self._lock(session_id):
+                        chat.attach(path, image_id=filename, user_text=text)
+                    return self._view(chat)
+                finally:
+                    chat.close()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        finally:
-            chat.close()
 
     def _open(self, session_id: str) -> ChatSession:
         if not SESSION_ID.match(session_id):
@@ -210,13 +217,24 @@ class SessionStore:
         another sharing the state folder) can come between reading its state and writing it."""
         if not SESSION_ID.match(session_id):  # before the id names a lock file
             raise UnknownSession(f"no session {session_id!r}")
-        with self._slot(), self._lock(session_id):
+        with self._slot(), self._lock(session_id), self._kept():
             chat = self._open(session_id)
             try:
                 chat.ask(text)
                 return self._view(chat)
             finally:
                 chat.close()
+
+    @contextlib.contextmanager
+    def _kept(self) -> Iterator[None]:
+        """A turn the session store could not keep on a full disk is a ``DiskFull`` (507), never
+        a reply that was acknowledged and then lost."""
+        try:
+            yield
+        except Exception as e:
+            if (full := space_error(e, self.db)) is not None:
+                raise full from None
+            raise
 
     def photo(self, session_id: str) -> Path:
         chat = self._open(session_id)

@@ -103,8 +103,14 @@ def made_dirs(path: Path) -> None:
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+    """``target`` holds ``data`` whole or is untouched; a full disk is a ``DiskFull`` naming it."""
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        if (full := space_error(e, target, len(data))) is not None:
+            raise full from None
+        raise
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -151,8 +157,33 @@ def check_room(folder: str | Path, needed: int, what: str) -> None:
 
 def disk_full(path: str | Path, needed: int) -> DiskFull:
     free = free_bytes(Path(path).parent)
-    return DiskFull(f"no space left for {path}: it needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free on "
-                    f"that disk; free some space and run the same command again (it resumes)")
+    need = f"it needs {needed / 1e6:.1f} MB" if needed >= 100_000 else f"it needs {max(needed, 1) / 1e3:.1f} kB"
+    return DiskFull(f"no space left for {path}: {need}, {free / 1e6:.1f} MB are free on that disk; free some "
+                    f"space and run the same command again (it resumes)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the disk is full: ENOSPC / EDQUOT from a write, or SQLite's "database or disk is
+    full" (an ``sqlite3.OperationalError``, not an OSError, which a CLI would call an internal error)."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc).lower()
+
+
+def space_error(exc: BaseException, path: str | Path, needed: int = 0) -> DiskFull | None:
+    """The one-line ``DiskFull`` for ``exc`` when it says the disk holding ``path`` is full, else None.
+
+    SQLite in WAL mode reports a full disk as "disk I/O error" as often as "database or disk is
+    full" (measured on a full tmpfs: growing the -shm or -wal file fails first), so an I/O error on
+    a disk with less than 1 MB free counts as full too."""
+    if isinstance(exc, DiskFull):
+        return exc
+    if is_disk_full(exc):
+        return disk_full(path, needed)
+    io_error = type(exc).__name__ == "OperationalError" and "disk i/o error" in str(exc).lower()
+    return disk_full(path, needed) if io_error and free_bytes(Path(path).parent) < 1_000_000 else None
 
 
 def reserve(path: str | Path, nbytes: int, name: str | Path | None = None) -> None:

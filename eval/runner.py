@@ -82,18 +82,32 @@ class RunMismatchError(EvalError, ValueError):
 
 @contextlib.contextmanager
 def _appender(path: Path) -> Iterator[Callable[[RunRecord], None]]:
-    """``write(record)``: one line, under a lock, flushed and fsynced, so a kill loses nothing written."""
+    """``write(record)``: one line, under a lock, fsynced, so a kill loses nothing written. Unbuffered
+    (``os.write``), so a short write on a full disk is cut back to the last whole line and is a
+    ``DiskFull`` naming the file, not a torn record or a second error when the file closes."""
     lock = threading.Lock()
-    with open(path, "a", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
 
         def write(rec: RunRecord) -> None:
-            line = rec.model_dump_json() + "\n"
+            data = (rec.model_dump_json() + "\n").encode("utf-8")
             with lock:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError as e:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, end)
+                    if (full := atomic.space_error(e, path, len(data))) is not None:
+                        raise full from None
+                    raise
 
         yield write
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -272,23 +286,32 @@ class _Run:
             self._write_run_json(old, session, done)
             log.info("%s: %d photos to run, %d already done", self.out, len(todo), len(chosen) - len(todo))
             session["outcome"] = "finished"
+            stopped: BaseException | None = None
             try:
                 with _appender(self.out / PREDICTIONS) as write:
                     self._run_all(todo, evaluate, write, workers, progress, tries)
             except BaseException as exc:
+                stopped = exc
                 session["outcome"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
                     f"stopped: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
                 )
                 raise
             finally:
-                records = load_records(self.out / PREDICTIONS, repair=True)
-                mine = [records[s.image_id] for s in chosen if s.image_id in records]
-                coverage = self.coverage.model_copy(update={"not_run": len(chosen) - len(mine)})
-                if limit:  # rows dropped at load are not "the first N photos"
-                    coverage = coverage.model_copy(update={"dropped": 0, "dropped_reasons": []})
-                summary = write_summary(self.out, mine, coverage)
-                session["finished_utc"] = now_utc()
-                self._write_run_json(old, session, records)
+                try:
+                    records = load_records(self.out / PREDICTIONS, repair=True)
+                    mine = [records[s.image_id] for s in chosen if s.image_id in records]
+                    coverage = self.coverage.model_copy(update={"not_run": len(chosen) - len(mine)})
+                    if limit:  # rows dropped at load are not "the first N photos"
+                        coverage = coverage.model_copy(update={"dropped": 0, "dropped_reasons": []})
+                    summary = write_summary(self.out, mine, coverage)
+                    session["finished_utc"] = now_utc()
+                    self._write_run_json(old, session, records)
+                except Exception as late:
+                    if stopped is None:
+                        raise
+                    # The run already stopped (a full disk, most often, which then refuses the
+                    # summary too): its own error is the one to report; the records are whole.
+                    log.warning("%s: the summary was not written: %s", self.out, late)
             return summary
 
     @staticmethod

@@ -24,6 +24,7 @@ costs nothing; the language and country steps are cheap and run each time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -123,8 +124,10 @@ class OcrCache:
         return None if row is None else [TextLine.model_validate(x) for x in json.loads(row[0])]
 
     def put(self, sha: str, lines: list[TextLine]) -> None:
+        from geoguide.core.sqlite import unless_disk_full
+
         data = json.dumps([x.model_dump() for x in lines], ensure_ascii=False)
-        with self._lock:
+        with self._lock, unless_disk_full(self.path, "OCR cache"):
             self._db.execute("INSERT OR REPLACE INTO ocr VALUES (?, ?, ?)", (ENGINE, sha, data))
 
 
@@ -134,6 +137,22 @@ def default_cache_path() -> Path | None:
     if env:
         return None if env.lower() == "none" else Path(env)
     return cache_root() / "read_text.sqlite"
+
+
+def _open_ocr_cache(path: Path) -> OcrCache | None:
+    """The OCR cache, or None (said once) when a full disk will not let it open: text is still read."""
+    import sqlite3
+
+    from geoguide.core.atomic import free_bytes, space_error
+
+    try:
+        return OcrCache(path)
+    except (sqlite3.OperationalError, OSError) as e:
+        if space_error(e, path) is None:
+            raise
+        logging.getLogger(__name__).warning("no space left for the OCR cache %s (%.1f MB free): going on without it",
+                                            path, free_bytes(path.parent) / 1e6)
+        return None
 
 
 class TextReader:
@@ -188,7 +207,7 @@ def shared_reader() -> TextReader:
     key = str(path)
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = TextReader(OcrCache(path) if path is not None else None)
+            _SHARED[key] = TextReader(_open_ocr_cache(path) if path is not None else None)
         return _SHARED[key]
 
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geoguide.core.sqlite import open_shared
+from geoguide.core.sqlite import open_shared, unless_disk_full
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
@@ -108,7 +112,8 @@ class ResponseCache:
         return json.loads(row[0]) if row else None
 
     def put(self, key: CacheKey, reply: dict[str, Any]) -> None:
-        with self._lock:
+        """Store a reply; on a full disk the run goes on uncached (said once)."""
+        with self._lock, unless_disk_full(self.path, "response cache"):
             self._db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -172,4 +177,13 @@ def open_cache(cache: ResponseCache | str | Path | None) -> ResponseCache | None
     """Backends accept a path or an open cache; ``None`` means no caching."""
     if cache is None or isinstance(cache, ResponseCache):
         return cache
-    return ResponseCache(cache)
+    try:
+        return ResponseCache(cache)
+    except (sqlite3.OperationalError, OSError) as e:
+        from geoguide.core.atomic import free_bytes, space_error
+
+        if space_error(e, cache) is None:
+            raise
+        log.warning("no space left for the response cache %s (%.1f MB free): going on without it", cache,
+                    free_bytes(Path(cache).parent) / 1e6)
+        return None
