@@ -291,8 +291,11 @@ def compact_index(index_dir: str | Path) -> UpdateReport:
         report = _report(index)
         if not old.segments and old.tombstones is None:
             return report.model_copy(update={"n_segments": 0, "n_tombstones": 0})
-        labels = _labels(index)
         live = index.live_rows()
+        # The new base is written beside the old one: refused before a byte when it cannot fit.
+        atomic.check_room(root, len(live) * (index.manifest.descriptor.dim * 2 + 400),
+                          f"compacting {len(live)} references")
+        labels = _labels(index)
         perm = live[np.argsort(labels[old.primary.prefix][live], kind="stable")]
         refs = {c: index.refs[c] for c in (*TEXT_COLUMNS, "lat", "lon")}
         codes = None if index.store.codes_are_descriptors else index.part_arrays("codes")
@@ -373,6 +376,9 @@ def add_references(index_dir: str | Path, records: Sequence, *, source: SourceIn
         missing = [r.image_id for r in fresh if r.image_path is None]
         if missing:
             raise UpdateError(f"{len(missing)} new records have no image file (first: {missing[0]!r}); give --images DIR")
+        # Refused before describing anything: the scratch vectors and the segment (fp16), plus the rows.
+        atomic.check_room(root, len(fresh) * (2 * index.manifest.descriptor.dim * 2 + 400),
+                          f"adding {len(fresh)} references")
         work = root / WORK
         key = _work_key(index.manifest, fresh)
         if (work / "key.txt").exists() and (work / "key.txt").read_text().strip() != key:

@@ -154,3 +154,32 @@ def test_a_cache_on_a_full_disk_is_skipped_not_fatal(small_disk, synthetic_index
     assert len(fake_openai.requests) == 2
     warned = [r.getMessage() for r in caplog.records if "no space left for the response cache" in r.getMessage()]
     assert len(warned) == 1 and "MB free" in warned[0], json.dumps([r.getMessage() for r in caplog.records])
+
+
+def test_an_add_that_cannot_fit_is_refused_before_any_work(small_disk, synthetic_index, tmp_path, capsys):
+    """``index add`` estimates its space (scratch vectors, the segment, the rows) and refuses up
+    front, leaving the index as it was; with room, the same command adds them."""
+    import shutil
+
+    from tests.synthetic import PLACES, place_image
+
+    index = small_disk / "idx"
+    shutil.copytree(synthetic_index.root, index)
+    photos = tmp_path / "new"
+    photos.mkdir()
+    rows = ["IMG_ID,AUTHOR,LAT,LON"]
+    for i in range(40):
+        name, lat, lon, _ = PLACES[i % len(PLACES)]
+        place_image(i % len(PLACES), variant=20 + i).save(photos / f"new_{i}.jpg", quality=90)
+        rows.append(f"new_{i}.jpg,newcomer_{i},{lat},{lon}")
+    (tmp_path / "new.csv").write_text("\n".join(rows) + "\n")
+    argv = ["index", "add", str(index), "--images", str(photos), "--labels", str(tmp_path / "new.csv")]
+    before = sorted(p.name for p in index.rglob("*"))
+    _fill(small_disk, 20_000)
+    assert main(argv) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no space for adding 40 references" in said and "MB are free" in said, said
+    after = sorted(p.name for p in index.rglob("*") if p.name != ".update.lock")  # the lock stays, as after any update
+    assert after == before and not _leftovers(small_disk)
+    (small_disk / "filler").unlink()
+    assert main(argv) == 0 and main(["index", "verify", str(index)]) == 0
