@@ -8,9 +8,12 @@ with its photographer excluded:
 1. ``--n`` photos one after another: the first request, then warm p50 / p95, client side and
    server side (the ``Server-Timing`` header: the time ``locate`` took, without HTTP);
 2. ``--clients`` clients at once, each posting ``--per-client`` other photos: p50 / p95
-   latency, throughput (photos/s), errors.
+   latency, throughput (photos/s), errors;
+3. the same against two server processes sharing the state folder and the memory-mapped index
+   (a second ``serve`` on the next port, the clients split between them): the throughput ratio
+   of 2 processes to 1, measured in the same run.
 
-Prints both; ``--json PATH`` writes them.
+Prints all three; ``--json PATH`` writes them.
 
     .venv/bin/python benchmarks/serve.py --index runs/idx-effnet --n 20 --clients 8 --per-client 5
 """
@@ -60,12 +63,13 @@ def wait_ready(url: str, server: subprocess.Popen) -> float:
             time.sleep(0.5)
 
 
-def concurrent(url: str, data: Path, rows: list[dict], clients: int, per_client: int) -> dict:
+def concurrent(urls: list[str], data: Path, rows: list[dict], clients: int, per_client: int) -> dict:
+    """``clients`` threads at once, client i posting to ``urls[i % len(urls)]``."""
     results: list[tuple[float, float, int]] = []
     errors: list[str] = []
     lock = threading.Lock()
 
-    def one_client(mine: list[dict]) -> None:
+    def one_client(mine: list[dict], url: str) -> None:
         with httpx.Client() as c:
             for r in mine:
                 try:
@@ -78,7 +82,7 @@ def concurrent(url: str, data: Path, rows: list[dict], clients: int, per_client:
                     results.append(res)
 
     chunks = [rows[i * per_client:(i + 1) * per_client] for i in range(clients)]
-    threads = [threading.Thread(target=one_client, args=(ch,)) for ch in chunks]
+    threads = [threading.Thread(target=one_client, args=(ch, urls[i % len(urls)])) for i, ch in enumerate(chunks)]
     t = time.perf_counter()
     for th in threads:
         th.start()
@@ -106,38 +110,54 @@ def main() -> int:
     url = f"http://127.0.0.1:{a.port}"
     with open(a.data / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    need = a.n + 1 + a.clients * a.per_client
+    need = a.n + 1 + 2 * a.clients * a.per_client
     if len(rows) < need:
         raise SystemExit(f"{a.data} has {len(rows)} photos; this run needs {need}")
     state = tempfile.mkdtemp(prefix="geoguide-bench-serve-")
-    server = subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(a.index), "--port", str(a.port),
-                               "--vlm", f"replay:{a.data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
-                               "--rate-limit", "100000"], cwd=REPO)
+
+    def start(port: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(a.index), "--port", str(port),
+                                 "--vlm", f"replay:{a.data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
+                                 "--rate-limit", "100000"], cwd=REPO)
+
+    servers = [start(a.port)]
     try:
-        start_s = wait_ready(url, server)
+        start_s = wait_ready(url, servers[0])
         with httpx.Client() as c:
             serial = [post(c, url, a.data, r) for r in rows[: a.n + 1]]
         if any(s != 200 for _, _, s in serial):
             raise SystemExit(f"serial requests failed: {[s for _, _, s in serial]}")
-        conc = concurrent(url, a.data, rows[a.n + 1: need], a.clients, a.per_client)
+        first, second = a.n + 1 + a.clients * a.per_client, need
+        conc = concurrent([url], a.data, rows[a.n + 1: first], a.clients, a.per_client)
+        servers.append(start(a.port + 1))
+        other = f"http://127.0.0.1:{a.port + 1}"
+        wait_ready(other, servers[1])
+        with httpx.Client() as c:  # warm the second process as the first was
+            post(c, other, a.data, rows[0])
+        two = concurrent([url, other], a.data, rows[first:second], a.clients, a.per_client)
     finally:
-        server.terminate()
-        server.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
     warm = serial[1:]
     out = {"start_s": round(start_s, 2), "first_s": round(serial[0][0], 3), "n": len(warm),
            "p50_s": pct([c for c, _, _ in warm], 0.5), "p95_s": pct([c for c, _, _ in warm], 0.95),
            "server_p50_s": pct([s for _, s, _ in warm], 0.5), "server_p95_s": pct([s for _, s, _ in warm], 0.95),
-           "concurrent": conc}
+           "concurrent": conc, "two_processes": two,
+           "two_to_one": round(two["throughput_per_s"] / conc["throughput_per_s"], 2) if conc["throughput_per_s"] else None}
     print(f"server ready in {out['start_s']} s; first request {out['first_s']} s")
     print(f"one client, {out['n']} photos: p50 {out['p50_s']} s, p95 {out['p95_s']} s (client); server-side "
           f"p50 {out['server_p50_s']} s, p95 {out['server_p95_s']} s (target p50 <= 0.15 s: "
           f"{'holds' if out['server_p50_s'] <= 0.15 else 'MISSED'})")
     print(f"{conc['clients']} clients, {conc['requests']} photos: {conc['ok']} ok, {conc['errors']} errors, "
           f"{conc['throughput_per_s']} photos/s, p50 {conc['p50_s']} s, p95 {conc['p95_s']} s")
+    print(f"2 processes, {two['requests']} photos: {two['ok']} ok, {two['errors']} errors, "
+          f"{two['throughput_per_s']} photos/s, p50 {two['p50_s']} s, p95 {two['p95_s']} s; "
+          f"2 / 1 processes: {out['two_to_one']}x")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2))
-    return 0 if conc["errors"] == 0 else 1
+    return 0 if conc["errors"] == 0 and two["errors"] == 0 else 1
 
 
 if __name__ == "__main__":
