@@ -1,7 +1,7 @@
-"""Two real ``geoguide serve`` processes sharing one ``--state-dir`` (what ``uvicorn --workers 2``
-or a restart overlap gives): 12 concurrent follow-ups to one session, 6 through each, are all
-kept, each exactly once. Before the cross-process session lock the stored session kept 7 of 12,
-every one answered 200."""
+"""Two and four real ``geoguide serve`` processes sharing one ``--state-dir`` (what several
+workers behind a proxy, or a restart overlap, give): 12 concurrent follow-ups to one session,
+spread evenly across them, are all kept, each exactly once, in an order every process reads
+alike. Before the cross-process session lock two processes kept 7 of 12, every one answered 200."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def _serve(index, state, port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_two_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_path):
-    ports = [free_port(), free_port()]
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_path, processes):
+    ports = [free_port() for _ in range(processes)]
     servers = [_serve(synthetic_index.root, tmp_path / "state", p) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
@@ -44,7 +45,7 @@ def test_two_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_
         sid = r.headers["X-Geoguide-Session"]
 
         def ask(i: int) -> int:
-            return httpx.post(f"{urls[i % 2]}/api/sessions/{sid}/messages", json={"text": f"question {i}: help"},
+            return httpx.post(f"{urls[i % processes]}/api/sessions/{sid}/messages", json={"text": f"question {i}: help"},
                               timeout=120).status_code
 
         with ThreadPoolExecutor(12) as pool:
@@ -55,8 +56,9 @@ def test_two_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_
         answered = sorted(f"question {i}: help" for i, c in enumerate(codes) if c == 200)
         assert sorted(kept) == answered and len(kept) == len(set(kept))  # every acknowledged one, once
         assert codes.count(200) >= 10, codes  # a refusal is allowed, not the rule
-        other = httpx.get(f"{urls[0]}/api/sessions/{sid}", timeout=30).json()["chat"]
-        assert [t["text"] for t in other if t["role"] == "user" and t["text"].startswith("question ")] == kept
+        for url in urls[:1] + urls[2:]:  # every process reads the same order
+            other = httpx.get(f"{url}/api/sessions/{sid}", timeout=30).json()["chat"]
+            assert [t["text"] for t in other if t["role"] == "user" and t["text"].startswith("question ")] == kept
     finally:
         for s in servers:
             s.terminate()
