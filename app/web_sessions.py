@@ -217,7 +217,7 @@ class SessionStore:
         another sharing the state folder) can come between reading its state and writing it."""
         if not SESSION_ID.match(session_id):  # before the id names a lock file
             raise UnknownSession(f"no session {session_id!r}")
-        with self._slot(), self._lock(session_id), self._kept():
+        with self._slot(), self._kept(), self._lock(session_id):
             chat = self._open(session_id)
             try:
                 chat.ask(text)

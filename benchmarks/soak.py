@@ -75,7 +75,7 @@ class Soak:
         start = time.perf_counter()
         try:
             ok, why = getattr(self, "_" + kind.replace("-", "_"))(c, a)
-        except httpx.HTTPError as e:
+        except Exception as e:  # noqa: BLE001 - a transport error or a body that is not what was promised
             ok, why = False, repr(e)
         took = time.perf_counter() - start
         with self.lock:
@@ -144,10 +144,14 @@ class Soak:
 
 
 def process_stats(pid: int) -> tuple[float, int]:
-    """(RSS in MB, open file descriptors) of a process, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    """(RSS in MB, open file descriptors) of a process, from /proc; (nan, -1) once it has died."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), None)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return float("nan"), -1
+    return (float("nan"), -1) if rss is None else (rss / 1024, fds)
 
 
 def window(done: list, lo: float, hi: float) -> dict:
@@ -196,11 +200,11 @@ def main() -> int:
             th.start()
         for th in threads[:-1]:
             th.join()
-        samples.append((time.perf_counter() - soak.t0, *process_stats(server.pid)))
         stop.set()
         threads[-1].join()
         if server.poll() is not None:
             raise SystemExit(f"the server died during the soak (exit {server.returncode})")
+        samples.append((time.perf_counter() - soak.t0, *process_stats(server.pid)))
     finally:
         server.terminate()
         server.wait()

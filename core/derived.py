@@ -6,7 +6,7 @@ process), EfficientNet-Lite0 as a torch checkpoint (1.5-4.5 s to import torch). 
 once into a form that loads in milliseconds (a compact ``.npz``, an ONNX graph) and kept under
 ``$XDG_CACHE_HOME/geoguide/derived/``, named by a hash of the sources' paths, sizes and mtimes and
 of the converter's version, so an upgraded package or a new converter makes a new file rather than
-reading a stale one (the stale one is deleted). Writes are atomic: two processes deriving the same file at once both finish,
+reading a stale one (the stale one is deleted; copies made from other source files are left alone). Writes are atomic: two processes deriving the same file at once both finish,
 and the second rename wins with identical bytes.
 """
 
@@ -25,12 +25,16 @@ def cache_root() -> Path:
 
 
 def derived_path(kind: str, sources: Sequence[Path], version: str, suffix: str) -> Path:
-    """Where the file derived from ``sources`` by converter ``kind`` at ``version`` is kept."""
-    h = hashlib.sha256(f"{kind}\0{version}".encode())
+    """Where the file derived from ``sources`` by converter ``kind`` at ``version`` is kept:
+    ``KIND-WHERE-WHAT``, WHERE a hash of the sources' paths (another checkpoint, another install
+    sharing the cache: another file, left alone), WHAT of their sizes, mtimes and the version."""
+    where = hashlib.sha256(kind.encode())
+    what = hashlib.sha256(version.encode())
     for source in sources:
         st = source.stat()
-        h.update(f"\0{source.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return cache_root() / "derived" / f"{kind}-{h.hexdigest()[:16]}{suffix}"
+        where.update(f"\0{source.resolve()}".encode())
+        what.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return cache_root() / "derived" / f"{kind}-{where.hexdigest()[:8]}-{what.hexdigest()[:16]}{suffix}"
 
 
 def derived(kind: str, sources: Sequence[Path], version: str, suffix: str, make: Callable[[Path], None]) -> Path:
@@ -45,8 +49,11 @@ def derived(kind: str, sources: Sequence[Path], version: str, suffix: str, make:
 
         with atomic_path(path, suffix=suffix) as tmp:
             make(tmp)
-        mine = re.compile(rf"{re.escape(kind)}-[0-9a-f]{{16}}\.")
-        for stale in path.parent.glob(f"{kind}-*"):  # made from older sources or formats: never read again
+        # Made from these same source files when they were older (or by an older converter):
+        # never read again. Files of other sources (WHERE differs) are another user's.
+        same_sources = path.name[: len(kind) + 10]  # "KIND-WHERE-"
+        mine = re.compile(rf"{re.escape(same_sources)}[0-9a-f]{{16}}\.")
+        for stale in path.parent.glob(f"{same_sources}*"):
             if stale != path and mine.match(stale.name):
                 stale.unlink(missing_ok=True)
     return path

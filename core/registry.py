@@ -111,15 +111,22 @@ class Registry(Generic[T]):
         torch alone is 1.5-4.5 s that a cold ``locate`` on ONNX Runtime must not pay)."""
         if self.package is None or self._loaded:
             return
-        module = f"{self.package}.{self.homes.get(name, name.replace('-', '_'))}"
-        if module.rsplit(".", 1)[1].isidentifier() and importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        stem = self.homes.get(name, name.replace("-", "_"))
+        if not stem.isidentifier():  # "api.openai.com", "llama.cpp": no module of ours, the full load says so
+            return
+        try:
+            found = importlib.util.find_spec(f"{self.package}.{stem}") is not None
+        except ImportError:
+            return
+        if found:
+            importlib.import_module(f"{self.package}.{stem}")
 
     # ------------------------------------------------------------------ lookups
     def get(self, name: str, *, spec: str | None = None) -> T:
         """The entry for ``name``, or ``self.error`` naming what is available; ``spec`` is the
         text the user wrote (``"pq:x"``), quoted by messages that show it. A name found in its own
-        module is returned without importing the other plugins."""
+        module is returned without importing the other plugins (a name registered twice is then
+        caught by the full load, which ``tests/unit/test_registries.py`` makes for every registry)."""
         if name not in self._entries:
             self._load_named(name)
         if name in self._entries:

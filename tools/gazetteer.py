@@ -14,6 +14,7 @@ result model or a ``ToolError``; bad arguments never raise.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -153,11 +154,11 @@ def geocode(args: GeocodeArgs | Mapping[str, Any]) -> GeocodeResult | ToolError:
     matches = _place_matches(key, where) + _country_matches(key, where)
     # A name that is a country or continent admits cities only by their own name: "USA" is an
     # alternate name of Concord, NC; "Mexico" still finds nothing wrong, "Luxembourg" its capital.
-    cities = _city_matches(key, where, parsed.limit - len(matches), primary_only=bool(matches))
+    towns = _city_matches(key, where, parsed.limit - len(matches), primary_only=bool(matches))
     # A big city before a region of its name (Madrid, Lima), the region before small towns (Tuscany,
     # not Tuscany, Ontario).
-    big = [c for c in cities if (c.population or 0) >= BIG_CITY]
-    matches += big + _region_matches(key, where) + [c for c in cities if (c.population or 0) < BIG_CITY]
+    big = [c for c in towns if (c.population or 0) >= BIG_CITY]
+    matches += big + _region_matches(key, where) + [c for c in towns if (c.population or 0) < BIG_CITY]
     if not matches:
         return ToolError(error=_not_found(name, key, where))
     return GeocodeResult(query=parsed.name, matches=matches[: parsed.limit])
@@ -183,14 +184,22 @@ def _place_matches(key: str, where: _Where) -> list[GeocodeMatch]:
     return [GeocodeMatch(kind="place", name=name, country=None, lat=lat, lon=lon)]
 
 
-def _region_matches(key: str, where: _Where) -> list[GeocodeMatch]:
-    """First-level regions of that name (``geo.regions``): Tuscany, Bavaria, California."""
+@lru_cache(maxsize=1)
+def _regions() -> dict:
+    """``geo.regions.regions()``, or {} (said once) when the towns table is missing or damaged:
+    regions are then unknown, every other name still works."""
     from geoguide.geo.regions import regions
 
     try:
-        found = regions().get(key, [])
-    except OSError:  # the towns table is missing: regions are not known, names still are
-        return []
+        return regions()
+    except Exception as e:  # noqa: BLE001 - any failure of an optional table
+        logging.getLogger(__name__).warning("first-level regions are not available: %s", e)
+        return {}
+
+
+def _region_matches(key: str, where: _Where) -> list[GeocodeMatch]:
+    """First-level regions of that name (``geo.regions``): Tuscany, Bavaria, California."""
+    found = _regions().get(key, [])
     return [GeocodeMatch(kind="region", name=g.name, country=g.country, lat=g.lat, lon=g.lon, radius_km=g.radius_km)
             for g in found if where.admits(g.country)]
 

@@ -150,12 +150,16 @@ class ResponseCache:
                     known = json.loads(row[0]) if row else {}
                 except ValueError:
                     known = {}
-                merged = {**(known if isinstance(known, dict) else {}), **facts}
+                merged = dict(known) if isinstance(known, dict) else {}
+                for name, value in facts.items():  # nested facts (formats per purpose) merge too
+                    old = merged.get(name)
+                    merged[name] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
                 self._db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?, ?)",
                                  (server, json.dumps(merged, sort_keys=True), time.time()))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
 
     def __len__(self) -> int:

@@ -339,8 +339,8 @@ class OpenAIBackend(ModelBackend):
             params["reasoning_effort"] = self.reasoning_effort
         if self._active_tool_mode != "native":
             params["tool_mode"] = self._active_tool_mode
-            if "max_tokens" not in self._explicit:  # json actions are asked with a shorter limit
-                params["action_max_tokens"] = min(self.max_tokens, ACTION_MAX_TOKENS)
+            if self._action_limit() != self.max_tokens:  # json actions are asked with a shorter limit
+                params["action_max_tokens"] = self._action_limit()
         if self.strict_tools:
             params["strict_tools"] = True
         if not self.vision:
@@ -446,6 +446,13 @@ class OpenAIBackend(ModelBackend):
     def _probing(self) -> bool:
         return bool(getattr(self._probe, "on", False))
 
+    def _action_limit(self) -> int:
+        """A json action's reply limit: ACTION_MAX_TOKENS, unless the user set one or the model
+        reasons (its hidden reasoning counts against the limit: 192 tokens would leave nothing)."""
+        if "max_tokens" in self._explicit or self.reasoning:
+            return self.max_tokens
+        return min(self.max_tokens, ACTION_MAX_TOKENS)
+
     def _reply_limit(self) -> int:
         return min(self.max_tokens, PROBE_MAX_TOKENS) if self._probing() else self.max_tokens
 
@@ -498,7 +505,7 @@ class OpenAIBackend(ModelBackend):
                 step_down = RESPONSE_FORMATS[RESPONSE_FORMATS.index(kind) + 1]
                 log.warning("%s: server refused response_format %s; using %s", self.spec, kind, step_down)
                 self._active_format[purpose] = step_down
-                self._remember(formats=dict(self._active_format))
+                self._remember(formats={purpose: step_down})
 
     def _complete(
         self,
@@ -527,8 +534,7 @@ class OpenAIBackend(ModelBackend):
                 self._adapt(f"the server refused tools= (HTTP {exc.status_code}); planning in JSON-schema mode "
                             "(tool_mode=json)")
         self._probe.answered_in = "json"
-        request[self._max_tokens_name] = self.max_tokens if "max_tokens" in self._explicit else min(
-            self.max_tokens, ACTION_MAX_TOKENS)
+        request[self._max_tokens_name] = self._action_limit()
         request["messages"] = json_mode_messages(messages, tools)
         # A strict schema (the OpenAI API's subset) may not bound the thought's length; a compatible
         # server gets the bound, in a non-strict schema that its grammar enforces all the same.

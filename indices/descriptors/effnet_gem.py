@@ -217,11 +217,17 @@ class EffNetGeM(Descriptor):
 
             problem = effnet_onnx.onnx_problem()
             if problem is None:
-                model = effnet_onnx.onnx_model_path(weights)
-                return lambda x: effnet_onnx.onnx_features(model, threads, x)
+                try:
+                    model = effnet_onnx.onnx_model_path(weights)
+                    effnet_onnx.onnx_session(model, threads)
+                    return lambda x: effnet_onnx.onnx_features(model, threads, x)
+                except Exception as e:  # noqa: BLE001 - a read-only cache, a full disk, a failed export
+                    if c["engine"] == "onnx":
+                        raise
+                    problem = f"the ONNX export could not be made or opened ({type(e).__name__}: {e})"
             if c["engine"] == "onnx":
                 raise RuntimeError(f"effnet-gem: engine=onnx cannot run: {problem}")
-            log.info("effnet-gem runs on torch: %s", problem)
+            log.warning("effnet-gem runs on torch: %s", problem)
         return lambda x: torch_features(str(weights), threads, x)
 
     @staticmethod

@@ -208,3 +208,18 @@ def test_pca_fit_state_round_trip() -> None:
 
     with pytest.raises(ValueError, match="pca_dim=None"):
         EffNetGeM(FAST).load_state(state)
+
+
+def test_auto_falls_back_to_torch_when_the_export_cannot_be_made(monkeypatch, caplog):
+    """A read-only cache or a full disk must not stop describing: ``auto`` runs on torch and says
+    why; ``engine=onnx`` asked for it and fails."""
+    from geoguide.indices.descriptors import effnet_onnx
+
+    def no_room(weights):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(effnet_onnx, "onnx_model_path", no_room)
+    out = EffNetGeM({**FAST, "engine": "auto"}).extract(IMAGES[:2])
+    assert out.shape == (2, 1280) and any("runs on torch" in r.getMessage() for r in caplog.records)
+    with pytest.raises(OSError, match="No space"):
+        EffNetGeM({**FAST, "engine": "onnx"}).extract(IMAGES[:1])

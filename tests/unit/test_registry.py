@@ -202,3 +202,32 @@ def test_the_dataset_loaders_use_the_registry_helper():
     from geoguide.indices.photosets import DATASETS
 
     assert isinstance(DATASETS, Registry) and "csv" in DATASETS
+
+
+def test_every_registry_loads_whole_with_no_name_twice():
+    """A lookup imports only the entry's own module, so a name registered in two modules would
+    not be noticed there: the full load of every registry, made here, is where it is caught."""
+    from geoguide.agent.backends.registry import BACKENDS
+    from geoguide.agent.policies.base import POLICIES
+    from geoguide.agent.toolbox import TOOLS
+    from geoguide.indices.descriptors.registry import DESCRIPTORS
+    from geoguide.indices.photosets import DATASETS
+    from geoguide.indices.stores.registry import STORES
+    from geoguide.indices.submaps.registry import SCHEMES
+
+    for registry in (BACKENDS, POLICIES, TOOLS, DESCRIPTORS, DATASETS, STORES, SCHEMES):
+        assert registry.names(), registry.kind  # load() raises on a name registered twice
+        for name, home in registry.homes.items():  # a homes hint points where the entry really is
+            assert registry.get(name).__module__ == f"{registry.package}.{home}", (registry.kind, name)
+
+
+def test_a_dotted_or_odd_name_is_an_unknown_entry_not_a_crash():
+    """'api.openai.com' or 'llama.cpp' as a backend prefix: the registry's own message, not a
+    ModuleNotFoundError from looking for a module of that name."""
+    from geoguide.agent.backends.errors import BackendConfigError
+    from geoguide.agent.backends.registry import BACKENDS
+
+    for name in ("llama.cpp", "api.openai.com", "a/b", ""):
+        assert name not in BACKENDS
+        with pytest.raises(BackendConfigError, match="unknown backend"):
+            BACKENDS.get(name)
