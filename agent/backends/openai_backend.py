@@ -278,6 +278,7 @@ class OpenAIBackend(ModelBackend):
         self._probe = threading.local()  # .on: this thread's call is auto's first native call
         self._client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()
+        self._confirmed: dict[str, bool] = {}  # what an explicit option showed the server can do, remembered once
         self._recall()
 
     # --- what the server was seen to do, remembered across runs -----------------------------------
@@ -374,8 +375,24 @@ class OpenAIBackend(ModelBackend):
         deadline: float | None = None,
     ) -> PerceptionOutcome:
         if not self.vision:
-            raise NotSupportedError(f"{self.spec} was configured with vision=false; it cannot look at a photo")
-        return super().perceive(image, prompt_text, image_id=image_id, deadline=deadline)
+            why = ("was configured with vision=false" if "vision" in self._explicit else
+                   "refused photos on an earlier run (remembered in the response cache; --vlm-opt vision=true asks again)")
+            raise NotSupportedError(f"{self.spec} {why}; it cannot look at a photo")
+        outcome = super().perceive(image, prompt_text, image_id=image_id, deadline=deadline)
+        self._confirm_vision(outcome.failure is None and image is not None)
+        return outcome
+
+    def _confirm_vision(self, saw_a_photo: bool) -> None:
+        """A photo the user asked to send (vision=true) went through: forget an old refusal (once)."""
+        if saw_a_photo and self.vision and "vision" in self._explicit and not self._confirmed.get("vision"):
+            self._confirmed["vision"] = True
+            self._remember(vision=True)
+
+    def _confirm_native(self, turn: AssistantTurn) -> None:
+        """A native tool call the user asked for (tool_mode=native) came back: forget an old json."""
+        if self.tool_mode == "native" and turn.tool_calls and not self._confirmed.get("tool_mode"):
+            self._confirmed["tool_mode"] = True
+            self._remember(tool_mode="native")
 
     def chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
@@ -406,6 +423,9 @@ class OpenAIBackend(ModelBackend):
             self._remember(vision=False)
             wasted = Usage(model_calls=1, retries=exc.retries)
             turn = self._chat_once(messages, tools, deadline, probe=probe)
+        else:
+            self._confirm_vision(has_images(messages))
+        self._confirm_native(turn)
         if judged:
             # A native reply with no call: the server ignored tools=. Settled once, under the lock;
             # a concurrent first call (eval workers share the planner) that lost the race to settle

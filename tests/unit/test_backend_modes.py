@@ -370,6 +370,34 @@ def test_a_refused_photo_is_remembered_per_server_and_model(tmp_path) -> None:
         other = compat(server, "another-model", cache=str(tmp_path / "c.sqlite"), tool_mode="json")
         assert other.vision and other.adaptations() == []
         other.close()
+        with pytest.raises(NotSupportedError, match="refused photos on an earlier run"):  # as a VLM: says why
+            compat(server, cache=str(tmp_path / "c.sqlite")).perceive(b"\x89PNG", "where?")
+
+
+def test_an_explicit_option_that_works_clears_the_memory(tmp_path) -> None:
+    """The server was fixed (an mmproj added): vision=true asked once and answered, the refusal is
+    forgotten, and the next run with no option sends the photo again."""
+    search = action("search_submap", {"submap_id": "country:FR", "k": 5})
+    photo_plan = [PLAN[0], {"role": "user", "content": [
+        {"type": "text", "text": "Where?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    db = str(tmp_path / "c.sqlite")
+    with FakeOpenAIServer(emulate="no_vision") as server:
+        server.script(reply_text(search))
+        first = compat(server, cache=db, tool_mode="json")
+        first.chat(photo_plan, tools=TOOLS)
+        first.close()
+        server.emulate = ()  # the server can see now
+        server.script(reply_text(search), reply_text(search))
+        asked = compat(server, cache=db, tool_mode="json", vision=True)
+        asked.chat([*photo_plan, {"role": "user", "content": "again"}], tools=TOOLS)
+        assert "image_url" in json.dumps(server.requests[-1].body)
+        asked.close()
+        later = compat(server, cache=db, tool_mode="json")
+        assert later.vision and later.adaptations() == []
+        later.chat([*photo_plan, {"role": "user", "content": "once more"}], tools=TOOLS)
+        assert "image_url" in json.dumps(server.requests[-1].body)
+        later.close()
 
 
 def test_the_openai_api_gets_a_strict_action_schema(emulated: FakeOpenAIServer) -> None:
