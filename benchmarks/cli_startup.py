@@ -37,10 +37,6 @@ LOCATE_TARGET_S, LOCATE_TARGET_MB = 2.5, 400
 PHOTO = REPO.parent / "shared" / "data" / "im2gps3k" / "images" / "1008804117_ce4e6fef8a_1349_97522422@N00.jpg"
 
 
-def time_once(args: list[str]) -> float:
-    return run_once(args)[0]
-
-
 def run_once(args: list[str], until: str | None = None, check: bool = False) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one fresh process; with ``until``, the seconds until that
     text first appears on its output (the process is then stopped); ``check``: a failure stops the benchmark."""
@@ -68,7 +64,7 @@ def main() -> int:
     ap.add_argument("--index", type=Path, default=None, help="an index of the shared split (make demo builds one)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
-    time_once(["--help"])  # warm the file cache once
+    run_once(["--help"])  # warm the file cache once
     results = {}
     print(f"{'command':<34} {'min s':>7} {'median s':>9} {'max s':>7} {'RSS MB':>7}")
 

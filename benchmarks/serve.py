@@ -63,6 +63,14 @@ def wait_ready(url: str, server: subprocess.Popen) -> float:
             time.sleep(0.5)
 
 
+def start_server(index: Path, data: Path, state: str, port: int) -> subprocess.Popen:
+    """``geoguide serve`` on 127.0.0.1:``port`` with the split's replayed priors, the rate limit
+    raised (every client here shares one address); soak.py starts its server here too."""
+    return subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(index), "--port", str(port),
+                             "--vlm", f"replay:{data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
+                             "--rate-limit", "1000000"], cwd=REPO)
+
+
 def concurrent(urls: list[str], data: Path, rows: list[dict], clients: int, per_client: int) -> dict:
     """``clients`` threads at once, client i posting to ``urls[i % len(urls)]``."""
     results: list[tuple[float, float, int]] = []
@@ -115,12 +123,7 @@ def main() -> int:
         raise SystemExit(f"{a.data} has {len(rows)} photos; this run needs {need}")
     state = tempfile.mkdtemp(prefix="geoguide-bench-serve-")
 
-    def start(port: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(a.index), "--port", str(port),
-                                 "--vlm", f"replay:{a.data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
-                                 "--rate-limit", "100000"], cwd=REPO)
-
-    servers = [start(a.port)]
+    servers = [start_server(a.index, a.data, state, a.port)]
     try:
         start_s = wait_ready(url, servers[0])
         with httpx.Client() as c:
@@ -129,7 +132,7 @@ def main() -> int:
             raise SystemExit(f"serial requests failed: {[s for _, _, s in serial]}")
         first, second = a.n + 1 + a.clients * a.per_client, need
         conc = concurrent([url], a.data, rows[a.n + 1: first], a.clients, a.per_client)
-        servers.append(start(a.port + 1))
+        servers.append(start_server(a.index, a.data, state, a.port + 1))
         other = f"http://127.0.0.1:{a.port + 1}"
         wait_ready(other, servers[1])
         with httpx.Client() as c:  # warm the second process as the first was

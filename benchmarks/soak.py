@@ -30,7 +30,6 @@ import csv
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +40,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from serve import pct, wait_ready  # noqa: E402 - the sibling benchmark's helpers
+from serve import pct, start_server, wait_ready  # noqa: E402 - the sibling benchmark's helpers
 
 MIX = (("upload", 40), ("stream", 10), ("abandoned", 5), ("follow-up", 20), ("thumbnail", 15), ("bad", 10))
 QUESTIONS = ("why not Spain?", "how sure are you?", "is it in Italy?", "what did you see?", "look near Lyon",
@@ -175,9 +174,7 @@ def main() -> int:
     with open(a.data / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     state = tempfile.mkdtemp(prefix="geoguide-soak-")
-    server = subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(a.index), "--port", str(a.port),
-                               "--vlm", f"replay:{a.data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
-                               "--rate-limit", "1000000"], cwd=REPO)
+    server = start_server(a.index, a.data, state, a.port)
     samples: list[tuple[float, float, int]] = []
     try:
         wait_ready(url, server)

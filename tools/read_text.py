@@ -24,7 +24,6 @@ costs nothing; the language and country steps are cheap and run each time.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -141,18 +140,12 @@ def default_cache_path() -> Path | None:
 
 def _open_ocr_cache(path: Path) -> OcrCache | None:
     """The OCR cache, or None (said once) when a full disk will not let it open: text is still read."""
-    import sqlite3
+    from geoguide.core.sqlite import unless_disk_full
 
-    from geoguide.core.atomic import free_bytes, space_error
-
-    try:
-        return OcrCache(path)
-    except (sqlite3.OperationalError, OSError) as e:
-        if space_error(e, path) is None:
-            raise
-        logging.getLogger(__name__).warning("no space left for the OCR cache %s (%.1f MB free): going on without it",
-                                            path, free_bytes(path.parent) / 1e6)
-        return None
+    opened = None
+    with unless_disk_full(path, "OCR cache"):
+        opened = OcrCache(path)
+    return opened
 
 
 class TextReader:

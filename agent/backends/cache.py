@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from geoguide.core.sqlite import open_shared, unless_disk_full
-
-log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
@@ -181,13 +177,7 @@ def open_cache(cache: ResponseCache | str | Path | None) -> ResponseCache | None
     """Backends accept a path or an open cache; ``None`` means no caching."""
     if cache is None or isinstance(cache, ResponseCache):
         return cache
-    try:
-        return ResponseCache(cache)
-    except (sqlite3.OperationalError, OSError) as e:
-        from geoguide.core.atomic import free_bytes, space_error
-
-        if space_error(e, cache) is None:
-            raise
-        log.warning("no space left for the response cache %s (%.1f MB free): going on without it", cache,
-                    free_bytes(Path(cache).parent) / 1e6)
-        return None
+    opened = None
+    with unless_disk_full(cache, "response cache"):  # a full disk: the run goes on uncached, said once
+        opened = ResponseCache(cache)
+    return opened

@@ -164,6 +164,7 @@ class EffNetGeM(Descriptor):
         if int(c["batch_size"]) < 1 or (c["num_threads"] is not None and int(c["num_threads"]) < 1):
             raise ValueError("effnet-gem: batch_size and num_threads must be >= 1")
         self._pca = OptionalPCA("effnet-gem", c["pca_dim"], whiten=bool(c["whiten"]))
+        self._forward = None  # the engine's forward pass, chosen on first use (``_engine``)
         self.trainable = self._pca.enabled  # type: ignore[misc]  # per-instance refinement
 
     @property
@@ -208,7 +209,15 @@ class EffNetGeM(Descriptor):
         return l2_normalize(out)
 
     def _engine(self):
-        """The forward pass the conf asks for: ONNX Runtime (auto, when its packages are here) or torch."""
+        """The forward pass the conf asks for, chosen once per descriptor: every photo of an eval
+        would otherwise look the export up again, and with an unwritable cache retry it (3 s) and
+        warn again."""
+        if self._forward is None:
+            self._forward = self._choose_engine()
+        return self._forward
+
+    def _choose_engine(self):
+        """ONNX Runtime (auto, when its packages are here and the export can be made) or torch."""
         c = self.conf
         weights = Path(c["weights"] or default_weights_path())
         threads = None if c["num_threads"] is None else int(c["num_threads"])
