@@ -6,7 +6,7 @@ TORCH_SPEC := torch==2.13.0
 GEOGUIDE_DATA ?= ../shared/data/im2gps3k
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test demo lint bench clean
+.PHONY: setup browser postgres test demo lint bench clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,14 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "make: chromium is not installed (needs root and apt): the browser tests will be skipped"
 
-test: setup browser
+# The session-database tests start a real PostgreSQL server of their own (initdb in a temporary
+# folder, a free port; tests/postgres.py) from Debian's package, installed here when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "make: PostgreSQL is not installed (needs root and apt): the PostgreSQL session tests will be skipped"
+
+test: setup browser postgres
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -1,7 +1,7 @@
 """Chat sessions: attach a photo, watch the agent work, ask follow-ups; sessions survive restarts.
 
-A session is a row in ``geoguide_sessions`` pointing at LangGraph threads in a SQLite checkpoint
-database, one thread per photo: locating a photo runs the graph on a new thread, and each
+A session is a row in ``geoguide_sessions`` pointing at LangGraph threads in a checkpoint database
+(a SQLite file, or PostgreSQL when servers scale out: ``agent.session_db``), one thread per photo: locating a photo runs the graph on a new thread, and each
 follow-up runs it again on that thread, so ``geoguide chat --session ID`` picks up exactly where
 it stopped and a second photo never inherits the first one's evidence.
 
@@ -14,8 +14,6 @@ models come out of it, so a doctored file fails with ``SessionError`` instead of
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -24,12 +22,12 @@ from typing import Any, get_args
 
 import ormsgpack
 from langgraph.checkpoint.serde import jsonplus
-from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ValidationError
 
 from geoguide.agent.context import AgentContext
 from geoguide.agent.followup import summary
 from geoguide.agent.graph import build_graph, locate
+from geoguide.agent.session_db import SessionDatabase, open_session_database
 from geoguide.agent.state import AgentState, Event, Prediction
 from geoguide.core.validation import describe_validation
 
@@ -99,9 +97,10 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
     runs only geoguide's own validators. Langgraph's per-type warnings go with its reader.
     """
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, where: str | Path):
+        """``where``: the session database's path or (password-free) URL, for messages."""
         super().__init__(allowed_msgpack_modules=list(_session_models()))
-        self.db_path = Path(db_path)
+        self.where = str(where)
 
     def with_msgpack_allowlist(self, extra_allowlist: Iterable[tuple[str, ...] | type]) -> SessionSerializer:
         """Langgraph's strict mode asks to add the graph's types; this reader never widens."""
@@ -109,8 +108,8 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
 
     def _refuse(self, reason: str) -> SessionError:
         return SessionError(
-            f"session file {self.db_path} cannot be trusted: it was not written by geoguide ({reason}); "
-            "nothing from it was run. Start a new session or pass another --db."
+            f"session database {self.where} cannot be trusted: it was not written by geoguide ({reason}); "
+            "nothing from it was run. Start a new session or pass another --db / --state-url."
         )
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
@@ -154,10 +153,6 @@ class SessionSerializer(jsonplus.JsonPlusSerializer):
 # ---- sessions --------------------------------------------------------------------------------
 
 
-_SESSIONS = """CREATE TABLE IF NOT EXISTS geoguide_sessions (
-    session_id TEXT PRIMARY KEY, thread_id TEXT, photos INTEGER NOT NULL, origin TEXT NOT NULL)"""
-
-
 def session_origin(ctx: AgentContext) -> dict:
     """What a session's answers depend on besides its photos: checked when it is resumed."""
     m = ctx.index.manifest
@@ -168,55 +163,48 @@ def session_origin(ctx: AgentContext) -> dict:
 
 
 class ChatSession:
-    def __init__(self, ctx: AgentContext, db_path: str | Path, session_id: str | None = None,
+    def __init__(self, ctx: AgentContext, db: SessionDatabase | str | Path, session_id: str | None = None,
                  on_event: Callable[[Event], None] | None = None, *, must_exist: bool = False):
-        """``must_exist``: resuming ``session_id`` (an unknown id is an error, not a new empty session)."""
+        """``db``: an open ``SessionDatabase`` (shared, left open) or where one is (a SQLite path or a
+        ``postgresql://`` URL: opened here, closed with the session). ``must_exist``: resuming
+        ``session_id`` (an unknown id is an error, not a new empty session)."""
         self.ctx = ctx
-        self.db_path = Path(db_path)
+        self._owns_db = not isinstance(db, SessionDatabase)
+        self.db = open_session_database(db) if self._owns_db else db
         self.session_id = session_id or uuid.uuid4().hex[:8]
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
-        self._conn.execute(_SESSIONS)
-        row = self._conn.execute("SELECT origin FROM geoguide_sessions WHERE session_id = ?",
-                                 (self.session_id,)).fetchone()
-        if row is None and must_exist and self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE name = 'checkpoints'").fetchone() and self._conn.execute(
-                "SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1", (self.session_id,)).fetchone():
-            self._conn.close()
-            raise SessionError(f"chat session {self.session_id!r} in {self.db_path} was written by an older geoguide "
-                               "(one thread for all photos) and cannot be resumed; start a new one without --session")
-        if row is None and must_exist:
-            known = [r[0] for r in self._conn.execute("SELECT session_id FROM geoguide_sessions ORDER BY rowid DESC "
-                                                      "LIMIT 5")]
-            self._conn.close()
-            raise SessionError(f"no chat session {self.session_id!r} in {self.db_path}"
+        self.on_event = on_event
+        try:
+            with self.db.guard():
+                self._rows = self.db.rows(self.session_id, SessionSerializer(self.db.where))
+                self.origin: dict = self._origin(ctx, must_exist)
+        except BaseException:
+            self.close()
+            raise
+        self.graph = build_graph(checkpointer=self._rows.checkpointer)
+
+    def _origin(self, ctx: AgentContext, must_exist: bool) -> dict:
+        """The stored session's origin; a new session's row written; SessionError for an unknown id."""
+        origin = self._rows.origin()
+        if origin is None and must_exist:
+            if self._rows.legacy():
+                raise SessionError(f"chat session {self.session_id!r} in {self.db.where} was written by an older "
+                                   "geoguide (one thread for all photos) and cannot be resumed; start a new one "
+                                   "without --session")
+            known = self.db.recent(5)
+            raise SessionError(f"no chat session {self.session_id!r} in {self.db.where}"
                                + (f" (recent: {', '.join(known)})" if known else " (it holds no sessions)")
                                + "; start a new one without --session")
-        self.origin: dict = json.loads(row[0]) if row else session_origin(ctx)
-        if row is None:
-            with self._conn:
-                self._conn.execute("INSERT INTO geoguide_sessions VALUES (?, NULL, 0, ?)",
-                                   (self.session_id, json.dumps(self.origin)))
-        self.graph = build_graph(checkpointer=SqliteSaver(self._conn, serde=SessionSerializer(db_path)))
-        self.on_event = on_event
+        if origin is None:
+            origin = session_origin(ctx)
+            self._rows.create(origin)
+        return origin
 
     @property
     def thread_id(self) -> str | None:
         """The LangGraph thread of the session's current photo: one thread per photo, so a second
         photo never inherits the first one's trail, candidates or answer."""
-        row = self._conn.execute("SELECT thread_id FROM geoguide_sessions WHERE session_id = ?",
-                                 (self.session_id,)).fetchone()
-        return row[0] if row else None
-
-    def _next_thread(self) -> tuple[str, int]:
-        n = self._conn.execute("SELECT COALESCE(MAX(photos), 0) FROM geoguide_sessions WHERE session_id = ?",
-                               (self.session_id,)).fetchone()[0] + 1
-        return f"{self.session_id}/photo-{n}", n
-
-    def _point_to(self, thread: str, n: int) -> None:
-        with self._conn:
-            self._conn.execute("UPDATE geoguide_sessions SET thread_id = ?, photos = ? WHERE session_id = ?",
-                               (thread, n, self.session_id))
+        with self.db.guard():
+            return self._rows.thread()
 
     def differences(self) -> list[str]:
         """How this process differs from the one that made the session (index, models, policy...)."""
@@ -230,7 +218,8 @@ class ChatSession:
         if o.get("planner"):
             parts.append(f"--planner {o['planner']}")
         parts += [f"--exclude-author {a}" for a in o.get("exclude_authors", [])]
-        parts += [f"--db {self.db_path}", f"--session {self.session_id}"]
+        where = f"--state-url {self.db.where}" if "://" in self.db.where else f"--db {self.db.where}"
+        parts += [where, f"--session {self.session_id}"]
         return " ".join(parts)
 
     @property
@@ -239,7 +228,8 @@ class ChatSession:
 
     def state(self) -> AgentState | None:
         """The session's state; SessionError when the file holds anything geoguide did not write."""
-        snap = self.graph.get_state(self._config)
+        with self.db.guard():
+            snap = self.graph.get_state(self._config)
         if not snap.values:
             return None
         v = snap.values
@@ -249,20 +239,26 @@ class ChatSession:
         """Write changes to the current photo's state. Fields with reducers (trail, candidates,
         messages, notes) append what they are given, so pass only new items; ``chat`` has none and
         takes the whole transcript."""
-        self.graph.update_state(self._config, update, as_node="finalize")
+        with self.db.guard():
+            self.graph.update_state(self._config, update, as_node="finalize")
 
     def close(self) -> None:
-        self._conn.close()
+        if (rows := getattr(self, "_rows", None)) is not None:
+            rows.close()
+        if self._owns_db:
+            self.db.close()
 
     # ---- turns ---------------------------------------------------------------------------------
     def attach(self, image_path: str | Path, image_id: str | None = None, user_text: str | None = None) -> Prediction:
         """Locate a new photo in this session (the transcript carries over). ``image_id`` names the
         photo in the transcript (the server's uploads live under a private path)."""
         previous = self.state()
-        thread, n = self._next_thread()
-        pred = locate(self.ctx, image_path, image_id=image_id, user_text=user_text, on_event=self.on_event,
-                      graph=self.graph, thread_id=thread)
-        self._point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
+        with self.db.guard():
+            n = self._rows.photos() + 1
+            thread = f"{self.session_id}/photo-{n}"
+            pred = locate(self.ctx, image_path, image_id=image_id, user_text=user_text, on_event=self.on_event,
+                          graph=self.graph, thread_id=thread)
+            self._rows.point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
         chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_id or image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
         self._save({"chat": chat})
@@ -272,7 +268,8 @@ class ChatSession:
         st = self.state()
         if st is None or st.prediction is None:
             return "Attach a photo first: /image PATH"
-        out = self.graph.invoke({"question": text.strip()}, self._config, context=self.ctx)
+        with self.db.guard():
+            out = self.graph.invoke({"question": text.strip()}, self._config, context=self.ctx)
         return out["reply"]
 
 

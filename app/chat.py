@@ -37,6 +37,7 @@ def chat_cmd(
     image: Annotated[Path | None, typer.Argument(metavar="[IMAGE]", help="a photo to start with")] = None,
     session: Annotated[str | None, typer.Option("--session", help="resume this session id")] = None,
     db: Annotated[Path | None, typer.Option("--db", help="session database (default ~/.cache/geoguide/sessions.sqlite)")] = None,
+    state_url: Annotated[str | None, typer.Option("--state-url", envvar="GEOGUIDE_STATE_URL", help="keep sessions in this database instead of --db, e.g. postgresql://user@host/db (shared with geoguide serve)")] = None,
     *,
     opts: AgentOptions,
 ) -> None:
@@ -46,9 +47,11 @@ def chat_cmd(
     from geoguide.agent.factory import build_context
     from geoguide.core.images import ImageLoadError
 
+    if db is not None and state_url is not None:
+        raise typer.BadParameter("give --db or --state-url, not both", param_hint="--state-url")
     ctx = build_context(opts.context_spec())
-    chat = ChatSession(ctx, db or default_cache_path().with_name("sessions.sqlite"), session, on_event=print_event,
-                       must_exist=session is not None)
+    chat = ChatSession(ctx, state_url or db or default_cache_path().with_name("sessions.sqlite"), session,
+                       on_event=print_event, must_exist=session is not None)
     for diff in chat.differences() if session else []:
         typer.echo(f"geoguide: warning: session {session} was made with another setup — {diff}", err=True)
     try:

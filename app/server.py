@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from geoguide.agent.backends.errors import ModelServiceError
 from geoguide.agent.context import AgentContext, SerialDescriptor
+from geoguide.agent.session_db import SessionDatabaseError
 from geoguide.agent.state import Event, Prediction
 from geoguide.app.doors import Doors, RateLimiter
 from geoguide.app.web_sessions import Busy, SessionStore, SessionView, Truth, UnknownSession
@@ -157,7 +158,7 @@ class Guard:
 
 
 def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               state_dir: Path | None = None, truth: dict[str, Truth] | None = None,
+               state_dir: Path | None = None, state_url: str | None = None, truth: dict[str, Truth] | None = None,
                rate_per_minute: int = 60, max_runs: int = 4, max_pending: int = 16,
                busy_wait_s: float = 30.0, doors: Doors | None = None,
                auth_per_minute: int = AUTH_FAILURES_PER_MINUTE) -> FastAPI:
@@ -178,7 +179,9 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
     if state_dir is None:  # sessions for this app's life only: the folder goes with the app (or at exit)
         app.state.scratch = tempfile.TemporaryDirectory(prefix="geoguide-serve-", ignore_cleanup_errors=True)
         state_dir = Path(app.state.scratch.name)
-    store = SessionStore(ctx, Path(state_dir), descriptor, truth, max_runs=max_runs, wait_s=busy_wait_s)
+    store = SessionStore(ctx, Path(state_dir), descriptor, truth, state_url=state_url, max_runs=max_runs,
+                         wait_s=busy_wait_s)
+    app.state.sessions = store  # closed by whoever made the app (``serve``), after the server stops
     limiter = RateLimiter(rate_per_minute)
 
     def limited(request: Request) -> None:
@@ -197,8 +200,10 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
         return JSONResponse({"detail": str(e)}, status_code=507)
 
     @app.exception_handler(ModelServiceError)
-    def model_unusable(request: Request, e: ModelServiceError) -> JSONResponse:
-        """The CLI's exit 3: the model server is down, refuses the key, or is misconfigured."""
+    @app.exception_handler(SessionDatabaseError)
+    def service_unusable(request: Request, e: ModelServiceError | SessionDatabaseError) -> JSONResponse:
+        """The CLI's exit 3: the model server or the session database is down or misconfigured;
+        the turn was not kept."""
         return JSONResponse({"detail": str(e)}, status_code=503)
 
     costly = [Depends(limited)]  # the token is checked by ``Guard`` for every route
@@ -258,7 +263,7 @@ def create_app(ctx: AgentContext, *, token: str | None = None, max_upload_bytes:
                 events.put(("session", view.model_dump_json()))
             except HTTPException as e:
                 events.put(("error", json.dumps({"status": e.status_code, "detail": e.detail})))
-            except (ModelServiceError, Busy) as e:
+            except (ModelServiceError, SessionDatabaseError, Busy) as e:
                 events.put(("error", json.dumps({"status": 503, "detail": str(e)})))
             except DiskFull as e:
                 events.put(("error", json.dumps({"status": 507, "detail": str(e)})))

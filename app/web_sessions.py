@@ -1,12 +1,14 @@
 """The server's chat sessions: ``geoguide chat``'s ``ChatSession`` behind HTTP.
 
-One SQLite file (LangGraph's checkpointer plus the session table) and one folder of uploaded
-photos under ``--state-dir``, so sessions survive a server restart and a follow-up can search
-the photo again. Session ids are 128-bit random hex; a request names a session only by that id,
+Sessions live in one session database (``agent.session_db``: ``sessions.sqlite`` under
+``--state-dir`` by default, or PostgreSQL with ``--state-url`` when servers run on several
+machines) and uploaded photos in a folder under ``--state-dir`` (with PostgreSQL, also in the
+database, copied to a server's folder when it first needs one), so sessions survive a server
+restart and a follow-up can search the photo again, on whichever server it reaches. Session ids are 128-bit random hex; a request names a session only by that id,
 checked against a strict pattern before it reaches SQLite, and the photo of a session is found
 through the session's own state, never through a path from a request. One lock per session
-serialises its turns (two tabs asking at once), across threads *and* processes (an ``flock`` on
-``STATE/locks/<id>.lock``): two ``geoguide serve`` processes sharing a state folder once kept 7
+serialises its turns (two tabs asking at once), across threads *and* processes (the database's
+own: an ``flock`` beside the SQLite file, a PostgreSQL advisory lock): two ``geoguide serve`` processes sharing a state folder once kept 7
 of 12 concurrent follow-ups to one session, each answered 200 (read-modify-write of the thread's
 checkpoint with no guard across processes); now every one is kept, or refused with 503 when the
 session stays locked for the whole wait, never acknowledged and dropped. Different sessions run
@@ -16,14 +18,10 @@ concurrently.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import re
 import secrets
 import shutil
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -32,8 +30,9 @@ from pydantic import BaseModel, Field
 
 from geoguide.agent.chat import ChatSession, SessionError
 from geoguide.agent.context import AgentContext, SerialDescriptor
+from geoguide.agent.session_db import SessionBusy, open_session_database
 from geoguide.agent.state import Event, Prediction
-from geoguide.core.atomic import space_error
+from geoguide.core.atomic import space_error, write_bytes
 from geoguide.geo.geometry import haversine_km
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -79,14 +78,14 @@ class Busy(RuntimeError):
 
 class SessionStore:
     def __init__(self, ctx: AgentContext, state_dir: Path, descriptor: SerialDescriptor,
-                 truth: dict[str, Truth] | None = None, *, max_runs: int = 4, wait_s: float = 30.0) -> None:
+                 truth: dict[str, Truth] | None = None, *, state_url: str | None = None, max_runs: int = 4,
+                 wait_s: float = 30.0) -> None:
+        """``state_url``: a ``postgresql://`` database for sessions (default: ``sessions.sqlite`` in
+        ``state_dir``, which always holds the uploaded photos, or with PostgreSQL their local copies)."""
         self.ctx = ctx
-        self.db = state_dir / "sessions.sqlite"
         self.uploads = state_dir / "uploads"
-        self.locks = state_dir / "locks"
         self.uploads.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(self.db) as conn:  # readers never wait for a writer (concurrent requests)
-            conn.execute("PRAGMA journal_mode=WAL")
+        self.db = open_session_database(state_url or state_dir / "sessions.sqlite")
         self.descriptor = descriptor
         self.truth = truth or {}
         self._locks: dict[str, threading.Lock] = {}
@@ -95,6 +94,9 @@ class SessionStore:
         # more would only share the CPU slower. A run waits up to ``wait_s`` for a slot, then Busy.
         self._runs = threading.BoundedSemaphore(max_runs)
         self.wait_s = wait_s
+
+    def close(self) -> None:
+        self.db.close()
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -108,30 +110,16 @@ class SessionStore:
     @contextlib.contextmanager
     def _lock(self, session_id: str) -> Iterator[None]:
         """This session's turn, exclusive across this process's threads and every process sharing
-        the state folder; ``Busy`` (503) when it stays taken for ``wait_s``."""
+        the session database; ``Busy`` (503) when it stays taken for ``wait_s``."""
         with self._guard:
             local = self._locks.setdefault(session_id, threading.Lock())
         if not local.acquire(timeout=self.wait_s):
             raise Busy(f"session {session_id} is busy with another question; retry shortly")
         try:
-            self.locks.mkdir(exist_ok=True)
-            fd = os.open(self.locks / f"{session_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                deadline = time.monotonic() + self.wait_s
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise Busy(f"session {session_id} is busy in another server process; retry shortly") from None
-                        time.sleep(0.01)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            with self.db.turn(session_id, self.wait_s):
+                yield
+        except SessionBusy as e:
+            raise Busy(str(e)) from None
         finally:
             local.release()
 
@@ -170,6 +158,7 @@ class SessionStore:
                 try:
                     with self._lock(session_id):
                         chat.attach(path, image_id=filename, user_text=text)
+                        self.db.keep_photo(session_id, path.name, data)
                     return self._view(chat)
                 finally:
                     chat.close()
@@ -177,7 +166,10 @@ class SessionStore:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def _open(self, session_id: str) -> ChatSession:
+    def _open(self, session_id: str, *, turn: bool = False) -> ChatSession:
+        """The session, its photo found on this machine; ``turn``: under the session's lock, so the
+        photo's new place may be written into its state (never outside the lock: that write could
+        land on top of another process's turn and undo it)."""
         if not SESSION_ID.match(session_id):
             raise UnknownSession(f"no session {session_id!r}")
         try:
@@ -189,15 +181,22 @@ class SessionStore:
             chat.close()
             raise UnknownSession(f"session {session_id!r} has no photo")
         chat.ctx = self._context(st.image_id, self._excluded(chat))
-        self._relocate_photo(chat, Path(st.image_path))
+        if turn:
+            stored = Path(st.image_path)
+            here = self._local_photo(chat.session_id, stored)
+            if here != stored:
+                chat.graph.update_state(chat._config, {"image_path": str(here)}, as_node="finalize")
         return chat
 
-    def _relocate_photo(self, chat: ChatSession, stored: Path) -> None:
-        """A session's photo lives in its own upload folder; when the state folder was moved (a new
-        disk, a restored backup) the absolute path stored then is stale: point it here once."""
-        here = self.uploads / chat.session_id / stored.name
-        if stored != here and here.is_file():  # never reach back into the folder it was moved from
-            chat.graph.update_state(chat._config, {"image_path": str(here)}, as_node="finalize")
+    def _local_photo(self, session_id: str, stored: Path) -> Path:
+        """Where the session's photo is on this machine: its own upload folder here (the state
+        folder may have moved: a new disk, a restored backup; never reach back into the old one),
+        copied there from the session database when another server took the upload."""
+        here = self.uploads / session_id / stored.name
+        if not here.is_file() and (data := self.db.photo(session_id, stored.name)) is not None:
+            here.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(here, data)
+        return here if here.is_file() else stored
 
     def _excluded(self, chat: ChatSession) -> str | None:
         base = set(self.ctx.config.exclude_authors)
@@ -218,7 +217,7 @@ class SessionStore:
         if not SESSION_ID.match(session_id):  # before the id names a lock file
             raise UnknownSession(f"no session {session_id!r}")
         with self._slot(), self._kept(), self._lock(session_id):
-            chat = self._open(session_id)
+            chat = self._open(session_id, turn=True)
             try:
                 chat.ask(text)
                 return self._view(chat)
@@ -232,15 +231,14 @@ class SessionStore:
         try:
             yield
         except Exception as e:
-            if (full := space_error(e, self.db)) is not None:
+            if (full := space_error(e, self.db.path or self.uploads)) is not None:
                 raise full from None
             raise
 
     def photo(self, session_id: str) -> Path:
         chat = self._open(session_id)
         try:
-            st = chat.state()
-            return Path(st.image_path)
+            return self._local_photo(session_id, Path(chat.state().image_path))
         finally:
             chat.close()
 

@@ -9,9 +9,12 @@ with its photographer excluded:
    server side (the ``Server-Timing`` header: the time ``locate`` took, without HTTP);
 2. ``--clients`` clients at once, each posting ``--per-client`` other photos: p50 / p95
    latency, throughput (photos/s), errors;
-3. the same against two server processes sharing the state folder and the memory-mapped index
-   (a second ``serve`` on the next port, the clients split between them): the throughput ratio
-   of 2 processes to 1, measured in the same run.
+3. the same against ``serve --workers 2`` (a second server on the next port: two worker
+   processes on one socket, sharing the state folder and the memory-mapped index): the
+   throughput ratio of 2 workers to 1, measured in the same run.
+
+``--state-url postgresql://...`` keeps every server's sessions in that database instead of the
+state folder's SQLite file.
 
 Prints all three; ``--json PATH`` writes them.
 
@@ -63,12 +66,13 @@ def wait_ready(url: str, server: subprocess.Popen) -> float:
             time.sleep(0.5)
 
 
-def start_server(index: Path, data: Path, state: str, port: int) -> subprocess.Popen:
+def start_server(index: Path, data: Path, state: str, port: int, *extra: str) -> subprocess.Popen:
     """``geoguide serve`` on 127.0.0.1:``port`` with the split's replayed priors, the rate limit
-    raised (every client here shares one address); soak.py starts its server here too."""
+    raised (every client here shares one address), ``extra`` options after; soak.py starts its
+    server here too."""
     return subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(index), "--port", str(port),
                              "--vlm", f"replay:{data / 'prior_gemini-2.0-flash.csv'}", "--state-dir", state,
-                             "--rate-limit", "1000000"], cwd=REPO)
+                             "--rate-limit", "1000000", *extra], cwd=REPO)
 
 
 def concurrent(urls: list[str], data: Path, rows: list[dict], clients: int, per_client: int) -> dict:
@@ -114,7 +118,9 @@ def main() -> int:
     ap.add_argument("--per-client", type=int, default=5)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--state-url", default=None, help="a postgresql:// session database for every server")
     a = ap.parse_args()
+    extra = ["--state-url", a.state_url] if a.state_url else []
     url = f"http://127.0.0.1:{a.port}"
     with open(a.data / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -123,7 +129,7 @@ def main() -> int:
         raise SystemExit(f"{a.data} has {len(rows)} photos; this run needs {need}")
     state = tempfile.mkdtemp(prefix="geoguide-bench-serve-")
 
-    servers = [start_server(a.index, a.data, state, a.port)]
+    servers = [start_server(a.index, a.data, state, a.port, *extra)]
     try:
         start_s = wait_ready(url, servers[0])
         with httpx.Client() as c:
@@ -132,12 +138,15 @@ def main() -> int:
             raise SystemExit(f"serial requests failed: {[s for _, _, s in serial]}")
         first, second = a.n + 1 + a.clients * a.per_client, need
         conc = concurrent([url], a.data, rows[a.n + 1: first], a.clients, a.per_client)
-        servers.append(start_server(a.index, a.data, state, a.port + 1))
+        servers[0].terminate()  # idle, but one process fewer on the machine
+        servers[0].wait()
+        servers.append(start_server(a.index, a.data, state, a.port + 1, "--workers", "2", *extra))
         other = f"http://127.0.0.1:{a.port + 1}"
         wait_ready(other, servers[1])
-        with httpx.Client() as c:  # warm the second process as the first was
-            post(c, other, a.data, rows[0])
-        two = concurrent([url, other], a.data, rows[first:second], a.clients, a.per_client)
+        for r in rows[:8]:  # warm both workers as the first server was: the kernel hands each connection to one
+            with httpx.Client() as c:
+                post(c, other, a.data, r)
+        two = concurrent([other], a.data, rows[first:second], a.clients, a.per_client)
     finally:
         for server in servers:
             server.terminate()
@@ -146,7 +155,7 @@ def main() -> int:
     out = {"start_s": round(start_s, 2), "first_s": round(serial[0][0], 3), "n": len(warm),
            "p50_s": pct([c for c, _, _ in warm], 0.5), "p95_s": pct([c for c, _, _ in warm], 0.95),
            "server_p50_s": pct([s for _, s, _ in warm], 0.5), "server_p95_s": pct([s for _, s, _ in warm], 0.95),
-           "concurrent": conc, "two_processes": two,
+           "concurrent": conc, "two_workers": two, "state": "postgresql" if a.state_url else "sqlite",
            "two_to_one": round(two["throughput_per_s"] / conc["throughput_per_s"], 2) if conc["throughput_per_s"] else None}
     print(f"server ready in {out['start_s']} s; first request {out['first_s']} s")
     print(f"one client, {out['n']} photos: p50 {out['p50_s']} s, p95 {out['p95_s']} s (client); server-side "
@@ -154,9 +163,9 @@ def main() -> int:
           f"{'holds' if out['server_p50_s'] <= 0.15 else 'MISSED'})")
     print(f"{conc['clients']} clients, {conc['requests']} photos: {conc['ok']} ok, {conc['errors']} errors, "
           f"{conc['throughput_per_s']} photos/s, p50 {conc['p50_s']} s, p95 {conc['p95_s']} s")
-    print(f"2 processes, {two['requests']} photos: {two['ok']} ok, {two['errors']} errors, "
+    print(f"--workers 2, {two['requests']} photos: {two['ok']} ok, {two['errors']} errors, "
           f"{two['throughput_per_s']} photos/s, p50 {two['p50_s']} s, p95 {two['p95_s']} s; "
-          f"2 / 1 processes: {out['two_to_one']}x")
+          f"2 / 1 workers: {out['two_to_one']}x")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2))

@@ -46,3 +46,23 @@ def synthetic_index(synthetic_refs):
     build_index(samples, out, BuildConfig(descriptor="thumbnail", submaps="country,kmeans:3", chunk_size=5),
                 progress=False)
     return ReferenceIndex(out)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real PostgreSQL server for this test session (tests/postgres.py); skipped where the package is missing."""
+    from tests.postgres import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (make test installs it as root)")
+    pytest.importorskip("langgraph.checkpoint.postgres", reason="geoguide[postgres] is not installed")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url) -> str:
+    """A fresh, empty database on that server."""
+    from tests.postgres import new_database
+
+    return new_database(postgres_server_url)

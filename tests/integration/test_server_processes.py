@@ -1,7 +1,10 @@
-"""Two and four real ``geoguide serve`` processes sharing one ``--state-dir`` (what several
-workers behind a proxy, or a restart overlap, give): 12 concurrent follow-ups to one session,
-spread evenly across them, are all kept, each exactly once, in an order every process reads
-alike. Before the cross-process session lock two processes kept 7 of 12, every one answered 200."""
+"""Two and four real ``geoguide serve`` processes sharing their sessions: one ``--state-dir`` on
+one machine (what several workers behind a proxy, or a restart overlap, give), or one PostgreSQL
+database (``--state-url``) with a state folder each, as servers on several machines have.
+12 concurrent follow-ups to one session, spread evenly across them, are all kept, each exactly
+once, in an order every process reads alike. Before the cross-process session lock two
+processes kept 7 of 12, every one answered 200. ``serve --workers 2`` (one port, uvicorn's
+supervisor) keeps them too."""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ def small_jpeg() -> bytes:
     return out.getvalue()
 
 
-def _serve(index, state, port: int) -> subprocess.Popen:
+def _serve(index, state, port: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "geoguide", "serve", "--index", str(index), "--vlm", "none",
-                             "--port", str(port), "--state-dir", str(state)],
+                             "--port", str(port), "--state-dir", str(state), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -36,9 +39,32 @@ def _serve(index, state, port: int) -> subprocess.Popen:
 def test_processes_keep_every_follow_up_to_one_session(synthetic_index, tmp_path, processes):
     ports = [free_port() for _ in range(processes)]
     servers = [_serve(synthetic_index.root, tmp_path / "state", p) for p in ports]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    _every_follow_up_kept(servers, [f"http://127.0.0.1:{p}" for p in ports])
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_servers_sharing_postgres_keep_every_follow_up(synthetic_index, tmp_path, postgres_url, processes):
+    """As on several machines: no state folder shared, only the database (the photo comes from it)."""
+    ports = [free_port() for _ in range(processes)]
+    servers = [_serve(synthetic_index.root, tmp_path / f"machine-{i}", p, "--state-url", postgres_url)
+               for i, p in enumerate(ports)]
+    _every_follow_up_kept(servers, [f"http://127.0.0.1:{p}" for p in ports])
+    assert not (tmp_path / "machine-0" / "sessions.sqlite").exists()
+    for i in range(1, processes):  # each copied the photo from the database to search it again
+        assert list((tmp_path / f"machine-{i}" / "uploads").glob("*/photo-1"))
+
+
+def test_workers_keep_every_follow_up(synthetic_index, tmp_path):
+    port = free_port()
+    server = _serve(synthetic_index.root, tmp_path / "state", port, "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    _every_follow_up_kept([server], [url, url])
+
+
+def _every_follow_up_kept(servers: list[subprocess.Popen], urls: list[str]) -> None:
+    processes = len(urls)
     try:
-        for s, u in zip(servers, urls, strict=True):
+        for s, u in zip(servers, urls, strict=False):
             wait_until_up(s, u)
         r = httpx.post(f"{urls[0]}/api/locate", files={"image": ("q.jpg", small_jpeg(), "image/jpeg")}, timeout=60)
         assert r.status_code == 200, r.text

@@ -4,7 +4,6 @@ fails loudly and runs nothing), and follow-up answers say what they rest on."""
 from __future__ import annotations
 
 import logging
-import pickle
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from geoguide.agent.backends import make_backend
 from geoguide.agent.chat import ChatSession, SessionError
 from geoguide.agent.config import AgentConfig
 from geoguide.agent.context import AgentContext
+from tests.doctored import assert_refused_and_ran_nothing, evil_pickle
 from tests.synthetic import PLACES, place_image, similarity_calibration
 
 PARIS, MADRID = PLACES[0], PLACES[2]
@@ -160,27 +160,12 @@ def test_session_row_in_another_serialization_format_is_refused(ctx, session, tm
     db = tmp_path / "sessions.sqlite"
     session.close()
     marker = tmp_path / "MARKER"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return os.system, (f"touch {marker}",)
-
     con = sqlite3.connect(db)
-    con.execute(
-        "UPDATE checkpoints SET type = 'pickle', checkpoint = ? WHERE thread_id LIKE 't1/%'",
-        (pickle.dumps(Evil()),),
-    )
+    con.execute("UPDATE checkpoints SET type = 'pickle', checkpoint = ? WHERE thread_id LIKE 't1/%'",
+                (evil_pickle(marker),))
     con.commit()
     con.close()
-    resumed = ChatSession(ctx, db, "t1")
-    try:
-        with pytest.raises(SessionError, match="cannot be trusted"):
-            resumed.state()
-    finally:
-        resumed.close()
-    assert not marker.exists()
+    assert_refused_and_ran_nothing(ctx, db, "t1", marker)
 
 
 def test_session_round_trip_is_exact_and_quiet(ctx, tmp_path, caplog, monkeypatch):
