@@ -14,6 +14,7 @@ models come out of it, so a doctored file fails with ``SessionError`` instead of
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -29,6 +30,7 @@ from geoguide.agent.followup import summary
 from geoguide.agent.graph import build_graph, locate
 from geoguide.agent.session_db import SessionDatabase, open_session_database
 from geoguide.agent.state import AgentState, Event, Prediction
+from geoguide.core.atomic import write_bytes
 from geoguide.core.validation import describe_validation
 
 # ---- session files ---------------------------------------------------------------------------
@@ -177,10 +179,10 @@ class ChatSession:
             with self.db.guard():
                 self._rows = self.db.rows(self.session_id, SessionSerializer(self.db.where))
                 self.origin: dict = self._origin(ctx, must_exist)
+            self.graph = build_graph(checkpointer=self._rows.checkpointer)
         except BaseException:
             self.close()
             raise
-        self.graph = build_graph(checkpointer=self._rows.checkpointer)
 
     def _origin(self, ctx: AgentContext, must_exist: bool) -> dict:
         """The stored session's origin; a new session's row written; SessionError for an unknown id."""
@@ -242,6 +244,37 @@ class ChatSession:
         with self.db.guard():
             self.graph.update_state(self._config, update, as_node="finalize")
 
+    def turn(self, wait_s: float = 30.0) -> contextlib.AbstractContextManager[None]:
+        """This session to itself across every process sharing its database (``SessionBusy`` after
+        ``wait_s``): hold it around ``attach`` and ``ask`` when others may use the session too."""
+        return self.db.turn(self.session_id, wait_s)
+
+    def photo_here(self, folder: Path) -> Path | None:
+        """Where the current photo is on this machine: ``folder/<session>/<name>`` when it is there
+        or the database holds it (copied there once: another machine took it), else the path stored
+        with the session (a state folder that moved keeps its photos under ``folder``; never reach
+        back into the old one when the new one has it)."""
+        st = self.state()
+        if st is None or not st.image_path:
+            return None
+        stored = Path(st.image_path)
+        here = folder / self.session_id / stored.name
+        if not here.is_file():
+            with self.db.guard():
+                data = self.db.photo(self.session_id, stored.name)
+            if data is not None:
+                here.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(here, data)
+        return here if here.is_file() else stored
+
+    def use_photo_here(self, folder: Path) -> None:
+        """Point the session at ``photo_here``'s path. Hold ``turn`` around it: written outside a
+        turn, it could land on top of another process's turn and undo it."""
+        st = self.state()
+        here = self.photo_here(folder)
+        if st is not None and here is not None and here != Path(st.image_path):
+            self._save({"image_path": str(here)})
+
     def close(self) -> None:
         if (rows := getattr(self, "_rows", None)) is not None:
             rows.close()
@@ -259,6 +292,7 @@ class ChatSession:
             pred = locate(self.ctx, image_path, image_id=image_id, user_text=user_text, on_event=self.on_event,
                           graph=self.graph, thread_id=thread)
             self._rows.point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
+            self.db.keep_photo(self.session_id, Path(image_path).name, Path(image_path).read_bytes())
         chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_id or image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
         self._save({"chat": chat})

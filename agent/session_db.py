@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from geoguide.core.atomic import space_error
 from geoguide.core.errors import GeoguideError
@@ -47,8 +48,10 @@ class SessionDatabaseError(GeoguideError):
 
 
 def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL for messages: whatever sits between ``user:`` and the last ``@`` of its authority,
+    and any ``password=`` parameter, as ``***`` (a password may itself hold ``@`` or ``%``)."""
+    url = re.sub(r"(://[^:/@?]*:)[^/?]*@", r"\1***@", url)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
 
 
 SESSIONS_COLUMNS = ("session_id TEXT PRIMARY KEY, thread_id TEXT, photos INTEGER NOT NULL, "
@@ -127,7 +130,11 @@ class SessionDatabase(ABC):
         except self.errors as e:
             if self.path is not None and (full := space_error(e, self.path)) is not None:
                 raise full from None
-            raise SessionDatabaseError(f"the session database {self.where} failed: {_first_line(e)}") from None
+            raise SessionDatabaseError(f"the session database {self.where} failed: {self.scrub(_first_line(e))}") from None
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this database's password taken out (a driver's message may quote it)."""
+        return text
 
     def keep_photo(self, session_id: str, name: str, data: bytes) -> None:
         """Keep the session's current photo where every server can read it (no-op for a local file)."""
@@ -146,8 +153,9 @@ SESSION_DATABASES: Registry[type[SessionDatabase]] = Registry("session database"
                                                               builtins=("geoguide.agent.session_db",))
 
 
-def open_session_database(where: str | Path) -> SessionDatabase:
-    """``postgresql://...`` (or ``postgres://``), ``sqlite:///path``, or a plain path to a SQLite file."""
+def open_session_database(where: str | Path, **options: Any) -> SessionDatabase:
+    """``postgresql://...`` (or ``postgres://``), ``sqlite:///path``, or a plain path to a SQLite file;
+    ``options`` go to the database's class (``connections=`` for PostgreSQL's pool)."""
     text = str(where)
     scheme = text.split("://", 1)[0] if "://" in text else "sqlite"
     if scheme == "postgres":
@@ -155,7 +163,7 @@ def open_session_database(where: str | Path) -> SessionDatabase:
     if scheme not in SESSION_DATABASES:
         raise SessionDatabaseError(f"session database {redact(text)!r}: unknown scheme {scheme!r}; "
                                    f"use one of {', '.join(sorted(SESSION_DATABASES.names()))}")
-    return SESSION_DATABASES.get(scheme)(text)
+    return SESSION_DATABASES.get(scheme)(text, **options)
 
 
 def poll_until(try_once, deadline: float, busy: str) -> None:
@@ -175,7 +183,11 @@ class SqliteRows(SessionRows):
 
         super().__init__(session_id)
         self._conn = sqlite3.connect(str(path), check_same_thread=False)
-        self._conn.execute(f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS})")
+        try:
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS})")
+        except BaseException:
+            self._conn.close()
+            raise
         self.checkpointer = SqliteSaver(self._conn, serde=serde)
 
     def _one(self, sql: str, *args: Any) -> tuple | None:
@@ -202,7 +214,8 @@ class SqliteSessions(SessionDatabase):
     # ``errors`` stays empty: a sqlite3 error inside a turn may come from the response or OCR cache
     # as well, so it is not blamed on the sessions (the server still answers a full disk with 507).
 
-    def __init__(self, where: str | Path) -> None:
+    def __init__(self, where: str | Path, **_: Any) -> None:
+        """``where``: the file (``sqlite:///abs/path`` or a plain path); options for other databases ignored."""
         text = str(where)
         self.path = Path(text[len("sqlite://"):] if text.startswith("sqlite://") else text).expanduser()
         self.where = str(self.path)
@@ -270,29 +283,52 @@ class PostgresSessions(SessionDatabase):
     scheme = "postgresql"
     SETUP_LOCK = 0x67656F6775696465  # "geoguide": serialises table creation across servers
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = 12) -> None:
+        """``connections``: the pool's size. A turn holds one for its lock while the checkpointer and
+        the session row take another, so a server needs two per agent run (``SessionStore`` asks for
+        2 x --max-runs + 4); mind the server's ``max_connections`` (100 by default) across workers."""
         from geoguide.core.extras import require
 
         require("psycopg", "postgres", "a postgresql:// session database")
         require("psycopg_pool", "postgres", "a postgresql:// session database")
         require("langgraph.checkpoint.postgres", "postgres", "a postgresql:// session database")
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
         from psycopg_pool import ConnectionPool
 
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.where = redact(self.url)
+        authority = self.url.split("://", 1)[-1].split("/", 1)[0]
+        if authority.count("@") > 1:  # libpq would take what follows the first '@' as the host, and say so
+            raise SessionDatabaseError(f"the session database URL {self.where} has an '@' in its user or "
+                                       "password: write it as %40")
+        try:
+            password = conninfo_to_dict(self.url).get("password")
+        except psycopg.Error:  # its message may quote the password: say only where the URL is wrong
+            raise SessionDatabaseError(f"the session database URL {self.where} cannot be parsed (check its "
+                                       "%-escapes and parameters)") from None
+        self._secrets = [t for t in {password, quote(password or "", safe="")} if t]
         self.errors = (psycopg.Error,)  # the pool's PoolTimeout is one too
         # autocommit, no prepared statements, dict rows: what PostgresSaver requires of its connections.
-        self.pool = ConnectionPool(self.url, min_size=1, max_size=16, open=False, timeout=30,
+        # TCP keepalives: a turn's lock lives on its connection, so a holder whose machine died must be
+        # noticed in about a minute, not after the kernel's two hours.
+        self.pool = ConnectionPool(self.url, min_size=1, max_size=max(2, connections), open=False, timeout=30,
                                    kwargs={"autocommit": True, "prepare_threshold": 0,
-                                           "row_factory": psycopg.rows.dict_row})
+                                           "row_factory": psycopg.rows.dict_row, "keepalives": 1,
+                                           "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3})
         try:
             psycopg.connect(self.url, connect_timeout=10).close()  # its error says why; the pool's only "timed out"
             self.pool.open(wait=True, timeout=10)
             self._setup()
         except Exception as e:
             self.pool.close()
-            raise SessionDatabaseError(f"cannot use the session database {self.where}: {_first_line(e)}") from None
+            raise SessionDatabaseError(f"cannot use the session database {self.where}: "
+                                       f"{self.scrub(_first_line(e))}") from None
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _setup(self) -> None:
         from langgraph.checkpoint.postgres import PostgresSaver
@@ -327,6 +363,8 @@ class PostgresSessions(SessionDatabase):
 
     @contextlib.contextmanager
     def turn(self, session_id: str, wait_s: float) -> Iterator[None]:
+        import psycopg
+
         key = self._key(session_id)
         with self.guard(), self.pool.connection(timeout=wait_s) as conn:
 
@@ -338,7 +376,10 @@ class PostgresSessions(SessionDatabase):
             try:
                 yield
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except psycopg.Error:  # the turn is kept; closing the connection drops the lock
+                    conn.close()
 
     def keep_photo(self, session_id: str, name: str, data: bytes) -> None:
         self.one("UPDATE geoguide_sessions SET photo_name = ?, photo = ? WHERE session_id = ?", name, data, session_id)

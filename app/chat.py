@@ -45,6 +45,7 @@ def chat_cmd(
     from geoguide.agent.backends import BackendError
     from geoguide.agent.chat import ChatSession, summary
     from geoguide.agent.factory import build_context
+    from geoguide.agent.session_db import SessionBusy
     from geoguide.core.images import ImageLoadError
 
     if db is not None and state_url is not None:
@@ -55,6 +56,9 @@ def chat_cmd(
     for diff in chat.differences() if session else []:
         typer.echo(f"geoguide: warning: session {session} was made with another setup — {diff}", err=True)
     try:
+        if session:  # a web session resumed here (or on another machine): its photo found here first
+            with chat.turn():
+                chat.use_photo_here(default_cache_path().with_name("photos"))
         st = chat.state()
         if session and st is not None and st.prediction is not None:
             typer.echo(f"resumed session {chat.session_id}: {st.image_path}")
@@ -64,7 +68,8 @@ def chat_cmd(
             if session:
                 typer.echo("(no photo in it yet: /image PATH)")
         if image is not None:
-            show_in_chat(chat.attach(image))
+            with chat.turn():
+                show_in_chat(chat.attach(image))
         interactive = sys.stdin.isatty()
         while True:
             if interactive:
@@ -85,11 +90,16 @@ def chat_cmd(
             elif line.startswith("/image"):
                 path = line[len("/image"):].strip()
                 try:
-                    show_in_chat(chat.attach(Path(path).expanduser()))
-                except (ImageLoadError, BackendError) as e:  # a bad photo or a model outage must not end the session
+                    with chat.turn():
+                        show_in_chat(chat.attach(Path(path).expanduser()))
+                except (ImageLoadError, BackendError, SessionBusy) as e:  # must not end the session
                     typer.echo(f"geoguide: error: {e}", err=True)
             else:
-                typer.echo(f"geoguide> {chat.ask(line)}")
+                try:
+                    with chat.turn():  # a server may be answering the same session
+                        typer.echo(f"geoguide> {chat.ask(line)}")
+                except SessionBusy as e:
+                    typer.echo(f"geoguide: error: {e}", err=True)
     finally:
         chat.close()
     typer.echo(f"bye — resume with: {chat.resume_command()}")

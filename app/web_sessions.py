@@ -32,7 +32,7 @@ from geoguide.agent.chat import ChatSession, SessionError
 from geoguide.agent.context import AgentContext, SerialDescriptor
 from geoguide.agent.session_db import SessionBusy, open_session_database
 from geoguide.agent.state import Event, Prediction
-from geoguide.core.atomic import space_error, write_bytes
+from geoguide.core.atomic import space_error
 from geoguide.geo.geometry import haversine_km
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -85,7 +85,8 @@ class SessionStore:
         self.ctx = ctx
         self.uploads = state_dir / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
-        self.db = open_session_database(state_url or state_dir / "sessions.sqlite")
+        # two connections per agent run (its lock, its checkpoints) and a few for reads
+        self.db = open_session_database(state_url or state_dir / "sessions.sqlite", connections=2 * max_runs + 4)
         self.descriptor = descriptor
         self.truth = truth or {}
         self._locks: dict[str, threading.Lock] = {}
@@ -158,7 +159,6 @@ class SessionStore:
                 try:
                     with self._lock(session_id):
                         chat.attach(path, image_id=filename, user_text=text)
-                        self.db.keep_photo(session_id, path.name, data)
                     return self._view(chat)
                 finally:
                     chat.close()
@@ -168,35 +168,24 @@ class SessionStore:
 
     def _open(self, session_id: str, *, turn: bool = False) -> ChatSession:
         """The session, its photo found on this machine; ``turn``: under the session's lock, so the
-        photo's new place may be written into its state (never outside the lock: that write could
-        land on top of another process's turn and undo it)."""
+        photo's place here may be written into its state (``ChatSession.use_photo_here``)."""
         if not SESSION_ID.match(session_id):
             raise UnknownSession(f"no session {session_id!r}")
         try:
             chat = ChatSession(self.ctx, self.db, session_id, must_exist=True)
         except SessionError:
             raise UnknownSession(f"no session {session_id!r}") from None
-        st = chat.state()
-        if st is None:
+        try:
+            st = chat.state()
+            if st is None:
+                raise UnknownSession(f"session {session_id!r} has no photo")
+            chat.ctx = self._context(st.image_id, self._excluded(chat))
+            if turn:
+                chat.use_photo_here(self.uploads)
+        except BaseException:
             chat.close()
-            raise UnknownSession(f"session {session_id!r} has no photo")
-        chat.ctx = self._context(st.image_id, self._excluded(chat))
-        if turn:
-            stored = Path(st.image_path)
-            here = self._local_photo(chat.session_id, stored)
-            if here != stored:
-                chat.graph.update_state(chat._config, {"image_path": str(here)}, as_node="finalize")
+            raise
         return chat
-
-    def _local_photo(self, session_id: str, stored: Path) -> Path:
-        """Where the session's photo is on this machine: its own upload folder here (the state
-        folder may have moved: a new disk, a restored backup; never reach back into the old one),
-        copied there from the session database when another server took the upload."""
-        here = self.uploads / session_id / stored.name
-        if not here.is_file() and (data := self.db.photo(session_id, stored.name)) is not None:
-            here.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(here, data)
-        return here if here.is_file() else stored
 
     def _excluded(self, chat: ChatSession) -> str | None:
         base = set(self.ctx.config.exclude_authors)
@@ -238,7 +227,7 @@ class SessionStore:
     def photo(self, session_id: str) -> Path:
         chat = self._open(session_id)
         try:
-            return self._local_photo(session_id, Path(chat.state().image_path))
+            return chat.photo_here(self.uploads)
         finally:
             chat.close()
 

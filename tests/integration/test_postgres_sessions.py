@@ -5,6 +5,8 @@ line (exit 3) or a 503, never a traceback or an acknowledged turn that was not k
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +149,49 @@ def _stop(server_url: str) -> None:
 
     subprocess.run(_as_server_user([str(postgres_bin() / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"]),
                    check=True, capture_output=True, cwd="/")
+
+
+def test_a_lost_connection_after_the_turn_does_not_fail_the_kept_turn(postgres_url):
+    """The turn's writes are done when its unlock fails: the reply must not become a 503 (a retry
+    would then repeat the follow-up); closing the connection drops the lock anyway."""
+    import psycopg
+
+    db = open_session_database(postgres_url)
+    try:
+        with db.turn("s1", 5), psycopg.connect(postgres_url, autocommit=True) as admin:  # the holder's dies
+            assert admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                                 "WHERE locktype = 'advisory' AND granted").rowcount == 1
+        with db.turn("s1", 5):
+            pass
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@ss@127.0.0.1:{port}/db", "postgresql://u@127.0.0.1:{port}/db?password=p@ss",
+                                 "postgresql://u:p%zzss@127.0.0.1:{port}/db"])
+def test_a_password_never_reaches_a_message(url):
+    with pytest.raises(SessionDatabaseError) as err:
+        open_session_database(url.format(port=free_port()))
+    assert "p@ss" not in str(err.value) and "p%zzss" not in str(err.value) and "ss@" not in str(err.value)
+    assert "***" in str(err.value)
+
+
+def test_the_terminal_resumes_a_web_session_taken_on_another_machine(ctx, photo, postgres_url, tmp_path):
+    """A session made by a server (machine A's state folder) resumed by ``geoguide chat`` elsewhere:
+    the photo comes from the database, so the follow-up can search it again."""
+    from geoguide.app.web_sessions import SessionStore
+
+    store = SessionStore(ctx, tmp_path / "machine-a", ctx.index.descriptor(), state_url=postgres_url)
+    try:
+        sid = store.locate(photo.read_bytes(), "q_paris.jpg").session_id
+    finally:
+        store.close()
+    shutil.rmtree(tmp_path / "machine-a")  # nothing of machine A is left
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "machine-b")}
+    run = subprocess.run([sys.executable, "-m", "geoguide", "chat", "--index", str(ctx.index.root), "--vlm", "none",
+                          "--state-url", postgres_url, "--session", sid], input="look near Lyon instead\n/show\n",
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    here = tmp_path / "machine-b" / "geoguide" / "photos" / sid / "photo-1"
+    assert here.read_bytes() == photo.read_bytes()
+    assert '"image": "q_paris.jpg"' in run.stdout or "q_paris.jpg" in run.stdout
