@@ -63,9 +63,14 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would have made
         finally:
             os.close(fd)
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as e:  # ENOSPC: one line naming the file, what it had written and the space free
+            if is_disk_full(e) and not isinstance(e, DiskFull):
+                raise disk_full(target, tmp_path.stat().st_size if tmp_path.exists() else 0) from None
+            raise
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
     finally:

@@ -183,3 +183,22 @@ def test_an_add_that_cannot_fit_is_refused_before_any_work(small_disk, synthetic
     assert after == before and not _leftovers(small_disk)
     (small_disk / "filler").unlink()
     assert main(argv) == 0 and main(["index", "verify", str(index)]) == 0
+
+
+def test_a_remove_on_a_full_disk_is_one_line_and_leaves_the_index_whole(small_disk, synthetic_index, capsys):
+    """``index remove`` writes small files (tombstones, the removals history, the manifest): on a
+    full disk it stops with one line naming the file and the space free, the index verifies, and
+    the same command completes once there is room."""
+    import shutil
+
+    index = small_disk / "idx"
+    shutil.copytree(synthetic_index.root, index)
+    argv = ["index", "remove", str(index), "--author", "author_paris_0", "--reason", "test"]
+    _fill(small_disk, 0)
+    assert main(argv) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("geoguide: error: no space left for ") and "MB are free on that disk" in said, said
+    assert not _leftovers(small_disk)
+    (small_disk / "filler").unlink()
+    assert main(["index", "verify", str(index)]) == 0
+    assert main(argv) == 0 and main(["index", "verify", str(index)]) == 0
