@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,17 +101,32 @@ def read_state_dict(path: Path, descriptor: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+def load_into(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str,
+              renames: Sequence[tuple[str, str]] = ()) -> nn.Module:
     """``build()`` on the meta device, filled from ``state`` key for key, in eval mode, float32.
 
+    ``renames``: (published, ours) substrings for a key the model does not have whose renamed form
+    it does (a library that renamed its modules but not its published files), nothing else.
     Raises ``WeightsLoadError`` (a ``GeoguideError``) naming each missing, unexpected or
     mis-shaped key, with ``source`` (the file) in the message.
     """
     with torch.device("meta"):
         model = build()
+    if renames:
+        own = set(model.state_dict())
+        state = {_renamed(k, own, renames): v for k, v in state.items()}
     model = model.to_empty(device="cpu")
     load_state_dict_strict(model, state, source=source)
     return model.float().eval()
+
+
+def _renamed(key: str, own: set[str], renames: Sequence[tuple[str, str]]) -> str:
+    if key in own:
+        return key
+    for published, ours in renames:
+        if published in key and (new := key.replace(published, ours)) in own:
+            return new
+    return key
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -19,6 +19,7 @@ from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -105,6 +106,7 @@ class LocalNetworkDescriptor(Descriptor):
     multiple: ClassVar[int]  # input sides are multiples of this (patch size, network stride)
     env_var: ClassVar[str]  # where the weights file is looked up when the option is not set
     how_to_get: ClassVar[str]  # the sentence that says where the official file is published
+    weights_form: ClassVar[str] = "FILE"  # what the weights option names ("DIR" for a model folder)
     variants: ClassVar[tuple[str, ...]] = ("official", "tiny")
     min_units: int = 1  # fewest ``multiple``s per input side (an instance may raise it)
     common_conf: ClassVar[dict[str, Any]] = {
@@ -123,13 +125,15 @@ class LocalNetworkDescriptor(Descriptor):
     runtime_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_threads", "device"})
 
     @classmethod
+    def resolve(cls, option: str | None) -> Path:
+        """The weights file the ``weights`` option (else ``$env_var``) names, or ``WeightsNotFoundError``."""
+        return resolve_weights_file(cls.name, option, cls.env_var, cls.how_to_get)
+
+    @classmethod
     def availability(cls) -> Availability:
         """``geoguide models``: the weights file from ``$env_var`` (the option is per build)."""
-        from geoguide.indices.descriptors.local_weights import resolve_weights_file
-
-        return local_weights(option="--descriptor-opt weights=FILE", env_var=cls.env_var, hub_id=None,
-                             check=lambda where: resolve_weights_file(cls.name, where, cls.env_var, cls.how_to_get),
-                             how_to_get=cls.how_to_get)
+        return local_weights(option=f"--descriptor-opt weights={cls.weights_form}", env_var=cls.env_var, hub_id=None,
+                             check=cls.resolve, how_to_get=cls.how_to_get)
 
     def __init__(self, conf: dict[str, Any] | None = None):
         super().__init__(conf)
@@ -140,7 +144,7 @@ class LocalNetworkDescriptor(Descriptor):
             raise ValueError(f"{self.name}: variant must be one of {self.variants}, got {c['variant']!r}")
         if int(c["image_size"]) < self.multiple or int(c["batch_size"]) < 1:
             raise ValueError(f"{self.name}: image_size must be >= {self.multiple} and batch_size >= 1")
-        path = resolve_weights_file(self.name, c["weights"], self.env_var, self.how_to_get)
+        path = self.resolve(c["weights"])
         self._weights_id = file_identity(path)
         self._device = c["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
         self._net, self._pixels = self._load(str(path.resolve()), self._device)
