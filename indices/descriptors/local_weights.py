@@ -64,7 +64,7 @@ def file_identity(path: Path, window: int = 1 << 20) -> str:
     return f"{size}:{h.hexdigest()[:16]}"
 
 
-def _numpy_scalar_globals() -> list:
+def numpy_scalar_globals() -> list:
     """What a checkpoint pickled with NumPy metrics needs: scalar/dtype constructors only."""
     from numpy._core.multiarray import scalar
 
@@ -83,7 +83,7 @@ def read_state_dict(path: Path, descriptor: str) -> dict[str, torch.Tensor]:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError:
-                with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                with torch.serialization.safe_globals(numpy_scalar_globals()):
                     state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, a pickle with code in it, not a checkpoint at all
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
