@@ -155,7 +155,11 @@ def ablate_cmd(
     """``geoguide ablate``: its help is ``ABLATE_HELP``."""
     from geoguide.eval.ablation import load_plan, run_plan
 
-    variants = load_plan(plan)
-    typer.echo(f"{len(variants)} variant(s): {', '.join(v.name for v in variants)}", err=True)
-    report = run_plan(variants, out, run=lambda spec, where: _run_cli(spec, where))
+    loaded = load_plan(plan)
+    for s in loaded.skipped:
+        typer.echo(f"geoguide: skipping descriptor {s.descriptor}: {s.reason}", err=True)
+    if not loaded.variants:
+        raise CLIError(f"{plan}: nothing to run (every descriptor was skipped)")
+    typer.echo(f"{len(loaded.variants)} variant(s): {', '.join(v.name for v in loaded.variants)}", err=True)
+    report = run_plan(loaded, out, run=lambda spec, where: _run_cli(spec, where))
     typer.echo(report)

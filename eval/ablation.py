@@ -36,53 +36,51 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from geoguide.agent.settings import flatten
 from geoguide.core import atomic
-from geoguide.eval.metrics import THRESHOLDS_KM, markdown_table, threshold_key
+from geoguide.eval.metrics import markdown_table
+from geoguide.eval.paper import (
+    PlanDescriptor,
+    Skipped,
+    ensure_index,
+    paper_table,
+    skipped_text,
+    unavailable,
+)
 from geoguide.eval.records import PREDICTIONS, RunSummary, load_records
 from geoguide.eval.spec import RunSpec, dataset_for
+from geoguide.eval.variants import Variant, VariantResult, settings_text, value_name
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-PLAN_TABLES = ("base", "variant", "grid")
+PLAN_TABLES = ("base", "variant", "grid", "descriptor")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
-CORRUPTION_THRESHOLDS = ("25", "200", "750")
-THRESHOLD_NAMES = {"1": "street", "25": "city", "200": "region", "750": "country", "2500": "continent"}
 
 
-class Variant(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Plan(BaseModel):
+    """A plan's variants, its ``[[descriptor]]`` entries that can run, and those that cannot (why)."""
 
-    name: str
-    spec: RunSpec
-    settings: dict[str, Any]  # what it sets beyond [base], as written in the plan (for labels)
-    row: str = ""  # the [[variant]] it came from ("" for a grid-only plan)
-    grid: dict[str, Any] = {}  # its [grid] values
-
-
-class VariantResult(BaseModel):
-    variant: Variant
-    summary: RunSummary
-    errors_km: list[float | None]  # one per photo of the run, None = no answer
-
-
-def _value_name(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    variants: list[Variant]
+    descriptors: list[PlanDescriptor] = []
+    skipped: list[Skipped] = []
 
 
 def grid_name(values: dict[str, Any]) -> str:
-    text = ",".join(f"{k}={_value_name(v)}" for k, v in values.items())
+    text = ",".join(f"{k}={value_name(v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9._=+,-]", "_", text)
 
 
-def load_plan(path: str | Path) -> list[Variant]:
-    """Expand a plan into variants; every variant's settings are validated before anything runs."""
+def load_plan(path: str | Path) -> Plan:
+    """Expand a plan into variants; every variant's settings are validated before anything runs.
+
+    With ``[[descriptor]]`` tables (``eval.paper``) every variant runs once per descriptor that
+    can run here, on that descriptor's index, named ``<descriptor>__<variant>``; the others are
+    ``skipped`` with the reason."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -91,7 +89,8 @@ def load_plan(path: str | Path) -> list[Variant]:
         raise ValueError(f"{path}: not valid TOML ({exc})") from None
     unknown = sorted(set(plan) - set(PLAN_TABLES))
     if unknown:
-        raise ValueError(f"{path}: unknown table(s) {unknown}; a plan has [base], [[variant]] and [grid]")
+        raise ValueError(f"{path}: unknown table(s) {unknown}; a plan has [base], [[variant]], [grid] and "
+                         "[[descriptor]]")
     base = flatten(plan.get("base", {}))
     grid = plan.get("grid", {})
     for key, values in grid.items():
@@ -105,23 +104,41 @@ def load_plan(path: str | Path) -> list[Variant]:
         rows.append((str(table.pop("name")), flatten(table)))
     rows = rows or [("", {})]
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    descriptors, skipped = _plan_descriptors(path, plan.get("descriptor", []))
     variants: list[Variant] = []
-    for name, overrides in rows:
-        for combo in combos:
-            full = "__".join(x for x in (name, grid_name(combo)) if x) or "base"
-            if not SAFE_NAME.match(full):
-                raise ValueError(f"{path}: variant name {full!r} must be letters, digits and ._=+,- only")
-            settings = {**overrides, **combo}
-            try:
-                spec = RunSpec.from_settings({**base, **settings})
-            except ValueError as exc:
-                raise ValueError(f"{path}: variant {full!r}: {exc}") from None
-            variants.append(Variant(name=full, spec=spec, settings=settings, row=name, grid=combo))
+    for d in descriptors if "descriptor" in plan else [None]:
+        for name, overrides in rows:
+            for combo in combos:
+                full = "__".join(x for x in (d.name if d else "", name, grid_name(combo)) if x) or "base"
+                if not SAFE_NAME.match(full):
+                    raise ValueError(f"{path}: variant name {full!r} must be letters, digits and ._=+,- only")
+                settings = {**overrides, **combo}
+                try:
+                    spec = RunSpec.from_settings({**base, **settings, **({"index": str(d.index)} if d else {})})
+                except ValueError as exc:
+                    raise ValueError(f"{path}: variant {full!r}: {exc}") from None
+                variants.append(Variant(name=full, spec=spec, settings=settings, row=name, grid=combo,
+                                        descriptor=d.name if d else ""))
     names = [v.name for v in variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"{path}: duplicate variant name(s) {dupes}")
-    return variants
+    return Plan(variants=variants, descriptors=descriptors, skipped=skipped)
+
+
+def _plan_descriptors(path: Path, tables: list[dict[str, Any]]) -> tuple[list[PlanDescriptor], list[Skipped]]:
+    ready: list[PlanDescriptor] = []
+    skipped: list[Skipped] = []
+    for i, table in enumerate(tables, 1):
+        try:
+            d = PlanDescriptor.model_validate(table)
+        except ValueError as exc:
+            raise ValueError(f"{path}: [[descriptor]] number {i}: {exc}") from None
+        if (reason := unavailable(d)) is None:
+            ready.append(d)
+        else:
+            skipped.append(Skipped(descriptor=d.name, reason=reason))
+    return ready, skipped
 
 
 def run_errors(spec: RunSpec, run_dir: Path) -> list[float | None]:
@@ -132,23 +149,23 @@ def run_errors(spec: RunSpec, run_dir: Path) -> list[float | None]:
     return [records[s.image_id].error_km for s in chosen if s.image_id in records]
 
 
-def run_plan(variants: Sequence[Variant], out: str | Path, run: Callable[[RunSpec, Path], RunSummary]) -> str:
-    """Run (or resume) each variant into ``out/<name>``, then write the comparison; returns its markdown."""
+def run_plan(plan: Plan, out: str | Path, run: Callable[[RunSpec, Path], RunSummary]) -> str:
+    """Build a ``[[descriptor]]``'s missing index, run (or resume) each variant into
+    ``out/<name>``, then write the comparison; returns its markdown."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "plan.json", [v.model_dump(mode="json") for v in variants])
+    atomic.write_json(out / "plan.json", plan.model_dump(mode="json"))
+    first = plan.variants[0].spec if plan.variants else None
+    for d in plan.descriptors:
+        ensure_index(d, first.images if first else None, first.labels if first else None)
     results = []
-    for v in variants:
+    for v in plan.variants:
         summary = run(v.spec, out / v.name)
         results.append(VariantResult(variant=v, summary=summary, errors_km=run_errors(v.spec, out / v.name)))
-    return write_comparison(out, results)
+    return write_comparison(out, results, plan.skipped)
 
 
 # --------------------------------------------------------------------------------- comparison
-
-
-def _settings_text(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_value_name(v)}" for k, v in settings.items()) or "base"
 
 
 def comparison_rows(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
@@ -167,7 +184,7 @@ def comparison_rows(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
             "failed": s.failed,
             "prior_corrupted": s.prior_corrupted,
             **_calibration_cells(s),
-            "settings": _settings_text(r.variant.settings),
+            "settings": settings_text(r.variant.settings),
         }
         rows.append(row)
     return rows
@@ -194,18 +211,23 @@ def _md(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(out: Path, results: Sequence[VariantResult]) -> str:
+def write_comparison(out: Path, results: Sequence[VariantResult], skipped: Sequence[Skipped] = ()) -> str:
     rows = comparison_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(out / "comparison.csv", buf.getvalue())
+    from geoguide.eval.ablation_plots import PLOTS, save_plot
+
     plots = [name for name, plot in PLOTS.items() if save_plot(out / name, plot, results)]
     md = (
         "\n".join(
             [
                 "# Ablation comparison\n",
+                skipped_text(skipped),
+                paper_table(results, skipped),
+                "## Every variant\n",
                 "Accuracy: % of all photos strictly within each distance (a missing answer is a miss), with "
                 "bootstrap 95% CIs.\n",
                 markdown_table({r.variant.name: r.summary for r in results}, ci=True),
@@ -235,163 +257,3 @@ def write_comparison(out: Path, results: Sequence[VariantResult]) -> str:
     )
     atomic.write_text(out / "comparison.md", md)
     return md
-
-
-# -------------------------------------------------------------------------------------- plots
-
-
-def save_plot(
-    target: Path, plot: Callable[[Any, Sequence[VariantResult]], bool], results: Sequence[VariantResult]
-) -> bool:
-    """Draw with ``plot(fig, results)``; False (nothing written) when it does not apply."""
-    from geoguide.core.extras import require
-
-    matplotlib = require("matplotlib", "plots", "ablate's plots")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(10, 5.5))
-    try:
-        if not plot(fig, results):
-            return False
-        with atomic.atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        return True
-    finally:
-        plt.close(fig)
-
-
-def _legend(ax: Any) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-
-
-def _threshold_ticks(ax: Any) -> None:
-    ax.set_xscale("log")
-    ax.set_xticks(list(THRESHOLDS_KM))
-    ax.set_xticklabels(
-        [f"{threshold_key(t)} km\n{THRESHOLD_NAMES.get(threshold_key(t), '')}" for t in THRESHOLDS_KM]
-    )
-    ax.minorticks_off()
-
-
-def plot_accuracy_vs_threshold(fig: Any, results: Sequence[VariantResult]) -> bool:
-    ax = fig.add_subplot()
-    for r in results:
-        keys = list(r.summary.accuracy)
-        ax.plot(
-            [float(k) for k in keys],
-            [r.summary.accuracy[k] for k in keys],
-            marker="o",
-            label=f"{r.variant.name} (n={r.summary.n})",
-            linestyle=_style(results.index(r)),
-        )
-    _threshold_ticks(ax)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("distance threshold")
-    ax.set_ylabel("photos within threshold (%)")
-    ax.set_title("Accuracy vs distance threshold")
-    ax.grid(True, alpha=0.3)
-    _legend(ax)
-    return True
-
-
-def plot_error_cdf(fig: Any, results: Sequence[VariantResult]) -> bool:
-    ax = fig.add_subplot()
-    lo, hi = 0.1, 20038.0  # 100 m (closer is drawn there) .. half the Earth's circumference
-    for i, r in enumerate(results):
-        n = len(r.errors_km)
-        err = np.sort([max(e, lo) for e in r.errors_km if e is not None])
-        if n == 0:
-            continue
-        x = np.concatenate([[lo], err, [hi]])
-        y = 100.0 * np.concatenate([[0], np.arange(1, len(err) + 1), [len(err)]]) / n
-        ax.step(x, y, where="post", label=f"{r.variant.name} ({len(err)}/{n} answered)", linestyle=_style(i))
-    for t in THRESHOLDS_KM:
-        ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("error (km, log scale); dotted lines: 1 / 25 / 200 / 750 / 2500 km")
-    ax.set_ylabel("photos with error ≤ x (%, all photos)")
-    ax.set_title("Cumulative distribution of the geolocation error")
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax)
-    return True
-
-
-def _group_label(settings_text: str, members: Sequence[VariantResult]) -> str:
-    """The [[variant]] name its members share (e.g. "no-rerank"), else what they set."""
-    rows = {m.variant.row for m in members}
-    if len(rows) == 1 and (row := rows.pop()):
-        rest = {k: v for k, v in members[0].variant.grid.items() if k != "corrupt_prior"}
-        return f"{row}, {_settings_text(rest)}" if rest else row
-    return settings_text
-
-
-def _style(i: int) -> str:
-    """Solid for the first ten lines (one colour each), then dashed, dotted: colours repeat after ten."""
-    return ("-", "--", ":", "-.")[(i // 10) % 4]
-
-
-def plot_accuracy_vs_corruption(fig: Any, results: Sequence[VariantResult]) -> bool:
-    """One line per group of variants equal in everything but the corruption rate."""
-    rates = {r.variant.spec.corrupt_prior for r in results}
-    if len(rates) < 2:
-        return False
-    groups: dict[str, list[VariantResult]] = {}
-    for r in results:
-        rest = {k: v for k, v in r.variant.settings.items() if k != "corrupt_prior"}
-        groups.setdefault(_settings_text(rest), []).append(r)
-    groups = {_group_label(key, members): members for key, members in groups.items()}
-    axes = fig.subplots(1, len(CORRUPTION_THRESHOLDS), sharey=False)
-    for ax, key in zip(axes, CORRUPTION_THRESHOLDS, strict=True):
-        for i, (label, members) in enumerate(groups.items()):
-            members = sorted(members, key=lambda r: r.variant.spec.corrupt_prior)
-            ax.plot(
-                [100 * m.variant.spec.corrupt_prior for m in members],
-                [m.summary.accuracy.get(key, np.nan) for m in members],
-                marker="o",
-                label=label,
-                linestyle=_style(i),
-            )
-        ax.set_title(f"within {key} km ({THRESHOLD_NAMES[key]})")
-        ax.set_xlabel("priors corrupted (%)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("photos within threshold (%)")
-    fig.suptitle("Robustness: accuracy vs rate of corrupted VLM priors")
-    _legend(axes[-1])
-    fig.tight_layout()
-    return True
-
-
-PLOTS: dict[str, Callable[[Any, Sequence[VariantResult]], bool]] = {
-    "accuracy_vs_threshold.png": plot_accuracy_vs_threshold,
-    "error_cdf.png": plot_error_cdf,
-    "accuracy_vs_corruption.png": plot_accuracy_vs_corruption,
-}
-
-
-def plot_reliability(fig: Any, results: Sequence[VariantResult]) -> bool:
-    """Predicted vs observed P(within 25 km), each photographer judged by a profile fitted on the
-    others (``RunSummary.calibration``); on the diagonal is calibrated. False when no row has one."""
-    rows = [r for r in results if r.summary.calibration is not None and r.summary.calibration.reliability_25]
-    if not rows:
-        return False
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
-    for i, r in enumerate(rows):
-        c = r.summary.calibration
-        bins = c.reliability_25
-        ax.plot([b.predicted for b in bins], [b.observed for b in bins], marker="o", linestyle=_style(i),
-                label=f"{r.variant.name} (ECE {c.ece['25']:.3f}; 90% radius covers {100 * c.coverage:.1f}%)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("stated P(within 25 km), after the profile")
-    ax.set_ylabel("share of photos within 25 km")
-    ax.set_title("Reliability of the answers' probabilities (leave-one-photographer-out)")
-    ax.grid(True, alpha=0.3)
-    _legend(ax)
-    return True
-
-
-PLOTS["reliability.png"] = plot_reliability

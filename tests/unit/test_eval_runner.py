@@ -552,3 +552,61 @@ def test_a_resume_after_the_labels_were_edited_is_refused(synthetic_index, synth
     capsys.readouterr()
     assert main(argv) == 2
     assert "the labels file changed since this run started" in capsys.readouterr().err
+
+
+def test_cli_ablate_crosses_descriptors_builds_missing_indices_and_lists_the_skipped(
+        synthetic_index, synthetic_refs, replay, tmp_path, capsys, monkeypatch):
+    """The paper's plan shape: every variant once per [[descriptor]]; one whose index is missing is
+    built first; one without weights is skipped with the reason (never dropped silently); the
+    comparison has the paper's layout and accuracy vs K."""
+    monkeypatch.delenv("GEOGUIDE_MEGALOC_WEIGHTS", raising=False)
+    root, _ = synthetic_refs
+    built = tmp_path / "idx-thumb16"
+    plan = tmp_path / "paper.toml"
+    plan.write_text(f"""
+[base]
+images = "{root / "images"}"
+labels = "{root / "labels.csv"}"
+vlm = "replay:{replay}"
+exclude_same_author = true
+reuse_index_descriptors = true
+limit = 6
+
+[[descriptor]]
+name = "thumbnail"
+index = "{built}"
+options = {{ size = 16 }}
+submaps = "country,kmeans:2,kmeans:3"
+
+[[descriptor]]
+name = "megaloc"
+index = "{tmp_path / "idx-megaloc"}"
+
+[[variant]]
+name = "retrieval-only"
+vlm = "none"
+
+[[variant]]
+name = "kmeans2-rerank"
+scheme = "kmeans-2"
+prior_level = "country"
+
+[[variant]]
+name = "kmeans3-rerank"
+scheme = "kmeans-3"
+prior_level = "country"
+""")
+    out = tmp_path / "out"
+    assert main(["ablate", str(plan), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipping descriptor megaloc: " in err and "GEOGUIDE_MEGALOC_WEIGHTS" in err
+    assert (built / "manifest.json").is_file()
+    rows = list(csv.DictReader((out / "comparison.csv").read_text().splitlines()))
+    assert [r["variant"] for r in rows] == ["thumbnail__retrieval-only", "thumbnail__kmeans2-rerank",
+                                            "thumbnail__kmeans3-rerank"]
+    md = (out / "comparison.md").read_text()
+    assert "| thumbnail | kmeans3-rerank |" in md and "Street 1 km" in md and "| megaloc | skipped: " in md
+    assert (out / "accuracy_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan.write_text(plan.read_text().replace('name = "thumbnail"', 'name = "megaloc-again"'))
+    assert main(["ablate", str(plan), "--out", str(tmp_path / "none")]) == 2  # nothing left to run: an error
+    assert "nothing to run" in capsys.readouterr().err

@@ -1,0 +1,177 @@
+"""The plots ``geoguide ablate`` draws beside its comparison: accuracy vs threshold, the error
+CDF, accuracy vs the rate of corrupted priors, vs K (``eval.paper``) and the reliability of the
+answers' probabilities. Each returns False (nothing written) when the plan has nothing for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoguide.core import atomic
+from geoguide.eval.metrics import THRESHOLDS_KM, threshold_key
+from geoguide.eval.paper import plot_accuracy_vs_k
+from geoguide.eval.variants import VariantResult, settings_text
+
+CORRUPTION_THRESHOLDS = ("25", "200", "750")
+THRESHOLD_NAMES = {"1": "street", "25": "city", "200": "region", "750": "country", "2500": "continent"}
+
+
+def save_plot(
+    target: Path, plot: Callable[[Any, Sequence[VariantResult]], bool], results: Sequence[VariantResult]
+) -> bool:
+    """Draw with ``plot(fig, results)``; False (nothing written) when it does not apply."""
+    from geoguide.core.extras import require
+
+    matplotlib = require("matplotlib", "plots", "ablate's plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(10, 5.5))
+    try:
+        if not plot(fig, results):
+            return False
+        with atomic.atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        return True
+    finally:
+        plt.close(fig)
+
+
+def _legend(ax: Any) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+
+
+def _threshold_ticks(ax: Any) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(list(THRESHOLDS_KM))
+    ax.set_xticklabels(
+        [f"{threshold_key(t)} km\n{THRESHOLD_NAMES.get(threshold_key(t), '')}" for t in THRESHOLDS_KM]
+    )
+    ax.minorticks_off()
+
+
+def plot_accuracy_vs_threshold(fig: Any, results: Sequence[VariantResult]) -> bool:
+    ax = fig.add_subplot()
+    for r in results:
+        keys = list(r.summary.accuracy)
+        ax.plot(
+            [float(k) for k in keys],
+            [r.summary.accuracy[k] for k in keys],
+            marker="o",
+            label=f"{r.variant.name} (n={r.summary.n})",
+            linestyle=_style(results.index(r)),
+        )
+    _threshold_ticks(ax)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("distance threshold")
+    ax.set_ylabel("photos within threshold (%)")
+    ax.set_title("Accuracy vs distance threshold")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    return True
+
+
+def plot_error_cdf(fig: Any, results: Sequence[VariantResult]) -> bool:
+    ax = fig.add_subplot()
+    lo, hi = 0.1, 20038.0  # 100 m (closer is drawn there) .. half the Earth's circumference
+    for i, r in enumerate(results):
+        n = len(r.errors_km)
+        err = np.sort([max(e, lo) for e in r.errors_km if e is not None])
+        if n == 0:
+            continue
+        x = np.concatenate([[lo], err, [hi]])
+        y = 100.0 * np.concatenate([[0], np.arange(1, len(err) + 1), [len(err)]]) / n
+        ax.step(x, y, where="post", label=f"{r.variant.name} ({len(err)}/{n} answered)", linestyle=_style(i))
+    for t in THRESHOLDS_KM:
+        ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("error (km, log scale); dotted lines: 1 / 25 / 200 / 750 / 2500 km")
+    ax.set_ylabel("photos with error ≤ x (%, all photos)")
+    ax.set_title("Cumulative distribution of the geolocation error")
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax)
+    return True
+
+
+def _group_label(settings_text: str, members: Sequence[VariantResult]) -> str:
+    """The [[variant]] name its members share (e.g. "no-rerank"), else what they set."""
+    rows = {m.variant.row for m in members}
+    if len(rows) == 1 and (row := rows.pop()):
+        rest = {k: v for k, v in members[0].variant.grid.items() if k != "corrupt_prior"}
+        return f"{row}, {settings_text(rest)}" if rest else row
+    return settings_text
+
+
+def _style(i: int) -> str:
+    """Solid for the first ten lines (one colour each), then dashed, dotted: colours repeat after ten."""
+    return ("-", "--", ":", "-.")[(i // 10) % 4]
+
+
+def plot_accuracy_vs_corruption(fig: Any, results: Sequence[VariantResult]) -> bool:
+    """One line per group of variants equal in everything but the corruption rate."""
+    rates = {r.variant.spec.corrupt_prior for r in results}
+    if len(rates) < 2:
+        return False
+    groups: dict[str, list[VariantResult]] = {}
+    for r in results:
+        rest = {k: v for k, v in r.variant.settings.items() if k != "corrupt_prior"}
+        groups.setdefault(settings_text(rest), []).append(r)
+    groups = {_group_label(key, members): members for key, members in groups.items()}
+    axes = fig.subplots(1, len(CORRUPTION_THRESHOLDS), sharey=False)
+    for ax, key in zip(axes, CORRUPTION_THRESHOLDS, strict=True):
+        for i, (label, members) in enumerate(groups.items()):
+            members = sorted(members, key=lambda r: r.variant.spec.corrupt_prior)
+            ax.plot(
+                [100 * m.variant.spec.corrupt_prior for m in members],
+                [m.summary.accuracy.get(key, np.nan) for m in members],
+                marker="o",
+                label=label,
+                linestyle=_style(i),
+            )
+        ax.set_title(f"within {key} km ({THRESHOLD_NAMES[key]})")
+        ax.set_xlabel("priors corrupted (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("photos within threshold (%)")
+    fig.suptitle("Robustness: accuracy vs rate of corrupted VLM priors")
+    _legend(axes[-1])
+    fig.tight_layout()
+    return True
+
+
+PLOTS: dict[str, Callable[[Any, Sequence[VariantResult]], bool]] = {
+    "accuracy_vs_threshold.png": plot_accuracy_vs_threshold,
+    "error_cdf.png": plot_error_cdf,
+    "accuracy_vs_corruption.png": plot_accuracy_vs_corruption,
+    "accuracy_vs_k.png": plot_accuracy_vs_k,
+}
+
+
+def plot_reliability(fig: Any, results: Sequence[VariantResult]) -> bool:
+    """Predicted vs observed P(within 25 km), each photographer judged by a profile fitted on the
+    others (``RunSummary.calibration``); on the diagonal is calibrated. False when no row has one."""
+    rows = [r for r in results if r.summary.calibration is not None and r.summary.calibration.reliability_25]
+    if not rows:
+        return False
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    for i, r in enumerate(rows):
+        c = r.summary.calibration
+        bins = c.reliability_25
+        ax.plot([b.predicted for b in bins], [b.observed for b in bins], marker="o", linestyle=_style(i),
+                label=f"{r.variant.name} (ECE {c.ece['25']:.3f}; 90% radius covers {100 * c.coverage:.1f}%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("stated P(within 25 km), after the profile")
+    ax.set_ylabel("share of photos within 25 km")
+    ax.set_title("Reliability of the answers' probabilities (leave-one-photographer-out)")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    return True
+
+
+PLOTS["reliability.png"] = plot_reliability
