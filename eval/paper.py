@@ -18,6 +18,7 @@ re-ranking, sweeps K and corrupts the prior. ``eval/plans/paper.toml`` is that g
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,7 +90,12 @@ def ensure_index(d: PlanDescriptor, images: Path | None, labels: Path | None) ->
     rep = data.report
     source = SourceInfo(labels=str(labels), images=str(Path(images).resolve()), n_rows=rep.n_ok + rep.n_bad,
                         n_bad_rows=rep.n_bad, problems=rep.problems)
-    build_index(data.samples, d.index, config, source, progress=f"index {d.name}")
+    manifest = build_index(data.samples, d.index, config, source, progress=f"index {d.name}")
+    if manifest.calibration is None:  # as `geoguide index build`: what a match means on this map, stored once
+        from geoguide.indices.calibration import calibrate_index
+
+        with contextlib.suppress(ValueError):  # a map too small for it is calibrated in memory on use, saying so
+            calibrate_index(d.index, sample=5_000)
 
 
 def variant_k(result: VariantResult) -> int | None:
