@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from geoguide.agent.settings import flatten
 from geoguide.core import atomic
+from geoguide.core.errors import GeoguideError
 from geoguide.eval.metrics import markdown_table
 from geoguide.eval.paper import (
     PlanDescriptor,
@@ -156,13 +157,18 @@ def run_plan(plan: Plan, out: str | Path, run: Callable[[RunSpec, Path], RunSumm
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "plan.json", plan.model_dump(mode="json"))
     first = plan.variants[0].spec if plan.variants else None
+    skipped, failed = list(plan.skipped), set()
     for d in plan.descriptors:
-        ensure_index(d, first.images if first else None, first.labels if first else None)
+        try:
+            ensure_index(d, first.images if first else None, first.labels if first else None)
+        except GeoguideError as e:  # its weights or mean are there but do not load: the others still run
+            skipped.append(Skipped(descriptor=d.name, reason=f"its index could not be built: {e}"))
+            failed.add(d.name)
     results = []
-    for v in plan.variants:
+    for v in (v for v in plan.variants if v.descriptor not in failed):
         summary = run(v.spec, out / v.name)
         results.append(VariantResult(variant=v, summary=summary, errors_km=run_errors(v.spec, out / v.name)))
-    return write_comparison(out, results, plan.skipped)
+    return write_comparison(out, results, skipped)
 
 
 # --------------------------------------------------------------------------------- comparison

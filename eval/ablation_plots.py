@@ -98,13 +98,16 @@ def plot_error_cdf(fig: Any, results: Sequence[VariantResult]) -> bool:
     return True
 
 
-def _group_label(settings_text: str, members: Sequence[VariantResult]) -> str:
-    """The [[variant]] name its members share (e.g. "no-rerank"), else what they set."""
+def _group_label(key: str, members: Sequence[VariantResult]) -> str:
+    """The [[variant]] name its members share (e.g. "no-rerank"), else what they set; with the
+    [[descriptor]] first when the plan has them."""
     rows = {m.variant.row for m in members}
+    label = key
     if len(rows) == 1 and (row := rows.pop()):
         rest = {k: v for k, v in members[0].variant.grid.items() if k != "corrupt_prior"}
-        return f"{row}, {settings_text(rest)}" if rest else row
-    return settings_text
+        label = f"{row}, {settings_text(rest)}" if rest else row
+    descriptor = members[0].variant.descriptor
+    return f"{descriptor}: {label}" if descriptor else label
 
 
 def _style(i: int) -> str:
@@ -120,7 +123,7 @@ def plot_accuracy_vs_corruption(fig: Any, results: Sequence[VariantResult]) -> b
     groups: dict[str, list[VariantResult]] = {}
     for r in results:
         rest = {k: v for k, v in r.variant.settings.items() if k != "corrupt_prior"}
-        groups.setdefault(settings_text(rest), []).append(r)
+        groups.setdefault(f"{r.variant.descriptor}|{settings_text(rest)}", []).append(r)
     groups = {_group_label(key, members): members for key, members in groups.items()}
     axes = fig.subplots(1, len(CORRUPTION_THRESHOLDS), sharey=False)
     for ax, key in zip(axes, CORRUPTION_THRESHOLDS, strict=True):

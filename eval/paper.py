@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geoguide.core.availability import NO_WEIGHTS
 from geoguide.core.errors import GeoguideError
-from geoguide.eval.variants import VariantResult
+from geoguide.eval.variants import VariantResult, settings_text
 
 PAPER_SUBMAPS = "country,kmeans:25,kmeans:50,kmeans:100,kmeans:200,kmeans:400"
 COLUMNS = (("1", "Street 1 km"), ("25", "City 25 km"), ("200", "Region 200 km"), ("750", "Country 750 km"),
@@ -60,7 +60,13 @@ def unavailable(d: PlanDescriptor) -> str | None:
     if d.name not in DESCRIPTORS:
         return f"no descriptor {d.name!r} (known: {', '.join(DESCRIPTORS.names())})"
     if (d.index / "manifest.json").is_file():
-        return None
+        from geoguide.indices.store import ReferenceIndex
+
+        try:
+            built = ReferenceIndex(d.index).manifest.descriptor.name
+        except (GeoguideError, OSError, ValueError) as e:
+            return f"its index {d.index} cannot be opened ({e})"
+        return None if built == d.name else f"its index {d.index} was built with {built!r}, not {d.name!r}"
     cls = DESCRIPTORS.get(d.name)
     try:
         if d.options.get("weights") is not None and hasattr(cls, "resolve"):
@@ -128,15 +134,22 @@ def skipped_text(skipped: Sequence[Skipped]) -> str:
     return "## Skipped descriptors\n\n" + "".join(f"- **{s.descriptor}**: {s.reason}\n" for s in skipped)
 
 
+def _besides_k(r: VariantResult) -> dict[str, Any]:
+    rest = {k: v for k, v in r.variant.settings.items() if k not in ("scheme", "rerank", "rerank.enabled")}
+    return rest | ({"corrupt_prior": r.variant.spec.corrupt_prior} if r.variant.spec.corrupt_prior else {})
+
+
 def plot_accuracy_vs_k(fig: Any, results: Sequence[VariantResult]) -> bool:
     """Accuracy at 25 / 200 / 750 km against K, one line per descriptor and re-ranking setting."""
+    swept = [(k, r) for r in results if (k := variant_k(r)) is not None]
+    rests = [_besides_k(r) for _, r in swept]
+    common = set.intersection(*(set(x.items()) for x in rests)) if rests else set()
     lines: dict[str, list[tuple[int, VariantResult]]] = {}
-    for r in results:
-        k = variant_k(r)
-        if k is None:
-            continue
-        rerank = r.variant.spec.agent_config().rerank.enabled
-        label = f"{r.variant.descriptor or 'index'}, {'re-ranked' if rerank else 'no re-ranking'}"
+    for (k, r), rest in zip(swept, rests, strict=True):
+        # one line per everything but K: the descriptor, re-ranking and whatever else differs (a corrupted prior ...)
+        differs = {key: v for key, v in rest.items() if (key, v) not in common}
+        label = f"{r.variant.descriptor or 'index'}, {'re-ranked' if r.variant.spec.agent_config().rerank.enabled else 'no re-ranking'}"
+        label += f" ({settings_text(differs)})" if differs else ""
         lines.setdefault(label, []).append((k, r))
     if not any(len({k for k, _ in pts}) >= 2 for pts in lines.values()):
         return False

@@ -116,7 +116,8 @@ class ResNetGeM(nn.Module):
                 inplanes = planes * 4
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.adpool = GeM()
-        self.fc = nn.Linear(2048, out_dim) if with_fc else None
+        self.fc = nn.Linear(2048, out_dim)  # dirtorch makes it even when without_fc (then unused)
+        self.with_fc = with_fc
         self.norm_features = norm_features
         self.out_dim = out_dim if with_fc else 2048
 
@@ -126,7 +127,7 @@ class ResNetGeM(nn.Module):
         x = self.adpool(x)
         if self.norm_features:
             x = nn.functional.normalize(x, dim=-1)
-        if self.fc is not None:
+        if self.with_fc:
             x = self.fc(x)
         return nn.functional.normalize(x, dim=-1)
 
@@ -154,7 +155,7 @@ def network_for(options: dict[str, Any], variant: str, path: Path) -> ResNetGeM:
     arch = options.get("arch", "resnet101_rmac")
     if arch not in ARCHS:
         raise ModelLoadError(f"ap-gem: {path} holds a {arch!r} network; only {', '.join(ARCHS)} are supported")
-    if options.get("pooling", "gem") != "gem":
+    if not str(options.get("pooling", "gem")).startswith("gem"):  # dirtorch: "gem", "gemp" ... all GeM
         raise ModelLoadError(f"ap-gem: {path} pools with {options['pooling']!r}; only GeM is supported")
     return ResNetGeM(TINY_LAYERS if variant == "tiny" else ARCHS[arch], out_dim=int(options.get("out_dim", 2048)),
                      with_fc=not options.get("without_fc", False), norm_features=bool(options.get("norm_features")))
@@ -179,6 +180,19 @@ class ApGem(nn.Module):
         return nn.functional.normalize(torch.from_numpy(white).float(), dim=-1).to(out.device)
 
 
+def check_pca(pca: PCAState, dim: int, path: str) -> None:
+    """The whitening fits the network's output: components (d, dim), variances (d,), mean (dim,)."""
+    comps = np.asarray(getattr(pca, "components_", None))
+    var = np.asarray(getattr(pca, "explained_variance_", None))
+    mean = getattr(pca, "mean_", None)
+    ok = (comps.ndim == 2 and comps.shape[1] == dim and var.shape == (comps.shape[0],)
+          and (mean is None or np.asarray(mean).shape == (dim,)))
+    if not ok:
+        raise ModelLoadError(f"ap-gem: {path}'s {WHITENING} whitening does not fit the {dim}-d output "
+                             f"(components {comps.shape}, variances {var.shape}, mean "
+                             f"{None if mean is None else np.asarray(mean).shape})")
+
+
 @lru_cache(maxsize=2)
 def load_ap_gem(path: str, variant: str, whiten: bool, power: float, device: str) -> tuple[ApGem, PixelNorm]:
     file = Path(path)
@@ -192,6 +206,7 @@ def load_ap_gem(path: str, variant: str, whiten: bool, power: float, device: str
         if not isinstance(pca, PCAState):
             raise ModelLoadError(f"ap-gem: {path} has no {WHITENING} whitening ('pca' entry); pass "
                                  "--descriptor-opt whiten=false for the unwhitened 2048-d output")
+        check_pca(pca, net.out_dim, path)
     pre = ckpt.get("preprocess") or {}
     pixels = PixelNorm(1 / 255, tuple(pre.get("mean", IMAGENET.mean)), tuple(pre.get("std", IMAGENET.std)))
     return ApGem(net.to(device), pca, power), pixels

@@ -17,6 +17,7 @@ A truncated or malformed file is a ``ModelLoadError`` saying where the reading s
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from geoguide.indices.descriptors.base import ModelLoadError
 
 V1_TYPES = {4: "Convolution", 14: "InnerProduct"}
+MAX_DIM = 1 << 31  # a blob side beyond this is a malformed file, not a network
 
 
 class _Malformed(ValueError):
@@ -95,9 +97,11 @@ def _floats(parts: list[tuple[int, int | memoryview]], fmt: str) -> np.ndarray:
             if len(value) % size:
                 raise _Malformed("a packed float array of a length that is no multiple of its size")
             chunks.append(np.frombuffer(value, dtype="<" + fmt))
-        else:
+        elif (wire, size) in ((5, 4), (1, 8)):  # one unpacked value, 32- or 64-bit as the type says
             assert isinstance(value, int)
             chunks.append(np.frombuffer(value.to_bytes(size, "little"), dtype="<" + fmt))
+        else:
+            raise _Malformed(f"a float array sent with wire type {wire}")
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
@@ -119,9 +123,9 @@ def blob(buf: memoryview) -> np.ndarray:
     values = _floats(data, "f") if data else _floats(doubles, "d").astype(np.float32)
     if not shape:
         shape = [legacy[k] for k in (1, 2, 3, 4)]
-        while len(shape) > 1 and shape[0] == 1 and int(np.prod(shape[1:])) == values.size:
+        while len(shape) > 1 and shape[0] == 1 and math.prod(shape[1:]) == values.size:
             shape = shape[1:]  # legacy 4-D blobs of biases / fc weights: (1, 1, 1, n) -> (n,)
-    if int(np.prod(shape)) != values.size:
+    if any(d < 0 or d > MAX_DIM for d in shape) or math.prod(shape) != values.size:
         raise _Malformed(f"a blob of shape {shape} holds {values.size} values")
     return values.reshape(shape).astype(np.float32, copy=False)
 
@@ -140,12 +144,15 @@ def read_caffemodel(path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
                 if n == (4 if v1 else 1) and isinstance(v, memoryview):
                     name = bytes(v).decode("utf-8", "replace")
                 elif n == (5 if v1 else 2):
-                    kind = V1_TYPES.get(v, f"V1 type {v}") if v1 and isinstance(v, int) else bytes(v).decode()
+                    if v1 and isinstance(v, int):
+                        kind = V1_TYPES.get(v, f"V1 type {v}")
+                    elif not v1 and isinstance(v, memoryview):
+                        kind = bytes(v).decode()
                 elif n == (6 if v1 else 7) and isinstance(v, memoryview):
                     blobs.append(blob(v))
             if blobs:
                 layers[name] = (kind, blobs)
-    except (_Malformed, UnicodeDecodeError) as e:
+    except (_Malformed, UnicodeDecodeError, ValueError, OverflowError) as e:
         raise ModelLoadError(f"{path} is not a readable .caffemodel ({e})") from None
     if not layers:
         raise ModelLoadError(f"{path} holds no layer with weights: it is not a .caffemodel (a deploy.prototxt is "

@@ -65,6 +65,22 @@ def backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def split_swiglu(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    """ViT-g's published SwiGLU MLP (``mlp.weights_in``: gate and up stacked; ``mlp.weights_out``)
+    as transformers 5's ``gate_proj`` / ``up_proj`` / ``down_proj``, halves in that order, as its
+    own conversion table does; only where the model has the new names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        gate = key.replace("mlp.weights_in.", "mlp.gate_proj.")
+        if "mlp.weights_in." in key and gate in own and value.shape[0] % 2 == 0:
+            out[gate], out[key.replace("mlp.weights_in.", "mlp.up_proj.")] = value.chunk(2, dim=0)
+        elif "mlp.weights_out." in key and (down := key.replace("mlp.weights_out.", "mlp.down_proj.")) in own:
+            out[down] = value
+        else:
+            out[key] = value
+    return out
+
+
 class Dinov2Global(nn.Module):
     """``Dinov2Model`` -> one L2-normalised vector per photo (CLS, or GeM of the patch tokens)."""
 
@@ -106,7 +122,8 @@ def load_dinov2(path: str, pooling: str, gem_p: float, device: str) -> tuple[Din
     config_cls, model_cls = (getattr(transformers, n) for n in MODELS[model_type])
     config = config_cls.from_json_file(str(folder / "config.json"))
     state = backbone_state(read_state_dict(file, "dinov2"))
-    model = load_into(lambda: model_cls(config), state, source=f"dinov2: {file}", renames=PUBLISHED_NAMES)
+    model = load_into(lambda: model_cls(config), state, source=f"dinov2: {file}", renames=PUBLISHED_NAMES,
+                      adapt=split_swiglu)
     pixels = IMAGENET
     pre = folder / "preprocessor_config.json"
     if pre.is_file():

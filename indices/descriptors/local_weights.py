@@ -102,18 +102,21 @@ def read_state_dict(path: Path, descriptor: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str,
-              renames: Sequence[tuple[str, str]] = ()) -> nn.Module:
+              renames: Sequence[tuple[str, str]] = (),
+              adapt: Callable[[dict[str, torch.Tensor], set[str]], dict[str, torch.Tensor]] | None = None) -> nn.Module:
     """``build()`` on the meta device, filled from ``state`` key for key, in eval mode, float32.
 
     ``renames``: (published, ours) substrings for a key the model does not have whose renamed form
-    it does (a library that renamed its modules but not its published files), nothing else.
+    it does (a library that renamed its modules but not its published files), nothing else;
+    ``adapt(state, model_keys)`` may rewrite the state before that (a tensor split in two).
     Raises ``WeightsLoadError`` (a ``GeoguideError``) naming each missing, unexpected or
     mis-shaped key, with ``source`` (the file) in the message.
     """
     with torch.device("meta"):
         model = build()
-    if renames:
+    if renames or adapt:
         own = set(model.state_dict())
+        state = adapt(state, own) if adapt else state
         state = {_renamed(k, own, renames): v for k, v in state.items()}
     model = model.to_empty(device="cpu")
     load_state_dict_strict(model, state, source=source)

@@ -84,6 +84,15 @@ def write_caffemodel(caffe, path, weights, *, v1=False, extra=()):
     path.write_bytes(net.SerializeToString())
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
 def _vpr_bench(weights, mean_bgr, img) -> np.ndarray:
     """VPR-Bench's AMOSNet.py: Caffe's input, conv5 (in-place ReLU), the 30 regions by its loops."""
     x = to_tensor([img], (227, 227), PixelNorm(1.0, (0.0, 0.0, 0.0)))[:, [2, 1, 0]]  # RGB 0..255 -> BGR
@@ -159,6 +168,13 @@ def test_every_layer_is_checked(caffe, model, tmp_path):
     cut.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(ModelLoadError, match="not a readable .caffemodel"):
         get_descriptor("amosnet", {"weights": str(cut), "mean": str(path.with_name("amosnet_mean.npy"))})
+    # a layer whose type claims 2**36 bytes as a varint: refused at once, no 64 GB string
+    huge = tmp_path / "huge" / "AmosNet.caffemodel"
+    huge.parent.mkdir()
+    inner = bytes([0x10]) + _varint(2 ** 36)
+    huge.write_bytes(bytes([0xA2, 0x06]) + _varint(len(inner)) + inner)  # field 100, wire type 2
+    with pytest.raises(ModelLoadError, match="no layer with weights"):
+        get_descriptor("amosnet", {"weights": str(huge), "mean": str(path.with_name("amosnet_mean.npy"))})
     np.save(tmp_path / "bad_mean.npy", np.zeros((3, 256, 256), np.float32))
     with pytest.raises(ModelLoadError, match=r"shape \(3, 256, 256\)"):
         get_descriptor("amosnet", {"weights": str(path), "mean": str(tmp_path / "bad_mean.npy")})

@@ -97,6 +97,18 @@ def test_a_classification_checkpoint_and_registers_load(tmp_path):
     assert np.abs(gem[0] - want.numpy()).max() < 1e-4  # CLS and the 4 registers left out
 
 
+def test_the_giant_swiglu_mlp_loads(tmp_path):
+    """ViT-g's files store its SwiGLU MLP as weights_in (gate and up stacked) and weights_out."""
+    torch.manual_seed(2)
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY, use_swiglu_ffn=True)).save_pretrained(tmp_path)
+    keys = load_file(tmp_path / "model.safetensors")
+    assert any("mlp.weights_in" in k for k in keys)  # the published layout, not transformers 5's
+    photos = _photos()[:1]
+    out = get_descriptor("dinov2", {"weights": str(tmp_path), "image_size": 56}).extract(photos)
+    want = torch.nn.functional.normalize(_reference(tmp_path, photos)[0][0], dim=0).numpy()
+    assert np.abs(out[0] - want).max() < 1e-4
+
+
 def test_without_weights_it_says_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     with pytest.raises(WeightsNotFoundError) as err:

@@ -582,6 +582,10 @@ submaps = "country,kmeans:2,kmeans:3"
 name = "megaloc"
 index = "{tmp_path / "idx-megaloc"}"
 
+[[descriptor]]
+name = "dinov2"
+index = "{synthetic_index.root}"
+
 [[variant]]
 name = "retrieval-only"
 vlm = "none"
@@ -595,18 +599,24 @@ prior_level = "country"
 name = "kmeans3-rerank"
 scheme = "kmeans-3"
 prior_level = "country"
+
+[grid]
+corrupt_prior = [0.0, 0.5]
+k = [5]
 """)
     out = tmp_path / "out"
     assert main(["ablate", str(plan), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "skipping descriptor megaloc: " in err and "GEOGUIDE_MEGALOC_WEIGHTS" in err
+    assert "skipping descriptor dinov2: its index" in err and "built with 'thumbnail'" in err  # not mislabelled
     assert (built / "manifest.json").is_file()
     rows = list(csv.DictReader((out / "comparison.csv").read_text().splitlines()))
-    assert [r["variant"] for r in rows] == ["thumbnail__retrieval-only", "thumbnail__kmeans2-rerank",
-                                            "thumbnail__kmeans3-rerank"]
+    assert [r["variant"] for r in rows] == [f"thumbnail__{row}__corrupt_prior={p},k=5" for row in
+                                            ("retrieval-only", "kmeans2-rerank", "kmeans3-rerank") for p in ("0", "0.5")]
     md = (out / "comparison.md").read_text()
     assert "| thumbnail | kmeans3-rerank |" in md and "Street 1 km" in md and "| megaloc | skipped: " in md
-    assert (out / "accuracy_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("accuracy_vs_k.png", "accuracy_vs_corruption.png"):  # lines per descriptor and setting
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     plan.write_text(plan.read_text().replace('name = "thumbnail"', 'name = "megaloc-again"'))
     assert main(["ablate", str(plan), "--out", str(tmp_path / "none")]) == 2  # nothing left to run: an error
     assert "nothing to run" in capsys.readouterr().err
