@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoguide.agent.backends import Backend, make_backend, parse_backend_options
+from geoguide.agent.backends import Backend, backend_class, make_backend, parse_backend_options
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
 from geoguide.agent.settings import ContextSpec, default_cache_path
@@ -24,10 +24,10 @@ def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int
                  opts: list[str] | None = None) -> Backend:
     """One backend from its spec: model backends get the cache, the call budget and ``--*-opt`` options."""
     options: dict[str, Any] = parse_backend_options(opts or [])
-    if not spec.startswith(("none", "replay:")):
-        options["cache"] = None if str(cache) == "none" else str(cache or default_cache_path())
-        options.update(timeout=timeout, max_attempts=attempts)
-    return make_backend(spec, **options)
+    runtime = {"cache": None if str(cache) == "none" else str(cache or default_cache_path()), "timeout": timeout,
+               "max_attempts": attempts}
+    takes = backend_class(spec).runtime_options
+    return make_backend(spec, **options, **{k: v for k, v in runtime.items() if k in takes})
 
 
 def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) -> AgentContext:
@@ -50,7 +50,7 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
             raise ValueError(f"--query-vectors {spec.query_vectors}: {vectors.table.dim} dimensions, but the index's "
                              f"vectors have {index.manifest.descriptor.dim}")
     backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
-    if hasattr(backend, "restrict_countries") and index.scheme_of("country") is not None:
+    if index.scheme_of("country") is not None:
         backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
     planning = None
     if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):

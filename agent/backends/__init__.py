@@ -14,6 +14,7 @@ from geoguide.agent.backends.options import BackendOptions, option_help, parse_b
 from geoguide.agent.backends.registry import (
     BACKENDS,
     available_backends,
+    backend_class,
     make_backend,
     parse_spec,
     register_backend,
@@ -31,6 +32,7 @@ __all__ = [
     "NotSupportedError",
     "ResponseCache",
     "available_backends",
+    "backend_class",
     "image_content_part",
     "make_backend",
     "option_help",

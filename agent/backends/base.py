@@ -112,6 +112,10 @@ class Backend(ABC):
     # The per-model options (``agent.backends.options.BackendOptions``) this backend takes;
     # ``make_backend`` refuses the others with a message instead of a TypeError.
     model_options: ClassVar[frozenset[str]] = frozenset()
+    # What ``agent.factory.open_backend`` gives a backend that computes its answers (a model, here
+    # or behind a server): the response cache, the per-call timeout and the number of attempts.
+    # A backend that only reads recorded answers (``replay``) or has none (``none``) takes none.
+    runtime_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -151,6 +155,12 @@ class Backend(ABC):
         """One assistant turn for OpenAI-format ``messages``; raises ``CallFailed`` if the call fails."""
         raise NotSupportedError(f"backend {self.spec!r} cannot chat; use an openai or llava backend")
 
+    def restrict_countries(self, codes: list[str]) -> None:
+        """Only these countries (ISO2, those the map holds) may be named. A backend that answers
+        with a point or any country ignores it; one that picks among names (``clip-zeroshot``)
+        narrows its choice, so it never names a country the map cannot search."""
+        return
+
     def adaptations(self) -> list[str]:
         """What this backend changed on its own about how it asks its server, one line each, in the
         order it happened (e.g. json tool mode after the server ignored ``tools=``, text-only after
@@ -171,6 +181,7 @@ class ModelBackend(Backend):
 
     price: Price = FREE
     model_options: ClassVar[frozenset[str]] = frozenset({"temperature", "max_tokens", "seed"})
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"cache", "timeout", "max_attempts"})
 
     def __init__(
         self,

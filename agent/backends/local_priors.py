@@ -46,6 +46,7 @@ class LocalPriorBackend(Backend):
 
     env_var: ClassVar[str]
     hub_id: ClassVar[str]
+    runtime_options: ClassVar[frozenset[str]] = frozenset({"cache", "timeout", "max_attempts"})
 
     def __init__(self, model: str, *, cache: ResponseCache | str | None = None, timeout: float | None = None,
                  max_attempts: int | None = None, device: str | None = None) -> None:

@@ -51,10 +51,15 @@ def available_backends() -> list[str]:
     return BACKENDS.names()
 
 
+def backend_class(spec: str) -> type[Backend]:
+    """The class a spec names (its module imported, nothing built)."""
+    return BACKENDS.get(parse_spec(spec)[0], spec=spec)
+
+
 def make_backend(spec: str, **options: Any) -> Backend:
     """Build the backend a spec names; ``options`` go to its constructor (cache=, timeout=, ...)."""
     prefix, rest = parse_spec(spec)
-    cls = BACKENDS.get(prefix, spec=spec)
+    cls = backend_class(spec)
     refused = sorted(k for k in options if k in BackendOptions.model_fields and k not in cls.model_options)
     if refused:
         takes = ", ".join(sorted(cls.model_options)) or "none"

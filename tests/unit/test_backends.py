@@ -483,3 +483,32 @@ def test_a_text_only_server_refusing_images_is_misconfigured_not_retried(
     outcome = compat(fake_openai, max_attempts=4).perceive(photo, "Where?")
     assert outcome.failure == "misconfigured" and "vision=false" in outcome.error
     assert len(fake_openai.requests) == 1
+
+
+def test_the_factory_gives_each_backend_only_the_runtime_options_it_declares(tmp_path, monkeypatch):
+    """No spec prefix is tested: a backend says what it takes (``runtime_options``), so a new
+    recorded-answer backend needs no edit of the factory, and model backends get the cache,
+    timeout and attempts."""
+    from geoguide.agent.backends import BACKENDS, Backend, backend_class
+    from geoguide.agent.factory import open_backend
+
+    class Recorded(Backend):
+        kind = "recorded-test"
+
+        def __init__(self, model: str) -> None:  # takes no cache, timeout or attempts
+            super().__init__(model)
+
+        def perceive(self, image, prompt_text=None, *, image_id=None, deadline=None):
+            raise NotImplementedError
+
+    BACKENDS.load()
+    monkeypatch.setitem(BACKENDS._entries, "recorded-test", Recorded)  # registered for this test only
+    assert backend_class("recorded-test:x").runtime_options == frozenset()
+    assert isinstance(open_backend("recorded-test:x", None, timeout=5, attempts=2), Backend)
+    model = open_backend("openai-compatible:http://127.0.0.1:9/v1:m", tmp_path / "c.sqlite", timeout=7, attempts=3)
+    try:
+        assert model.timeout == 7 and model.retry.max_attempts == 3 and model.cache is not None
+    finally:
+        model.close()
+    for spec in ("none", f"replay:{tmp_path / 'p.csv'}"):
+        assert backend_class(spec).runtime_options == frozenset()
