@@ -249,12 +249,12 @@ class ChatSession:
         ``wait_s``): hold it around ``attach`` and ``ask`` when others may use the session too."""
         return self.db.turn(self.session_id, wait_s)
 
-    def photo_here(self, folder: Path) -> Path | None:
+    def photo_here(self, folder: Path, st: AgentState | None = None) -> Path | None:
         """Where the current photo is on this machine: ``folder/<session>/<name>`` when it is there
         or the database holds it (copied there once: another machine took it), else the path stored
         with the session (a state folder that moved keeps its photos under ``folder``; never reach
-        back into the old one when the new one has it)."""
-        st = self.state()
+        back into the old one when the new one has it). ``st``: the state, when already read."""
+        st = self.state() if st is None else st
         if st is None or not st.image_path:
             return None
         stored = Path(st.image_path)
@@ -267,11 +267,11 @@ class ChatSession:
                 write_bytes(here, data)
         return here if here.is_file() else stored
 
-    def use_photo_here(self, folder: Path) -> None:
+    def use_photo_here(self, folder: Path, st: AgentState | None = None) -> None:
         """Point the session at ``photo_here``'s path. Hold ``turn`` around it: written outside a
         turn, it could land on top of another process's turn and undo it."""
-        st = self.state()
-        here = self.photo_here(folder)
+        st = self.state() if st is None else st
+        here = self.photo_here(folder, st)
         if st is not None and here is not None and here != Path(st.image_path):
             self._save({"image_path": str(here)})
 
@@ -292,7 +292,7 @@ class ChatSession:
             pred = locate(self.ctx, image_path, image_id=image_id, user_text=user_text, on_event=self.on_event,
                           graph=self.graph, thread_id=thread)
             self._rows.point_to(thread, n)  # only now: a failed /image keeps the session on its current photo
-            self.db.keep_photo(self.session_id, Path(image_path).name, Path(image_path).read_bytes())
+            self.db.keep_photo(self.session_id, Path(image_path))
         chat = (previous.chat if previous else []) + [{"role": "user", "text": f"/image {image_id or image_path}"},
                                                       {"role": "assistant", "text": summary(pred)}]
         self._save({"chat": chat})

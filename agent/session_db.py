@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from geoguide.core.atomic import space_error
-from geoguide.core.errors import GeoguideError
+from geoguide.core.errors import GeoguideError, first_line
 from geoguide.core.registry import Registry
 
 
@@ -130,14 +130,15 @@ class SessionDatabase(ABC):
         except self.errors as e:
             if self.path is not None and (full := space_error(e, self.path)) is not None:
                 raise full from None
-            raise SessionDatabaseError(f"the session database {self.where} failed: {self.scrub(_first_line(e))}") from None
+            raise SessionDatabaseError(f"the session database {self.where} failed: {self.scrub(first_line(e))}") from None
 
     def scrub(self, text: str) -> str:
         """``text`` with this database's password taken out (a driver's message may quote it)."""
         return text
 
-    def keep_photo(self, session_id: str, name: str, data: bytes) -> None:
-        """Keep the session's current photo where every server can read it (no-op for a local file)."""
+    def keep_photo(self, session_id: str, path: Path) -> None:
+        """Keep the session's current photo where every server can read it (no-op for a local file,
+        which therefore never reads it)."""
         return
 
     def photo(self, session_id: str, name: str) -> bytes | None:
@@ -323,7 +324,7 @@ class PostgresSessions(SessionDatabase):
         except Exception as e:
             self.pool.close()
             raise SessionDatabaseError(f"cannot use the session database {self.where}: "
-                                       f"{self.scrub(_first_line(e))}") from None
+                                       f"{self.scrub(first_line(e))}") from None
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -381,8 +382,9 @@ class PostgresSessions(SessionDatabase):
                 except psycopg.Error:  # the turn is kept; closing the connection drops the lock
                     conn.close()
 
-    def keep_photo(self, session_id: str, name: str, data: bytes) -> None:
-        self.one("UPDATE geoguide_sessions SET photo_name = ?, photo = ? WHERE session_id = ?", name, data, session_id)
+    def keep_photo(self, session_id: str, path: Path) -> None:
+        self.one("UPDATE geoguide_sessions SET photo_name = ?, photo = ? WHERE session_id = ?", path.name,
+                 path.read_bytes(), session_id)
 
     def photo(self, session_id: str, name: str) -> bytes | None:
         row = self.one("SELECT photo FROM geoguide_sessions WHERE session_id = ? AND photo_name = ?", session_id, name)
@@ -390,9 +392,4 @@ class PostgresSessions(SessionDatabase):
 
     def close(self) -> None:
         self.pool.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 

@@ -19,6 +19,7 @@ import typer
 from geoguide.app import chat, evaluate, llama, locate, serve
 from geoguide.app.index import index_app
 from geoguide.app.options import CLIError
+from geoguide.core.errors import first_line
 
 __all__ = ["CLIError", "app", "entry", "main"]
 
@@ -94,8 +95,7 @@ def _first_line(exc: BaseException) -> str:
 
     if isinstance(exc, ValidationError):  # "1 validation error for AgentConfig" says nothing useful
         return describe_validation(exc, limit=3)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

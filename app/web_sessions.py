@@ -181,7 +181,7 @@ class SessionStore:
                 raise UnknownSession(f"session {session_id!r} has no photo")
             chat.ctx = self._context(st.image_id, self._excluded(chat))
             if turn:
-                chat.use_photo_here(self.uploads)
+                chat.use_photo_here(self.uploads, st)
         except BaseException:
             chat.close()
             raise

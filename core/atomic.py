@@ -52,29 +52,34 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success it replaces ``target``, on error it vanishes."""
+def atomic_path(target: str | Path, suffix: str = "", needed: int = 0) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it replaces ``target``, on error it vanishes.
+
+    A full disk anywhere in it (the folder, the temp file, the caller's writes, the rename) is one
+    ``DiskFull`` line naming ``target``, the space it needs (``needed``, else what was written before
+    the disk filled) and the space free."""
     target = Path(target)
-    made_dirs(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        made_dirs(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+        tmp_path = Path(tmp)
         try:
             os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 -> what open() would have made
         finally:
             os.close(fd)
-        try:
-            yield tmp_path
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-        except OSError as e:  # ENOSPC: one line naming the file, what it had written and the space free
-            if is_disk_full(e) and not isinstance(e, DiskFull):
-                raise disk_full(target, tmp_path.stat().st_size if tmp_path.exists() else 0) from None
-            raise
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
+    except OSError as e:
+        written = tmp_path.stat().st_size if tmp_path is not None and tmp_path.exists() else 0
+        if (full := space_error(e, target, max(needed, written))) is not None:
+            raise full from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -109,13 +114,8 @@ def made_dirs(path: Path) -> None:
 
 def write_bytes(target: str | Path, data: bytes) -> None:
     """``target`` holds ``data`` whole or is untouched; a full disk is a ``DiskFull`` naming it."""
-    try:
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-    except OSError as e:
-        if (full := space_error(e, target, len(data))) is not None:
-            raise full from None
-        raise
+    with atomic_path(target, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(target: str | Path, text: str) -> None:

@@ -13,3 +13,10 @@ class GeoguideError(Exception):
     """A user-facing failure: printed as ``geoguide: error: <first line>``, exit ``exit_code``."""
 
     exit_code: int = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """What an exception says, in one line: its message's first line, or its type's name when it
+    says nothing (for messages that must stay one line: a library's error often spans several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

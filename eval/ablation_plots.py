@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 
 from geoguide.core import atomic
-from geoguide.eval.metrics import THRESHOLDS_KM, threshold_key
-from geoguide.eval.paper import plot_accuracy_vs_k
+from geoguide.eval.metrics import THRESHOLD_NAMES, THRESHOLDS_KM, threshold_key
+from geoguide.eval.paper import variant_k
 from geoguide.eval.variants import VariantResult, settings_text
 
-CORRUPTION_THRESHOLDS = ("25", "200", "750")
-THRESHOLD_NAMES = {"1": "street", "25": "city", "200": "region", "750": "country", "2500": "continent"}
+PANEL_THRESHOLDS = ("25", "200", "750")  # the panels of the corruption and K plots
 
 
 def save_plot(
@@ -124,25 +123,57 @@ def plot_accuracy_vs_corruption(fig: Any, results: Sequence[VariantResult]) -> b
     for r in results:
         rest = {k: v for k, v in r.variant.settings.items() if k != "corrupt_prior"}
         groups.setdefault(f"{r.variant.descriptor}|{settings_text(rest)}", []).append(r)
-    groups = {_group_label(key, members): members for key, members in groups.items()}
-    axes = fig.subplots(1, len(CORRUPTION_THRESHOLDS), sharey=False)
-    for ax, key in zip(axes, CORRUPTION_THRESHOLDS, strict=True):
-        for i, (label, members) in enumerate(groups.items()):
-            members = sorted(members, key=lambda r: r.variant.spec.corrupt_prior)
-            ax.plot(
-                [100 * m.variant.spec.corrupt_prior for m in members],
-                [m.summary.accuracy.get(key, np.nan) for m in members],
-                marker="o",
-                label=label,
-                linestyle=_style(i),
-            )
+    lines = {_group_label(key, members): [(100 * m.variant.spec.corrupt_prior, m) for m in members]
+             for key, members in groups.items()}
+    _panels(fig, lines, xlabel="priors corrupted (%)", title="Robustness: accuracy vs rate of corrupted VLM priors")
+    return True
+
+
+def _panels(fig: Any, lines: dict[str, list[tuple[float, VariantResult]]], *, xlabel: str, title: str,
+            log_x: bool = False) -> None:
+    """One panel per ``PANEL_THRESHOLDS`` distance, one line per label: its (x, run) points' accuracy."""
+    axes = fig.subplots(1, len(PANEL_THRESHOLDS), sharey=False)
+    xs = sorted({x for pts in lines.values() for x, _ in pts})
+    for ax, key in zip(axes, PANEL_THRESHOLDS, strict=True):
+        for i, (label, pts) in enumerate(lines.items()):
+            pts = sorted(pts, key=lambda p: p[0])
+            ax.plot([x for x, _ in pts], [r.summary.accuracy.get(key, np.nan) for _, r in pts], marker="o",
+                    label=label, linestyle=_style(i))
+        if log_x:  # K: ticks at the values swept
+            ax.set_xscale("log")
+            ax.set_xticks(xs)
+            ax.set_xticklabels([f"{x:g}" for x in xs])
+            ax.minorticks_off()
         ax.set_title(f"within {key} km ({THRESHOLD_NAMES[key]})")
-        ax.set_xlabel("priors corrupted (%)")
+        ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("photos within threshold (%)")
-    fig.suptitle("Robustness: accuracy vs rate of corrupted VLM priors")
+    fig.suptitle(title)
     _legend(axes[-1])
     fig.tight_layout()
+
+
+def _besides_k(r: VariantResult) -> dict[str, Any]:
+    rest = {k: v for k, v in r.variant.settings.items() if k not in ("scheme", "rerank", "rerank.enabled")}
+    return rest | ({"corrupt_prior": r.variant.spec.corrupt_prior} if r.variant.spec.corrupt_prior else {})
+
+
+def plot_accuracy_vs_k(fig: Any, results: Sequence[VariantResult]) -> bool:
+    """Accuracy at 25 / 200 / 750 km against K, one line per descriptor and re-ranking setting."""
+    swept = [(k, r) for r in results if (k := variant_k(r)) is not None]
+    rests = [_besides_k(r) for _, r in swept]
+    common = set.intersection(*(set(x.items()) for x in rests)) if rests else set()
+    lines: dict[str, list[tuple[int, VariantResult]]] = {}
+    for (k, r), rest in zip(swept, rests, strict=True):
+        # one line per everything but K: the descriptor, re-ranking and whatever else differs (a corrupted prior ...)
+        differs = {key: v for key, v in rest.items() if (key, v) not in common}
+        label = f"{r.variant.descriptor or 'index'}, {'re-ranked' if r.variant.spec.agent_config().rerank.enabled else 'no re-ranking'}"
+        label += f" ({settings_text(differs)})" if differs else ""
+        lines.setdefault(label, []).append((k, r))
+    if not any(len({k for k, _ in pts}) >= 2 for pts in lines.values()):
+        return False
+    _panels(fig, dict(sorted(lines.items())), xlabel="K (K-means submaps)",
+            title="Accuracy vs the number of K-means submaps", log_x=True)
     return True
 
 

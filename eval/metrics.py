@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from geoguide.geo.geometry import haversine_km
 
 THRESHOLDS_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
+THRESHOLD_NAMES = {"1": "street", "25": "city", "200": "region", "750": "country", "2500": "continent"}
 """Street / city / region / country / continent."""
 
 GEOSCORE_MAX = 5000.0

@@ -28,13 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geoguide.core.availability import NO_WEIGHTS
 from geoguide.core.errors import GeoguideError
-from geoguide.eval.variants import VariantResult, settings_text
+from geoguide.eval.metrics import THRESHOLD_NAMES
+from geoguide.eval.variants import VariantResult
 
 PAPER_SUBMAPS = "country,kmeans:25,kmeans:50,kmeans:100,kmeans:200,kmeans:400"
-COLUMNS = (("1", "Street 1 km"), ("25", "City 25 km"), ("200", "Region 200 km"), ("750", "Country 750 km"),
-           ("2500", "Continent 2500 km"))
+COLUMNS = tuple((key, f"{name.title()} {key} km") for key, name in THRESHOLD_NAMES.items())  # Street 1 km, ...
 K_SCHEME = re.compile(r"^kmeans-(\d+)$")
-K_THRESHOLDS = ("25", "200", "750")
 
 
 class PlanDescriptor(BaseModel):
@@ -132,43 +131,3 @@ def skipped_text(skipped: Sequence[Skipped]) -> str:
     if not skipped:
         return ""
     return "## Skipped descriptors\n\n" + "".join(f"- **{s.descriptor}**: {s.reason}\n" for s in skipped)
-
-
-def _besides_k(r: VariantResult) -> dict[str, Any]:
-    rest = {k: v for k, v in r.variant.settings.items() if k not in ("scheme", "rerank", "rerank.enabled")}
-    return rest | ({"corrupt_prior": r.variant.spec.corrupt_prior} if r.variant.spec.corrupt_prior else {})
-
-
-def plot_accuracy_vs_k(fig: Any, results: Sequence[VariantResult]) -> bool:
-    """Accuracy at 25 / 200 / 750 km against K, one line per descriptor and re-ranking setting."""
-    swept = [(k, r) for r in results if (k := variant_k(r)) is not None]
-    rests = [_besides_k(r) for _, r in swept]
-    common = set.intersection(*(set(x.items()) for x in rests)) if rests else set()
-    lines: dict[str, list[tuple[int, VariantResult]]] = {}
-    for (k, r), rest in zip(swept, rests, strict=True):
-        # one line per everything but K: the descriptor, re-ranking and whatever else differs (a corrupted prior ...)
-        differs = {key: v for key, v in rest.items() if (key, v) not in common}
-        label = f"{r.variant.descriptor or 'index'}, {'re-ranked' if r.variant.spec.agent_config().rerank.enabled else 'no re-ranking'}"
-        label += f" ({settings_text(differs)})" if differs else ""
-        lines.setdefault(label, []).append((k, r))
-    if not any(len({k for k, _ in pts}) >= 2 for pts in lines.values()):
-        return False
-    axes = fig.subplots(1, len(K_THRESHOLDS), sharey=False)
-    for ax, key in zip(axes, K_THRESHOLDS, strict=True):
-        for i, (label, pts) in enumerate(sorted(lines.items())):
-            pts = sorted(pts, key=lambda p: p[0])
-            ax.plot([k for k, _ in pts], [r.summary.accuracy.get(key, float("nan")) for _, r in pts], marker="o",
-                    label=label, linestyle=("-", "--")[i % 2])
-        ax.set_xscale("log")
-        ks = sorted({k for pts in lines.values() for k, _ in pts})
-        ax.set_xticks(ks)
-        ax.set_xticklabels([str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set_title(f"within {key} km")
-        ax.set_xlabel("K (K-means submaps)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("photos within threshold (%)")
-    fig.suptitle("Accuracy vs the number of K-means submaps")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
-    fig.tight_layout()
-    return True

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from geoguide.agent.backends.errors import BackendConfigError
+from geoguide.core.errors import first_line
 from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
 
 # Equal Earth projection constants (Šavrič et al. 2018), as GeoCLIP uses them.
@@ -106,7 +107,7 @@ def load_strict(module: nn.Module, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelLoadError(f"geoclip: {path} does not load into GeoCLIP's {type(module).__name__} ({first}); "
                              "reinstall the geoclip package") from None
 
@@ -216,7 +217,7 @@ class ZeroShotCountries:
             model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
             tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # noqa: BLE001 - every failure here means "not a full CLIP with a tokenizer"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelLoadError(f"clip-zeroshot: {folder} is not a full CLIP checkpoint with its tokenizer "
                                  f"({type(e).__name__}: {first}); StreetCLIP or openai/clip-vit-large-patch14 "
                                  "saved with save_pretrained has both") from None

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geoguide.core.errors import first_line
 from geoguide.indices.descriptors.base import ModelLoadError
 from geoguide.indices.descriptors.local_weights import load_into, numpy_scalar_globals
 from geoguide.indices.descriptors.registry import register
@@ -137,13 +138,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     from numpy._core.multiarray import _reconstruct
 
     allowed = [*numpy_scalar_globals(), np.ndarray, (_reconstruct, "numpy.core.multiarray._reconstruct"),
-               _reconstruct, *(type(np.dtype(t)) for t in ("f4", "f8", "i4", "i8", "u1", "bool", "O"))]
+               _reconstruct, *(type(np.dtype(t)) for t in ("u1", "O"))]  # the scalar globals bring f4 f8 i4 i8 bool
     allowed += [(PCAState, f"sklearn.decomposition.{m}.PCA") for m in ("_pca", "pca")]
     try:
         with torch.serialization.safe_globals(allowed):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, or an object this reader does not rebuild (named by torch)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelLoadError(f"ap-gem: cannot read {path} ({type(e).__name__}: {first[:240]}); it must be "
                              "dirtorch's checkpoint (Resnet-101-AP-GeM.pt)") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
-from geoguide.indices.descriptors.local_weights import load_into, read_state_dict
+from geoguide.indices.descriptors.local_weights import load_into, read_state_dict, where_weights_go
 from geoguide.indices.descriptors.registry import register
 from geoguide.indices.descriptors.torch_network import IMAGENET, LocalNetworkDescriptor, PixelNorm
 
@@ -155,7 +155,7 @@ class Dinov2Descriptor(LocalNetworkDescriptor):
         weights file is accepted too when its ``config.json`` lies beside it."""
         import os
 
-        where = f"geoguide never downloads weights: pass the folder with --descriptor-opt weights=DIR or set {ENV_VAR}; {HOW_TO_GET}"
+        where = where_weights_go(ENV_VAR, HOW_TO_GET, "the folder", "DIR")
         value = option or os.environ.get(ENV_VAR)
         if not value:
             raise WeightsNotFoundError(f"dinov2: no weights given; {where}")

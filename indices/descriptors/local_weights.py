@@ -36,12 +36,15 @@ from geoguide.indices.descriptors.efficientnet_lite import load_state_dict_stric
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt", ".torch")
 
 
+def where_weights_go(env_var: str, how_to_get: str, what: str = "the file", form: str = "/path/to/file") -> str:
+    """The end of every "no weights" message: how to give them, and where they are published."""
+    return (f"geoguide never downloads weights: pass {what} with --descriptor-opt weights={form} "
+            f"(conf {{'weights': ...}}) or set {env_var}; {how_to_get}")
+
+
 def resolve_weights_file(descriptor: str, option: str | None, env_var: str, how_to_get: str) -> Path:
     """The checkpoint file named by ``option`` (else ``$env_var``), or ``WeightsNotFoundError``."""
-    where = (
-        f"geoguide never downloads weights: pass the file with --descriptor-opt weights=/path/to/file "
-        f"(conf {{'weights': ...}}) or set {env_var}; {how_to_get}"
-    )
+    where = where_weights_go(env_var, how_to_get)
     value, origin = (option, "weights=") if option else (os.environ.get(env_var), f"{env_var}=")
     if not value:
         raise WeightsNotFoundError(f"{descriptor}: no weights given; {where}")
