@@ -47,6 +47,13 @@ class SessionDatabaseError(GeoguideError):
     exit_code = 3  # as a model server that is down: the service, not the user's input
 
 
+class SessionDatabaseURLError(SessionDatabaseError):
+    """A ``--state-url`` that names no usable database (an unknown scheme, a URL that cannot be
+    parsed): the user's setting, so exit 2 like any other wrong option."""
+
+    exit_code = 2
+
+
 def redact(url: str) -> str:
     """The URL for messages: whatever sits between ``user:`` and the last ``@`` of its authority,
     and any ``password=`` parameter, as ``***`` (a password may itself hold ``@`` or ``%``)."""
@@ -162,7 +169,7 @@ def open_session_database(where: str | Path, **options: Any) -> SessionDatabase:
     if scheme == "postgres":
         scheme = "postgresql"
     if scheme not in SESSION_DATABASES:
-        raise SessionDatabaseError(f"session database {redact(text)!r}: unknown scheme {scheme!r}; "
+        raise SessionDatabaseURLError(f"session database {redact(text)!r}: unknown scheme {scheme!r}; "
                                    f"use one of {', '.join(sorted(SESSION_DATABASES.names()))}")
     return SESSION_DATABASES.get(scheme)(text, **options)
 
@@ -301,12 +308,12 @@ class PostgresSessions(SessionDatabase):
         self.where = redact(self.url)
         authority = self.url.split("://", 1)[-1].split("/", 1)[0]
         if authority.count("@") > 1:  # libpq would take what follows the first '@' as the host, and say so
-            raise SessionDatabaseError(f"the session database URL {self.where} has an '@' in its user or "
+            raise SessionDatabaseURLError(f"the session database URL {self.where} has an '@' in its user or "
                                        "password: write it as %40")
         try:
             password = conninfo_to_dict(self.url).get("password")
         except psycopg.Error:  # its message may quote the password: say only where the URL is wrong
-            raise SessionDatabaseError(f"the session database URL {self.where} cannot be parsed (check its "
+            raise SessionDatabaseURLError(f"the session database URL {self.where} cannot be parsed (check its "
                                        "%-escapes and parameters)") from None
         self._secrets = [t for t in {password, quote(password or "", safe="")} if t]
         self.errors = (psycopg.Error,)  # the pool's PoolTimeout is one too

@@ -36,11 +36,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from geoguide.agent.settings import flatten
 from geoguide.core import atomic
 from geoguide.core.errors import GeoguideError
+from geoguide.core.validation import describe_validation
 from geoguide.eval.metrics import markdown_table
 from geoguide.eval.paper import (
     PlanDescriptor,
@@ -133,8 +134,9 @@ def _plan_descriptors(path: Path, tables: list[dict[str, Any]]) -> tuple[list[Pl
     for i, table in enumerate(tables, 1):
         try:
             d = PlanDescriptor.model_validate(table)
-        except ValueError as exc:
-            raise ValueError(f"{path}: [[descriptor]] number {i}: {exc}") from None
+        except ValidationError as exc:  # "1 validation error for PlanDescriptor" alone says nothing
+            raise ValueError(f"{path}: [[descriptor]] number {i}: "
+                             f"{describe_validation(exc, whole='[[descriptor]]', limit=3, with_input=True)}") from None
         if (reason := unavailable(d)) is None:
             ready.append(d)
         else:

@@ -195,3 +195,12 @@ def test_the_terminal_resumes_a_web_session_taken_on_another_machine(ctx, photo,
     here = tmp_path / "machine-b" / "geoguide" / "photos" / sid / "photo-1"
     assert here.read_bytes() == photo.read_bytes()
     assert '"image": "q_paris.jpg"' in run.stdout or "q_paris.jpg" in run.stdout
+
+
+def test_a_wrong_state_url_is_the_users_setting_exit_2(synthetic_index):
+    run = subprocess.run([sys.executable, "-m", "geoguide", "chat", "--index", str(synthetic_index.root),
+                          "--vlm", "none", "--state-url", "mysql://u@h/db"], input="", capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == ("geoguide: error: session database 'mysql://u@h/db': unknown "
+                                                   "scheme 'mysql'; use one of postgresql, sqlite")

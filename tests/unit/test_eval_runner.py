@@ -620,3 +620,6 @@ k = [5]
     plan.write_text(plan.read_text().replace('name = "thumbnail"', 'name = "megaloc-again"'))
     assert main(["ablate", str(plan), "--out", str(tmp_path / "none")]) == 2  # nothing left to run: an error
     assert "nothing to run" in capsys.readouterr().err
+    plan.write_text(plan.read_text().replace('name = "megaloc"', 'name = "megaloc"\nsize = 3'))
+    assert main(["ablate", str(plan), "--out", str(tmp_path / "none")]) == 2
+    assert "[[descriptor]] number 2: size=3: Extra inputs are not permitted" in capsys.readouterr().err
