@@ -22,6 +22,11 @@ class Caps(BaseModel):
         "hanging model still leaves time to answer from retrieval within max_seconds",
     )
 
+    def tool_calls_left(self, used: int) -> int:
+        """How many more tool calls this photo may make: the one place the tool-call cap is read
+        (the plan node stops the run at 0 and refuses a turn's calls beyond it, for every policy)."""
+        return max(self.max_tool_calls - used, 0)
+
     def model_deadline(self, started_at: float) -> float:
         """The ``time.time()`` instant after which no model call may run for this photo."""
         return started_at + self.max_seconds - min(self.retrieval_reserve_s, 0.25 * self.max_seconds)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from geoguide.agent.backends import Backend
+from geoguide.agent.backends import ChatBackend, PriorProvider
 from geoguide.agent.config import AgentConfig
 from geoguide.core.images import load_image
 from geoguide.indices.store import ReferenceIndex
@@ -26,10 +26,10 @@ from geoguide.indices.store import ReferenceIndex
 @dataclass
 class AgentContext:
     index: ReferenceIndex
-    backend: Backend
+    backend: PriorProvider
     config: AgentConfig
     # The model that plans (``--planner``); None = the VLM plans too. A text-only planner never sees the photo.
-    planner: Backend | None = None
+    planner: ChatBackend | None = None
     # Stand-in for the index's own descriptor (e.g. the runner's thread-safe wrapper); None = the index's.
     descriptor: Any = None
     # Photos described elsewhere (``--query-vectors``, ``indices.importing.QueryVectors``): used before any descriptor.
@@ -43,11 +43,19 @@ class AgentContext:
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
-    def planner_backend(self) -> Backend:
-        return self.planner or self.backend
+    def planner_backend(self) -> ChatBackend | None:
+        """The model that plans and answers follow-ups: ``--planner``, else the VLM when it can chat."""
+        return self.planner if self.planner is not None else self.backend.chat_backend()
+
+    def planner_model(self):
+        """``planner_backend`` as a LangChain chat model (``agent.backends.chat_model``); None
+        when no model can chat (``replay``, ``none``, a local prior)."""
+        from geoguide.agent.backends.chat_model import planner_model
+
+        return planner_model(self.planner_backend)
 
     def for_photo(self, image_id: str, author: str | None = None, descriptor: Any = None,
-                  backend: Backend | None = None) -> AgentContext:
+                  backend: PriorProvider | None = None) -> AgentContext:
         """A fresh context for one photo on a copy of the config: concurrent photos (the eval
         runner's threads, the server's requests) never share mutable state.
 

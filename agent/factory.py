@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoguide.agent.backends import Backend, backend_class, make_backend, parse_backend_options
+from geoguide.agent.backends import Backend, PriorProvider, backend_class, make_backend, parse_backend_options
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
 from geoguide.agent.settings import ContextSpec, default_cache_path
@@ -50,12 +50,18 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
             raise ValueError(f"--query-vectors {spec.query_vectors}: {vectors.table.dim} dimensions, but the index's "
                              f"vectors have {index.manifest.descriptor.dim}")
     backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
+    if not isinstance(backend, PriorProvider):
+        raise ValueError(f"--vlm {spec.vlm}: this backend cannot give a photo's prior (it only chats); "
+                         "give it as --planner")
     if index.scheme_of("country") is not None:
         backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
     planning = None
     if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
         planning = open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
-                                opts=spec.planner_opts)
+                                opts=spec.planner_opts).chat_backend()
+        if planning is None:
+            raise ValueError(f"--planner {spec.planner}: this backend only gives priors and cannot plan; "
+                             "a planner is a chat model (openai:, openai-compatible:, llava:)")
     return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors,
                         profile=load_profile(spec.calibration) if spec.calibration is not None else None)
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import re
 
-from geoguide.agent.backends import BackendError, NotSupportedError
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from geoguide.agent.backends import BackendError
+from geoguide.agent.backends.chat_model import PlannerModel
 from geoguide.agent.context import AgentContext
 from geoguide.agent.rerank import Evidence
 from geoguide.agent.rerank import answer as answer_from
@@ -71,18 +74,23 @@ def answer_follow_up(ctx: AgentContext, st: AgentState, text: str) -> tuple[str,
     m = NEAR.search(text)
     if m and SEARCH_VERBS.search(text):
         return search_near(ctx, st, m.group("place").strip())
-    try:
-        return model_answer(ctx, st, text), st
-    except NotSupportedError:  # replay / none: no model to talk to, so say what is understood
+    model = ctx.planner_model()
+    if model is None:  # replay / none / a local prior: no model to talk to, so say what is understood
         return f"Without a language model I answer a few kinds of question. {FOLLOW_UP_HELP}", st
+    try:
+        return model_answer(model, ctx, st, text), st
     except BackendError as e:
         return f"(the model could not answer: {e})\n{summary(st.prediction)}", st
 
-def model_answer(ctx: AgentContext, st: AgentState, text: str) -> str:
+
+def model_answer(model: PlannerModel, ctx: AgentContext, st: AgentState, text: str) -> str:
+    """The chat model's answer from the prediction record (prompt ``chat/v1``) and the last turns."""
     system = load_prompt(ctx.config.chat_prompt).render(prediction=st.prediction.model_dump_json(indent=1))
-    history = [{"role": m["role"], "content": m["text"]} for m in st.chat[-10:] if not m["text"].startswith("/image")]
-    turn = ctx.planner_backend.chat([{"role": "system", "content": system}, *history, {"role": "user", "content": text}])
-    return (turn.content or "").strip() or summary(st.prediction)
+    history = [(HumanMessage if m["role"] == "user" else AIMessage)(m["text"]) for m in st.chat[-10:]
+               if not m["text"].startswith("/image")]
+    turn = model.invoke([SystemMessage(system), *history, HumanMessage(text)])
+    return turn.text.strip() or summary(st.prediction)
+
 
 def search_near(ctx: AgentContext, st: AgentState, place: str) -> tuple[str, AgentState]:
     """Search a radius around the user's place and re-answer with it as the prior.

@@ -24,8 +24,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from geoguide.agent.backends.errors import FATAL_FAILURES, SERVICE_FAILURES, ModelServiceError
+from geoguide.agent.config import Caps
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
+from geoguide.agent.policies.base import Decision, refused_call
 from geoguide.agent.rerank import Evidence, answer
 from geoguide.agent.state import AgentState, Answer, Event, Prediction
 from geoguide.agent.toolbox import tool_node
@@ -90,9 +92,10 @@ def plan(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         return {"done": True, "notes": [cap]}
     # What happens after a failed planner (retrieval takes over) is the policy's business; this node
     # only records that it failed, so the policy can tell on its next step.
-    d = make_policy(ctx.config.policy).decide(state, ctx)
+    d = within_tool_budget(make_policy(ctx.config.policy).decide(state, ctx), ctx.config.caps, state.tool_calls)
     if d.service_failure in FATAL_FAILURES and ctx.config.fallback == "none":
-        raise ModelServiceError(service_message(ctx.planner_backend.spec, "; ".join(d.notes)))
+        planner = ctx.planner_backend
+        raise ModelServiceError(service_message(planner.spec if planner else ctx.backend.spec, "; ".join(d.notes)))
     update: dict[str, Any] = {"planner_down": True} if d.planner_failed else {}
     for ev in d.events:
         emit(ev)
@@ -179,13 +182,25 @@ def compiled_graph():
     return graph
 
 
+def within_tool_budget(d: Decision, caps: Caps, used: int) -> Decision:
+    """The turn held to the tool-call cap, whatever the policy: calls beyond what is left are refused
+    here (the model reads why and can submit), so no tool has to count and no policy can overrun."""
+    left = caps.tool_calls_left(used)
+    if d.message is None or len(d.message.tool_calls) <= left:
+        return d
+    over = d.message.tool_calls[left:]
+    kept = d.model_copy(update={"message": d.message.model_copy(update={"tool_calls": d.message.tool_calls[:left]})})
+    error = f"tool-call cap ({caps.max_tool_calls}) reached; submit your best answer now"
+    return kept.refusing([refused_call(c, error) for c in over])
+
+
 def _cap_reached(state: AgentState, ctx: AgentContext) -> str | None:
     caps = ctx.config.caps
     if state.steps >= caps.max_steps:
         return f"step cap ({caps.max_steps}) reached: answering with what is known"
     if state.remaining_steps <= STEPS_PER_PLAN + 1:  # LangGraph's own budget, the last guard
         return "recursion budget spent: answering with what is known"
-    if state.tool_calls >= caps.max_tool_calls:
+    if caps.tool_calls_left(state.tool_calls) == 0:
         return f"tool-call cap ({caps.max_tool_calls}) reached: answering with what is known"
     if state.usage.model_calls >= caps.max_model_calls:
         return f"model-call cap ({caps.max_model_calls}) reached: answering with what is known"

@@ -9,10 +9,9 @@ of range, probabilities outside 0..1).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
 
 ClueKind = Literal[
     "script",
@@ -166,42 +165,3 @@ class PerceptionOutcome(BaseModel):
     error: str | None = None
     failure: PriorFailure | None = None
     raw: str | None = None
-
-
-class ToolCall(BaseModel):
-    """A function call requested by the planner; ``arguments_json`` is the model's raw string."""
-
-    id: str
-    name: str
-    arguments_json: str = "{}"
-
-    def arguments(self) -> dict[str, Any]:
-        """Parsed arguments; raises ``ValueError`` with a message fit to send back to the model."""
-        try:
-            value = json.loads(self.arguments_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"arguments of {self.name} are not valid JSON: {exc.msg}") from exc
-        if not isinstance(value, dict):
-            raise ValueError(f"arguments of {self.name} must be a JSON object")
-        return value
-
-
-class AssistantTurn(BaseModel):
-    """One assistant reply from ``Backend.chat``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    content: str | None = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    refusal: str | None = None  # the API's explicit refusal (structured outputs); not echoed by to_message
-
-    def to_message(self) -> dict[str, Any]:
-        """The reply as an OpenAI-format message, to append to the conversation history."""
-        msg: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            msg["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
-                for c in self.tool_calls
-            ]
-        return msg

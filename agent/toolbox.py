@@ -11,12 +11,14 @@ are imposed here, so no policy or model can search around them.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import ToolNode, ToolRuntime
 from langgraph.prebuilt.tool_node import ToolInvocationError
 from langgraph.types import Command
@@ -25,6 +27,7 @@ from pydantic import BaseModel, Field
 from geoguide.agent.context import AgentContext
 from geoguide.agent.state import AgentState, Answer, Event, SearchIntent, SearchStep
 from geoguide.core.registry import Registry
+from geoguide.core.validation import describe_validation
 from geoguide.tools import gazetteer, read_text, retrieval
 from geoguide.tools.base import ToolError
 
@@ -77,17 +80,6 @@ def tool(name: str, args: type[BaseModel], description: str) -> Callable[[F], F]
 MAX_RESULT_CHARS = 6000  # what the model reads of one result; long candidate lists are trimmed to 10
 
 
-def openai_tools() -> list[dict[str, Any]]:
-    """Tool definitions in the OpenAI function-calling format (what ``Backend.chat`` sends)."""
-    out = []
-    for name, entry in TOOLS.items():
-        schema = entry.args.model_json_schema()
-        schema.pop("title", None)
-        out.append({"type": "function", "function": {"name": name, "description": entry.description,
-                                                     "parameters": schema}})
-    return out
-
-
 def result_text(result: BaseModel) -> str:
     """A tool result as the model reads it: compact JSON, long candidate lists trimmed and put
     last, so the summary (with the calibrated ``p_within_km``) is never the part cut off."""
@@ -97,14 +89,13 @@ def result_text(result: BaseModel) -> str:
     return json.dumps(data, ensure_ascii=False)[:MAX_RESULT_CHARS]
 
 
-def _reply(runtime: ToolRuntime, name: str, result: BaseModel, text: str, *, ran: bool = True,
-           **update: Any) -> Command:
-    """The tool's message for the model, its event on the stream, and its state update; ``ran``
-    False for a call refused by the budget (it does not count as a call)."""
+def _reply(runtime: ToolRuntime, name: str, result: BaseModel, text: str, **update: Any) -> Command:
+    """The tool's message for the model, its event on the stream, and its state update (one more
+    call: the plan node holds every turn to the tool-call cap, so a call that reaches a tool runs)."""
     runtime.stream_writer(Event(node="tools", text=text, tool=name))
     status = "error" if isinstance(result, ToolError) else "success"
     msg = ToolMessage(content=result_text(result), tool_call_id=runtime.tool_call_id, name=name, status=status)
-    return Command(update={"messages": [msg], "tool_calls": int(ran), **update})
+    return Command(update={"messages": [msg], "tool_calls": 1, **update})
 
 
 def _prior_args(state) -> dict[str, Any]:
@@ -117,19 +108,10 @@ def _prior_args(state) -> dict[str, Any]:
     return out
 
 
-def _budget_error(runtime: ToolRuntime) -> ToolError | None:
-    cap = runtime.context.config.caps.max_tool_calls
-    if runtime.state.tool_calls >= cap:
-        return ToolError(error=f"tool-call cap ({cap}) reached; submit your best answer now")
-    return None
-
-
 def _simple(name: str, model: type[BaseModel], call: Callable[[AgentContext, Any], BaseModel]) -> Callable[..., Command]:
     """A tool that only reads (list_submaps, widen, geocode, reverse_geocode): result -> message."""
 
     def run(*, runtime: ToolRuntime, **kwargs: Any) -> Command:
-        if (err := _budget_error(runtime)) is not None:
-            return _reply(runtime, name, err, f"error: {err.error}", ran=False)
         try:
             result = call(runtime.context, model.model_validate(kwargs))
         except ValueError as e:
@@ -180,8 +162,6 @@ def run_search(ctx: AgentContext, state: AgentState, submap_id: str, k: int, *,
 def search_submap(submap_id: str, k: int = 20, *, runtime: ToolRuntime) -> Command:
     ctx: AgentContext = runtime.context
     state = runtime.state
-    if (err := _budget_error(runtime)) is not None:
-        return _reply(runtime, "search_submap", err, f"error: {err.error}", ran=False)
     intent = state.intents.get(runtime.tool_call_id) or SearchIntent(reason="planner")
     res = run_search(ctx, state, submap_id, k)
     if isinstance(res, ToolError):
@@ -226,8 +206,6 @@ def list_submaps(ctx: AgentContext, args: retrieval.ListSubmapsArgs) -> BaseMode
       "that write it, most likely first; or that no legible text was found.")
 def read_photo_text(max_countries: int = read_text.MAX_COUNTRIES, *, runtime: ToolRuntime) -> Command:
     """OCR of the photo being located (cached per image): text, languages, ranked countries."""
-    if (err := _budget_error(runtime)) is not None:
-        return _reply(runtime, "read_text", err, f"error: {err.error}", ran=False)
     state = runtime.state
     image = runtime.context.image(state.image_path, state.image_sha256)
     where = read_text.photos_per_country(runtime.context.index)  # countries ranked where photos are taken
@@ -259,18 +237,33 @@ def tool_error_text(exc: ToolInvocationError) -> str:
     """
     from pydantic import ValidationError
 
-    cause = exc.__cause__ if isinstance(exc.__cause__, ValidationError) else exc
-    if isinstance(cause, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in cause.errors())
+    if isinstance(exc.__cause__, ValidationError):
+        problems = describe_validation(exc.__cause__, whole="arguments")
         return json.dumps({"ok": False, "error": f"invalid arguments: {problems}"})
     return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def langchain_tools() -> list[BaseTool]:
-    return [
+@functools.cache
+def langchain_tools() -> tuple[BaseTool, ...]:
+    """Every tool as a LangChain tool, built once per process: what ``ToolNode`` runs, and (through
+    ``openai_tools``) what a planner is told, so the two never disagree."""
+    return tuple(
         StructuredTool.from_function(entry.run, name=name, description=entry.description, args_schema=entry.args)
         for name, entry in TOOLS.items()
-    ]
+    )
+
+
+@functools.cache
+def _openai_tools() -> tuple[dict[str, Any], ...]:
+    return tuple(convert_to_openai_tool(tool) for tool in langchain_tools())
+
+
+def openai_tools() -> list[dict[str, Any]]:
+    """The tools in the OpenAI function-calling format, as LangChain derives them from the tools
+    ``ToolNode`` runs (the run's injected arguments left out, titles dropped: 3,776 characters of
+    JSON for the seven tools, 4,494 with pydantic's titles and class docstrings). Built once; read
+    only."""
+    return list(_openai_tools())
 
 
 def tool_node() -> ToolNode:

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.base import ChatBackend, PriorProvider
 from geoguide.agent.backends.media import ImageInput
-from geoguide.agent.schemas import AssistantTurn, CountryGuess, Perception, PerceptionOutcome
+from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome
 from geoguide.geo.geometry import EARTH_RADIUS_KM, latlon_to_unit, unit_to_latlon
 
 
@@ -145,8 +145,8 @@ def corrupt_perception(
     return perception.model_copy(update=update), applied
 
 
-class CorruptedPriorBackend(Backend):
-    """Any backend, with its priors corrupted per ``CorruptionSpec``; ``chat`` passes through.
+class CorruptedPriorBackend(PriorProvider):
+    """Any backend, with its priors corrupted per ``CorruptionSpec``; the planner is the wrapped one's.
 
     ``applied(image_id)`` tells the runner whether (and how) that photo's prior was corrupted.
     A photo without a prior (the model gave none) is left alone: there is nothing to corrupt.
@@ -154,11 +154,10 @@ class CorruptedPriorBackend(Backend):
 
     kind: ClassVar[str] = "corrupt"
 
-    def __init__(self, inner: Backend, spec: CorruptionSpec) -> None:
+    def __init__(self, inner: PriorProvider, spec: CorruptionSpec) -> None:
         super().__init__(inner.model)
         self.inner = inner
         self.corruption = spec
-        self.supports_tools = inner.supports_tools  # type: ignore[misc]  # per instance: the wrapped one's
         self._applied: dict[str, CorruptionApplied | None] = {}
         self._lock = threading.Lock()
 
@@ -191,10 +190,8 @@ class CorruptedPriorBackend(Backend):
         with self._lock:
             return self._applied.pop(image_id, None)
 
-    def chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
-    ) -> AssistantTurn:
-        return self.inner.chat(messages, tools, deadline=deadline)
+    def chat_backend(self) -> ChatBackend | None:
+        return self.inner.chat_backend()
 
     def close(self) -> None:
         self.inner.close()

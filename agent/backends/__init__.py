@@ -1,12 +1,24 @@
 """Model backends behind one interface: ``make_backend(spec, **options)``.
 
+Two interfaces (``base``): ``PriorProvider`` (photo -> prior, every backend) and ``ChatBackend``
+(a conversation turn: openai, openai-compatible, llava), the latter wrapped for the graph as a
+LangChain chat model by ``chat_model.PlannerModel``.
+
 Specs: ``openai:MODEL``, ``openai-compatible:BASE_URL:MODEL``, ``llava:PATH_OR_ID``,
 ``replay:CSV``, ``none``. See ``base.Backend`` for the calls and ``base.ModelBackend`` for the
 shared options (cache, timeout, retries, sampling, image size, price). Per-model options from the
 command line: ``parse_backend_options(["temperature=0.2", ...])`` -> kwargs for ``make_backend``.
 """
 
-from geoguide.agent.backends.base import Backend, Completion, ModelBackend, parse_perception
+from geoguide.agent.backends.base import (
+    Backend,
+    ChatBackend,
+    Completion,
+    ModelBackend,
+    PriorProvider,
+    parse_perception,
+    usage_of,
+)
 from geoguide.agent.backends.cache import ResponseCache
 from geoguide.agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
 from geoguide.agent.backends.media import image_content_part, user_message, without_images
@@ -27,9 +39,11 @@ __all__ = [
     "BackendError",
     "BackendOptions",
     "CallFailed",
+    "ChatBackend",
     "Completion",
     "ModelBackend",
     "NotSupportedError",
+    "PriorProvider",
     "ResponseCache",
     "available_backends",
     "backend_class",
@@ -40,6 +54,7 @@ __all__ = [
     "parse_perception",
     "parse_spec",
     "register_backend",
+    "usage_of",
     "user_message",
     "without_images",
 ]

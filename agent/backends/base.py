@@ -1,10 +1,14 @@
-"""The backend interface and the machinery every model-calling backend shares.
+"""The backend interfaces and the machinery every model-calling backend shares.
 
-``Backend`` is what the graph sees: ``perceive`` (photo -> geographic prior) and ``chat`` (one
-assistant turn, optionally with tool calls). ``ModelBackend`` implements both once, on top of a
-single hook, ``_complete`` (one real model call), and adds what must not differ per backend:
-image encoding, the response cache, retries, token/cost accounting, and the parse-repair loop
-that turns a reply into a ``Perception`` or an error saying why it could not.
+Two interfaces, because two jobs: a ``PriorProvider`` turns a photo into a geographic prior
+(``perceive``: every backend, from a recorded CSV to GPT-4o), a ``ChatBackend`` holds one turn of a
+conversation, optionally with tool calls (``chat``: the models that plan and answer follow-ups,
+reached by the graph through ``agent.backends.chat_model.PlannerModel``, a LangChain chat model).
+``Backend`` is what both are as plugins: a spec, the options it takes, whether it runs here.
+``ModelBackend`` is both, implemented once on top of a single hook, ``_complete`` (one real model
+call), and adds what must not differ per backend: image encoding, the response cache, retries,
+token/cost accounting, and the parse-repair loop that turns a reply into a ``Perception`` or an
+error saying why it could not.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from langchain_core.messages import AIMessage
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from pydantic import ValidationError
 
 from geoguide.agent.backends.cache import ResponseCache, make_key, open_cache
@@ -31,7 +37,7 @@ from geoguide.agent.backends.media import (
 )
 from geoguide.agent.backends.pricing import FREE, Price, cost_usd
 from geoguide.agent.backends.retry import RetryPolicy, call_with_retries
-from geoguide.agent.schemas import AssistantTurn, Perception, PerceptionOutcome, ToolCall, Usage
+from geoguide.agent.schemas import Perception, PerceptionOutcome, Usage
 from geoguide.core.availability import NO_WEIGHTS, Availability
 from geoguide.core.validation import describe_validation
 from geoguide.prompts.loader import PromptTemplate, load_prompt
@@ -61,6 +67,23 @@ class Completion:
     def from_record(cls, record: dict[str, Any]) -> Completion:
         return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
 
+    def message(self, usage: Usage) -> AIMessage:
+        """The reply as the conversation stores it: each call's arguments parsed once, here (a
+        call whose arguments are not a JSON object is an ``invalid_tool_call`` whose error the model
+        reads), the cost in ``response_metadata`` (``usage_of``)."""
+        calls, invalid = [], []
+        for call in self.tool_calls:
+            try:
+                args = call_arguments(call["name"], call["arguments_json"])
+            except ValueError as exc:
+                invalid.append(invalid_tool_call(name=call["name"], args=call["arguments_json"], id=call["id"],
+                                                 error=str(exc)))
+            else:
+                calls.append(tool_call(name=call["name"], args=args, id=call["id"]))
+        message = AIMessage(content=self.content or "", tool_calls=calls, invalid_tool_calls=invalid,
+                            response_metadata={} if self.refusal is None else {"refusal": self.refusal})
+        return with_usage(message, usage)
+
     def usage(self, *, cache_hit: bool, retries: int = 0) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens,
@@ -70,6 +93,36 @@ class Completion:
             cache_hits=int(cache_hit),
             retries=retries,
         )
+
+
+def call_arguments(name: str, arguments_json: str | None) -> dict[str, Any]:
+    """A tool call's arguments as the model wrote them, parsed; ``ValueError`` with a message fit to
+    send back to the model (it is told what to fix, not handed a traceback)."""
+    try:
+        value = json.loads(arguments_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"arguments of {name} are not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"arguments of {name} must be a JSON object")
+    return value
+
+
+def usage_of(message: AIMessage) -> Usage:
+    """What a ``ChatBackend`` turn cost (tokens, money, calls, cache hits, retries, seconds)."""
+    return Usage.model_validate(message.response_metadata.get("usage") or {})
+
+
+def with_usage(message: AIMessage, usage: Usage) -> AIMessage:
+    """``message`` costing ``usage`` (e.g. a reply asked twice: both calls are counted)."""
+    metadata = {**message.response_metadata, "usage": usage.model_dump(exclude={"cached"})}
+    tokens = {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+              "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+    return message.model_copy(update={"response_metadata": metadata, "usage_metadata": tokens})
+
+
+def refusal_of(message: AIMessage) -> str | None:
+    """The API's explicit refusal (structured outputs) of a ``ChatBackend`` turn, if any."""
+    return message.response_metadata.get("refusal")
 
 
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
@@ -105,10 +158,11 @@ def parse_perception(text: str | None) -> tuple[Perception | None, str | None]:
 
 
 class Backend(ABC):
-    """What the graph calls. Subclasses register under a spec prefix (see ``registry``)."""
+    """A backend as a plugin: registered under a spec prefix (see ``registry``), with the options it
+    takes and whether it can run here. What it can do is said by the interfaces it implements:
+    ``PriorProvider`` (a photo's prior), ``ChatBackend`` (a conversation turn), or both."""
 
     kind: ClassVar[str]
-    supports_tools: ClassVar[bool] = False  # can ``chat`` take ``tools``?
     # The per-model options (``agent.backends.options.BackendOptions``) this backend takes;
     # ``make_backend`` refuses the others with a message instead of a TypeError.
     model_options: ClassVar[frozenset[str]] = frozenset()
@@ -135,32 +189,6 @@ class Backend(ABC):
         """The spec string that recreates this backend (recorded with every run)."""
         return f"{self.kind}:{self.model}"
 
-    @abstractmethod
-    def perceive(
-        self,
-        image: ImageInput | None,
-        prompt_text: str | None = None,
-        *,
-        image_id: str | None = None,
-        deadline: float | None = None,
-    ) -> PerceptionOutcome:
-        """Geographic prior for one photo; model failures are reported in the outcome, not raised.
-
-        ``deadline`` (``time.time()`` instant) is the end of the photo's budget: no call outlives it.
-        """
-
-    def chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
-    ) -> AssistantTurn:
-        """One assistant turn for OpenAI-format ``messages``; raises ``CallFailed`` if the call fails."""
-        raise NotSupportedError(f"backend {self.spec!r} cannot chat; use an openai or llava backend")
-
-    def restrict_countries(self, codes: list[str]) -> None:
-        """Only these countries (ISO2, those the map holds) may be named. A backend that answers
-        with a point or any country ignores it; one that picks among names (``clip-zeroshot``)
-        narrows its choice, so it never names a country the map cannot search."""
-        return
-
     def adaptations(self) -> list[str]:
         """What this backend changed on its own about how it asks its server, one line each, in the
         order it happened (e.g. json tool mode after the server ignored ``tools=``, text-only after
@@ -175,8 +203,56 @@ class Backend(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
 
+    def chat_backend(self) -> ChatBackend | None:
+        """The model that holds a conversation for this backend: itself when it is a ``ChatBackend``,
+        else None (a wrapper such as eval's prior corruption answers with the model it wraps)."""
+        return self if isinstance(self, ChatBackend) else None
 
-class ModelBackend(Backend):
+
+class PriorProvider(Backend):
+    """Photo -> geographic prior: what the graph's ``perceive`` node calls."""
+
+    @abstractmethod
+    def perceive(
+        self,
+        image: ImageInput | None,
+        prompt_text: str | None = None,
+        *,
+        image_id: str | None = None,
+        deadline: float | None = None,
+    ) -> PerceptionOutcome:
+        """Geographic prior for one photo; model failures are reported in the outcome, not raised.
+
+        ``deadline`` (``time.time()`` instant) is the end of the photo's budget: no call outlives it.
+        """
+
+    def restrict_countries(self, codes: list[str]) -> None:
+        """Only these countries (ISO2, those the map holds) may be named. A backend that answers
+        with a point or any country ignores it; one that picks among names (``clip-zeroshot``)
+        narrows its choice, so it never names a country the map cannot search."""
+        return
+
+
+class ChatBackend(Backend):
+    """One assistant turn for a conversation in the OpenAI Chat Completions format (the wire format
+    of every served model and of the response cache's keys), as a LangChain ``AIMessage``.
+
+    The graph never calls this directly: ``chat_model.PlannerModel`` wraps it as a LangChain chat
+    model, which converts the state's messages once, here, on their way to the wire."""
+
+    supports_tools: ClassVar[bool] = False  # can ``chat`` take ``tools``?
+    vision: bool = True  # False: a text-only model, never sent the photo
+
+    @abstractmethod
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
+    ) -> AIMessage:
+        """One assistant turn; its tool calls are parsed (``invalid_tool_calls`` for arguments that
+        are not a JSON object) and ``usage_of(message)`` is what it cost; raises ``CallFailed`` if
+        the call fails. ``deadline`` (``time.time()`` instant): no call outlives it."""
+
+
+class ModelBackend(PriorProvider, ChatBackend):
     """A backend that calls a real model; subclasses implement only ``_complete``."""
 
     price: Price = FREE
@@ -366,7 +442,7 @@ class ModelBackend(Backend):
 
     def chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
-    ) -> AssistantTurn:
+    ) -> AIMessage:
         if tools and not self.supports_tools:
             raise NotSupportedError(f"backend {self.spec!r} does not support tool calling")
         start = time.perf_counter()
@@ -378,12 +454,7 @@ class ModelBackend(Backend):
             deadline=deadline,
         )
         usage.seconds = time.perf_counter() - start
-        return AssistantTurn(
-            content=completion.content,
-            tool_calls=[ToolCall(**call) for call in completion.tool_calls],
-            usage=usage,
-            refusal=completion.refusal,
-        )
+        return completion.message(usage)
 
     def close(self) -> None:
         if self.cache is not None and self._owns_cache:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.base import PriorProvider
 from geoguide.agent.backends.cache import ResponseCache, make_key, open_cache
 from geoguide.agent.backends.media import ImageInput, as_image
 from geoguide.agent.backends.registry import register_backend
@@ -38,7 +38,7 @@ GEOCLIP_TOP_K = 100  # gallery points kept per photo: ~97% of the softmax mass o
 MAX_COUNTRIES = 5
 
 
-class LocalPriorBackend(Backend):
+class LocalPriorBackend(PriorProvider):
     """A prior computed here by a local network: cached per photo (the image's hash and the
     model's identity), timed, and never a "service failure": broken weights fail at construction.
     The CLIP folder is the spec's argument, else ``$env_var``, else ``hub_id`` in the local

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from geoguide.agent.backends.base import Backend
+from geoguide.agent.backends.base import PriorProvider
 from geoguide.agent.backends.errors import BackendConfigError
 from geoguide.agent.backends.media import ImageInput
 from geoguide.agent.backends.registry import register_backend
@@ -52,7 +52,7 @@ def _as_country_guess(found: Any, probability: float) -> CountryGuess | None:
 
 
 @register_backend("replay")
-class ReplayBackend(Backend):
+class ReplayBackend(PriorProvider):
     """Recorded answers from a CSV with columns ``REPLAY_COLUMNS`` (the gemini prior file's).
 
     The recording has a point and a free-text place, no confidence, so the prior is: that point,
@@ -138,7 +138,7 @@ class ReplayBackend(Backend):
 
 
 @register_backend("none")
-class NoneBackend(Backend):
+class NoneBackend(PriorProvider):
     """No VLM: every outcome is "no prior, no error", which the graph reads as retrieval only."""
 
     kind: ClassVar[str] = "none"

@@ -74,9 +74,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar, get_args
 
 import openai
+from langchain_core.messages import AIMessage
 from openai.types.chat import ChatCompletion
 
-from geoguide.agent.backends.base import Completion, ModelBackend
+from geoguide.agent.backends.base import Completion, ModelBackend, refusal_of, usage_of, with_usage
 from geoguide.agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
 from geoguide.agent.backends.http import call_deadline, deadline_transport
 from geoguide.agent.backends.media import ImageInput, without_images
@@ -95,7 +96,7 @@ from geoguide.agent.backends.structured import (
     strict_json_schema,
     strict_tools,
 )
-from geoguide.agent.schemas import AssistantTurn, Perception, PerceptionOutcome, Usage
+from geoguide.agent.schemas import Perception, PerceptionOutcome, Usage
 from geoguide.core.availability import Availability
 
 log = logging.getLogger(__name__)
@@ -388,15 +389,15 @@ class OpenAIBackend(ModelBackend):
             self._confirmed["vision"] = True
             self._remember(vision=True)
 
-    def _confirm_native(self, turn: AssistantTurn) -> None:
+    def _confirm_native(self, turn: AIMessage) -> None:
         """A native tool call the user asked for (tool_mode=native) came back: forget an old json."""
-        if self.tool_mode == "native" and turn.tool_calls and not self._confirmed.get("tool_mode"):
+        if self.tool_mode == "native" and (turn.tool_calls or turn.invalid_tool_calls) and not self._confirmed.get("tool_mode"):
             self._confirmed["tool_mode"] = True
             self._remember(tool_mode="native")
 
     def chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, deadline: float | None = None
-    ) -> AssistantTurn:
+    ) -> AIMessage:
         """As ``ModelBackend.chat``, adapting to what the server turns out to be (module docstring).
 
         A text-only model (``vision=False``) gets no image parts; an image the server refuses makes
@@ -431,7 +432,7 @@ class OpenAIBackend(ModelBackend):
             # a concurrent first call (eval workers share the planner) that lost the race to settle
             # is asked again too when the winner found json, and keeps its prose when it found native.
             ignored = ((getattr(self._probe, "answered_in", None) or "native") == "native"
-                       and not turn.tool_calls and turn.refusal is None)
+                       and not (turn.tool_calls or turn.invalid_tool_calls) and refusal_of(turn) is None)
             with self._adapt_lock:
                 first = not self._tool_mode_settled
                 self._tool_mode_settled = True
@@ -445,14 +446,14 @@ class OpenAIBackend(ModelBackend):
                 self._adapt("the server ignored tools= (a plain-text reply with no tool call); "
                             "planning in JSON-schema mode (tool_mode=json)")
             if ignored and self._active_tool_mode == "json":
-                wasted = turn.usage if wasted is None else wasted + turn.usage
+                wasted = usage_of(turn) if wasted is None else wasted + usage_of(turn)
                 turn = self._chat_once(messages, tools, deadline)
-        return turn if wasted is None else turn.model_copy(update={"usage": wasted + turn.usage})
+        return turn if wasted is None else with_usage(turn, wasted + usage_of(turn))
 
     def _chat_once(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, deadline: float | None,
         *, probe: bool = False,
-    ) -> AssistantTurn:
+    ) -> AIMessage:
         """One ``ModelBackend.chat``; ``probe``: with the reply limit of auto's first native call.
         ``_complete`` records in ``self._probe.answered_in`` which mode answered (a cache hit leaves
         it None: the mode in force when the key was made, native for a judged call)."""

@@ -22,7 +22,7 @@ Three things live here, all pure functions on JSON-like values (no I/O, no SDK c
   is off or fails.
 
 A call whose JSON is broken is never dropped: it comes back with ``arguments_json`` set to the raw
-text, so ``ToolCall.arguments()`` raises and the agent can show the model what was wrong.
+text, so ``base.call_arguments`` raises and the agent can show the model what was wrong.
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ def action_schema(tools: list[dict[str, Any]], thought_chars: int | None = None)
 def tool_catalogue(tools: list[dict[str, Any]]) -> str:
     """The system-prompt text that replaces native ``tools=`` in json tool mode.
 
-    For the agent's six tools it is 2,858 characters (about 700 tokens), a little less than the
-    3,831 characters of JSON that native ``tools=`` sends, so switching modes does not change the
+    For the agent's seven tools it is 3,131 characters (about 800 tokens), a little less than the
+    3,776 characters of JSON that native ``tools=`` sends, so switching modes does not change the
     prompt budget.
     """
     lines = [

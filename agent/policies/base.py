@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.messages import AIMessage, AnyMessage, InvalidToolCall, ToolMessage
+from langchain_core.messages.tool import invalid_tool_call
 from pydantic import BaseModel, Field
 
 from geoguide.agent.context import AgentContext
@@ -32,6 +34,20 @@ class Decision(BaseModel):
     service_failure: str | None = Field(None, description="the planner's model call failed: its kind")
     planner_failed: bool = Field(False, description="the planner could not plan this photo: retrieval takes over")
 
+    def refusing(self, calls: list[InvalidToolCall]) -> Decision:
+        """This decision with ``calls`` refused: kept in the turn as ``invalid_tool_calls`` (so the
+        conversation shows what the model asked), each answered by an error it reads and an event."""
+        if not calls:
+            return self
+        message = self.message or AIMessage(content="")
+        message = message.model_copy(update={"invalid_tool_calls": [*message.invalid_tool_calls, *calls]})
+        return self.model_copy(update={
+            "message": message,
+            "extra_messages": [*self.extra_messages, *(refusal_message(c) for c in calls)],
+            "events": [*self.events, *(Event(node="plan", text=f"refused {c['name']}: {str(c['error'])[:140]}",
+                                             tool=c["name"]) for c in calls)],
+        })
+
     @classmethod
     def searches(cls, calls: list[tuple[str, int, SearchIntent]], first_id: int) -> Decision:
         """Searches as tool calls (the rules policy's way): ``(submap_id, k, intent)`` each."""
@@ -44,6 +60,18 @@ class Decision(BaseModel):
         return cls(message=AIMessage(content="", tool_calls=tool_calls), intents=intents,
                    events=[Event(node="plan", text=i.reason, tool="search_submap", args={"submap_id": sid})
                            for sid, _, i in calls])
+
+
+def refused_call(call: dict[str, Any], error: str) -> InvalidToolCall:
+    """A parsed tool call that will not run, with the reason the model reads."""
+    return invalid_tool_call(name=call["name"], args=json.dumps(call["args"], ensure_ascii=False), id=call["id"],
+                             error=error)
+
+
+def refusal_message(call: InvalidToolCall) -> ToolMessage:
+    """The error the model reads for a call that was not run, in a tool result's own shape."""
+    return ToolMessage(content=json.dumps({"ok": False, "error": call["error"]}), tool_call_id=call["id"],
+                       name=call["name"], status="error")
 
 
 class Policy(ABC):

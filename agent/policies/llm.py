@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from geoguide.agent.backends import CallFailed, NotSupportedError, user_message
+from geoguide.agent.backends import CallFailed, NotSupportedError, image_content_part, usage_of
+from geoguide.agent.backends.chat_model import PlannerModel, with_photo
 from geoguide.agent.backends.errors import SERVICE_FAILURES
 from geoguide.agent.context import AgentContext
-from geoguide.agent.policies.base import Decision, Policy, register_policy
+from geoguide.agent.policies.base import Decision, Policy, refused_call, register_policy
 from geoguide.agent.state import AgentState, Event
 from geoguide.agent.toolbox import openai_tools
 from geoguide.indices.submaps import WHOLE_MAP
@@ -70,41 +71,11 @@ def failed_calls(state: AgentState) -> dict[str, str]:
             for c in m.tool_calls if c["id"] in errors}
 
 
-def planner_notes(state: AgentState, ctx: AgentContext) -> list[str]:
+def planner_notes(state: AgentState, model: PlannerModel) -> list[str]:
     """What the planner's backend changed on its own (json tool mode, text-only), as notes this run
     does not hold yet: the backend is shared by every photo of a run and stays adapted, so each
     photo's prediction says how it was planned, once."""
-    return [note for note in (f"planner: {a}" for a in ctx.planner_backend.adaptations()) if note not in state.notes]
-
-
-def to_openai(messages: list[AnyMessage], image: Any = None) -> list[dict[str, Any]]:
-    """The stored conversation in the Chat Completions format; ``image`` joins the first user turn.
-
-    Written out rather than delegated because a call with broken JSON arguments (an
-    ``invalid_tool_call``) must go back to the server exactly as the model wrote it, next to the
-    error the model is meant to read.
-    """
-    out: list[dict[str, Any]] = []
-    image_pending = image is not None
-    for m in messages:
-        if isinstance(m, SystemMessage):
-            out.append({"role": "system", "content": m.text})
-        elif isinstance(m, HumanMessage):
-            if image_pending:
-                out.append(user_message(m.text, image))
-                image_pending = False
-            else:
-                out.append({"role": "user", "content": m.text})
-        elif isinstance(m, AIMessage):
-            calls = [{"id": c["id"], "type": "function",
-                      "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)}}
-                     for c in m.tool_calls]
-            calls += [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
-                      for c in m.invalid_tool_calls]
-            out.append({"role": "assistant", "content": m.text or None, **({"tool_calls": calls} if calls else {})})
-        elif isinstance(m, ToolMessage):
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text})
-    return out
+    return [note for note in (f"planner: {a}" for a in model.adaptations()) if note not in state.notes]
 
 
 TAKEOVER_NOTE = "retrieval (the rules pipeline) finishes the photo"
@@ -154,63 +125,60 @@ class LLMPolicy(Policy):
                                            "usage": d.usage + takeover.usage, "planner_failed": True})
 
     def _plan(self, state: AgentState, ctx: AgentContext) -> Decision:
-        planner = ctx.planner_backend
-        image = ctx.image(state.image_path, state.image_sha256) if getattr(planner, "vision", True) else None
+        model = ctx.planner_model()
+        if model is None:
+            return Decision(done=True, notes=[f"llm policy unavailable: {ctx.backend.spec} cannot chat and no "
+                                              "--planner was given; use an openai, openai-compatible or llava model"])
+        messages = state.messages
+        if model.vision:
+            messages = with_photo(messages, image_content_part(ctx.image(state.image_path, state.image_sha256)))
         try:
-            turn = planner.chat(to_openai(state.messages, image), tools=openai_tools(),
-                                deadline=ctx.config.caps.model_deadline(state.started_at))
+            turn = model.bind_tools(openai_tools()).invoke(
+                messages, deadline=ctx.config.caps.model_deadline(state.started_at))
         except NotSupportedError as e:
-            return Decision(done=True, notes=[*planner_notes(state, ctx), f"llm policy unavailable: {e}"])
+            return Decision(done=True, notes=[*planner_notes(state, model), f"llm policy unavailable: {e}"])
         except CallFailed as e:
-            adapted = planner_notes(state, ctx)
+            adapted = planner_notes(state, model)
             if e.kind in ("exhausted", "rejected") and any(isinstance(m, AIMessage) for m in state.messages):
                 # The planner has answered this photo before: a slow model used up the photo's
                 # budget (or its context filled up), a cap reached, not a server that cannot be used.
                 return Decision(done=True, notes=[*adapted, f"the planner stopped ({e}): answering with what is known"])
             return Decision(done=True, notes=[*adapted, f"planner call failed: {e.one_line()}"], planner_failed=True,
                             service_failure=e.kind if e.kind in SERVICE_FAILURES else None)
-        adapted = planner_notes(state, ctx)
-        events = [Event(node="plan", text=turn.content.strip()[:300])] if turn.content and turn.content.strip() else []
-        valid, invalid, errors = [], [], []
+        adapted = planner_notes(state, model)
+        usage = usage_of(turn)
+        events = [Event(node="plan", text=turn.text.strip()[:300])] if turn.text.strip() else []
+        valid, invalid = [], list(turn.invalid_tool_calls)  # arguments that are not a JSON object: refused
         failed = failed_calls(state)
-        budget = ctx.config.caps.max_tool_calls - state.tool_calls
         submitted = False
         for tc in turn.tool_calls:
-            # Refused up front, with a reason the model reads: broken JSON, a second submit_location
-            # in one turn (the answer is written once), calls beyond the tool budget.
-            try:
-                args = tc.arguments()
-                if tc.name == "submit_location" and submitted:
-                    raise ValueError("submit_location was already called in this turn; only the first counts")
-                key = call_key(tc.name, args)
-                if key in failed:
-                    raise ValueError(f"{REPEATED} ({failed[key][:200]}); do not repeat it: "
-                                     f"{submap_hint(state, ctx)} Or call submit_location with your answer.")
-                if len(valid) >= budget:
-                    raise ValueError(f"tool-call cap ({ctx.config.caps.max_tool_calls}) reached; "
-                                     "submit your best answer now")
-            except ValueError as e:
-                invalid.append({"name": tc.name, "args": tc.arguments_json, "id": tc.id, "error": str(e),
-                                "type": "invalid_tool_call"})
-                errors.append(ToolMessage(content=json.dumps({"ok": False, "error": str(e)}), tool_call_id=tc.id,
-                                          name=tc.name, status="error"))
-                events.append(Event(node="plan", text=f"refused {tc.name}: {str(e)[:140]}", tool=tc.name))
+            # Refused up front, with a reason the model reads: a second submit_location in one turn
+            # (the answer is written once), a call that already failed. (The tool-call cap is the
+            # plan node's, for every policy.)
+            error = None
+            if tc["name"] == "submit_location" and submitted:
+                error = "submit_location was already called in this turn; only the first counts"
+            elif (key := call_key(tc["name"], tc["args"])) in failed:
+                error = (f"{REPEATED} ({failed[key][:200]}); do not repeat it: "
+                         f"{submap_hint(state, ctx)} Or call submit_location with your answer.")
+            if error is not None:
+                invalid.append(refused_call(tc, error))
                 continue
-            submitted = submitted or tc.name == "submit_location"
-            valid.append({"name": tc.name, "args": args, "id": tc.id, "type": "tool_call"})
-            events.append(Event(node="plan", text=f"call {tc.name}", tool=tc.name, args=args))
-        message = AIMessage(content=turn.content or "", tool_calls=valid, invalid_tool_calls=invalid)
+            submitted = submitted or tc["name"] == "submit_location"
+            valid.append(tc)
+            events.append(Event(node="plan", text=f"call {tc['name']}", tool=tc["name"], args=tc["args"]))
+        message = AIMessage(content=turn.content, tool_calls=valid)
         events += [Event(node="plan", text=note) for note in adapted]
         if not valid and invalid and _only_repeats(invalid) and _only_repeats(_last_invalid(state)):
             # Told once that the exact call failed, the model made it again: at temperature 0 it
             # will go on doing so (SmolLM2-135M repeated one call 7 times, ~7 s each under load).
-            return Decision(done=True, message=message, extra_messages=errors, events=events, usage=turn.usage,
-                            notes=[*adapted, "the planner repeated a call that had failed: answering with what is known"])
+            return Decision(done=True, message=message, events=events, usage=usage, notes=[
+                *adapted, "the planner repeated a call that had failed: answering with what is known"]).refusing(invalid)
         if valid or invalid:
-            return Decision(message=message, extra_messages=errors, events=events, usage=turn.usage, notes=adapted)
+            return Decision(message=message, events=events, usage=usage, notes=adapted).refusing(invalid)
         nudged = any(isinstance(m, HumanMessage) and m.text == NUDGE for m in state.messages)
         if nudged:
-            return Decision(done=True, message=message, events=events, usage=turn.usage,
+            return Decision(done=True, message=message, events=events, usage=usage,
                             notes=[*adapted, NO_SUBMISSION])
-        return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=turn.usage,
+        return Decision(message=message, extra_messages=[HumanMessage(NUDGE)], events=events, usage=usage,
                         notes=adapted)

@@ -176,3 +176,52 @@ def test_a_supported_submission_gets_geoguides_confidence_not_the_models(synthet
     pred = locate(_ctx(synthetic_index, fake_openai), query)
     assert pred.source == "llm" and (pred.lat, pred.lon) == (48.8566, 2.3522)
     assert pred.confidence != 0.123 and "searched reference(s) within 25 km" in pred.why
+
+
+def test_tool_call_cap_is_held_by_the_plan_node(synthetic_index, fake_openai, query):
+    """Three calls in one turn with two left: the third is refused before any tool runs, with the
+    reason the model reads, and only two count; the next turn is the last before the cap ends it."""
+    fake_openai.script(
+        reply_json(PRIOR),
+        reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 3}),
+                         ("reverse_geocode", {"lat": 48.86, "lon": 2.35}),
+                         ("geocode", {"name": "Paris"})),
+    )
+    events = []
+    pred = locate(_ctx(synthetic_index, fake_openai, caps=Caps(max_tool_calls=2)), query, on_event=events.append)
+    assert pred.tool_calls == 2 and [s.submap_id for s in pred.trail] == ["country:FR"]
+    assert any(e.text.startswith("refused geocode: tool-call cap (2) reached") for e in events)
+    assert any("tool-call cap (2) reached: answering with what is known" in n for n in pred.notes)
+    assert fake_openai.pending == 0 and pred.lat is not None
+
+
+def test_the_planner_is_a_langchain_chat_model(synthetic_index, fake_openai):
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from geoguide.agent.backends import usage_of
+
+    ctx = _ctx(synthetic_index, fake_openai)
+    model = ctx.planner_model()
+    assert isinstance(model, BaseChatModel) and model.backend is ctx.backend
+    fake_openai.script(reply_tool_calls(("geocode", {"name": "Lyon"}), content="Looking up Lyon."))
+    from geoguide.agent.toolbox import langchain_tools
+
+    turn = model.bind_tools(langchain_tools()).invoke([SystemMessage("You plan."), HumanMessage("prior: FR")])
+    assert turn.text == "Looking up Lyon." and turn.tool_calls[0]["args"] == {"name": "Lyon"}
+    assert usage_of(turn).model_calls == 1 and turn.usage_metadata["input_tokens"] == 100
+    sent = fake_openai.requests[0].body
+    assert sent["messages"] == [{"role": "system", "content": "You plan."}, {"role": "user", "content": "prior: FR"}]
+    assert [t["function"]["name"] for t in sent["tools"]][0] == "search_submap"
+
+
+def test_a_planner_must_be_able_to_chat(synthetic_index, tmp_path):
+    """A prior provider given as the planner is refused before the run, not at its first plan step."""
+    from geoguide.agent.factory import build_context
+    from geoguide.agent.settings import ContextSpec
+
+    recorded = tmp_path / "priors.csv"
+    recorded.write_text("IMG_ID,LAT_pred,LON_pred,location,success,model_name\nq.jpg,48.85,2.35,Paris,True,m\n")
+    with pytest.raises(ValueError, match="cannot plan; a planner is a chat model"):
+        build_context(ContextSpec(index=synthetic_index.root, vlm="none", planner=f"replay:{recorded}",
+                                  cache=tmp_path / "c.sqlite"))

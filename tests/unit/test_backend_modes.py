@@ -28,8 +28,10 @@ from geoguide.agent.backends import (
     NotSupportedError,
     make_backend,
     parse_backend_options,
+    usage_of,
     user_message,
 )
+from geoguide.agent.backends.chat_model import to_openai
 from geoguide.agent.backends.media import NO_VISION_TEXT
 from geoguide.agent.backends.openai_backend import (
     ACTION_MAX_TOKENS,
@@ -237,7 +239,7 @@ def test_strict_json_schema_transform() -> None:
 def test_native_strict_tools_are_accepted(emulated: FakeOpenAIServer) -> None:
     emulated.script(reply_tool_calls(("search_submap", {"submap_id": "country:FR", "k": 5})))
     turn = openai_backend(emulated, "gpt-4o").chat(PLAN, tools=TOOLS)
-    assert [(c.name, c.arguments()) for c in turn.tool_calls] == [("search_submap", {"submap_id": "country:FR", "k": 5})]
+    assert [(c["name"], c["args"]) for c in turn.tool_calls] == [("search_submap", {"submap_id": "country:FR", "k": 5})]
     sent = emulated.requests[0].body["tools"]
     assert all(t["function"]["strict"] is True for t in sent) and len(emulated.requests) == 1
     unstrict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
@@ -259,8 +261,8 @@ def test_json_tool_mode_against_a_server_without_tools(no_tools: FakeOpenAIServe
 
     assert turn.content == "The prior says France."
     [call] = turn.tool_calls
-    assert call.name == "search_submap" and call.arguments() == {"submap_id": "country:FR", "k": 5}
-    assert call.id.startswith("call_")
+    assert call["name"] == "search_submap" and call["args"] == {"submap_id": "country:FR", "k": 5}
+    assert call["id"].startswith("call_")
     body = no_tools.requests[0].body
     assert "tools" not in body and "tool_choice" not in body
     fmt = body["response_format"]
@@ -275,9 +277,9 @@ def test_json_tool_mode_against_a_server_without_tools(no_tools: FakeOpenAIServe
 
     # The next turn: the native-format history is rewritten into turns such a server accepts.
     no_tools.script(reply_text(action("submit_location", {"lat": 48.85, "lon": 2.35, "confidence": 0.8, "evidence": "x"})))
-    history = [*PLAN, turn.to_message(), {"role": "tool", "tool_call_id": call.id, "content": '{"ok": true}'}]
+    history = [*PLAN, to_openai([turn])[0], {"role": "tool", "tool_call_id": call["id"], "content": '{"ok": true}'}]
     second = backend.chat(history, tools=TOOLS)
-    assert second.tool_calls[0].name == "submit_location"
+    assert second.tool_calls[0]["name"] == "submit_location"
     sent = no_tools.requests[1].body["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
     assert json.loads(sent[2]["content"])["action"]["name"] == "search_submap"
@@ -288,7 +290,7 @@ def test_json_tool_mode_steps_down_response_format(fake_openai: FakeOpenAIServer
     fake_openai.script(http_error(400, "response_format json_schema is not supported"),
                        reply_text("```json\n" + action("geocode", {"name": "Paris", "country": None, "limit": 5}) + "\n```"))
     turn = compat(fake_openai, tool_mode="json").chat(PLAN, tools=TOOLS)
-    assert turn.tool_calls[0].arguments() == {"name": "Paris", "country": None, "limit": 5}
+    assert turn.tool_calls[0]["args"] == {"name": "Paris", "country": None, "limit": 5}
     assert fake_openai.requests[1].body["response_format"] == {"type": "json_object"}
 
 
@@ -296,12 +298,12 @@ def test_auto_mode_steps_down_after_a_tools_rejection(no_tools: FakeOpenAIServer
     no_tools.script(reply_text(action("list_submaps", {"scheme": "country", "near": None, "country": "FR", "limit": 5})))
     backend = compat(no_tools)  # openai-compatible defaults to tool_mode=auto
     turn = backend.chat(PLAN, tools=TOOLS)
-    assert turn.tool_calls[0].name == "list_submaps" and turn.usage.retries == 0
+    assert turn.tool_calls[0]["name"] == "list_submaps" and usage_of(turn).retries == 0
     first, second = (r.body for r in no_tools.requests)
     assert "tools" in first and "tools" not in second and second["response_format"]["type"] == "json_schema"
 
     no_tools.script(reply_text(action("widen", {"submap_id": "country:FR", "near_lat": None, "near_lon": None})))
-    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0].name == "widen"
+    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0]["name"] == "widen"
     assert len(no_tools.requests) == 3  # remembered: no second refused round-trip
 
 
@@ -318,16 +320,16 @@ def test_auto_mode_switches_to_json_when_tools_are_ignored(tmp_path) -> None:
         server.script(reply_text(search), reply_text(submit))
         backend = compat(server, cache=str(tmp_path / "c.sqlite"))
         turn = backend.chat(PLAN, tools=TOOLS)
-        assert [c.name for c in turn.tool_calls] == ["search_submap"]
+        assert [c["name"] for c in turn.tool_calls] == ["search_submap"]
         first, second = (r.body for r in server.requests)
         assert "tools" in first and "tools" not in second and second["response_format"]["type"] == "json_schema"
         assert (first["max_tokens"], second["max_tokens"]) == (PROBE_MAX_TOKENS, ACTION_MAX_TOKENS)  # both bounded
-        assert turn.usage.model_calls == 2 and turn.usage.prompt_tokens == 300 + 100  # the wasted call is counted
+        assert usage_of(turn).model_calls == 2 and usage_of(turn).prompt_tokens == 300 + 100  # the wasted call is counted
         [note] = backend.adaptations()
         assert note.startswith("the server ignored tools=") and "JSON-schema mode" in note
 
-        history = [*PLAN, turn.to_message(), {"role": "tool", "tool_call_id": turn.tool_calls[0].id, "content": "{}"}]
-        assert backend.chat(history, tools=TOOLS).tool_calls[0].name == "submit_location"
+        history = [*PLAN, to_openai([turn])[0], {"role": "tool", "tool_call_id": turn.tool_calls[0]["id"], "content": "{}"}]
+        assert backend.chat(history, tools=TOOLS).tool_calls[0]["name"] == "submit_location"
         assert len(server.requests) == 3 and "tools" not in server.requests[2].body  # straight to json
         assert backend.adaptations() == [note]
         backend.close()
@@ -335,8 +337,8 @@ def test_auto_mode_switches_to_json_when_tools_are_ignored(tmp_path) -> None:
         # A re-run on the same cache remembers the server: straight to json (no probe), replayed.
         again = compat(server, cache=str(tmp_path / "c.sqlite"))
         replayed = again.chat(PLAN, tools=TOOLS)
-        assert replayed.tool_calls[0].name == "search_submap" and replayed.usage.cache_hits == 1
-        assert replayed.usage.model_calls == 1 and len(server.requests) == 3
+        assert replayed.tool_calls[0]["name"] == "search_submap" and usage_of(replayed).cache_hits == 1
+        assert usage_of(replayed).model_calls == 1 and len(server.requests) == 3
         [remembered] = again.adaptations()
         assert "on an earlier run" in remembered and "JSON-schema mode" in remembered
         again.close()
@@ -405,7 +407,7 @@ def test_the_openai_api_gets_a_strict_action_schema(emulated: FakeOpenAIServer) 
     characters (its own tokens limit still bounds them)."""
     emulated.script(reply_text(action("search_submap", {"submap_id": "country:FR", "k": 5})))
     backend = openai_backend(emulated, "gpt-4o", tool_mode="json")
-    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0].name == "search_submap"
+    assert backend.chat(PLAN, tools=TOOLS).tool_calls[0]["name"] == "search_submap"
     fmt = emulated.requests[0].body["response_format"]["json_schema"]
     assert fmt["strict"] is True and "maxLength" not in json.dumps(fmt["schema"])
 
@@ -454,27 +456,27 @@ def test_hermes_tool_call_blocks_in_content(fake_openai: FakeOpenAIServer) -> No
     fake_openai.script(reply_text(content))
     turn = compat(fake_openai, tool_mode="native").chat(PLAN, tools=TOOLS)
     assert turn.content == "Let me search France first."
-    assert [(c.name, c.arguments()) for c in turn.tool_calls] == [
+    assert [(c["name"], c["args"]) for c in turn.tool_calls] == [
         ("search_submap", {"submap_id": "country:FR", "k": 5}),
         ("geocode", {"name": "Lyon"}),
     ]
-    assert len({c.id for c in turn.tool_calls}) == 2
-    assert turn.to_message()["tool_calls"][0]["function"]["name"] == "search_submap"
+    assert len({c["id"] for c in turn.tool_calls}) == 2
+    assert to_openai([turn])[0]["tool_calls"][0]["function"]["name"] == "search_submap"
 
 
 def test_broken_json_still_comes_back_as_a_call(fake_openai: FakeOpenAIServer) -> None:
     broken = '<tool_call>{"name": "search_submap", "arguments": {"submap_id": "country:FR", </tool_call>'
     fake_openai.script(reply_text(broken), reply_text('{"thought": "x", "action": {"name": "widen", "arguments": {"submap_id": '))
     turn = compat(fake_openai, tool_mode="native").chat(PLAN, tools=TOOLS)
-    [call] = turn.tool_calls
-    assert call.name == "search_submap" and "country:FR" in call.arguments_json
-    with pytest.raises(ValueError, match="not valid JSON"):
-        call.arguments()
+    [call] = turn.invalid_tool_calls
+    assert not turn.tool_calls
+    assert call["name"] == "search_submap" and "country:FR" in call["args"] and "not valid JSON" in call["error"]
+    # It goes back to the server as the model wrote it, beside the error the model reads.
+    assert to_openai([turn])[0]["tool_calls"][0]["function"]["arguments"] == call["args"]
 
     json_turn = compat(fake_openai, tool_mode="json").chat(PLAN, tools=TOOLS)
-    assert json_turn.tool_calls[0].name == "widen"
-    with pytest.raises(ValueError, match="not valid JSON"):
-        json_turn.tool_calls[0].arguments()
+    [broken] = json_turn.invalid_tool_calls
+    assert broken["name"] == "widen" and "not valid JSON" in broken["error"]
 
 
 def test_prose_in_json_mode_stays_content() -> None:
@@ -517,14 +519,14 @@ def test_image_refusal_makes_the_planner_text_only(photo: Image.Image) -> None:
         backend = compat(server)
         messages = [{"role": "system", "content": "You plan."}, user_message("prior: FR", photo)]
         turn = backend.chat(messages, tools=TOOLS)
-        assert turn.tool_calls[0].name == "search_submap" and turn.usage.model_calls == 2
+        assert turn.tool_calls[0]["name"] == "search_submap" and usage_of(turn).model_calls == 2
         refused, kept = (r.body for r in server.requests)
         assert "image_url" in json.dumps(refused) and "image_url" not in json.dumps(kept)
         assert kept["messages"][1]["content"] == f"prior: FR\n{NO_VISION_TEXT}"
         assert backend.vision is False
         [note] = backend.adaptations()
         assert LLAMA_CPP_NO_VISION[:28] in note and "text-only" in note
-        assert backend.chat(messages, tools=TOOLS).tool_calls[0].name == "submit_location"
+        assert backend.chat(messages, tools=TOOLS).tool_calls[0]["name"] == "submit_location"
         assert len(server.requests) == 3 and "image_url" not in json.dumps(server.requests[2].body)
 
 
@@ -534,7 +536,7 @@ def test_openai_wording_of_an_image_refusal(fake_openai: FakeOpenAIServer, photo
                        reply_tool_calls(("widen", {"submap_id": "global"})))
     backend = openai_backend(fake_openai, "gpt-3.5-turbo")
     turn = backend.chat([{"role": "system", "content": "You plan."}, user_message("prior: FR", photo)], tools=TOOLS)
-    assert turn.tool_calls[0].name == "widen" and backend.vision is False
+    assert turn.tool_calls[0]["name"] == "widen" and backend.vision is False
     assert "only supported by certain models" in backend.adaptations()[0]
 
 

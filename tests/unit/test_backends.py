@@ -26,14 +26,17 @@ from PIL import Image
 from geoguide.agent.backends import (
     BackendConfigError,
     CallFailed,
-    NotSupportedError,
+    ChatBackend,
+    PriorProvider,
     ResponseCache,
     available_backends,
     make_backend,
     parse_perception,
     parse_spec,
+    usage_of,
 )
 from geoguide.agent.backends import offline as offline_mod
+from geoguide.agent.backends.chat_model import to_openai
 from geoguide.agent.backends.openai_backend import OpenAIBackend, split_base_url
 from geoguide.agent.backends.retry import retry_after_s
 from geoguide.agent.schemas import Perception, Usage
@@ -269,13 +272,13 @@ def test_chat_returns_tool_calls(fake_openai: FakeOpenAIServer) -> None:
     turn = compat(fake_openai).chat(messages, tools=TOOLS)
 
     assert turn.content == "Searching France."
-    assert [(c.id, c.name, c.arguments()) for c in turn.tool_calls] == [
+    assert [(c["id"], c["name"], c["args"]) for c in turn.tool_calls] == [
         ("call_0", "search_submap", {"submap": "country:FR", "k": 5})
     ]
     body = fake_openai.requests[0].body
     assert body["tools"] == TOOLS and "response_format" not in body
-    assert turn.usage.model_calls == 1 and turn.usage.seconds > 0
-    message = turn.to_message()
+    assert usage_of(turn).model_calls == 1 and usage_of(turn).seconds > 0
+    message = to_openai([turn])[0]
     assert message["tool_calls"][0]["function"]["name"] == "search_submap"
 
     fake_openai.script(reply_text("Paris."))  # the history round-trips through the real SDK
@@ -326,8 +329,9 @@ def test_make_backend_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_none_backend_is_retrieval_only() -> None:
     outcome = make_backend("none").perceive(None)
     assert outcome.perception is None and outcome.error is None and outcome.usage.model_calls == 0
-    with pytest.raises(NotSupportedError):
-        make_backend("none").chat([{"role": "user", "content": "hi"}])
+    # A prior provider, not a chat model: nothing to plan or answer follow-ups with.
+    none = make_backend("none")
+    assert isinstance(none, PriorProvider) and not isinstance(none, ChatBackend) and none.chat_backend() is None
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -489,10 +493,10 @@ def test_the_factory_gives_each_backend_only_the_runtime_options_it_declares(tmp
     """No spec prefix is tested: a backend says what it takes (``runtime_options``), so a new
     recorded-answer backend needs no edit of the factory, and model backends get the cache,
     timeout and attempts."""
-    from geoguide.agent.backends import BACKENDS, Backend, backend_class
+    from geoguide.agent.backends import BACKENDS, backend_class
     from geoguide.agent.factory import open_backend
 
-    class Recorded(Backend):
+    class Recorded(PriorProvider):
         kind = "recorded-test"
 
         def __init__(self, model: str) -> None:  # takes no cache, timeout or attempts
@@ -504,7 +508,7 @@ def test_the_factory_gives_each_backend_only_the_runtime_options_it_declares(tmp
     BACKENDS.load()
     monkeypatch.setitem(BACKENDS._entries, "recorded-test", Recorded)  # registered for this test only
     assert backend_class("recorded-test:x").runtime_options == frozenset()
-    assert isinstance(open_backend("recorded-test:x", None, timeout=5, attempts=2), Backend)
+    assert isinstance(open_backend("recorded-test:x", None, timeout=5, attempts=2), PriorProvider)
     model = open_backend("openai-compatible:http://127.0.0.1:9/v1:m", tmp_path / "c.sqlite", timeout=7, attempts=3)
     try:
         assert model.timeout == 7 and model.retry.max_attempts == 3 and model.cache is not None

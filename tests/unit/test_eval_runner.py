@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import geoguide.eval.runner as runner
-from geoguide.agent.backends import Backend, make_backend
+from geoguide.agent.backends import PriorProvider, make_backend
 from geoguide.agent.config import AgentConfig
 from geoguide.agent.context import AgentContext
 from geoguide.agent.schemas import CountryGuess, Perception, PerceptionOutcome
@@ -189,7 +189,7 @@ def test_different_config_in_same_dir_is_refused(synthetic_index, synthetic_refs
 # --------------------------------------------------------------------------------- corruption
 
 
-class _FixedPrior(Backend):
+class _FixedPrior(PriorProvider):
     """Paris, for every photo."""
 
     kind: ClassVar[str] = "fixed"
@@ -244,6 +244,10 @@ def test_corruption_modes_neighbour_and_noise():
     assert 45 < np.mean(moved) < 80  # Rayleigh mean of sigma = 50 km per axis: 62.7 km
     b = CorruptedPriorBackend(_FixedPrior(), CorruptionSpec(p=1.0, mode="random"))
     assert b.perceive(None, image_id="no-prior").perception is None and b.applied("no-prior") is None
+    # It corrupts priors only: a run's planner is still the model it wraps (none here).
+    assert b.chat_backend() is None
+    chatty = make_backend("openai-compatible:http://127.0.0.1:9/v1:m")
+    assert CorruptedPriorBackend(chatty, CorruptionSpec(p=1.0, mode="random")).chat_backend() is chatty
     with pytest.raises(ValueError, match="noise_km"):
         CorruptionSpec(p=0.5, mode="none")
 

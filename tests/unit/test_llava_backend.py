@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from geoguide.agent.backends import BackendConfigError, NotSupportedError, make_backend, user_message
+from geoguide.agent.backends import (
+    BackendConfigError,
+    NotSupportedError,
+    make_backend,
+    usage_of,
+    user_message,
+)
 from geoguide.agent.backends.llava import LlavaBackend, to_llava_conversation
 
 CHAT_TEMPLATE = (
@@ -107,7 +113,7 @@ def test_chat_without_tools_and_tools_refused(tiny_llava: Path) -> None:
         user_message("where was this photo taken ?", Image.new("RGB", (40, 40))),
     ]
     turn = backend.chat(history)
-    assert isinstance(turn.content, str) and turn.tool_calls == [] and turn.usage.model_calls == 1
+    assert isinstance(turn.content, str) and turn.tool_calls == [] and usage_of(turn).model_calls == 1
     with pytest.raises(NotSupportedError):
         backend.chat(history, tools=[{"type": "function", "function": {"name": "geocode"}}])
 
