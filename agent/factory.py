@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoguide.agent.backends import Backend, PriorProvider, backend_class, make_backend, parse_backend_options
+from geoguide.agent.backends import (
+    Backend,
+    ChatBackend,
+    PriorProvider,
+    backend_class,
+    make_backend,
+    parse_backend_options,
+)
 from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
+from geoguide.agent.policies.base import Policy
 from geoguide.agent.settings import ContextSpec, default_cache_path
 from geoguide.indices.store import ReferenceIndex
 
@@ -30,6 +38,34 @@ def open_backend(spec: str, cache: Path | None, *, timeout: float, attempts: int
     return make_backend(spec, **options, **{k: v for k, v in runtime.items() if k in takes})
 
 
+def open_models(spec: ContextSpec, policy: Policy) -> tuple[PriorProvider, ChatBackend | None]:
+    """The VLM and the planner (None: the VLM plans), each checked for the job it is given; on a
+    refusal nothing is left open (a cache file, a loaded model)."""
+    opened: list[Backend] = []
+    try:
+        backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
+        opened.append(backend)
+        if not isinstance(backend, PriorProvider):
+            raise ValueError(f"--vlm {spec.vlm}: this backend cannot give a photo's prior (it only chats); "
+                             "give it as --planner")
+        planning = None
+        if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
+            opened.append(open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
+                                       opts=spec.planner_opts))
+            planning = opened[-1].chat_backend()
+            if planning is None:
+                raise ValueError(f"--planner {spec.planner}: this backend only gives priors and cannot plan; "
+                                 "a planner is a chat model (openai:, openai-compatible:, llava:)")
+        if policy.needs_chat_model and planning is None and backend.chat_backend() is None:
+            raise ValueError(f"--policy {policy.name} plans with a chat model, and --vlm {spec.vlm} gives priors "
+                             "only: add --planner (e.g. openai-compatible:URL:MODEL, see geoguide llama-server)")
+    except BaseException:
+        for opened_backend in opened:
+            opened_backend.close()
+        raise
+    return backend, planning
+
+
 def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) -> AgentContext:
     """Open the index, the model backends and the config the same way for every shell.
 
@@ -39,7 +75,7 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
     if spec.index is None:
         raise ValueError("give the reference index (--index DIR, or index = ... in a plan)")
     cfg = spec.agent_config()
-    make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
+    policy = make_policy(cfg.policy)  # an unknown policy fails before anything is loaded
     index = ReferenceIndex(spec.index)
     vectors = None
     if spec.query_vectors is not None:
@@ -49,19 +85,9 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
         if vectors.table.dim != index.manifest.descriptor.dim:
             raise ValueError(f"--query-vectors {spec.query_vectors}: {vectors.table.dim} dimensions, but the index's "
                              f"vectors have {index.manifest.descriptor.dim}")
-    backend = open_backend(spec.vlm, spec.cache, timeout=spec.timeout, attempts=spec.attempts, opts=spec.vlm_opts)
-    if not isinstance(backend, PriorProvider):
-        raise ValueError(f"--vlm {spec.vlm}: this backend cannot give a photo's prior (it only chats); "
-                         "give it as --planner")
+    backend, planning = open_models(spec, policy)
     if index.scheme_of("country") is not None:
         backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
-    planning = None
-    if spec.planner is not None and (spec.planner != spec.vlm or spec.planner_opts):
-        planning = open_backend(spec.planner, spec.cache, timeout=spec.timeout, attempts=spec.attempts,
-                                opts=spec.planner_opts).chat_backend()
-        if planning is None:
-            raise ValueError(f"--planner {spec.planner}: this backend only gives priors and cannot plan; "
-                             "a planner is a chat model (openai:, openai-compatible:, llava:)")
     return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors,
                         profile=load_profile(spec.calibration) if spec.calibration is not None else None)
 

@@ -189,7 +189,10 @@ def within_tool_budget(d: Decision, caps: Caps, used: int) -> Decision:
     if d.message is None or len(d.message.tool_calls) <= left:
         return d
     over = d.message.tool_calls[left:]
-    kept = d.model_copy(update={"message": d.message.model_copy(update={"tool_calls": d.message.tool_calls[:left]})})
+    # The policy's "call X" events for the calls refused here give way to the refusals.
+    events = [e for e in d.events if not any(e.text == f"call {c['name']}" and e.args == c["args"] for c in over)]
+    kept = d.model_copy(update={"message": d.message.model_copy(update={"tool_calls": d.message.tool_calls[:left]}),
+                                "events": events})
     error = f"tool-call cap ({caps.max_tool_calls}) reached; submit your best answer now"
     return kept.refusing([refused_call(c, error) for c in over])
 

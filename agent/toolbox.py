@@ -11,6 +11,7 @@ are imposed here, so no policy or model can search around them.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import ToolNode, ToolRuntime
 from langgraph.prebuilt.tool_node import ToolInvocationError
 from langgraph.types import Command
@@ -243,27 +243,42 @@ def tool_error_text(exc: ToolInvocationError) -> str:
     return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-@functools.cache
 def langchain_tools() -> tuple[BaseTool, ...]:
-    """Every tool as a LangChain tool, built once per process: what ``ToolNode`` runs, and (through
-    ``openai_tools``) what a planner is told, so the two never disagree."""
-    return tuple(
-        StructuredTool.from_function(entry.run, name=name, description=entry.description, args_schema=entry.args)
-        for name, entry in TOOLS.items()
-    )
+    """Every registered tool as a LangChain tool: what ``ToolNode`` runs and, through
+    ``openai_tools``, what a planner is told, so the two never disagree. Built once per set of
+    registered tools (a tool registered later is built in, not silently left out)."""
+    return _built(_registered())[0]
+
+
+def _registered() -> tuple[str, ...]:
+    return tuple(name for name, _ in TOOLS.items())  # in the order the model is shown them
 
 
 @functools.cache
-def _openai_tools() -> tuple[dict[str, Any], ...]:
-    return tuple(convert_to_openai_tool(tool) for tool in langchain_tools())
+def _built(names: tuple[str, ...]) -> tuple[tuple[BaseTool, ...], tuple[dict[str, Any], ...]]:
+    entries = {name: TOOLS.get(name) for name in names}
+    tools = tuple(StructuredTool.from_function(e.run, name=name, description=e.description, args_schema=e.args)
+                  for name, e in entries.items())
+    return tools, tuple(_function_tool(tool, entries[tool.name].args) for tool in tools)
+
+
+def _function_tool(tool: BaseTool, args: type[BaseModel]) -> dict[str, Any]:
+    """A LangChain tool in the OpenAI function-calling format, its parameters the argument model's
+    own JSON schema (less the model's title). Not ``convert_to_openai_tool``: that rebuilds the
+    schema from the fields and drops what a model states beyond them, e.g. ``reverse_geocode``'s
+    latitude and longitude ranges, which the model must read but the tool checks itself
+    (``json_schema_extra``); the planner's requests, and so the response cache's keys, stay as they were."""
+    schema = args.model_json_schema()
+    schema.pop("title", None)
+    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
+                                             "parameters": schema}}
 
 
 def openai_tools() -> list[dict[str, Any]]:
-    """The tools in the OpenAI function-calling format, as LangChain derives them from the tools
-    ``ToolNode`` runs (the run's injected arguments left out, titles dropped: 3,776 characters of
-    JSON for the seven tools, 4,494 with pydantic's titles and class docstrings). Built once; read
-    only."""
-    return list(_openai_tools())
+    """The tools in the OpenAI function-calling format (what the ``llm`` policy binds to its planner):
+    4,494 characters of JSON for the seven tools. Built once with the LangChain tools; each caller
+    gets its own copy, so no request can alter another's."""
+    return copy.deepcopy(list(_built(_registered())[1]))
 
 
 def tool_node() -> ToolNode:

@@ -10,16 +10,9 @@ shared options (cache, timeout, retries, sampling, image size, price). Per-model
 command line: ``parse_backend_options(["temperature=0.2", ...])`` -> kwargs for ``make_backend``.
 """
 
-from geoguide.agent.backends.base import (
-    Backend,
-    ChatBackend,
-    Completion,
-    ModelBackend,
-    PriorProvider,
-    parse_perception,
-    usage_of,
-)
+from geoguide.agent.backends.base import Backend, ChatBackend, ModelBackend, PriorProvider
 from geoguide.agent.backends.cache import ResponseCache
+from geoguide.agent.backends.completion import Completion, parse_perception, usage_of
 from geoguide.agent.backends.errors import BackendConfigError, BackendError, CallFailed, NotSupportedError
 from geoguide.agent.backends.media import image_content_part, user_message, without_images
 from geoguide.agent.backends.options import BackendOptions, option_help, parse_backend_options

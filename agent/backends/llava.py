@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from geoguide.agent.backends.base import Completion, ModelBackend
+from geoguide.agent.backends.base import ModelBackend
+from geoguide.agent.backends.completion import Completion
 from geoguide.agent.backends.errors import BackendConfigError, NotSupportedError
 from geoguide.agent.backends.media import decode_data_url
 from geoguide.agent.backends.registry import register_backend

@@ -77,7 +77,8 @@ import openai
 from langchain_core.messages import AIMessage
 from openai.types.chat import ChatCompletion
 
-from geoguide.agent.backends.base import Completion, ModelBackend, refusal_of, usage_of, with_usage
+from geoguide.agent.backends.base import ModelBackend
+from geoguide.agent.backends.completion import Completion, refusal_of, usage_of, with_usage
 from geoguide.agent.backends.errors import BackendConfigError, CallFailed, NotSupportedError
 from geoguide.agent.backends.http import call_deadline, deadline_transport
 from geoguide.agent.backends.media import ImageInput, without_images

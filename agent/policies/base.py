@@ -45,7 +45,7 @@ class Decision(BaseModel):
             "message": message,
             "extra_messages": [*self.extra_messages, *(refusal_message(c) for c in calls)],
             "events": [*self.events, *(Event(node="plan", text=f"refused {c['name']}: {str(c['error'])[:140]}",
-                                             tool=c["name"]) for c in calls)],
+                                        tool=c["name"]) for c in calls)],
         })
 
     @classmethod
@@ -76,6 +76,9 @@ def refusal_message(call: InvalidToolCall) -> ToolMessage:
 
 class Policy(ABC):
     name: ClassVar[str]
+    # True for a policy whose plan comes from a chat model (``llm``): a run without one
+    # (``--vlm replay:... `` and no ``--planner``) is refused before anything is loaded past the backends.
+    needs_chat_model: ClassVar[bool] = False
 
     def start(self, state: AgentState, ctx: AgentContext) -> dict[str, Any]:
         """State updates after perception (hypotheses, an opening message...)."""

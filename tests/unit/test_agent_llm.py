@@ -191,6 +191,7 @@ def test_tool_call_cap_is_held_by_the_plan_node(synthetic_index, fake_openai, qu
     pred = locate(_ctx(synthetic_index, fake_openai, caps=Caps(max_tool_calls=2)), query, on_event=events.append)
     assert pred.tool_calls == 2 and [s.submap_id for s in pred.trail] == ["country:FR"]
     assert any(e.text.startswith("refused geocode: tool-call cap (2) reached") for e in events)
+    assert not any(e.text == "call geocode" for e in events)  # announced only as refused
     assert any("tool-call cap (2) reached: answering with what is known" in n for n in pred.notes)
     assert fake_openai.pending == 0 and pred.lat is not None
 
@@ -225,3 +226,22 @@ def test_a_planner_must_be_able_to_chat(synthetic_index, tmp_path):
     with pytest.raises(ValueError, match="cannot plan; a planner is a chat model"):
         build_context(ContextSpec(index=synthetic_index.root, vlm="none", planner=f"replay:{recorded}",
                                   cache=tmp_path / "c.sqlite"))
+    # No --planner and a VLM that only gives priors: the llm policy has nothing to plan with.
+    with pytest.raises(ValueError, match="--policy llm plans with a chat model, and --vlm replay:"):
+        build_context(ContextSpec(index=synthetic_index.root, vlm=f"replay:{recorded}", policy="llm",
+                                  cache=tmp_path / "c.sqlite"))
+
+
+def test_tools_are_built_once_and_schemas_keep_what_the_model_must_read(monkeypatch):
+    from geoguide.agent.toolbox import TOOLS, ToolEntry, langchain_tools, openai_tools
+
+    assert langchain_tools() is langchain_tools()  # built once, the same objects for ToolNode and planner
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in openai_tools()}
+    assert [t.name for t in langchain_tools()] == list(schemas) == [name for name, _ in TOOLS.items()]
+    # reverse_geocode states its ranges for the model (the tool checks them itself): they are kept.
+    assert schemas["reverse_geocode"]["properties"]["lat"]["maximum"] == 90
+    openai_tools()[0]["function"]["name"] = "changed"  # a caller's copy: nobody else sees it
+    assert openai_tools()[0]["function"]["name"] == "search_submap"
+    extra = ToolEntry(TOOLS.get("geocode").args, "a tool registered late", TOOLS.get("geocode").run)
+    monkeypatch.setitem(TOOLS._entries, "late_tool", extra)
+    assert "late_tool" in [t.name for t in langchain_tools()]  # not silently left out

@@ -245,7 +245,7 @@ def test_dropped_rows_are_kept_with_id_line_and_reason(tmp_path):
 
 
 def test_dropped_list_is_capped_but_counts_are_not(tmp_path, monkeypatch):
-    monkeypatch.setattr("geoguide.indices.photosets.MAX_DROPPED", 5)
+    monkeypatch.setattr("geoguide.indices.photosets.common.MAX_DROPPED", 5)
     labels = write(tmp_path / "x.csv", "id,lat,lon\n" + "".join(f"{i},bad,0\n" for i in range(50)))
     r = load_dataset("csv", labels=labels).report
     assert (r.n_read, r.n_dropped, len(r.dropped)) == (50, 50, 5)
