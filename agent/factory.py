@@ -22,6 +22,8 @@ from geoguide.agent.context import AgentContext
 from geoguide.agent.policies import make_policy
 from geoguide.agent.policies.base import Policy
 from geoguide.agent.settings import ContextSpec, default_cache_path
+from geoguide.core.errors import first_line
+from geoguide.core.validation import describe_validation
 from geoguide.indices.store import ReferenceIndex
 
 if TYPE_CHECKING:
@@ -86,8 +88,8 @@ def build_context(spec: ContextSpec, samples: Sequence[Sample] | None = None) ->
             raise ValueError(f"--query-vectors {spec.query_vectors}: {vectors.table.dim} dimensions, but the index's "
                              f"vectors have {index.manifest.descriptor.dim}")
     backend, planning = open_models(spec, policy)
-    if index.scheme_of("country") is not None:
-        backend.restrict_countries([sm.id.split(":", 1)[1] for sm in index.list_submaps("country")])
+    if (countries := index.scheme_of("country")) is not None:
+        backend.restrict_countries(list(countries.spans))
     return AgentContext(index=index, backend=backend, config=cfg, planner=planning, query_vectors=vectors,
                         profile=load_profile(spec.calibration) if spec.calibration is not None else None)
 
@@ -102,5 +104,7 @@ def load_profile(path: Path):
         return CalibrationProfile.model_validate_json(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"--calibration {path}: no such file (make one with geoguide calibrate)") from None
-    except (ValidationError, UnicodeDecodeError, IsADirectoryError) as e:
-        raise ValueError(f"--calibration {path}: not a calibration profile ({str(e).splitlines()[0]})") from None
+    except ValidationError as e:
+        raise ValueError(f"--calibration {path}: not a calibration profile ({describe_validation(e, limit=3)})") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ValueError(f"--calibration {path}: not a calibration profile ({first_line(e)})") from None

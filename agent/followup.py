@@ -282,7 +282,7 @@ def check_place(ctx: AgentContext, st: AgentState, place: str, asked_why_not: bo
     by_country = is_country and table is not None
     if by_country and where.country not in table.spans:
         return f"Can't tell: there are no reference photos in {name} to compare with the photo.{vlm}", st
-    sid = f"country:{where.country}" if by_country else radius_id(where.lat, where.lon, reach)
+    sid = table.scheme.submap_id(where.country) if by_country else radius_id(where.lat, where.lon, reach)
     area = f"in {name}" if by_country else f"within {reach:g} km of {name}" + (
         "'s centre" if where.kind == "region" else "")
     res = run_search(ctx, st, sid, ctx.config.k, prior={"prior_lat": where.lat, "prior_lon": where.lon})

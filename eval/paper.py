@@ -19,7 +19,6 @@ re-ranking, sweeps K and corrupts the prior. ``eval/plans/paper.toml`` is that g
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from geoguide.eval.variants import VariantResult
 
 PAPER_SUBMAPS = "country,kmeans:25,kmeans:50,kmeans:100,kmeans:200,kmeans:400"
 COLUMNS = tuple((key, f"{name.title()} {key} km") for key, name in THRESHOLD_NAMES.items())  # Street 1 km, ...
-K_SCHEME = re.compile(r"^kmeans-(\d+)$")
 
 
 class PlanDescriptor(BaseModel):
@@ -105,8 +103,16 @@ def ensure_index(d: PlanDescriptor, images: Path | None, labels: Path | None) ->
 
 def variant_k(result: VariantResult) -> int | None:
     """K of a variant that searches K-means submaps (``scheme = "kmeans-K"``), else None."""
-    m = K_SCHEME.match(result.variant.spec.agent_config().scheme)
-    return int(m.group(1)) if m else None
+    from geoguide.indices.submaps.kmeans import KMeansScheme
+    from geoguide.indices.submaps.registry import scheme_of_prefix
+
+    named = result.variant.spec.agent_config().scheme
+    try:
+        scheme = scheme_of_prefix(named)
+    except ValueError:  # e.g. kmeans-x
+        return None
+    # "kmeans" alone searches whichever K the map holds: no K to plot against.
+    return scheme.k if isinstance(scheme, KMeansScheme) and scheme.prefix == named else None
 
 
 def paper_table(results: Sequence[VariantResult], skipped: Sequence[Skipped]) -> str:

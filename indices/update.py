@@ -186,7 +186,8 @@ def _frozen_parts(index: ReferenceIndex) -> list[str]:
         parts.append(f"descriptor {index.manifest.descriptor.name} state ({STATE_FILE})")
     if index.store.trainable:
         parts.append(f"store {index.store.spec} quantizer ({STORE_FILE})")
-    parts += [f"{p} centroids" for p, t in index.schemes.items() if t.scheme.kind == "kmeans"]
+    # A scheme that learned something at build time (K-means: its centroids) keeps it as built.
+    parts += [f"{p} {', '.join(t.scheme.state())}" for p, t in index.schemes.items() if t.scheme.state()]
     return parts
 
 

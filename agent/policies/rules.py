@@ -28,6 +28,7 @@ from geoguide.agent.context import AgentContext
 from geoguide.agent.policies.base import Decision, Policy, register_policy
 from geoguide.agent.state import AgentState, Event, SearchIntent, SearchStep
 from geoguide.agent.trust import prior_country_reliability
+from geoguide.indices.submaps import WHOLE_MAP
 from geoguide.tools.read_text import ReadTextResult
 
 # The whole-map probe tests the prior; its candidates do not enter the answer's pool.
@@ -53,8 +54,8 @@ class RulesPolicy(Policy):
             if not state.hypotheses:
                 return _no_prior(state, ctx, n)
             calls = [(state.hypotheses[0], cfg.k, SearchIntent(purpose="hypothesis", reason="the prior's first hypothesis"))]
-            if cfg.global_probe and state.hypotheses[0] != "global":
-                calls.append(("global", cfg.k, SearchIntent(purpose="probe", reason=PROBE_REASON)))
+            if cfg.global_probe and state.hypotheses[0] != WHOLE_MAP:
+                calls.append((WHOLE_MAP, cfg.k, SearchIntent(purpose="probe", reason=PROBE_REASON)))
             return Decision.searches(calls, n)
         if not state.hypotheses:
             return Decision(done=True)

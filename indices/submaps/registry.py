@@ -22,6 +22,14 @@ def parse_scheme(spec: str) -> SubmapScheme:
     return SCHEMES.get(kind, spec=spec)(param or None)
 
 
+def scheme_of_prefix(prefix: str) -> SubmapScheme | None:
+    """The scheme whose submap ids start with ``prefix`` (``"kmeans-100"`` -> K-means with K=100,
+    ``"country"`` -> the country scheme; the inverse of ``SubmapScheme.prefix``), or None."""
+    kind, _, param = prefix.strip().partition("-")
+    cls = next((c for k, c in SCHEMES.items() if k == kind), None)
+    return None if cls is None else cls(param or None)
+
+
 def parse_schemes(specs: str) -> list[SubmapScheme]:
     """The schemes an index stores: a comma-separated list, e.g. ``"country,kmeans:100"``; order
     matters (the first is primary). Query-time schemes (``radius``, ...) need no building: refused."""

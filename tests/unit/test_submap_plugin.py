@@ -110,3 +110,21 @@ def test_the_index_names_and_refuses_through_the_scheme(band_index):
 def test_query_time_schemes_are_not_built():
     with pytest.raises(ValueError, match="radius submaps are answered at query time"):
         parse_schemes("country,radius")
+
+
+def test_a_scheme_is_found_from_its_id_prefix_by_the_registry():
+    """What the paper's accuracy-vs-K plot needs from a configured scheme, asked of the registry
+    rather than by matching 'kmeans-' in eval."""
+    from types import SimpleNamespace
+
+    from geoguide.eval.paper import variant_k
+    from geoguide.indices.submaps.registry import scheme_of_prefix
+
+    assert scheme_of_prefix("kmeans-100").k == 100 and scheme_of_prefix("country").kind == "country"
+    assert scheme_of_prefix("nosuch-3") is None
+
+    def result(scheme: str):
+        return SimpleNamespace(variant=SimpleNamespace(spec=SimpleNamespace(
+            agent_config=lambda: AgentConfig(scheme=scheme))))
+
+    assert [variant_k(result(s)) for s in ("kmeans-25", "kmeans", "country")] == [25, None, None]
