@@ -58,9 +58,13 @@ def open_models(spec: ContextSpec, policy: Policy) -> tuple[PriorProvider, ChatB
             if planning is None:
                 raise ValueError(f"--planner {spec.planner}: this backend only gives priors and cannot plan; "
                                  "a planner is a chat model (openai:, openai-compatible:, llava:)")
-        if policy.needs_chat_model and planning is None and backend.chat_backend() is None:
+        chat = planning if planning is not None else backend.chat_backend()
+        if policy.needs_tool_calling and chat is None:
             raise ValueError(f"--policy {policy.name} plans with a chat model, and --vlm {spec.vlm} gives priors "
                              "only: add --planner (e.g. openai-compatible:URL:MODEL, see geoguide llama-server)")
+        if policy.needs_tool_calling and not chat.supports_tools:
+            raise ValueError(f"--policy {policy.name} plans with tool calls, which {chat.spec} cannot make: serve "
+                             "the model behind an OpenAI-compatible server (vLLM, llama.cpp) and give it as --planner")
     except BaseException:
         for opened_backend in opened:
             opened_backend.close()

@@ -76,9 +76,9 @@ def refusal_message(call: InvalidToolCall) -> ToolMessage:
 
 class Policy(ABC):
     name: ClassVar[str]
-    # True for a policy whose plan comes from a chat model (``llm``): a run without one
-    # (``--vlm replay:... `` and no ``--planner``) is refused before anything is loaded past the backends.
-    needs_chat_model: ClassVar[bool] = False
+    # True for a policy whose plan is a chat model's tool calls (``llm``): a run without such a model
+    # (``--vlm replay:...`` and no ``--planner``; LLaVA in-process) is refused before it starts.
+    needs_tool_calling: ClassVar[bool] = False
 
     def start(self, state: AgentState, ctx: AgentContext) -> dict[str, Any]:
         """State updates after perception (hypotheses, an opening message...)."""

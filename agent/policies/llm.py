@@ -107,7 +107,7 @@ def retrieval_takeover(state: AgentState, ctx: AgentContext) -> Decision:
 @register_policy
 class LLMPolicy(Policy):
     name = "llm"
-    needs_chat_model = True
+    needs_tool_calling = True
 
     def start(self, state: AgentState, ctx: AgentContext) -> dict:
         system = load_prompt(ctx.config.plan_prompt).render(max_steps=ctx.config.caps.max_tool_calls)

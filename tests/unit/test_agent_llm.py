@@ -230,6 +230,10 @@ def test_a_planner_must_be_able_to_chat(synthetic_index, tmp_path):
     with pytest.raises(ValueError, match="--policy llm plans with a chat model, and --vlm replay:"):
         build_context(ContextSpec(index=synthetic_index.root, vlm=f"replay:{recorded}", policy="llm",
                                   cache=tmp_path / "c.sqlite"))
+    # A chat model that cannot call tools (LLaVA in-process) cannot plan either; said before any load.
+    with pytest.raises(ValueError, match="plans with tool calls, which llava:/models/llava cannot make"):
+        build_context(ContextSpec(index=synthetic_index.root, vlm="llava:/models/llava", policy="llm",
+                                  cache=tmp_path / "c.sqlite"))
 
 
 def test_tools_are_built_once_and_schemas_keep_what_the_model_must_read(monkeypatch):
