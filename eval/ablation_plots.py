@@ -43,6 +43,19 @@ def _legend(ax: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
 
 
+def _frame(ax: Any, *, xlabel: str, ylabel: str, title: str, ylim: tuple[float, float] = (0, 100),
+           xlim: tuple[float, float] | None = None) -> None:
+    """What every single-panel plot ends with: its limits, labels, title, light grid and legend."""
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+
+
 def _threshold_ticks(ax: Any) -> None:
     ax.set_xscale("log")
     ax.set_xticks(list(THRESHOLDS_KM))
@@ -54,22 +67,18 @@ def _threshold_ticks(ax: Any) -> None:
 
 def plot_accuracy_vs_threshold(fig: Any, results: Sequence[VariantResult]) -> bool:
     ax = fig.add_subplot()
-    for r in results:
+    for i, r in enumerate(results):
         keys = list(r.summary.accuracy)
         ax.plot(
             [float(k) for k in keys],
             [r.summary.accuracy[k] for k in keys],
             marker="o",
             label=f"{r.variant.name} (n={r.summary.n})",
-            linestyle=_style(results.index(r)),
+            linestyle=_style(i),
         )
     _threshold_ticks(ax)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("distance threshold")
-    ax.set_ylabel("photos within threshold (%)")
-    ax.set_title("Accuracy vs distance threshold")
-    ax.grid(True, alpha=0.3)
-    _legend(ax)
+    _frame(ax, xlabel="distance threshold", ylabel="photos within threshold (%)",
+           title="Accuracy vs distance threshold")
     return True
 
 
@@ -87,13 +96,9 @@ def plot_error_cdf(fig: Any, results: Sequence[VariantResult]) -> bool:
     for t in THRESHOLDS_KM:
         ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("error (km, log scale); dotted lines: 1 / 25 / 200 / 750 / 2500 km")
-    ax.set_ylabel("photos with error ≤ x (%, all photos)")
-    ax.set_title("Cumulative distribution of the geolocation error")
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax)
+    _frame(ax, xlabel="error (km, log scale); dotted lines: 1 / 25 / 200 / 750 / 2500 km",
+           ylabel="photos with error ≤ x (%, all photos)", title="Cumulative distribution of the geolocation error",
+           xlim=(lo, hi))
     return True
 
 
@@ -198,13 +203,8 @@ def plot_reliability(fig: Any, results: Sequence[VariantResult]) -> bool:
         bins = c.reliability_25
         ax.plot([b.predicted for b in bins], [b.observed for b in bins], marker="o", linestyle=_style(i),
                 label=f"{r.variant.name} (ECE {c.ece['25']:.3f}; 90% radius covers {100 * c.coverage:.1f}%)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("stated P(within 25 km), after the profile")
-    ax.set_ylabel("share of photos within 25 km")
-    ax.set_title("Reliability of the answers' probabilities (leave-one-photographer-out)")
-    ax.grid(True, alpha=0.3)
-    _legend(ax)
+    _frame(ax, xlabel="stated P(within 25 km), after the profile", ylabel="share of photos within 25 km",
+           title="Reliability of the answers' probabilities (leave-one-photographer-out)", xlim=(0, 1), ylim=(0, 1))
     return True
 
 

@@ -107,8 +107,6 @@ class PlannerModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         if tool_choice not in (None, "auto"):
             raise NotSupportedError(f"{self.backend.spec}: tool_choice={tool_choice!r} is not supported (only auto)")
-        if not self.backend.supports_tools:
-            raise NotSupportedError(f"backend {self.backend.spec!r} does not support tool calling")
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
     def _generate(

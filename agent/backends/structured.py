@@ -22,7 +22,7 @@ Three things live here, all pure functions on JSON-like values (no I/O, no SDK c
   is off or fails.
 
 A call whose JSON is broken is never dropped: it comes back with ``arguments_json`` set to the raw
-text, so ``base.call_arguments`` raises and the agent can show the model what was wrong.
+text, so ``completion.call_arguments`` raises and the agent can show the model what was wrong.
 """
 
 from __future__ import annotations
