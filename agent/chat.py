@@ -220,7 +220,7 @@ class ChatSession:
         if o.get("planner"):
             parts.append(f"--planner {o['planner']}")
         parts += [f"--exclude-author {a}" for a in o.get("exclude_authors", [])]
-        where = f"--state-url {self.db.where}" if "://" in self.db.where else f"--db {self.db.where}"
+        where = f"--db {self.db.where}" if self.db.scheme == "sqlite" else f"--state-url {self.db.where}"
         parts += [where, f"--session {self.session_id}"]
         return " ".join(parts)
 

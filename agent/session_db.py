@@ -35,6 +35,7 @@ from urllib.parse import quote
 from geoguide.core.atomic import space_error
 from geoguide.core.errors import GeoguideError, first_line
 from geoguide.core.registry import Registry
+from geoguide.core.sqlite import open_shared
 
 
 class SessionBusy(GeoguideError):
@@ -190,12 +191,7 @@ class SqliteRows(SessionRows):
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         super().__init__(session_id)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False)
-        try:
-            self._conn.execute(f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS})")
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn = sqlite3.connect(str(path), check_same_thread=False)  # the table: SqliteSessions made it
         self.checkpointer = SqliteSaver(self._conn, serde=serde)
 
     def _one(self, sql: str, *args: Any) -> tuple | None:
@@ -227,9 +223,8 @@ class SqliteSessions(SessionDatabase):
         text = str(where)
         self.path = Path(text[len("sqlite://"):] if text.startswith("sqlite://") else text).expanduser()
         self.where = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+        # WAL and the sessions table, once per process, not once per request
+        open_shared(self.path, f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS})").close()
         self.locks = self.path.parent / "locks"
 
     def rows(self, session_id: str, serde: Any) -> SessionRows:
@@ -237,7 +232,6 @@ class SqliteSessions(SessionDatabase):
 
     def recent(self, limit: int = 5) -> list[str]:
         with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS})")
             return [r[0] for r in conn.execute("SELECT session_id FROM geoguide_sessions ORDER BY rowid DESC LIMIT ?",
                                                (limit,))]
 

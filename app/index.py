@@ -67,8 +67,7 @@ def index_build(
         data = load_dataset("exif", images=images)
     rep = data.report  # the loader has already logged skipped rows with the first reason
     samples = data.samples[:limit] if limit else data.samples
-    source = SourceInfo(labels=str(labels) if labels else None, images=str(images.resolve()) if images else None,
-                        n_rows=rep.n_ok + rep.n_bad, n_bad_rows=rep.n_bad, problems=rep.problems)
+    source = SourceInfo.from_report(rep, labels, images)
     manifest = build_index(samples, out, config, source, progress=True, overwrite=overwrite, ray=ray_options)
     typer.echo(
         f"indexed {manifest.n_references} references ({manifest.source.n_bad_rows} bad rows, "
@@ -113,7 +112,7 @@ def index_import(
     rep = data.report
     if not data.samples:
         raise CLIError(f"{labels}: no usable rows ({rep.problems[:1] or 'empty'})")
-    source = SourceInfo(labels=str(labels), n_rows=rep.n_read, n_bad_rows=rep.n_bad, problems=rep.problems)
+    source = SourceInfo.from_report(rep, labels)
     manifest = import_index(vectors, data.samples, out, descriptor_name=descriptor_name, submaps=submaps,
                             store=store, source=source, vector_column=vector_column, overwrite=overwrite)
     skipped = manifest.source.n_bad_rows
@@ -366,12 +365,12 @@ def _calibrate_after_change(index_dir: Path) -> None:
     _calibrate(index_dir)
 
 
-def _calibrate(index_dir: Path, sample: int = 5_000) -> None:
+def _calibrate(index_dir: Path, sample: int | None = None) -> None:
     """Refit and store the map's calibration after a change (``indices.calibration``)."""
     from geoguide.indices.calibration import calibrate_index
 
     try:
-        cal = calibrate_index(index_dir, sample=sample)
+        cal = calibrate_index(index_dir, **({"sample": sample} if sample is not None else {}))
     except ValueError as e:  # a map too small to calibrate is still a map
         typer.echo(f"calibration skipped: {e}", err=True)
         return

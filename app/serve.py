@@ -35,8 +35,13 @@ class ServeSettings(BaseModel):
     allow_origin: list[str] = Field(default_factory=list)
 
 
-def build_app(settings: ServeSettings):
-    """The opened context and the app over it, warmed (the first request pays nothing extra)."""
+def build_app(settings: ServeSettings, *, warm: bool = True):
+    """The opened context and the app over it, warmed (the first request pays nothing extra).
+
+    ``warm`` False: only what can fail is opened (the index, the models, the descriptor's weights,
+    the session database), for ``--workers``' supervisor, which answers nothing: warmed and kept, it
+    held as much memory as a worker for its whole life (524 MB on the shared split's effnet index;
+    now 124 MB beside workers of 567 MB, ``benchmarks/serve.py``)."""
     from geoguide.agent.factory import build_context
     from geoguide.app.doors import Doors
     from geoguide.app.server import create_app, warm_up
@@ -50,7 +55,10 @@ def build_app(settings: ServeSettings):
                  for s in load_dataset("csv", labels=settings.labels).samples}
     ctx = build_context(settings.spec)
     try:
-        warm_up(ctx)
+        if warm:
+            warm_up(ctx)
+        else:
+            ctx.index.descriptor()  # its weights load (or fail) here
         app = create_app(ctx, token=settings.token, state_dir=settings.state_dir, state_url=settings.state_url,
                          truth=truth, rate_per_minute=settings.rate_limit, max_runs=settings.max_runs,
                          max_pending=4 * settings.max_runs,
@@ -102,22 +110,23 @@ def serve_cmd(
                              state_dir=state_dir or default_cache_path().with_name("serve"), state_url=state_url,
                              labels=labels, rate_limit=rate_limit, max_runs=max_runs,
                              allow_host=allow_host or [], allow_origin=allow_origin or [])
-    # Opened here even with --workers: a bad index, model or database is one line now, not N workers
-    # failing in a loop under the supervisor.
+    if workers > 1:
+        # Opened here first all the same: a bad index, model or database is one line now, not N
+        # workers failing in a loop under the supervisor; then let go, each worker opens its own.
+        ctx, app = build_app(settings, warm=False)
+        app.state.sessions.close()
+        ctx.close()
+        del ctx, app
+        os.environ[WORKER_SETTINGS] = settings.model_dump_json()
+        typer.echo(f"geoguide: serving {opts.index} on http://{host}:{port}/ with {workers} workers (Ctrl-C stops)",
+                   err=True)
+        uvicorn.run("geoguide.app.serve:worker_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning")
+        return
     ctx, app = build_app(settings)
-    where = f" with {workers} workers" if workers > 1 else ""
     try:
-        if workers > 1:
-            app.state.sessions.close()
-            ctx.close()
-            os.environ[WORKER_SETTINGS] = settings.model_dump_json()
-            typer.echo(f"geoguide: serving {opts.index} on http://{host}:{port}/{where} (Ctrl-C stops)", err=True)
-            uvicorn.run("geoguide.app.serve:worker_app", factory=True, workers=workers, host=host, port=port,
-                        log_level="warning")
-            return
         typer.echo(f"geoguide: serving {opts.index} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        if workers == 1:
-            app.state.sessions.close()
-            ctx.close()
+        app.state.sessions.close()
+        ctx.close()

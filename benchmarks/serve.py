@@ -11,7 +11,8 @@ with its photographer excluded:
    latency, throughput (photos/s), errors;
 3. the same against ``serve --workers 2`` (a second server on the next port: two worker
    processes on one socket, sharing the state folder and the memory-mapped index): the
-   throughput ratio of 2 workers to 1, measured in the same run.
+   throughput ratio of 2 workers to 1, measured in the same run, and each process's resident
+   memory (Linux ``/proc``): the supervisor answers nothing, so it should hold far less than a worker.
 
 ``--state-url postgresql://...`` keeps every server's sessions in that database instead of the
 state folder's SQLite file.
@@ -47,6 +48,22 @@ def post(client: httpx.Client, url: str, data: Path, row: dict) -> tuple[float, 
     took = time.perf_counter() - t
     timing = resp.headers.get("server-timing", "locate;dur=nan").split("dur=")[1]
     return took, float(timing) / 1000, resp.status_code
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory (``VmRSS``), None where ``/proc`` does not say."""
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024, 1)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def pct(values: list[float], q: float) -> float:
@@ -138,6 +155,7 @@ def main() -> int:
             raise SystemExit(f"serial requests failed: {[s for _, _, s in serial]}")
         first, second = a.n + 1 + a.clients * a.per_client, need
         conc = concurrent([url], a.data, rows[a.n + 1: first], a.clients, a.per_client)
+        one_rss = rss_mb(servers[0].pid)
         servers[0].terminate()  # idle, but one process fewer on the machine
         servers[0].wait()
         servers.append(start_server(a.index, a.data, state, a.port + 1, "--workers", "2", *extra))
@@ -147,6 +165,10 @@ def main() -> int:
             with httpx.Client() as c:
                 post(c, other, a.data, r)
         two = concurrent([other], a.data, rows[first:second], a.clients, a.per_client)
+        # the workers (and multiprocessing's small resource tracker) are the supervisor's children
+        memory = {"one_process_mb": one_rss, "supervisor_mb": rss_mb(servers[1].pid),
+                  "children_mb": sorted((m for c in children(servers[1].pid) if (m := rss_mb(c)) is not None),
+                                        reverse=True)}
     finally:
         for server in servers:
             server.terminate()
@@ -155,7 +177,7 @@ def main() -> int:
     out = {"start_s": round(start_s, 2), "first_s": round(serial[0][0], 3), "n": len(warm),
            "p50_s": pct([c for c, _, _ in warm], 0.5), "p95_s": pct([c for c, _, _ in warm], 0.95),
            "server_p50_s": pct([s for _, s, _ in warm], 0.5), "server_p95_s": pct([s for _, s, _ in warm], 0.95),
-           "concurrent": conc, "two_workers": two, "state": "postgresql" if a.state_url else "sqlite",
+           "concurrent": conc, "two_workers": two, "memory": memory, "state": "postgresql" if a.state_url else "sqlite",
            "two_to_one": round(two["throughput_per_s"] / conc["throughput_per_s"], 2) if conc["throughput_per_s"] else None}
     print(f"server ready in {out['start_s']} s; first request {out['first_s']} s")
     print(f"one client, {out['n']} photos: p50 {out['p50_s']} s, p95 {out['p95_s']} s (client); server-side "
@@ -166,6 +188,8 @@ def main() -> int:
     print(f"--workers 2, {two['requests']} photos: {two['ok']} ok, {two['errors']} errors, "
           f"{two['throughput_per_s']} photos/s, p50 {two['p50_s']} s, p95 {two['p95_s']} s; "
           f"2 / 1 workers: {out['two_to_one']}x")
+    print(f"resident memory: one process {memory['one_process_mb']} MB; --workers 2: supervisor "
+          f"{memory['supervisor_mb']} MB, its children {memory['children_mb']} MB")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2))

@@ -90,15 +90,13 @@ def ensure_index(d: PlanDescriptor, images: Path | None, labels: Path | None) ->
     config = BuildConfig(descriptor=d.name, descriptor_conf=d.options, submaps=d.submaps)
     validate_build_config(config)
     data = load_dataset("csv", labels=labels, images=images, require_images=True)
-    rep = data.report
-    source = SourceInfo(labels=str(labels), images=str(Path(images).resolve()), n_rows=rep.n_ok + rep.n_bad,
-                        n_bad_rows=rep.n_bad, problems=rep.problems)
-    manifest = build_index(data.samples, d.index, config, source, progress=f"index {d.name}")
+    manifest = build_index(data.samples, d.index, config, SourceInfo.from_report(data.report, labels, images),
+                           progress=f"index {d.name}")
     if manifest.calibration is None:  # as `geoguide index build`: what a match means on this map, stored once
         from geoguide.indices.calibration import calibrate_index
 
         with contextlib.suppress(ValueError):  # a map too small for it is calibrated in memory on use, saying so
-            calibrate_index(d.index, sample=5_000)
+            calibrate_index(d.index)
 
 
 def variant_k(result: VariantResult) -> int | None:

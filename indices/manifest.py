@@ -8,6 +8,7 @@ names the photos that could not be read, so ``index info`` can say which, not ju
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,13 @@ class SourceInfo(BaseModel):
         default_factory=list, description="the first unreadable photos (capped; see n_failed_images)"
     )
     problems: list[str] = Field(default_factory=list, description="first few skipped rows/images and why")
+
+    @classmethod
+    def from_report(cls, report: Any, labels: str | os.PathLike | None = None,
+                    images: str | os.PathLike | None = None) -> SourceInfo:
+        """Where a map's photos came from, as the photo-set loader's ``LoadReport`` says it read them."""
+        return cls(labels=str(labels) if labels else None, images=str(Path(images).resolve()) if images else None,
+                   n_rows=report.n_read, n_bad_rows=report.n_bad, problems=report.problems)
 
 
 class StoreInfo(BaseModel):

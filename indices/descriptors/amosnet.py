@@ -148,9 +148,5 @@ class AmosNetDescriptor(LocalNetworkDescriptor):
                              f"image_size={SIZE}), as VPR-Bench feeds Caffe")
         super().__init__(conf)
 
-    @property
-    def dim(self) -> int:
-        return self._net.dim
-
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:
         return load_amosnet(path, self.conf["mean"], device), PixelNorm(1.0, (0.0, 0.0, 0.0))

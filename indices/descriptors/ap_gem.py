@@ -229,10 +229,6 @@ class ApGemDescriptor(LocalNetworkDescriptor):
     env_var = ENV_VAR
     how_to_get = HOW_TO_GET
 
-    @property
-    def dim(self) -> int:
-        return self._net.dim
-
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:
         if self.conf["whiten"] not in (True, False):
             raise ValueError(f"ap-gem: whiten must be true or false, got {self.conf['whiten']!r}")

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from geoguide.core.errors import first_line
 from geoguide.indices.descriptors.base import ModelLoadError, WeightsNotFoundError
 from geoguide.indices.descriptors.local_weights import load_into, read_state_dict, where_weights_go
 from geoguide.indices.descriptors.registry import register
@@ -114,7 +115,7 @@ def load_dinov2(path: str, pooling: str, gem_p: float, device: str) -> tuple[Din
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except Exception as e:  # unreadable, not JSON
         raise ModelLoadError(f"dinov2: cannot read {folder / 'config.json'} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200] if str(e) else ''}); the weights folder must hold "
+                             f"{first_line(e)[:200]}); the weights folder must hold "
                              "the model's config.json beside its weights") from None
     if model_type not in MODELS:
         raise ModelLoadError(f"dinov2: {folder / 'config.json'} describes a {model_type!r} model, not one of "
@@ -175,10 +176,6 @@ class Dinov2Descriptor(LocalNetworkDescriptor):
         if float(merged["gem_p"]) <= 0:
             raise ValueError(f"dinov2: gem_p must be > 0, got {merged['gem_p']!r}")
         super().__init__(conf)
-
-    @property
-    def dim(self) -> int:
-        return self._net.dim
 
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:
         return load_dinov2(path, self.conf["pooling"], float(self.conf["gem_p"]), device)

@@ -144,10 +144,6 @@ class NetVLADDescriptor(LocalNetworkDescriptor):
     how_to_get = HOW_TO_GET
     variants = tuple(VARIANTS)
 
-    @property
-    def dim(self) -> int:
-        return self._net.dim
-
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:
         if self.conf["whiten"] not in (None, True, False):
             raise ValueError(f"netvlad: whiten must be null, true or false, got {self.conf['whiten']!r}")

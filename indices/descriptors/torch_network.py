@@ -159,6 +159,11 @@ class LocalNetworkDescriptor(Descriptor):
         blob = json.dumps({"name": self.name, "conf": conf, "weights": self._weights_id}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    @property
+    def dim(self) -> int:
+        """The loaded network's output length."""
+        return self._net.dim
+
     @abstractmethod
     def _load(self, path: str, device: str) -> tuple[nn.Module, PixelNorm]:
         """The network with ``path``'s weights on ``device`` (cached by the subclass) and its pixel norm."""
