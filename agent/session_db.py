@@ -37,6 +37,8 @@ from geoguide.core.errors import GeoguideError, first_line
 from geoguide.core.registry import Registry
 from geoguide.core.sqlite import open_shared
 
+SETUP_WAIT_S = 60.0  # how long a starting server waits for another one's table creation
+
 
 class SessionBusy(GeoguideError):
     """Another turn of the session held it for the whole wait: refused (503), never queued and lost."""
@@ -336,7 +338,14 @@ class PostgresSessions(SessionDatabase):
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with self.pool.connection() as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (self.SETUP_LOCK,))
+            # Polled, not waited for: a pg_advisory_lock that waits is a transaction left open, and
+            # the first server's migrations (CREATE INDEX CONCURRENTLY) wait for every open
+            # transaction to end; the two then wait for each other until PostgreSQL calls it a
+            # deadlock (seen when two servers started at once on a fresh database).
+            poll_until(lambda: bool(conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
+                                                 (self.SETUP_LOCK,)).fetchone()["ok"]),
+                       time.monotonic() + SETUP_WAIT_S,
+                       "another server has been setting up the session database for a minute; retry shortly")
             try:
                 PostgresSaver(conn).setup()
                 conn.execute(f"CREATE TABLE IF NOT EXISTS geoguide_sessions ({SESSIONS_COLUMNS}, "
